@@ -1,0 +1,353 @@
+//! What commands print: dry runs, status, reports.
+
+use std::io::Write;
+
+use anyhow::anyhow;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::{CommandResult, Failure, folders, open_store};
+use crate::campaign::{self, Campaign};
+use crate::config::Config;
+use crate::domain::JobState;
+use crate::schedule::{Clock, SystemClock, next_fire, parse_cron};
+use crate::store::{JobRow, Store};
+
+pub(crate) fn time(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn opt_time(ms: Option<i64>) -> String {
+    ms.map(time).unwrap_or_default()
+}
+
+/// `--dry-run`: counts, first rows, due times; nothing is called or written.
+pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
+    let dry = crate::import::dry_run(campaign, 5).map_err(Failure::input)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "dry run of {} ({}): nothing will be sent",
+        campaign.name,
+        campaign.kind.as_str()
+    );
+    let _ = writeln!(
+        out,
+        "{} rows: {} would be sent, {} rejected, {} duplicates",
+        dry.counts.rows, dry.counts.imported, dry.counts.rejected, dry.counts.duplicates
+    );
+    let flow = match &campaign.flow {
+        campaign::FlowRef::Sid(s) => s.to_string(),
+        campaign::FlowRef::Name(n) => format!("{n} (flows/{n}.json)"),
+    };
+    let _ = writeln!(
+        out,
+        "flow {flow}, from {}, on_conflict {}",
+        campaign.from.as_str(),
+        campaign.on_conflict.name()
+    );
+    match (dry.earliest_due, dry.latest_due) {
+        (Some(a), Some(b)) => {
+            let _ = writeln!(out, "due from {} to {}", a.to_rfc3339(), b.to_rfc3339());
+        }
+        _ => {
+            let _ = writeln!(out, "due: at once");
+        }
+    }
+    for spec in &dry.first {
+        let due = spec.due_at.map_or("now".to_string(), |d| d.to_rfc3339());
+        let _ = writeln!(
+            out,
+            "  line {:>5}  {}  due {}  Parameters={}",
+            spec.line,
+            spec.phone,
+            due,
+            serde_json::Value::Object(spec.parameters.clone())
+        );
+    }
+    for (r, kind) in dry.refused.iter().take(20) {
+        let _ = writeln!(
+            out,
+            "{}:{}: {kind}: {}",
+            campaign.contacts.display(),
+            r.line,
+            r.reason
+        );
+    }
+    if dry.refused.len() > 20 {
+        let _ = writeln!(out, "… and {} more refused rows", dry.refused.len() - 20);
+    }
+    Ok(0)
+}
+
+/// Prints up to `limit` rejected or duplicate rows of a run's import.
+pub(super) fn print_import_rows(store: &Store, run_id: i64, limit: usize) {
+    let Ok(rows) = store.import_rows(run_id) else {
+        return;
+    };
+    let run = store.get_run(run_id).ok();
+    let source = run.map(|r| r.campaign).unwrap_or_default();
+    for (line, _phone, outcome, reason) in rows.iter().take(limit) {
+        eprintln!("{source}: contacts line {line}: {outcome}: {reason}");
+    }
+    if rows.len() > limit {
+        eprintln!(
+            "… and {} more; `flowcast report {run_id}` lists them all",
+            rows.len() - limit
+        );
+    }
+}
+
+/// `flowcast status [CAMPAIGN] [--json]`
+pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> CommandResult {
+    let store = open_store(config)?;
+    let loaded = campaign::load_folder(&folders(config)).map_err(|e| {
+        Failure::input(anyhow!(
+            "campaigns folder {}: {e}",
+            config.campaigns.display()
+        ))
+    })?;
+    let now = SystemClock.now();
+    let mut campaigns = Vec::new();
+    for c in loaded
+        .campaigns
+        .iter()
+        .filter(|c| only.is_none_or(|o| o == c.name))
+    {
+        let next = c
+            .schedule
+            .as_deref()
+            .and_then(|s| parse_cron(s).ok())
+            .and_then(|cron| next_fire(&cron, c.timezone, now));
+        campaigns.push(json!({
+            "name": c.name,
+            "kind": c.kind.as_str(),
+            "file": c.source.display().to_string(),
+            "schedule": c.schedule,
+            "timezone": c.timezone.name(),
+            "enabled": c.enabled,
+            "next_fire_utc": next.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "next_fire_local": next.map(|t| t.with_timezone(&c.timezone).to_rfc3339()),
+            "status": if c.enabled { "enabled" } else { "disabled" },
+        }));
+    }
+    let refused: Vec<_> = loaded
+        .refused
+        .iter()
+        .filter(|(p, _)| only.is_none_or(|o| p.file_stem().is_some_and(|s| s == o)))
+        .map(|(p, e)| json!({ "file": p.display().to_string(), "status": "refused", "errors": e.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>() }))
+        .collect();
+    let mut runs = Vec::new();
+    for run in store.list_runs(only, 50).map_err(Failure::input)? {
+        let counts = store.run_counts(run.id).map_err(Failure::input)?;
+        let total = counts.total();
+        let settled = total - counts.open();
+        runs.push(json!({
+            "id": run.id,
+            "campaign": run.campaign,
+            "trigger": run.trigger,
+            "state": run.state,
+            "reason": run.state_reason,
+            "created_at": time(run.created_at),
+            "finished_at": run.finished_at.map(time),
+            "rows": run.rows_total,
+            "rejected": run.rejected,
+            "duplicates": run.duplicates,
+            "jobs": counts.0,
+            "progress": if total > 0 { settled as f64 / total as f64 } else { 1.0 },
+        }));
+    }
+    if as_json {
+        let body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "CAMPAIGNS");
+    if campaigns.is_empty() && refused.is_empty() {
+        let _ = writeln!(out, "  (none in {})", config.campaigns.display());
+    }
+    for c in &campaigns {
+        let next = match (&c["next_fire_local"], &c["next_fire_utc"]) {
+            (serde_json::Value::String(l), serde_json::Value::String(u)) => {
+                format!("next {l} ({u})")
+            }
+            _ => "runs once when its file appears".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<28} {:<16} {:<8} {}",
+            c["name"].as_str().unwrap_or_default(),
+            c["kind"].as_str().unwrap_or_default(),
+            c["status"].as_str().unwrap_or_default(),
+            next
+        );
+    }
+    for r in &refused {
+        let _ = writeln!(
+            out,
+            "  {:<28} refused",
+            r["file"].as_str().unwrap_or_default()
+        );
+        for e in r["errors"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "      {}", e.as_str().unwrap_or_default());
+        }
+    }
+    let _ = writeln!(out, "RUNS");
+    if runs.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for r in &runs {
+        let jobs = r["jobs"].as_object().cloned().unwrap_or_default();
+        let counts: Vec<String> = JobState::ALL
+            .iter()
+            .filter_map(|s| {
+                jobs.get(s.as_str())
+                    .and_then(|v| v.as_i64())
+                    .map(|n| format!("{} {n}", s.as_str()))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  #{:<5} {:<28} {:<10} {:>5.1}%  {}{}",
+            r["id"],
+            r["campaign"].as_str().unwrap_or_default(),
+            r["state"].as_str().unwrap_or_default(),
+            r["progress"].as_f64().unwrap_or_default() * 100.0,
+            counts.join(", "),
+            r["reason"]
+                .as_str()
+                .map(|s| format!("  ({s})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+/// Neutralises a CSV cell that a spreadsheet would run as a formula. E.164
+/// numbers (`+` and digits) are left as they are: they are not formulas.
+pub(crate) fn csv_safe(cell: &str) -> String {
+    let is_phone =
+        cell.len() > 1 && cell.starts_with('+') && cell[1..].bytes().all(|b| b.is_ascii_digit());
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') if !is_phone => format!("'{cell}"),
+        _ => cell.to_string(),
+    }
+}
+
+/// `flowcast report RUN [--format csv|json]`: one row per job, then the import's
+/// rejected and duplicate rows, streamed.
+pub(super) fn report(config: &Config, run_id: i64, as_json: bool) -> CommandResult {
+    let store = open_store(config)?;
+    let run = store.get_run(run_id).map_err(Failure::input)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let header = [
+        "run",
+        "job",
+        "line",
+        "phone",
+        "state",
+        "reason",
+        "execution_sid",
+        "attempts",
+        "due_at",
+        "sent_at",
+        "finished_at",
+        "last_error",
+    ];
+    let cells = |j: &JobRow| -> Vec<String> {
+        vec![
+            j.run_id.to_string(),
+            j.id.to_string(),
+            j.line.to_string(),
+            j.phone.clone(),
+            j.state.clone(),
+            j.reason.clone().unwrap_or_default(),
+            j.execution_sid.clone().unwrap_or_default(),
+            j.attempts.to_string(),
+            time(j.due_at),
+            opt_time(j.sent_at),
+            opt_time(j.finished_at),
+            j.last_error.clone().unwrap_or_default(),
+        ]
+    };
+    let io = |e: std::io::Error| Failure::input(anyhow!("writing the report: {e}"));
+    if as_json {
+        // JSON lines would be easier to stream, but a report is one document: an
+        // array written element by element.
+        out.write_all(b"[").map_err(io)?;
+        let mut first = true;
+        store
+            .for_each_job(run_id, |j| {
+                if !first {
+                    out.write_all(b",")?;
+                }
+                first = false;
+                let value = json!({
+                    "run": j.run_id, "job": j.id, "line": j.line, "phone": j.phone, "state": j.state,
+                    "reason": j.reason, "execution_sid": j.execution_sid, "attempts": j.attempts,
+                    "due_at": time(j.due_at), "expires_at": j.expires_at.map(time), "sent_at": j.sent_at.map(time),
+                    "finished_at": j.finished_at.map(time), "last_error": j.last_error,
+                });
+                out.write_all(b"\n")?;
+                serde_json::to_writer(&mut out, &value)?;
+                Ok(())
+            })
+            .map_err(Failure::input)?;
+        for (line, phone, outcome, reason) in store.import_rows(run_id).map_err(Failure::input)? {
+            if !first {
+                out.write_all(b",").map_err(io)?;
+            }
+            first = false;
+            let value = json!({ "run": run.id, "job": null, "line": line, "phone": phone, "state": outcome, "reason": reason });
+            out.write_all(b"\n").map_err(io)?;
+            serde_json::to_writer(&mut out, &value).map_err(|e| io(e.into()))?;
+        }
+        out.write_all(b"\n]\n").map_err(io)?;
+    } else {
+        let mut w = csv::Writer::from_writer(out);
+        w.write_record(header).map_err(|e| io(e.into()))?;
+        store
+            .for_each_job(run_id, |j| {
+                w.write_record(cells(&j).iter().map(|c| csv_safe(c)))
+                    .map_err(std::io::Error::from)
+            })
+            .map_err(Failure::input)?;
+        for (line, phone, outcome, reason) in store.import_rows(run_id).map_err(Failure::input)? {
+            let row = [
+                run.id.to_string(),
+                String::new(),
+                line.to_string(),
+                phone,
+                outcome,
+                reason,
+            ];
+            let mut full: Vec<String> = row.to_vec();
+            full.resize(header.len(), String::new());
+            w.write_record(full.iter().map(|c| csv_safe(c)))
+                .map_err(|e| io(e.into()))?;
+        }
+        w.flush().map_err(io)?;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised_but_phones_are_not() {
+        assert_eq!(csv_safe("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(csv_safe("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_safe("+1+2"), "'+1+2");
+        assert_eq!(csv_safe("+12015550123"), "+12015550123");
+        assert_eq!(csv_safe("plain"), "plain");
+    }
+}

@@ -1,0 +1,71 @@
+//! A contact becomes a job: its Parameters rendered from the campaign's
+//! templates, and its due and expiry times from `send_at` and `expires`.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::{Campaign, ParamValue};
+use crate::contacts::Contact;
+use crate::domain::Phone;
+
+/// What the ledger stores for one contact of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub line: u64,
+    pub phone: Phone,
+    pub zone: chrono_tz::Tz,
+    /// The Execution's Parameters, without flowcast's own `flowcast` key (which
+    /// needs the job id, known only once the job is stored).
+    pub parameters: Map<String, Value>,
+    /// When to send; `None` means as soon as the run starts.
+    pub due_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Renders `contact` for `campaign`; the error is the reason the row is rejected.
+pub fn expand(campaign: &Campaign, contact: &Contact) -> Result<JobSpec, String> {
+    let lookup = |c: &str| contact.get(c);
+    let parameters = match &campaign.parameters {
+        Some(map) => {
+            let mut out = Map::with_capacity(map.len());
+            for (key, value) in map {
+                let v = match value {
+                    ParamValue::Constant(v) => v.clone(),
+                    ParamValue::Template(t) => Value::String(
+                        t.render(lookup)
+                            .map_err(|e| format!("parameters.{key}: {e}"))?,
+                    ),
+                };
+                out.insert(key.clone(), v);
+            }
+            out
+        }
+        None => contact
+            .fields()
+            .filter(|(name, _)| *name != campaign.phone_column)
+            .map(|(name, value)| (name.to_string(), Value::String(value.to_string())))
+            .collect(),
+    };
+    let due_at = match &campaign.send_at {
+        Some(t) => Some(
+            t.render(lookup, contact.zone)
+                .map_err(|e| format!("send_at: {e}"))?,
+        ),
+        None => None,
+    };
+    let expires_at = match &campaign.expires {
+        Some(t) => Some(
+            t.render(lookup, contact.zone)
+                .map_err(|e| format!("expires: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(JobSpec {
+        line: contact.line,
+        phone: contact.phone.clone(),
+        zone: contact.zone,
+        parameters,
+        due_at,
+        expires_at,
+    })
+}

@@ -1,0 +1,83 @@
+//! The command line, as SPEC.md fixes it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowcast",
+    version,
+    about = "Scheduled outbound campaigns over Twilio Studio"
+)]
+pub struct Cli {
+    /// The SQLite ledger.
+    #[arg(long, global = true, env = "FLOWCAST_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// The folder of campaign files.
+    #[arg(long, global = true, env = "FLOWCAST_CAMPAIGNS", value_name = "DIR")]
+    pub campaigns: Option<PathBuf>,
+    /// The folder of Studio Flow definitions.
+    #[arg(long, global = true, env = "FLOWCAST_FLOWS", value_name = "DIR")]
+    pub flows: Option<PathBuf>,
+    /// Service config file (default: ./flowcast.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use the built-in Studio simulator instead of Twilio (no credentials needed).
+    #[arg(long, global = true)]
+    pub simulate: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check campaign files and their CSVs (all in the campaigns folder by default).
+    Validate {
+        /// Campaign files to check.
+        paths: Vec<PathBuf>,
+    },
+    /// Start a run of one campaign now and dispatch it to the end.
+    Run {
+        /// Campaign name or file.
+        campaign: String,
+        /// Expand and print what would be sent; call nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Un-pause a run and finish it; without RUN, finish every unfinished run.
+    Resume { run: Option<i64> },
+    /// Campaigns, their next fire time, and runs with counts per job state.
+    Status {
+        campaign: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row per job of a run.
+    Report {
+        run: i64,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ReportFormat,
+    },
+    /// Pause a run: nothing more is sent until it is resumed.
+    Pause { run: i64 },
+    /// Cancel a run: its pending jobs are never sent.
+    Cancel { run: i64 },
+    /// Run the built-in Studio simulator as a server (for tests and demos).
+    Simulator {
+        #[arg(long, default_value = "127.0.0.1:4010")]
+        listen: String,
+        /// How long each Execution stays active (e.g. 5s); 0s: until ended.
+        #[arg(long, default_value = "5s")]
+        lifetime: String,
+        /// Creates per second before 429s.
+        #[arg(long)]
+        rate_cap: Option<u32>,
+    },
+}

@@ -1,0 +1,56 @@
+//! Rate limits: one account-wide limiter (`FLOWCAST_RATE`) and one per campaign
+//! (`rate`), both honoured for every create.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// The quota for `per_second` creates per second.
+///
+/// Burst 1 spaces requests exactly but loses time whenever a waiter wakes late,
+/// so the achieved rate falls short of the cap; a burst of a tenth of the rate
+/// (at least 1) absorbs timer lateness while never exceeding the cap by more
+/// than that tenth in any one second.
+pub fn quota_for(per_second: u32) -> Quota {
+    let rate = per_second.max(1);
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let burst = NonZeroU32::new((rate / 10).max(1)).expect("max(1) is non-zero");
+    Quota::with_period(period)
+        .expect("a positive period")
+        .allow_burst(burst)
+}
+
+/// The limiters shared by every run a process dispatches.
+pub struct RateLimits {
+    account: DefaultDirectRateLimiter,
+    campaigns: Mutex<HashMap<(String, u32), Arc<DefaultDirectRateLimiter>>>,
+}
+
+impl RateLimits {
+    pub fn new(account_per_second: u32) -> Self {
+        RateLimits {
+            account: RateLimiter::direct(quota_for(account_per_second)),
+            campaigns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits until a create for `campaign` (at `campaign_rate`, if any) may go.
+    /// The campaign's limiter is waited on first, so that an account-wide token
+    /// is only taken when the request is about to be sent.
+    pub async fn until_ready(&self, campaign: &str, campaign_rate: Option<u32>) {
+        if let Some(rate) = campaign_rate {
+            let limiter = {
+                let mut map = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+                Arc::clone(
+                    map.entry((campaign.to_string(), rate))
+                        .or_insert_with(|| Arc::new(RateLimiter::direct(quota_for(rate)))),
+                )
+            };
+            limiter.until_ready().await;
+        }
+        self.account.until_ready().await;
+    }
+}

@@ -1,0 +1,292 @@
+//! The dispatcher: claims due jobs of a run, holds the account-wide and
+//! per-campaign rates, calls Studio with bounded concurrency, and records each
+//! outcome in the ledger.
+//!
+//! Retries, waits and backoffs are data in the ledger (a later `due_at`), never a
+//! sleeping task per job: a job that must wait goes back to `pending` and is
+//! claimed again when due. Each attempt is committed as `dispatching` before its
+//! request is sent, and its outcome is committed after, guarded by id and state.
+
+mod limits;
+mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::domain::{ConflictPolicy, FlowSid, RunState};
+use crate::schedule::Clock;
+use crate::store::{RunCounts, RunRow, Store, StoreError};
+use crate::studio::{StudioApi, TwilioError};
+
+pub use limits::{RateLimits, quota_for};
+pub use process::Processed;
+
+/// Tuning of the dispatcher; the defaults suit Studio's real limits.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Studio requests in flight at most.
+    pub concurrency: usize,
+    /// Transient failures (5xx, timeouts, resets) before a job fails.
+    pub max_failures: u32,
+    /// First retry delay of the exponential backoff (with full jitter).
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+    /// Pause after a 429 that carries no `Retry-After`.
+    pub throttle_delay: Duration,
+    /// How often a `wait`-policy job checks whether the active Execution ended.
+    pub wait_poll: Duration,
+    /// Longest sleep of an idle dispatcher before it looks for due jobs again.
+    pub idle_poll: Duration,
+    /// Create → 409 → end → create rounds before an `end`-policy job gives up.
+    pub max_end_rounds: u32,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            concurrency: 16,
+            max_failures: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(60),
+            throttle_delay: Duration::from_secs(1),
+            wait_poll: Duration::from_secs(5),
+            idle_poll: Duration::from_millis(500),
+            max_end_rounds: 3,
+        }
+    }
+}
+
+/// Why a run stopped before its end: Studio refused something no retry fixes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StopReason {
+    #[error(
+        "Studio refused the credentials ({0}); check TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN or TWILIO_API_KEY/TWILIO_API_SECRET, then `flowcast resume`"
+    )]
+    Unauthorized(TwilioError),
+    #[error(
+        "Studio does not know Flow {flow} for these credentials ({error}); check the campaign's flow, then `flowcast resume`"
+    )]
+    FlowNotFound { flow: String, error: TwilioError },
+}
+
+/// How a call to [`Dispatcher::run_to_end`] ended.
+#[derive(Debug, Clone)]
+pub enum RunEnd {
+    /// Every job is settled.
+    Finished(RunCounts),
+    /// Paused by a user (or another process) while dispatching.
+    Paused(Option<String>),
+    Cancelled,
+    /// Studio refused the credentials or the Flow; the run is paused with this
+    /// reason and its untouched jobs are still `pending`.
+    Stopped(StopReason),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("run {run}: {message}")]
+    BadRun { run: i64, message: String },
+}
+
+/// What every job of one run shares.
+#[derive(Debug, Clone)]
+pub(crate) struct RunContext {
+    pub run_id: i64,
+    pub campaign: String,
+    pub flow: FlowSid,
+    pub from: String,
+    pub policy: ConflictPolicy,
+    pub campaign_rate: Option<u32>,
+}
+
+impl RunContext {
+    fn from_row(run: &RunRow) -> Result<Self, DispatchError> {
+        let bad = |message: String| DispatchError::BadRun {
+            run: run.id,
+            message,
+        };
+        let flow = FlowSid::parse(&run.flow_sid).map_err(|e| bad(e.to_string()))?;
+        let policy = match run.on_conflict.as_str() {
+            "skip" => ConflictPolicy::Skip,
+            "end" => ConflictPolicy::End,
+            "wait" => ConflictPolicy::Wait {
+                max_wait: Duration::from_millis(run.max_wait_ms.unwrap_or(3_600_000).max(0) as u64),
+            },
+            other => return Err(bad(format!("unknown on_conflict {other:?} in the ledger"))),
+        };
+        Ok(RunContext {
+            run_id: run.id,
+            campaign: run.campaign.clone(),
+            flow,
+            from: run.from_addr.clone(),
+            policy,
+            campaign_rate: run.rate,
+        })
+    }
+}
+
+/// Dispatches runs against one Studio with shared rate limits.
+pub struct Dispatcher<S: StudioApi> {
+    pub(crate) store: Store,
+    pub(crate) studio: Arc<S>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) settings: DispatchSettings,
+    pub(crate) limits: Arc<RateLimits>,
+}
+
+impl<S: StudioApi> Clone for Dispatcher<S> {
+    fn clone(&self) -> Self {
+        Dispatcher {
+            store: self.store.clone(),
+            studio: Arc::clone(&self.studio),
+            clock: Arc::clone(&self.clock),
+            settings: self.settings.clone(),
+            limits: Arc::clone(&self.limits),
+        }
+    }
+}
+
+impl<S: StudioApi> Dispatcher<S> {
+    pub fn new(
+        store: Store,
+        studio: Arc<S>,
+        clock: Arc<dyn Clock>,
+        settings: DispatchSettings,
+        limits: Arc<RateLimits>,
+    ) -> Self {
+        Dispatcher {
+            store,
+            studio,
+            clock,
+            settings,
+            limits,
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    /// Dispatches `run_id` until every job is settled, the run is paused or
+    /// cancelled, or Studio refuses the credentials or the Flow.
+    pub async fn run_to_end(&self, run_id: i64) -> Result<RunEnd, DispatchError> {
+        let run = self.store.get_run(run_id)?;
+        let ctx = Arc::new(RunContext::from_row(&run)?);
+        // A job left `dispatching` by a process that died is ambiguous: back to
+        // pending, to be reconciled with Studio before anything is resent.
+        let recovered = self.store.recover_dispatching(run_id, self.now_ms())?;
+        if recovered > 0 {
+            tracing::warn!(
+                run = run_id,
+                jobs = recovered,
+                "jobs found mid-dispatch; they will be reconciled with Studio first"
+            );
+        }
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let mut tasks: JoinSet<Processed> = JoinSet::new();
+        let mut stop: Option<StopReason> = None;
+
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                self.settle(done, &mut stop);
+            }
+            if stop.is_some() {
+                break;
+            }
+            let free = slots.available_permits();
+            if free > 0 {
+                let claimed = self.store.claim_due(run_id, self.now_ms(), free)?;
+                if !claimed.is_empty() {
+                    for job in claimed {
+                        let permit = Arc::clone(&slots)
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed");
+                        let this = self.clone();
+                        let ctx = Arc::clone(&ctx);
+                        tasks.spawn(async move {
+                            let processed = this.process(&ctx, job).await;
+                            drop(permit);
+                            processed
+                        });
+                    }
+                    continue;
+                }
+            }
+            if tasks.is_empty() {
+                let state = self.store.get_run(run_id)?.state;
+                match state.parse::<RunState>() {
+                    Ok(RunState::Paused) => {
+                        return Ok(RunEnd::Paused(self.store.get_run(run_id)?.state_reason));
+                    }
+                    Ok(RunState::Cancelled) => return Ok(RunEnd::Cancelled),
+                    Ok(RunState::Finished) => {
+                        return Ok(RunEnd::Finished(self.store.run_counts(run_id)?));
+                    }
+                    _ => {}
+                }
+                match self.store.next_due_at(run_id)? {
+                    None => {
+                        self.store.finish_run_if_done(run_id, self.now_ms())?;
+                        return Ok(RunEnd::Finished(self.store.run_counts(run_id)?));
+                    }
+                    Some(due) => {
+                        let wait = Duration::from_millis((due - self.now_ms()).max(1) as u64);
+                        tokio::time::sleep(wait.min(self.settings.idle_poll)).await;
+                    }
+                }
+            } else {
+                let wait = match self.store.next_due_at(run_id)? {
+                    Some(due) if free > 0 => {
+                        Duration::from_millis((due - self.now_ms()).max(1) as u64)
+                    }
+                    _ => self.settings.idle_poll,
+                };
+                tokio::select! {
+                    done = tasks.join_next() => {
+                        if let Some(done) = done {
+                            self.settle(done, &mut stop);
+                        }
+                    }
+                    _ = tokio::time::sleep(wait.min(self.settings.idle_poll)) => {}
+                }
+            }
+        }
+
+        // Stopped: let the requests already in flight finish and record them.
+        while let Some(done) = tasks.join_next().await {
+            self.settle(done, &mut stop);
+        }
+        let reason = stop.expect("the loop only breaks on a stop");
+        self.store.set_run_state(
+            run_id,
+            RunState::Paused,
+            Some(&reason.to_string()),
+            self.now_ms(),
+        )?;
+        Ok(RunEnd::Stopped(reason))
+    }
+
+    fn settle(
+        &self,
+        done: Result<Processed, tokio::task::JoinError>,
+        stop: &mut Option<StopReason>,
+    ) {
+        match done {
+            Ok(processed) => {
+                if let Some(reason) = processed.stop {
+                    stop.get_or_insert(reason);
+                }
+            }
+            // A panicking job task leaves its job `dispatching`; the next start
+            // reconciles it like a crash, so nothing is sent twice.
+            Err(e) => tracing::error!(error = %e, "a dispatch task failed"),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! E.164 phone numbers, normalised with the `phonenumber` crate (Google's
+//! libphonenumber metadata) and checked with `is_valid`, not just parsed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use phonenumber::Mode;
+use phonenumber::country::Id;
+
+/// A valid phone number in E.164 form (`+15017122661`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Phone(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PhoneError {
+    #[error("phone number is empty")]
+    Empty,
+    #[error("{0:?} is not a phone number")]
+    Unparseable(String),
+    #[error("{0:?} is not a valid phone number for its country")]
+    Invalid(String),
+    #[error("{0:?} has no +country code and the campaign sets no default_region")]
+    NoRegion(String),
+}
+
+impl Phone {
+    /// Parses `raw` as written in a CSV: with a `+country` prefix, or national
+    /// format in `default_region`.
+    pub fn parse(raw: &str, default_region: Option<Id>) -> Result<Self, PhoneError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(PhoneError::Empty);
+        }
+        if !raw.starts_with('+') && !raw.starts_with("00") && default_region.is_none() {
+            return Err(PhoneError::NoRegion(raw.to_string()));
+        }
+        let number = phonenumber::parse(default_region, raw)
+            .map_err(|_| PhoneError::Unparseable(raw.to_string()))?;
+        if !phonenumber::is_valid(&number) {
+            return Err(PhoneError::Invalid(raw.to_string()));
+        }
+        Ok(Phone(number.format().mode(Mode::E164).to_string()))
+    }
+
+    /// Wraps an already-normalised E.164 string read back from the ledger.
+    pub fn from_e164(e164: String) -> Self {
+        Phone(e164)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The number with all but the last two digits hidden, for logs.
+    pub fn masked(&self) -> String {
+        let n = self.0.len();
+        let keep = 2.min(n);
+        format!(
+            "+{}{}",
+            "*".repeat(n.saturating_sub(keep + 1)),
+            &self.0[n - keep..]
+        )
+    }
+}
+
+impl fmt::Display for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a two-letter region code such as `US` or `de`.
+pub fn parse_region(code: &str) -> Option<Id> {
+    Id::from_str(&code.trim().to_ascii_uppercase()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn national_numbers_take_the_default_region() {
+        let us = parse_region("US");
+        assert_eq!(
+            Phone::parse("(201) 555-0123", us).unwrap().as_str(),
+            "+12015550123"
+        );
+        assert_eq!(
+            Phone::parse("+44 20 7946 0958", us).unwrap().as_str(),
+            "+442079460958"
+        );
+    }
+
+    #[test]
+    fn numbers_that_parse_but_are_not_valid_are_refused() {
+        let us = parse_region("US");
+        assert!(matches!(
+            Phone::parse("+1 555 555", us),
+            Err(PhoneError::Invalid(_) | PhoneError::Unparseable(_))
+        ));
+        assert!(matches!(
+            Phone::parse("hello", us),
+            Err(PhoneError::Unparseable(_) | PhoneError::Invalid(_))
+        ));
+        assert_eq!(Phone::parse("  ", us), Err(PhoneError::Empty));
+        assert!(matches!(
+            Phone::parse("2015550123", None),
+            Err(PhoneError::NoRegion(_))
+        ));
+    }
+
+    #[test]
+    fn masking_keeps_only_the_last_two_digits() {
+        let p = Phone::from_e164("+12015550123".into());
+        assert_eq!(p.masked(), "+*********23");
+    }
+}

@@ -1,0 +1,151 @@
+//! Expansion: a campaign's CSV streamed into one job per contact, in batched
+//! transactions, with every row accounted for as imported, rejected or duplicate.
+
+use std::collections::HashSet;
+
+use crate::campaign::{Campaign, JobSpec, expand};
+use crate::contacts::{ContactReader, ContactsError, Rejection, Row};
+use crate::domain::RunState;
+use crate::store::{BatchCounts, ImportItem, Store, StoreError};
+
+/// Rows written per transaction: large enough to amortise the commit, small
+/// enough that a cancel is seen quickly and memory stays flat.
+pub const BATCH_ROWS: usize = 2_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Contacts(#[from] ContactsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How an import went: the three counts add up to `rows`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportCounts {
+    pub rows: i64,
+    pub imported: i64,
+    pub rejected: i64,
+    pub duplicates: i64,
+}
+
+impl ImportCounts {
+    fn add(&mut self, batch: BatchCounts) {
+        self.imported += batch.imported;
+        self.rejected += batch.rejected;
+        self.duplicates += batch.duplicates;
+        self.rows += batch.imported + batch.rejected + batch.duplicates;
+    }
+}
+
+/// Turns one CSV row into what the ledger stores.
+fn to_item(campaign: &Campaign, row: Row) -> ImportItem {
+    match row {
+        Row::Contact(contact) => match expand(campaign, &contact) {
+            Ok(spec) => ImportItem::Job(spec),
+            Err(reason) => ImportItem::Rejected(Rejection {
+                line: contact.line,
+                raw_phone: contact.phone.as_str().to_string(),
+                reason,
+            }),
+        },
+        Row::Rejected(r) => ImportItem::Rejected(r),
+    }
+}
+
+/// Imports `campaign`'s contacts into run `run_id` (which must be `expanding`),
+/// then makes the run dispatchable. Stops early, keeping what it wrote, if the
+/// run is cancelled meanwhile. `progress` sees the running counts after each batch.
+pub fn import_run(
+    store: &Store,
+    campaign: &Campaign,
+    run_id: i64,
+    now_ms: i64,
+    mut progress: impl FnMut(&ImportCounts),
+) -> Result<ImportCounts, ImportError> {
+    let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
+    let mut counts = ImportCounts::default();
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    loop {
+        let row = reader.next_row()?;
+        let done = row.is_none();
+        if let Some(row) = row {
+            batch.push(to_item(campaign, row));
+        }
+        if batch.len() >= BATCH_ROWS || (done && !batch.is_empty()) {
+            counts.add(store.import_batch(run_id, &batch, now_ms, now_ms)?);
+            batch.clear();
+            progress(&counts);
+            // A cancel issued during expansion wins: stop writing jobs.
+            if store.get_run(run_id)?.state == RunState::Cancelled.as_str() {
+                break;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    store.finish_expansion(
+        run_id,
+        counts.rows,
+        counts.imported,
+        counts.rejected,
+        counts.duplicates,
+    )?;
+    Ok(counts)
+}
+
+/// What a dry run found: the counts, the first jobs, and every refused row.
+#[derive(Debug, Clone, Default)]
+pub struct DryRun {
+    pub counts: ImportCounts,
+    pub first: Vec<JobSpec>,
+    pub refused: Vec<(Rejection, &'static str)>,
+    pub earliest_due: Option<chrono::DateTime<chrono::Utc>>,
+    pub latest_due: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Expands a campaign without writing anything, for `--dry-run` and `validate`.
+/// Duplicates are found with an in-memory set of phones here, since there is no
+/// ledger to ask.
+pub fn dry_run(campaign: &Campaign, keep_first: usize) -> Result<DryRun, ContactsError> {
+    let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
+    let mut out = DryRun::default();
+    let mut seen = HashSet::new();
+    while let Some(row) = reader.next_row()? {
+        out.counts.rows += 1;
+        match to_item(campaign, row) {
+            ImportItem::Job(spec) => {
+                if !seen.insert(spec.phone.as_str().to_string()) {
+                    out.counts.duplicates += 1;
+                    let reason = format!(
+                        "duplicate phone {}; the first row with it is kept",
+                        spec.phone
+                    );
+                    out.refused.push((
+                        Rejection {
+                            line: spec.line,
+                            raw_phone: spec.phone.as_str().to_string(),
+                            reason,
+                        },
+                        "duplicate",
+                    ));
+                    continue;
+                }
+                out.counts.imported += 1;
+                if let Some(due) = spec.due_at {
+                    out.earliest_due = Some(out.earliest_due.map_or(due, |d| d.min(due)));
+                    out.latest_due = Some(out.latest_due.map_or(due, |d| d.max(due)));
+                }
+                if out.first.len() < keep_first {
+                    out.first.push(spec);
+                }
+            }
+            ImportItem::Rejected(r) => {
+                out.counts.rejected += 1;
+                out.refused.push((r, "rejected"));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,385 @@
+//! Jobs: import in batched transactions, claim by due time, outcomes guarded by
+//! id and state, and the audit record of Studio calls.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Result, Store};
+use crate::campaign::JobSpec;
+use crate::contacts::Rejection;
+
+/// One row of an import batch.
+#[derive(Debug, Clone)]
+pub enum ImportItem {
+    Job(JobSpec),
+    Rejected(Rejection),
+}
+
+/// A job claimed for dispatch: already `dispatching` and committed.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub run_id: i64,
+    pub phone: String,
+    pub parameters: String,
+    pub attempts: i64,
+    pub failures: i64,
+    pub throttles: i64,
+    pub expires_at: Option<i64>,
+    pub attempt_started_at: i64,
+    pub ambiguous_since: Option<i64>,
+    pub conflict_sid: Option<String>,
+    pub conflict_since: Option<i64>,
+}
+
+/// How a dispatch attempt ended, as the ledger records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Sent {
+        sid: String,
+    },
+    Skipped {
+        reason: String,
+        sid: Option<String>,
+    },
+    Failed {
+        reason: String,
+        last_error: Option<String>,
+    },
+    Expired,
+    /// Back to `pending`, due again at `due_at`.
+    Retry {
+        due_at: i64,
+        failures: i64,
+        throttled: bool,
+        ambiguous_since: Option<i64>,
+        conflict: Option<(String, i64)>,
+        last_error: Option<String>,
+    },
+    /// Back to `pending` as it was: nothing was decided (the run stopped).
+    Release,
+}
+
+/// A job as reports show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub line: i64,
+    pub phone: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub execution_sid: Option<String>,
+    pub attempts: i64,
+    pub due_at: i64,
+    pub expires_at: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// One call to Studio, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct StudioCall {
+    pub run_id: Option<i64>,
+    pub job_id: Option<i64>,
+    pub at: i64,
+    pub operation: &'static str,
+    pub request: String,
+    pub http_status: Option<u16>,
+    pub response: Option<String>,
+    pub outcome: String,
+    pub execution_sid: Option<String>,
+    pub note: Option<String>,
+}
+
+/// Import counts of one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub imported: i64,
+    pub rejected: i64,
+    pub duplicates: i64,
+}
+
+impl Store {
+    /// Writes a batch of imported rows in one transaction. A phone already in the
+    /// run is a duplicate: the first row stays, this one is recorded as such.
+    pub fn import_batch(
+        &self,
+        run_id: i64,
+        items: &[ImportItem],
+        default_due: i64,
+        now: i64,
+    ) -> Result<BatchCounts> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut counts = BatchCounts::default();
+        {
+            let mut insert_job = tx.prepare_cached(
+                "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            )?;
+            let mut insert_row = tx.prepare_cached(
+                "INSERT INTO import_rows (run_id, line, raw_phone, outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for item in items {
+                match item {
+                    ImportItem::Job(spec) => {
+                        let parameters =
+                            serde_json::Value::Object(spec.parameters.clone()).to_string();
+                        let due = spec.due_at.map_or(default_due, |t| t.timestamp_millis());
+                        let inserted = insert_job.execute(params![
+                            run_id,
+                            spec.phone.as_str(),
+                            spec.line as i64,
+                            spec.zone.name(),
+                            parameters,
+                            due,
+                            spec.expires_at.map(|t| t.timestamp_millis()),
+                            now
+                        ])?;
+                        if inserted == 1 {
+                            counts.imported += 1;
+                        } else {
+                            counts.duplicates += 1;
+                            insert_row.execute(params![
+                                run_id,
+                                spec.line as i64,
+                                spec.phone.as_str(),
+                                "duplicate",
+                                format!(
+                                    "duplicate phone {}; the first row with it is kept",
+                                    spec.phone
+                                )
+                            ])?;
+                        }
+                    }
+                    ImportItem::Rejected(r) => {
+                        counts.rejected += 1;
+                        insert_row.execute(params![
+                            run_id,
+                            r.line as i64,
+                            r.raw_phone,
+                            "rejected",
+                            r.reason
+                        ])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(counts)
+    }
+
+    /// Claims up to `limit` due pending jobs of a run, earliest due first, marking
+    /// them `dispatching` with the attempt's start time, in one committed statement.
+    pub fn claim_due(&self, run_id: i64, now: i64, limit: usize) -> Result<Vec<ClaimedJob>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?2, updated_at = ?2 \
+             WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
+                          ORDER BY due_at, id LIMIT ?3) \
+               AND (SELECT state FROM runs WHERE id = ?1) = 'active' \
+             RETURNING id, run_id, phone, parameters, attempts, failures, throttles, expires_at, \
+                       attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
+        )?;
+        let mut jobs: Vec<ClaimedJob> = stmt
+            .query_map(params![run_id, now, limit as i64], |r| {
+                Ok(ClaimedJob {
+                    id: r.get(0)?,
+                    run_id: r.get(1)?,
+                    phone: r.get(2)?,
+                    parameters: r.get(3)?,
+                    attempts: r.get(4)?,
+                    failures: r.get(5)?,
+                    throttles: r.get(6)?,
+                    expires_at: r.get(7)?,
+                    attempt_started_at: r.get(8)?,
+                    ambiguous_since: r.get(9)?,
+                    conflict_sid: r.get(10)?,
+                    conflict_since: r.get(11)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        // RETURNING gives rows in no promised order; dispatch them by id.
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    /// Records how a claimed job's attempt ended. Applies only while the job is
+    /// still `dispatching` (guarded by id and state); returns whether it did.
+    pub fn finish_job(
+        &self,
+        job_id: i64,
+        outcome: &JobOutcome,
+        attempts_sent: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let conn = self.conn();
+        let changed = match outcome {
+            JobOutcome::Sent { sid } => conn.execute(
+                "UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = ?2, attempts = attempts + ?3, \
+                 ambiguous_since = NULL, conflict_sid = NULL, sent_at = ?4, finished_at = ?4, updated_at = ?4 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+                params![job_id, sid, attempts_sent, now],
+            )?,
+            JobOutcome::Skipped { reason, sid } => conn.execute(
+                "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
+                 ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 WHERE id = ?1 AND state = 'dispatching'",
+                params![job_id, reason, sid, attempts_sent, now],
+            )?,
+            JobOutcome::Failed { reason, last_error } => conn.execute(
+                "UPDATE jobs SET state = 'failed', reason = ?2, last_error = COALESCE(?3, last_error), \
+                 attempts = attempts + ?4, ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+                params![job_id, reason, last_error, attempts_sent, now],
+            )?,
+            JobOutcome::Expired => conn.execute(
+                "UPDATE jobs SET state = 'expired', reason = 'expired', attempts = attempts + ?2, \
+                 finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
+                params![job_id, attempts_sent, now],
+            )?,
+            JobOutcome::Retry { due_at, failures, throttled, ambiguous_since, conflict, last_error } => conn.execute(
+                "UPDATE jobs SET state = 'pending', due_at = ?2, failures = ?3, throttles = throttles + ?4, \
+                 ambiguous_since = ?5, conflict_sid = ?6, conflict_since = ?7, last_error = COALESCE(?8, last_error), \
+                 attempts = attempts + ?9, updated_at = ?10 WHERE id = ?1 AND state = 'dispatching'",
+                params![
+                    job_id,
+                    due_at,
+                    failures,
+                    i64::from(*throttled),
+                    ambiguous_since,
+                    conflict.as_ref().map(|c| c.0.as_str()),
+                    conflict.as_ref().map(|c| c.1),
+                    last_error,
+                    attempts_sent,
+                    now
+                ],
+            )?,
+            JobOutcome::Release => conn.execute(
+                "UPDATE jobs SET state = 'pending', attempts = attempts + ?2, updated_at = ?3 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+                params![job_id, attempts_sent, now],
+            )?,
+        };
+        Ok(changed == 1)
+    }
+
+    /// Jobs left `dispatching` by a process that died: back to `pending`, marked
+    /// ambiguous from their attempt's start, so Studio is asked before any resend.
+    pub fn recover_dispatching(&self, run_id: i64, now: i64) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET state = 'pending', ambiguous_since = COALESCE(ambiguous_since, attempt_started_at, ?2), \
+             updated_at = ?2 WHERE run_id = ?1 AND state = 'dispatching'",
+            params![run_id, now],
+        )?)
+    }
+
+    /// The earliest due time among a run's pending jobs.
+    pub fn next_due_at(&self, run_id: i64) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending'",
+                [run_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Calls `f` for each job of a run in id order, without loading them all.
+    pub fn for_each_job(
+        &self,
+        run_id: i64,
+        mut f: impl FnMut(JobRow) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, run_id, line, phone, state, reason, execution_sid, attempts, due_at, expires_at, \
+             sent_at, finished_at, last_error FROM jobs WHERE run_id = ?1 ORDER BY id",
+        )?;
+        let mut rows = stmt.query([run_id])?;
+        while let Some(r) = rows.next()? {
+            let row = JobRow {
+                id: r.get(0)?,
+                run_id: r.get(1)?,
+                line: r.get(2)?,
+                phone: r.get(3)?,
+                state: r.get(4)?,
+                reason: r.get(5)?,
+                execution_sid: r.get(6)?,
+                attempts: r.get(7)?,
+                due_at: r.get(8)?,
+                expires_at: r.get(9)?,
+                sent_at: r.get(10)?,
+                finished_at: r.get(11)?,
+                last_error: r.get(12)?,
+            };
+            f(row).map_err(|e| super::StoreError::Corrupt(format!("writing report: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The rows an import refused or found duplicated, in file order.
+    pub fn import_rows(&self, run_id: i64) -> Result<Vec<(i64, String, String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT line, raw_phone, outcome, reason FROM import_rows WHERE run_id = ?1 ORDER BY line",
+        )?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Appends one Studio call to the audit trail.
+    pub fn log_call(&self, call: &StudioCall) -> Result<()> {
+        self.conn().prepare_cached(
+            "INSERT INTO studio_calls (run_id, job_id, at, operation, request, http_status, response, outcome, execution_sid, note) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            call.run_id,
+            call.job_id,
+            call.at,
+            call.operation,
+            call.request,
+            call.http_status,
+            call.response,
+            call.outcome,
+            call.execution_sid,
+            call.note
+        ])?;
+        Ok(())
+    }
+
+    /// The audit trail of one job, oldest first.
+    pub fn calls_for_job(&self, job_id: i64) -> Result<Vec<CallSummary>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT operation, outcome, execution_sid, note FROM studio_calls WHERE job_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([job_id], |r| {
+                Ok(CallSummary {
+                    operation: r.get(0)?,
+                    outcome: r.get(1)?,
+                    execution_sid: r.get(2)?,
+                    note: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
+
+/// One audit record, as tests and reports read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSummary {
+    pub operation: String,
+    pub outcome: String,
+    pub execution_sid: Option<String>,
+    pub note: Option<String>,
+}

@@ -1,0 +1,727 @@
+//! A local Studio: the Execution endpoints flowcast uses, over real HTTP on
+//! 127.0.0.1, behaving as Studio does where it matters to flowcast.
+//!
+//! - Basic auth required (and checked, when credentials are configured) → 401.
+//! - Requests validated as the OpenAPI description says: form-encoded, `To` and
+//!   `From` required, `Parameters` a JSON object string, Flow SIDs `FW` + 32 hex.
+//! - One active Execution per (Flow, contact): a second create answers 409
+//!   (Twilio error 20409) naming the active SID, unless configured not to.
+//! - Executions end after a configurable lifetime, or when ended by a request.
+//! - More creates than the configured rate in any one second → 429 (20429).
+//! - Every Execution created is kept, for tests to assert against, and is
+//!   served as JSON at `GET /_simulator/executions`.
+
+// Handlers return early with a ready Response; boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// How the simulator behaves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// An Execution ends by itself this long after it starts; `None`: only when ended.
+    pub lifetime: Option<Duration>,
+    /// Creates accepted per second; more get 429.
+    pub rate_cap: Option<u32>,
+    /// When set, only these Basic-auth credentials are accepted.
+    pub credentials: Option<(String, String)>,
+    /// Whether a 409 body names the active Execution's SID (Studio's bodies vary).
+    pub conflict_names_sid: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            lifetime: Some(Duration::from_secs(5)),
+            rate_cap: None,
+            credentials: None,
+            conflict_names_sid: true,
+        }
+    }
+}
+
+/// One Execution the simulator created.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimExecution {
+    pub sid: String,
+    pub account_sid: String,
+    pub flow_sid: String,
+    pub to: String,
+    pub from: String,
+    pub parameters: Value,
+    pub status: String,
+    pub date_created: DateTime<Utc>,
+    pub date_updated: DateTime<Utc>,
+    /// Set when a request ended it (as opposed to its lifetime).
+    pub ended_by_request: bool,
+    #[serde(skip)]
+    created_instant: Option<Instant>,
+}
+
+#[derive(Default)]
+struct SimState {
+    executions: Vec<SimExecution>,
+    by_sid: HashMap<String, usize>,
+    active: HashMap<(String, String), usize>,
+    recent_creates: VecDeque<Instant>,
+    throttled: u64,
+    conflicts: u64,
+}
+
+struct Shared {
+    config: Mutex<SimConfig>,
+    state: Mutex<SimState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The simulator's state stays consistent between statements; a panic in a
+    // test holding the lock should not hide the original failure behind poison.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct Simulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Simulator {
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("a literal socket address"),
+            config,
+        )
+        .await
+    }
+
+    pub async fn start_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Simulator> {
+        let shared = Arc::new(Shared {
+            config: Mutex::new(config),
+            state: Mutex::new(SimState::default()),
+        });
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(Arc::clone(&shared));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Simulator {
+            shared,
+            addr,
+            _stop: stop,
+        })
+    }
+
+    /// The base URL to point `FLOWCAST_STUDIO_URL` at.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every Execution created so far (refreshed for lifetimes).
+    pub fn executions(&self) -> Vec<SimExecution> {
+        let config = lock(&self.shared.config).clone();
+        let mut state = lock(&self.shared.state);
+        state.expire(&config, Instant::now());
+        state.executions.clone()
+    }
+
+    /// 429s answered so far.
+    pub fn throttled(&self) -> u64 {
+        lock(&self.shared.state).throttled
+    }
+
+    /// 409s answered so far.
+    pub fn conflicts(&self) -> u64 {
+        lock(&self.shared.state).conflicts
+    }
+
+    /// Puts `contact` into an active Execution of `flow` not made by flowcast (as
+    /// if another tool or an inbound message had started it); returns its SID.
+    pub fn start_foreign_execution(&self, flow: &str, contact: &str) -> String {
+        let mut state = lock(&self.shared.state);
+        state.insert(
+            flow,
+            contact,
+            "+15005550006",
+            json!({}),
+            "AC00000000000000000000000000000000",
+        )
+    }
+
+    /// Ends an Execution as if its Flow had finished.
+    pub fn finish_execution(&self, sid: &str) {
+        lock(&self.shared.state).end(sid, false);
+    }
+
+    pub fn set_config(&self, config: SimConfig) {
+        *lock(&self.shared.config) = config;
+    }
+}
+
+impl SimState {
+    fn insert(
+        &mut self,
+        flow: &str,
+        to: &str,
+        from: &str,
+        parameters: Value,
+        account: &str,
+    ) -> String {
+        // Random like Studio's, so SIDs from two simulator lifetimes never collide.
+        let sid = format!("FN{:032x}", rand::random::<u128>());
+        let now = Utc::now();
+        let index = self.executions.len();
+        self.executions.push(SimExecution {
+            sid: sid.clone(),
+            account_sid: account.to_string(),
+            flow_sid: flow.to_string(),
+            to: to.to_string(),
+            from: from.to_string(),
+            parameters,
+            status: "active".into(),
+            date_created: now,
+            date_updated: now,
+            ended_by_request: false,
+            created_instant: Some(Instant::now()),
+        });
+        self.by_sid.insert(sid.clone(), index);
+        self.active
+            .insert((flow.to_string(), to.to_string()), index);
+        sid
+    }
+
+    fn end(&mut self, sid: &str, by_request: bool) -> Option<&SimExecution> {
+        let index = *self.by_sid.get(sid)?;
+        let e = &mut self.executions[index];
+        if e.status == "active" {
+            e.status = "ended".into();
+            e.date_updated = Utc::now();
+            e.ended_by_request = by_request;
+            let key = (e.flow_sid.clone(), e.to.clone());
+            if self.active.get(&key) == Some(&index) {
+                self.active.remove(&key);
+            }
+        }
+        Some(&self.executions[index])
+    }
+
+    /// Ends every active Execution whose lifetime is over.
+    fn expire(&mut self, config: &SimConfig, now: Instant) {
+        let Some(lifetime) = config.lifetime else {
+            return;
+        };
+        let over: Vec<String> = self
+            .active
+            .values()
+            .map(|&i| &self.executions[i])
+            .filter(|e| {
+                e.created_instant
+                    .is_some_and(|t| now.duration_since(t) >= lifetime)
+            })
+            .map(|e| e.sid.clone())
+            .collect();
+        for sid in over {
+            self.end(&sid, false);
+        }
+    }
+}
+
+type SharedState = Arc<Shared>;
+
+fn router(shared: SharedState) -> Router {
+    Router::new()
+        .route(
+            "/v2/Flows/{flow}/Executions",
+            get(list_executions).post(create_execution),
+        )
+        .route(
+            "/v2/Flows/{flow}/Executions/{sid}",
+            get(fetch_execution)
+                .post(update_execution)
+                .delete(delete_execution),
+        )
+        .route(
+            "/v2/Flows/{flow}/Executions/{sid}/Context",
+            get(execution_context),
+        )
+        .route("/_simulator/executions", get(dump_executions))
+        .with_state(shared)
+}
+
+fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
+    let body = json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status.as_u16(),
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Checks Basic auth; returns the account SID the request acts for.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
+    let unauthorised = || {
+        twilio_error(
+            StatusCode::UNAUTHORIZED,
+            20003,
+            "Authentication Error - invalid username",
+        )
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthorised)?;
+    let encoded = value.strip_prefix("Basic ").ok_or_else(unauthorised)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| unauthorised())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| unauthorised())?;
+    let (user, pass) = decoded.split_once(':').ok_or_else(unauthorised)?;
+    if user.is_empty() || pass.is_empty() {
+        return Err(unauthorised());
+    }
+    if let Some((u, p)) = &lock(&shared.config).credentials
+        && (u != user || p != pass)
+    {
+        return Err(unauthorised());
+    }
+    Ok(if user.starts_with("AC") && user.len() == 34 {
+        user.to_string()
+    } else {
+        "AC00000000000000000000000000000000".into()
+    })
+}
+
+fn is_sid(value: &str, prefix: &str) -> bool {
+    value.len() == 34
+        && value.starts_with(prefix)
+        && value[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+fn check_flow(flow: &str) -> Result<(), Response> {
+    if is_sid(flow, "FW") {
+        Ok(())
+    } else {
+        Err(twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            &format!("The requested resource /v2/Flows/{flow} was not found"),
+        ))
+    }
+}
+
+fn read_form(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        return Err(twilio_error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            "Request body must be application/x-www-form-urlencoded",
+        ));
+    }
+    Ok(form_urlencoded::parse(body).into_owned().collect())
+}
+
+fn execution_json(e: &SimExecution, base: &str) -> Value {
+    let url = format!("{base}/v2/Flows/{}/Executions/{}", e.flow_sid, e.sid);
+    json!({
+        "url": url,
+        "sid": e.sid,
+        "account_sid": e.account_sid,
+        "flow_sid": e.flow_sid,
+        "context": {},
+        "contact_channel_address": e.to,
+        "contact_sid": format!("FC{}", &e.sid[2..]),
+        "flow_version": 1,
+        "status": e.status,
+        "date_created": e.date_created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "date_updated": e.date_updated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "initiated_by": "RE00000000000000000000000000000000",
+        "links": {
+            "steps": format!("{url}/Steps"),
+            "execution_context": format!("{url}/Context"),
+        }
+    })
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn create_execution(
+    State(shared): State<SharedState>,
+    Path(flow): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let account = match authenticate(&shared, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_flow(&flow) {
+        return r;
+    }
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let Some(to) = field("To") else {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            "Missing required parameter To in the post body",
+        );
+    };
+    let Some(from) = field("From") else {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            "Missing required parameter From in the post body",
+        );
+    };
+    let parameters = match field("Parameters") {
+        None => json!({}),
+        Some(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                return twilio_error(
+                    StatusCode::BAD_REQUEST,
+                    20001,
+                    "Parameters must be a JSON object string",
+                );
+            }
+        },
+    };
+    let config = lock(&shared.config).clone();
+    let mut state = lock(&shared.state);
+    let now = Instant::now();
+    state.expire(&config, now);
+    if let Some(cap) = config.rate_cap {
+        while state
+            .recent_creates
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            state.recent_creates.pop_front();
+        }
+        if state.recent_creates.len() >= cap as usize {
+            state.throttled += 1;
+            let mut r = twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
+        }
+        state.recent_creates.push_back(now);
+    }
+    if let Some(&index) = state.active.get(&(flow.clone(), to.clone())) {
+        state.conflicts += 1;
+        let sid = state.executions[index].sid.clone();
+        let message = if config.conflict_names_sid {
+            format!("Execution {sid} is already active for this contact")
+        } else {
+            "Execution is already active for this contact".to_string()
+        };
+        return twilio_error(StatusCode::CONFLICT, 20409, &message);
+    }
+    let sid = state.insert(&flow, &to, &from, parameters, &account);
+    let e = &state.executions[state.by_sid[&sid]];
+    json_response(StatusCode::CREATED, execution_json(e, &base_url(&headers)))
+}
+
+struct ListQuery {
+    status: Option<String>,
+    date_created_from: Option<String>,
+    date_created_to: Option<String>,
+    page_size: Option<usize>,
+    page: Option<usize>,
+}
+
+async fn list_executions(
+    State(shared): State<SharedState>,
+    Path(flow): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    if let Err(r) = check_flow(&flow) {
+        return r;
+    }
+    // Both spellings of the status filter are accepted; the first wins.
+    let get = |k: &str| {
+        query
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+    };
+    let q = ListQuery {
+        status: get("status").or_else(|| get("Status")),
+        date_created_from: get("DateCreatedFrom"),
+        date_created_to: get("DateCreatedTo"),
+        page_size: get("PageSize").and_then(|v| v.parse().ok()),
+        page: get("Page").and_then(|v| v.parse().ok()),
+    };
+    let parse_time = |t: &Option<String>| -> Result<Option<DateTime<Utc>>, Response> {
+        match t {
+            None => Ok(None),
+            Some(text) => DateTime::parse_from_rfc3339(text)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|_| {
+                    twilio_error(
+                        StatusCode::BAD_REQUEST,
+                        20001,
+                        &format!("Invalid date-time {text}"),
+                    )
+                }),
+        }
+    };
+    let (from, to) = match (
+        parse_time(&q.date_created_from),
+        parse_time(&q.date_created_to),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let page_size = q.page_size.unwrap_or(50).clamp(1, 1000);
+    let page = q.page.unwrap_or(0);
+    let config = lock(&shared.config).clone();
+    let mut state = lock(&shared.state);
+    state.expire(&config, Instant::now());
+    // Studio lists newest first; Executions created within one second share a
+    // date_created, so compare at second precision as Studio does.
+    let matching: Vec<&SimExecution> = state
+        .executions
+        .iter()
+        .rev()
+        .filter(|e| e.flow_sid == flow)
+        .filter(|e| q.status.as_deref().is_none_or(|s| e.status == s))
+        .filter(|e| from.is_none_or(|f| e.date_created.timestamp() >= f.timestamp()))
+        .filter(|e| to.is_none_or(|t| e.date_created.timestamp() < t.timestamp()))
+        .collect();
+    let base = base_url(&headers);
+    let start = page * page_size;
+    let items: Vec<Value> = matching
+        .iter()
+        .skip(start)
+        .take(page_size)
+        .map(|e| execution_json(e, &base))
+        .collect();
+    let mut page_query: Vec<(String, String)> = query
+        .iter()
+        .filter(|(k, _)| k != "Page" && k != "PageToken" && k != "PageSize")
+        .cloned()
+        .collect();
+    page_query.push(("PageSize".into(), page_size.to_string()));
+    let page_url = |n: usize| {
+        let mut qs = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &page_query {
+            qs.append_pair(k, v);
+        }
+        qs.append_pair("Page", &n.to_string());
+        qs.append_pair("PageToken", &format!("PT{n}"));
+        format!("{base}/v2/Flows/{flow}/Executions?{}", qs.finish())
+    };
+    let next = (start + page_size < matching.len()).then(|| page_url(page + 1));
+    let body = json!({
+        "executions": items,
+        "meta": {
+            "page": page,
+            "page_size": page_size,
+            "first_page_url": page_url(0),
+            "previous_page_url": (page > 0).then(|| page_url(page - 1)),
+            "next_page_url": next,
+            "url": page_url(page),
+            "key": "executions",
+        }
+    });
+    json_response(StatusCode::OK, body)
+}
+
+fn find<'a>(state: &'a SimState, flow: &str, sid: &str) -> Result<&'a SimExecution, Response> {
+    state
+        .by_sid
+        .get(sid)
+        .map(|&i| &state.executions[i])
+        .filter(|e| e.flow_sid == flow)
+        .ok_or_else(|| {
+            twilio_error(
+                StatusCode::NOT_FOUND,
+                20404,
+                &format!("The requested resource /v2/Flows/{flow}/Executions/{sid} was not found"),
+            )
+        })
+}
+
+async fn fetch_execution(
+    State(shared): State<SharedState>,
+    Path((flow, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let config = lock(&shared.config).clone();
+    let mut state = lock(&shared.state);
+    state.expire(&config, Instant::now());
+    match find(&state, &flow, &sid) {
+        Ok(e) => json_response(StatusCode::OK, execution_json(e, &base_url(&headers))),
+        Err(r) => r,
+    }
+}
+
+async fn update_execution(
+    State(shared): State<SharedState>,
+    Path((flow, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match form
+        .iter()
+        .find(|(k, _)| k == "Status")
+        .map(|(_, v)| v.as_str())
+    {
+        Some("ended") => {}
+        Some(other) => {
+            return twilio_error(
+                StatusCode::BAD_REQUEST,
+                20001,
+                &format!("Invalid Status {other}; only ended is allowed"),
+            );
+        }
+        None => {
+            return twilio_error(
+                StatusCode::BAD_REQUEST,
+                20001,
+                "Missing required parameter Status in the post body",
+            );
+        }
+    }
+    let config = lock(&shared.config).clone();
+    let mut state = lock(&shared.state);
+    state.expire(&config, Instant::now());
+    if let Err(r) = find(&state, &flow, &sid) {
+        return r;
+    }
+    let e = state.end(&sid, true).expect("found just above").clone();
+    json_response(StatusCode::OK, execution_json(&e, &base_url(&headers)))
+}
+
+async fn delete_execution(
+    State(shared): State<SharedState>,
+    Path((flow, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let mut state = lock(&shared.state);
+    if let Err(r) = find(&state, &flow, &sid) {
+        return r;
+    }
+    state.end(&sid, true);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn execution_context(
+    State(shared): State<SharedState>,
+    Path((flow, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let state = lock(&shared.state);
+    let e = match find(&state, &flow, &sid) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let base = base_url(&headers);
+    json_response(
+        StatusCode::OK,
+        json!({
+            "account_sid": e.account_sid,
+            "context": {
+                "flow": {
+                    "flow_sid": e.flow_sid,
+                    "channel": { "address": e.from },
+                    "data": e.parameters,
+                },
+                "contact": { "channel": { "address": e.to } },
+            },
+            "flow_sid": e.flow_sid,
+            "execution_sid": e.sid,
+            "url": format!("{base}/v2/Flows/{}/Executions/{}/Context", e.flow_sid, e.sid),
+        }),
+    )
+}
+
+async fn dump_executions(State(shared): State<SharedState>) -> Response {
+    let config = lock(&shared.config).clone();
+    let mut state = lock(&shared.state);
+    state.expire(&config, Instant::now());
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(&state.executions).unwrap_or(Value::Null),
+    )
+}
