@@ -16,10 +16,10 @@ use crate::campaign::{self, Campaign, FlowRef, Folders};
 use crate::cli::{Cli, Command, ReportFormat};
 use crate::config::{Config, Overrides};
 use crate::dispatch::{DispatchSettings, Dispatcher, RateLimits, RunEnd};
-use crate::domain::{ConflictPolicy, FlowSid, JobState, RunState, parse_duration};
+use crate::domain::{FlowSid, JobState, RunState, parse_duration};
 use crate::import::{self, ImportCounts};
 use crate::schedule::{Clock, SystemClock};
-use crate::store::{NewRun, Store};
+use crate::store::Store;
 use crate::studio::simulator::{SimConfig, Simulator};
 use crate::studio::{Credentials, HttpStudio, StudioConfig, base_url_from_env};
 
@@ -356,22 +356,13 @@ async fn run(config: &Config, what: &str, dry_run: bool) -> CommandResult {
     let studio = connect_studio(config).await?;
     let flow = resolve_flow(config, &campaign, &studio.account_sid)?;
     let now = SystemClock.now();
-    let run = NewRun {
-        campaign: campaign.name.clone(),
-        kind: campaign.kind.as_str().to_string(),
-        trigger: "manual".into(),
-        run_key: format!("manual:{}", now.timestamp_micros()),
-        scheduled_at: now.timestamp_millis(),
-        source: campaign.source.display().to_string(),
-        flow_sid: flow.to_string(),
-        from_addr: campaign.from.as_str().to_string(),
-        on_conflict: campaign.on_conflict.name().to_string(),
-        max_wait_ms: match campaign.on_conflict {
-            ConflictPolicy::Wait { max_wait } => Some(max_wait.as_millis() as i64),
-            _ => None,
-        },
-        rate: campaign.rate,
-    };
+    let run = import::new_run(
+        &campaign,
+        &flow,
+        "manual",
+        format!("manual:{}", now.timestamp_micros()),
+        now.timestamp_millis(),
+    );
     let run_id = store
         .create_run(&run, now.timestamp_millis())
         .map_err(Failure::input)?

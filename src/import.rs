@@ -5,8 +5,35 @@ use std::collections::HashSet;
 
 use crate::campaign::{Campaign, JobSpec, expand};
 use crate::contacts::{ContactReader, ContactsError, Rejection, Row};
-use crate::domain::RunState;
-use crate::store::{BatchCounts, ImportItem, Store, StoreError};
+use crate::domain::{ConflictPolicy, FlowSid, RunState};
+use crate::store::{BatchCounts, ImportItem, NewRun, Store, StoreError};
+
+/// The ledger record of a new run of `campaign`, with its settings frozen.
+/// `trigger` is `manual`, `schedule` or `file`; `run_key` makes it unique.
+pub fn new_run(
+    campaign: &Campaign,
+    flow: &FlowSid,
+    trigger: &str,
+    run_key: String,
+    scheduled_at_ms: i64,
+) -> NewRun {
+    NewRun {
+        campaign: campaign.name.clone(),
+        kind: campaign.kind.as_str().to_string(),
+        trigger: trigger.to_string(),
+        run_key,
+        scheduled_at: scheduled_at_ms,
+        source: campaign.source.display().to_string(),
+        flow_sid: flow.to_string(),
+        from_addr: campaign.from.as_str().to_string(),
+        on_conflict: campaign.on_conflict.name().to_string(),
+        max_wait_ms: match campaign.on_conflict {
+            ConflictPolicy::Wait { max_wait } => Some(max_wait.as_millis() as i64),
+            _ => None,
+        },
+        rate: campaign.rate,
+    }
+}
 
 /// Rows written per transaction: large enough to amortise the commit, small
 /// enough that a cancel is seen quickly and memory stays flat.

@@ -1,0 +1,490 @@
+//! The dispatcher against the simulator over loopback HTTP: one Execution per
+//! contact, the three 409 policies, adoption of our own Executions, retries.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use flowcast::dispatch::RunEnd;
+use flowcast::domain::FlowSid;
+use flowcast::store::JobRow;
+use flowcast::studio::simulator::{SimConfig, Simulator};
+use flowcast::studio::{
+    CreateRequest, Execution, HttpStudio, ListFilter, StudioApi, StudioError, StudioResult,
+};
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn jobs(app: &TestApp, run: i64) -> Vec<JobRow> {
+    let mut rows = Vec::new();
+    app.store()
+        .for_each_job(run, |j| {
+            rows.push(j);
+            Ok(())
+        })
+        .unwrap();
+    rows
+}
+
+fn sim_config(lifetime: Option<Duration>) -> SimConfig {
+    SimConfig {
+        lifetime,
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_contacts_get_exactly_one_execution_each() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(1000);
+    app.write("big.csv", contacts_csv(&numbers));
+    app.write("big.toml", campaign_toml("big.csv", ""));
+    let run = app.start_run("big.toml");
+
+    let end = app.dispatch(run, &sim.url()).await;
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+
+    let executions = sim.executions();
+    assert_eq!(executions.len(), 1000);
+    let to: HashSet<&str> = executions.iter().map(|e| e.to.as_str()).collect();
+    assert_eq!(to.len(), 1000, "one Execution per contact");
+    assert_eq!(to, numbers.iter().map(String::as_str).collect());
+    let rows = jobs(&app, run);
+    let by_sid: HashMap<&str, &JobRow> = rows
+        .iter()
+        .map(|j| (j.execution_sid.as_deref().unwrap(), j))
+        .collect();
+    for e in &executions {
+        assert!(
+            e.to.starts_with("+1201555") && e.to.len() == 12,
+            "E.164: {}",
+            e.to
+        );
+        assert_eq!(e.from, "+15017122661");
+        let job = by_sid[e.sid.as_str()];
+        assert_eq!(job.state, "sent");
+        assert_eq!(job.phone, e.to);
+        let index: usize = numbers.iter().position(|n| *n == e.to).unwrap();
+        assert_eq!(e.parameters["name"], json!(format!("Name{index}")));
+        assert_eq!(e.parameters["clinic"], json!("Main St"));
+        assert_eq!(
+            e.parameters["flowcast"],
+            json!({ "campaign": "big", "run": run, "job": job.id })
+        );
+    }
+}
+
+#[tokio::test]
+async fn skip_policy_creates_nothing_for_active_contacts_and_records_the_active_sid() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(5);
+    let busy: Vec<String> = numbers[..2]
+        .iter()
+        .map(|p| sim.start_foreign_execution(FLOW, p))
+        .collect();
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"skip\""));
+    let run = app.start_run("c.toml");
+
+    app.dispatch(run, &sim.url()).await;
+
+    let rows = jobs(&app, run);
+    for (i, job) in rows.iter().enumerate() {
+        if i < 2 {
+            assert_eq!(job.state, "skipped");
+            assert_eq!(job.reason.as_deref(), Some("conflict"));
+            assert_eq!(job.execution_sid.as_deref(), Some(busy[i].as_str()));
+        } else {
+            assert_eq!(job.state, "sent");
+        }
+    }
+    let executions = sim.executions();
+    assert_eq!(executions.len(), 5, "2 foreign + 3 created");
+    assert!(
+        executions.iter().filter(|e| e.status == "active").count() == 5,
+        "the busy contacts' Executions were left alone"
+    );
+}
+
+#[tokio::test]
+async fn end_policy_ends_each_active_execution_then_creates_its_own() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(4);
+    let busy: Vec<String> = numbers[..2]
+        .iter()
+        .map(|p| sim.start_foreign_execution(FLOW, p))
+        .collect();
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"end\""));
+    let run = app.start_run("c.toml");
+
+    app.dispatch(run, &sim.url()).await;
+
+    let executions = sim.executions();
+    for sid in &busy {
+        let e = executions.iter().find(|e| &e.sid == sid).unwrap();
+        assert_eq!(e.status, "ended");
+        assert!(e.ended_by_request, "flowcast ended it");
+    }
+    let rows = jobs(&app, run);
+    assert!(rows.iter().all(|j| j.state == "sent"), "{rows:?}");
+    for job in &rows[..2] {
+        let ours = job.execution_sid.as_deref().unwrap();
+        assert!(
+            !busy.iter().any(|b| b == ours),
+            "a new Execution, not the ended one"
+        );
+        let calls = app.store().calls_for_job(job.id).unwrap();
+        let ended = calls
+            .iter()
+            .find(|c| c.operation == "end")
+            .expect("the end is recorded");
+        assert!(
+            ended
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("on_conflict = \"end\""),
+            "{ended:?}"
+        );
+    }
+    assert_eq!(executions.len(), 6);
+}
+
+#[tokio::test]
+async fn wait_policy_creates_after_the_active_execution_ends() {
+    // Foreign Executions end by themselves after 300 ms.
+    let sim = Simulator::start(sim_config(Some(Duration::from_millis(300))))
+        .await
+        .unwrap();
+    let app = TestApp::new();
+    let numbers = phones(3);
+    let busy = sim.start_foreign_execution(FLOW, &numbers[0]);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write(
+        "c.toml",
+        campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"30s\""),
+    );
+    let run = app.start_run("c.toml");
+
+    app.dispatch(run, &sim.url()).await;
+
+    let rows = jobs(&app, run);
+    assert!(rows.iter().all(|j| j.state == "sent"), "{rows:?}");
+    let executions = sim.executions();
+    let foreign = executions.iter().find(|e| e.sid == busy).unwrap();
+    assert!(
+        !foreign.ended_by_request,
+        "wait never ends someone else's Execution"
+    );
+    let ours = executions
+        .iter()
+        .find(|e| Some(e.sid.as_str()) == rows[0].execution_sid.as_deref())
+        .unwrap();
+    assert!(ours.date_created >= foreign.date_updated - chrono::Duration::seconds(1));
+    assert_eq!(
+        sim.conflicts(),
+        1,
+        "waiting polls the Execution, it does not hammer create"
+    );
+}
+
+#[tokio::test]
+async fn wait_policy_past_max_wait_fails_with_conflict_timeout() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(2);
+    sim.start_foreign_execution(FLOW, &numbers[1]);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write(
+        "c.toml",
+        campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"1s\""),
+    );
+    let run = app.start_run("c.toml");
+
+    app.dispatch(run, &sim.url()).await;
+
+    let rows = jobs(&app, run);
+    assert_eq!(rows[0].state, "sent");
+    assert_eq!(rows[1].state, "failed");
+    assert_eq!(rows[1].reason.as_deref(), Some("conflict_timeout"));
+}
+
+#[tokio::test]
+async fn a_409_that_names_no_sid_is_resolved_by_listing_active_executions() {
+    let sim = Simulator::start(SimConfig {
+        lifetime: None,
+        conflict_names_sid: false,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let app = TestApp::new();
+    let numbers = phones(3);
+    // Another contact's active Execution must not be mistaken for this one's.
+    sim.start_foreign_execution(FLOW, "+12015559999");
+    let busy = sim.start_foreign_execution(FLOW, &numbers[1]);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"skip\""));
+    let run = app.start_run("c.toml");
+
+    app.dispatch(run, &sim.url()).await;
+
+    let rows = jobs(&app, run);
+    assert_eq!(rows[1].state, "skipped");
+    assert_eq!(rows[1].execution_sid.as_deref(), Some(busy.as_str()));
+    let calls = app.store().calls_for_job(rows[1].id).unwrap();
+    assert!(calls.iter().any(|c| c.operation == "list"), "{calls:?}");
+}
+
+#[tokio::test]
+async fn an_active_execution_carrying_our_own_job_key_is_adopted_not_skipped() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(2);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"skip\""));
+    let run = app.start_run("c.toml");
+    let first = jobs(&app, run)[0].id;
+    // As if an earlier attempt's answer was lost: Studio has our Execution.
+    let studio = http_studio(&sim.url());
+    let flow = FlowSid::parse(FLOW).unwrap();
+    let earlier = studio
+        .create_execution(
+            &flow,
+            &CreateRequest {
+                to: numbers[0].clone(),
+                from: "+15017122661".into(),
+                parameters: json!({ "flowcast": { "campaign": "c", "run": run, "job": first } })
+                    .to_string(),
+            },
+        )
+        .await
+        .unwrap();
+
+    app.dispatch(run, &sim.url()).await;
+
+    let rows = jobs(&app, run);
+    assert_eq!(rows[0].state, "sent");
+    assert_eq!(rows[0].execution_sid.as_deref(), Some(earlier.sid.as_str()));
+    assert_eq!(
+        sim.executions()
+            .iter()
+            .filter(|e| e.to == numbers[0])
+            .count(),
+        1,
+        "no second Execution"
+    );
+}
+
+#[tokio::test]
+async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
+    // The earlier Execution has already ended: a 409 would not reveal it, only
+    // the listing since the attempt began does.
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(3);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml");
+    let store = app.store();
+    let claimed = store
+        .claim_due(run, chrono::Utc::now().timestamp_millis(), 1)
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let job = &claimed[0];
+    let studio = http_studio(&sim.url());
+    let flow = FlowSid::parse(FLOW).unwrap();
+    let created = studio
+        .create_execution(
+            &flow,
+            &CreateRequest {
+                to: job.phone.clone(),
+                from: "+15017122661".into(),
+                parameters: json!({ "flowcast": { "campaign": "c", "run": run, "job": job.id } })
+                    .to_string(),
+            },
+        )
+        .await
+        .unwrap();
+    sim.finish_execution(&created.sid);
+    // ... and the process died here, before recording the outcome.
+
+    app.dispatch(run, &sim.url()).await;
+
+    let rows = jobs(&app, run);
+    let adopted = rows.iter().find(|r| r.id == job.id).unwrap();
+    assert_eq!(adopted.state, "sent");
+    assert_eq!(adopted.execution_sid.as_deref(), Some(created.sid.as_str()));
+    assert_eq!(
+        sim.executions().len(),
+        3,
+        "exactly one Execution per contact"
+    );
+}
+
+/// Wraps a Studio and fails the first `n` creates with the given error.
+struct FailingCreates {
+    inner: HttpStudio,
+    remaining: AtomicU32,
+    error: StudioError,
+}
+
+impl StudioApi for FailingCreates {
+    async fn create_execution(
+        &self,
+        flow: &FlowSid,
+        request: &CreateRequest,
+    ) -> StudioResult<Execution> {
+        if self
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(self.error.clone());
+        }
+        self.inner.create_execution(flow, request).await
+    }
+    async fn fetch_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
+        self.inner.fetch_execution(flow, sid).await
+    }
+    async fn end_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
+        self.inner.end_execution(flow, sid).await
+    }
+    async fn list_executions(
+        &self,
+        flow: &FlowSid,
+        filter: &ListFilter,
+    ) -> StudioResult<Vec<Execution>> {
+        self.inner.list_executions(flow, filter).await
+    }
+    async fn execution_context(
+        &self,
+        flow: &FlowSid,
+        sid: &str,
+    ) -> StudioResult<serde_json::Value> {
+        self.inner.execution_context(flow, sid).await
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_backoff_until_they_succeed() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(1)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml");
+    let studio = FailingCreates {
+        inner: http_studio(&sim.url()),
+        remaining: AtomicU32::new(2),
+        error: StudioError::Transient {
+            message: "HTTP 503".into(),
+            status: Some(503),
+            ambiguous: false,
+        },
+    };
+
+    app.dispatch_with(run, studio, 1000).await;
+
+    let rows = jobs(&app, run);
+    assert_eq!(rows[0].state, "sent");
+    assert_eq!(rows[0].attempts, 3);
+    assert_eq!(rows[0].last_error.as_deref(), Some("HTTP 503"));
+    assert_eq!(sim.executions().len(), 1);
+}
+
+#[tokio::test]
+async fn transient_failures_past_the_bound_fail_the_job_with_the_last_error() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(1)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml");
+    let studio = FailingCreates {
+        inner: http_studio(&sim.url()),
+        remaining: AtomicU32::new(100),
+        error: StudioError::Transient {
+            message: "connection reset".into(),
+            status: None,
+            ambiguous: true,
+        },
+    };
+
+    app.dispatch_with(run, studio, 1000).await;
+
+    let rows = jobs(&app, run);
+    assert_eq!(rows[0].state, "failed");
+    assert_eq!(rows[0].reason.as_deref(), Some("transient"));
+    assert_eq!(rows[0].last_error.as_deref(), Some("connection reset"));
+    assert_eq!(rows[0].attempts, i64::from(fast_settings().max_failures));
+    assert!(sim.executions().is_empty());
+}
+
+#[tokio::test]
+async fn throttling_backs_off_and_never_counts_as_an_attempt() {
+    let sim = Simulator::start(SimConfig {
+        lifetime: None,
+        rate_cap: Some(5),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(12)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml");
+
+    // The account rate is far above what the simulator accepts.
+    let end = app.dispatch_with(run, http_studio(&sim.url()), 1000).await;
+
+    assert!(matches!(end, RunEnd::Finished(_)));
+    assert!(sim.throttled() > 0, "the simulator did answer 429");
+    let rows = jobs(&app, run);
+    assert!(
+        rows.iter().all(|j| j.state == "sent" && j.attempts == 1),
+        "{rows:?}"
+    );
+    assert_eq!(sim.executions().len(), 12);
+}
+
+#[tokio::test]
+async fn refused_credentials_stop_the_run_and_leave_untouched_jobs_pending() {
+    let sim = Simulator::start(SimConfig {
+        lifetime: None,
+        credentials: Some(("ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".into(), "right".into())),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(20)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml");
+
+    let end = app.dispatch(run, &sim.url()).await;
+
+    let RunEnd::Stopped(reason) = end else {
+        panic!("{end:?}")
+    };
+    assert!(
+        reason.to_string().contains("refused the credentials"),
+        "{reason}"
+    );
+    assert!(
+        !reason.to_string().contains(TOKEN),
+        "the secret never appears in errors"
+    );
+    let counts = app.store().run_counts(run).unwrap();
+    assert_eq!(
+        counts.get(flowcast::domain::JobState::Pending),
+        20,
+        "{counts:?}"
+    );
+    let stored = app.store().get_run(run).unwrap();
+    assert_eq!(stored.state, "paused");
+    assert!(sim.executions().is_empty());
+}

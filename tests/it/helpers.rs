@@ -1,0 +1,195 @@
+//! A test app: a temp folder with campaigns/, flows/ and a ledger, and helpers to
+//! write campaigns, start runs, dispatch them, and run the `flowcast` binary.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowcast::campaign::{Campaign, Folders, load_one};
+use flowcast::dispatch::{DispatchSettings, Dispatcher, RateLimits, RunEnd};
+use flowcast::domain::FlowSid;
+use flowcast::import::{import_run, new_run};
+use flowcast::schedule::SystemClock;
+use flowcast::store::Store;
+use flowcast::studio::{Credentials, HttpStudio, StudioApi, StudioConfig};
+
+pub const FLOW: &str = "FW0123456789abcdef0123456789abcdef";
+pub const ACCOUNT: &str = "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub const TOKEN: &str = "test-token-not-a-secret";
+
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub campaigns: PathBuf,
+    pub flows: PathBuf,
+    pub db: PathBuf,
+}
+
+impl TestApp {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let campaigns = dir.path().join("campaigns");
+        let flows = dir.path().join("flows");
+        std::fs::create_dir_all(&campaigns).unwrap();
+        std::fs::create_dir_all(&flows).unwrap();
+        let db = dir.path().join("flowcast.db");
+        TestApp {
+            dir,
+            campaigns,
+            flows,
+            db,
+        }
+    }
+
+    /// Writes a file under campaigns/.
+    pub fn write(&self, rel: &str, text: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.campaigns.join(rel);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn folders(&self) -> Folders {
+        Folders {
+            campaigns: self.campaigns.clone(),
+            flows: self.flows.clone(),
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open(&self.db).expect("the ledger opens")
+    }
+
+    pub fn campaign(&self, file: &str) -> Campaign {
+        load_one(&self.campaigns.join(file), &self.folders()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Creates and imports a run of the campaign in `file`; returns its id.
+    pub fn start_run(&self, file: &str) -> i64 {
+        let campaign = self.campaign(file);
+        let store = self.store();
+        let now = chrono::Utc::now();
+        let flow = match &campaign.flow {
+            flowcast::campaign::FlowRef::Sid(s) => s.clone(),
+            _ => FlowSid::parse(FLOW).unwrap(),
+        };
+        let run = new_run(
+            &campaign,
+            &flow,
+            "manual",
+            format!("test:{}", now.timestamp_nanos_opt().unwrap()),
+            now.timestamp_millis(),
+        );
+        let id = store
+            .create_run(&run, now.timestamp_millis())
+            .unwrap()
+            .expect("a new run");
+        import_run(&store, &campaign, id, now.timestamp_millis(), |_| {}).unwrap();
+        id
+    }
+
+    /// Dispatches a run to its end against `studio`.
+    pub async fn dispatch_with<S: StudioApi>(
+        &self,
+        run_id: i64,
+        studio: S,
+        account_rate: u32,
+    ) -> RunEnd {
+        let dispatcher = Dispatcher::new(
+            self.store(),
+            Arc::new(studio),
+            Arc::new(SystemClock),
+            fast_settings(),
+            Arc::new(RateLimits::new(account_rate)),
+        );
+        tokio::time::timeout(Duration::from_secs(60), dispatcher.run_to_end(run_id))
+            .await
+            .expect("the run ends within a minute")
+            .expect("dispatch works")
+    }
+
+    /// Dispatches a run to its end against the Studio at `url`.
+    pub async fn dispatch(&self, run_id: i64, url: &str) -> RunEnd {
+        self.dispatch_with(run_id, http_studio(url), 1000).await
+    }
+
+    /// Runs the `flowcast` binary in the app's folder with a clean environment.
+    pub async fn flowcast(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowcast"));
+        cmd.current_dir(self.dir.path())
+            .args([
+                "--db",
+                self.db.to_str().unwrap(),
+                "--campaigns",
+                self.campaigns.to_str().unwrap(),
+                "--flows",
+                self.flows.to_str().unwrap(),
+            ])
+            .args(args)
+            .env_remove("RUST_LOG");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FLOWCAST_") || k.starts_with("TWILIO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .expect("flowcast finishes within two minutes")
+            .expect("flowcast runs")
+    }
+}
+
+/// Retry and poll delays short enough for tests (the logic is the same).
+pub fn fast_settings() -> DispatchSettings {
+    DispatchSettings {
+        concurrency: 16,
+        max_failures: 4,
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(50),
+        throttle_delay: Duration::from_millis(50),
+        wait_poll: Duration::from_millis(50),
+        idle_poll: Duration::from_millis(20),
+        max_end_rounds: 3,
+    }
+}
+
+pub fn http_studio(url: &str) -> HttpStudio {
+    HttpStudio::new(StudioConfig {
+        base_url: url.to_string(),
+        credentials: Credentials::new(ACCOUNT, TOKEN),
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+    })
+    .unwrap()
+}
+
+/// `n` distinct valid US numbers in E.164.
+pub fn phones(n: usize) -> Vec<String> {
+    assert!(n <= 10_000);
+    (0..n).map(|i| format!("+1201555{i:04}")).collect()
+}
+
+/// A CSV with a `phone,first_name` header and one row per phone.
+pub fn contacts_csv(phones: &[String]) -> String {
+    let mut csv = String::from("phone,first_name\n");
+    for (i, p) in phones.iter().enumerate() {
+        csv.push_str(&format!("{p},Name{i}\n"));
+    }
+    csv
+}
+
+/// A minimal valid campaign file body; `extra` lines are appended before
+/// `[parameters]`.
+pub fn campaign_toml(contacts: &str, extra: &str) -> String {
+    format!(
+        "kind = \"reminder\"\nflow = \"{FLOW}\"\nfrom = \"+15017122661\"\ncontacts = \"{contacts}\"\n{extra}\n[parameters]\nname = \"{{{{first_name}}}}\"\nclinic = \"Main St\"\n"
+    )
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

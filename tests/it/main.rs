@@ -1,0 +1,10 @@
+//! flowcast's integration tests: one binary, real SQLite files in temp folders,
+//! real HTTP over loopback to the built-in Studio simulator or to mockito.
+
+mod helpers;
+
+mod commands;
+mod dispatch;
+mod rates;
+mod studio_http;
+mod validate;
