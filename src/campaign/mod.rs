@@ -667,3 +667,144 @@ fn resolve_contacts(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir {
+        _tmp: tempfile::TempDir,
+        folders: Folders,
+    }
+
+    fn dir_with_csv(csv: &str) -> Dir {
+        let tmp = tempfile::tempdir().unwrap();
+        let campaigns = tmp.path().join("campaigns");
+        let flows = tmp.path().join("flows");
+        std::fs::create_dir_all(&campaigns).unwrap();
+        std::fs::create_dir_all(&flows).unwrap();
+        std::fs::write(campaigns.join("appointments.csv"), csv).unwrap();
+        Dir {
+            _tmp: tmp,
+            folders: Folders { campaigns, flows },
+        }
+    }
+
+    fn parse(dir: &Dir, file: &str, text: &str) -> Result<Campaign, CampaignError> {
+        parse_campaign(&dir.folders.campaigns.join(file), text, &dir.folders)
+    }
+
+    const SPEC_EXAMPLE: &str = r#"name        = "appointment-reminders"
+kind        = "reminder"
+flow        = "FW0123456789abcdef0123456789abcdef"
+from        = "+15017122661"
+contacts    = "appointments.csv"
+schedule    = "0 9 * * Mon-Fri"
+timezone    = "America/New_York"
+on_conflict = "wait"
+max_wait    = "2h"
+rate        = 5
+default_region = "US"
+send_window = { start = "08:00", end = "21:00" }
+send_at     = "{{appointment_at}} - 24h"
+expires     = "{{appointment_at}}"
+enabled     = true
+
+[parameters]
+name        = "{{first_name}}"
+appointment = "{{appointment_at}}"
+clinic      = "Main St"
+floor       = 3
+"#;
+
+    #[test]
+    fn the_spec_example_parses_with_every_field() {
+        let dir =
+            dir_with_csv("phone,first_name,appointment_at\n+12015550123,Ada,2030-01-02 10:00\n");
+        let c = parse(&dir, "x.toml", SPEC_EXAMPLE).unwrap();
+        assert_eq!(c.name, "appointment-reminders");
+        assert_eq!(c.kind, Kind::Reminder);
+        assert_eq!(
+            c.on_conflict,
+            ConflictPolicy::Wait {
+                max_wait: Duration::from_secs(7200)
+            }
+        );
+        assert_eq!(c.rate, Some(5));
+        assert_eq!(c.timezone, chrono_tz::America::New_York);
+        let window = c.send_window.unwrap();
+        assert_eq!(
+            (window.start.to_string(), window.end.to_string()),
+            ("08:00:00".into(), "21:00:00".into())
+        );
+        let params = c.parameters.unwrap();
+        assert_eq!(params["floor"], ParamValue::Constant(serde_json::json!(3)));
+        assert_eq!(
+            params["clinic"],
+            ParamValue::Constant(serde_json::json!("Main St"))
+        );
+        assert!(matches!(params["name"], ParamValue::Template(_)));
+    }
+
+    #[test]
+    fn the_name_defaults_to_the_file_stem_and_must_be_lowercase() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\ncontacts = \"appointments.csv\"\n";
+        assert_eq!(
+            parse(&dir, "weekly-survey.toml", body).unwrap().name,
+            "weekly-survey"
+        );
+        let err = parse(&dir, "Weekly Survey.toml", body)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "Weekly Survey.toml:1: file name \"Weekly Survey\" is not a valid campaign name"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flowcasts_own_parameter_key_is_reserved() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\ncontacts = \"appointments.csv\"\n[parameters]\nflowcast = \"x\"\n";
+        let err = parse(&dir, "s.toml", body).unwrap_err().to_string();
+        assert!(
+            err.contains("s.toml:6: parameter \"flowcast\" is reserved"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn max_wait_without_the_wait_policy_is_a_mistake() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\ncontacts = \"appointments.csv\"\non_conflict = \"skip\"\nmax_wait = \"1h\"\n";
+        let err = parse(&dir, "s.toml", body).unwrap_err().to_string();
+        assert!(err.contains("s.toml:6: max_wait only applies"), "{err}");
+    }
+
+    #[test]
+    fn a_flow_name_must_have_a_definition_in_the_flows_folder() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = "kind = \"survey\"\nflow = \"survey\"\nfrom = \"MG0123456789abcdef0123456789abcdef\"\ncontacts = \"appointments.csv\"\n";
+        let err = parse(&dir, "s.toml", body).unwrap_err().to_string();
+        assert!(
+            err.contains("s.toml:2: flow \"survey\": no definition"),
+            "{err}"
+        );
+        std::fs::write(dir.folders.flows.join("survey.json"), "{}").unwrap();
+        let c = parse(&dir, "s.toml", body).unwrap();
+        assert_eq!(c.flow, FlowRef::Name("survey".into()));
+        assert_eq!(c.from.as_str(), "MG0123456789abcdef0123456789abcdef");
+    }
+
+    #[test]
+    fn a_bad_send_window_and_bad_from_are_reported_together() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"MG123\"\ncontacts = \"appointments.csv\"\nsend_window = { start = \"8am\", end = \"21:00\" }\n";
+        let err = parse(&dir, "s.toml", body).unwrap_err();
+        let lines: Vec<u64> = err.diagnostics.iter().map(|d| d.line).collect();
+        assert_eq!(lines, [3, 5], "{err}");
+    }
+}

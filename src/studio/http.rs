@@ -52,14 +52,25 @@ impl fmt::Debug for Credentials {
 /// else `https://studio.{edge}.{region}.twilio.com` from `TWILIO_EDGE` and
 /// `TWILIO_REGION` (an edge alone implies region `us1`).
 pub fn base_url_from_env(override_url: Option<&str>) -> String {
-    if let Some(url) = override_url.filter(|u| !u.trim().is_empty()) {
+    let var = |k: &str| std::env::var(k).ok();
+    base_url(
+        override_url,
+        var("TWILIO_EDGE").as_deref(),
+        var("TWILIO_REGION").as_deref(),
+    )
+}
+
+/// [`base_url_from_env`] without the environment.
+pub fn base_url(override_url: Option<&str>, edge: Option<&str>, region: Option<&str>) -> String {
+    if let Some(url) = override_url.map(str::trim).filter(|u| !u.is_empty()) {
         return url.trim_end_matches('/').to_string();
     }
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    match (var("TWILIO_EDGE"), var("TWILIO_REGION")) {
+    let edge = edge.map(str::trim).filter(|v| !v.is_empty());
+    let region = region.map(str::trim).filter(|v| !v.is_empty());
+    match (edge, region) {
         (Some(edge), region) => format!(
             "https://studio.{edge}.{}.twilio.com",
-            region.unwrap_or_else(|| "us1".into())
+            region.unwrap_or("us1")
         ),
         (None, Some(region)) => format!("https://studio.{region}.twilio.com"),
         (None, None) => "https://studio.twilio.com".to_string(),
@@ -310,5 +321,39 @@ impl StudioApi for HttpStudio {
             )
             .await?;
         Ok(body.context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_url_follows_region_and_edge_like_twilios_helpers() {
+        assert_eq!(base_url(None, None, None), "https://studio.twilio.com");
+        assert_eq!(
+            base_url(None, Some("sydney"), Some("au1")),
+            "https://studio.sydney.au1.twilio.com"
+        );
+        assert_eq!(
+            base_url(None, Some("dublin"), None),
+            "https://studio.dublin.us1.twilio.com"
+        );
+        assert_eq!(
+            base_url(None, None, Some("ie1")),
+            "https://studio.ie1.twilio.com"
+        );
+        assert_eq!(
+            base_url(Some("http://127.0.0.1:4010/"), Some("sydney"), None),
+            "http://127.0.0.1:4010"
+        );
+    }
+
+    #[test]
+    fn credentials_never_print_their_secret() {
+        let c = Credentials::new("ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "very-secret-token");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-secret-token"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 }
