@@ -19,6 +19,9 @@ CREATE TABLE runs (
     on_conflict   TEXT    NOT NULL,
     max_wait_ms   INTEGER,
     rate          INTEGER,
+    -- the send window (HH:MM local to each contact), when the campaign has one
+    window_start  TEXT,
+    window_end    TEXT,
     state         TEXT    NOT NULL,
     state_reason  TEXT,
     rows_total    INTEGER NOT NULL DEFAULT 0,

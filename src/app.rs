@@ -32,16 +32,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn input(error: impl Into<anyhow::Error>) -> Self {
-        Failure {
-            code: 1,
-            error: error.into(),
-        }
+        Failure { code: 1, error: error.into() }
     }
     pub fn studio(error: impl Into<anyhow::Error>) -> Self {
-        Failure {
-            code: 2,
-            error: error.into(),
-        }
+        Failure { code: 2, error: error.into() }
     }
 }
 
@@ -74,15 +68,9 @@ pub async fn main(cli: Cli) -> u8 {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = config
-        .log
-        .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "warn".to_string());
+    let filter = config.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "warn".to_string());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = if std::env::var("FLOWCAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().try_init()
     } else {
@@ -98,24 +86,15 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Run { campaign, dry_run } => run(&config, &campaign, dry_run).await,
         Command::Resume { run } => resume(&config, run).await,
         Command::Status { campaign, json } => output::status(&config, campaign.as_deref(), json),
-        Command::Report { run, format } => {
-            output::report(&config, run, format == ReportFormat::Json)
-        }
+        Command::Report { run, format } => output::report(&config, run, format == ReportFormat::Json),
         Command::Pause { run } => control(&config, run, RunState::Paused),
         Command::Cancel { run } => control(&config, run, RunState::Cancelled),
-        Command::Simulator {
-            listen,
-            lifetime,
-            rate_cap,
-        } => simulator(&listen, &lifetime, rate_cap).await,
+        Command::Simulator { listen, lifetime, rate_cap } => simulator(&listen, &lifetime, rate_cap).await,
     }
 }
 
 fn folders(config: &Config) -> Folders {
-    Folders {
-        campaigns: config.campaigns.clone(),
-        flows: config.flows.clone(),
-    }
+    Folders { campaigns: config.campaigns.clone(), flows: config.flows.clone() }
 }
 
 fn open_store(config: &Config) -> Result<Store, Failure> {
@@ -163,7 +142,7 @@ fn validate(config: &Config, paths: &[PathBuf]) -> CommandResult {
                     continue;
                 }
                 names.insert(c.name.clone(), file.clone());
-                match import::dry_run(&c, 0) {
+                match import::dry_run(&c, 0, SystemClock.now()) {
                     Err(e) => {
                         let _ = writeln!(out, "{e}");
                         problems += 1;
@@ -198,16 +177,9 @@ fn validate(config: &Config, paths: &[PathBuf]) -> CommandResult {
             }
         }
     }
-    let _ = writeln!(
-        out,
-        "{} file(s) checked: {valid} valid, {problems} problem(s), {warnings} warning(s)",
-        files.len()
-    );
-    Ok(if problems == 0 && !files.is_empty() {
-        0
-    } else {
-        1
-    })
+    let _ =
+        writeln!(out, "{} file(s) checked: {valid} valid, {problems} problem(s), {warnings} warning(s)", files.len());
+    Ok(if problems == 0 && !files.is_empty() { 0 } else { 1 })
 }
 
 /// Finds a campaign by name, or by file path.
@@ -224,24 +196,14 @@ fn find_campaign(config: &Config, what: &str) -> Result<Campaign, Failure> {
         return Ok(c.clone());
     }
     // A refused file of that name: show why, rather than "not found".
-    if let Some((_, e)) = loaded
-        .refused
-        .iter()
-        .find(|(p, _)| p.file_stem().is_some_and(|s| s == what))
-    {
-        return Err(Failure::input(anyhow!(
-            "campaign {what:?} is refused:\n{e}"
-        )));
+    if let Some((_, e)) = loaded.refused.iter().find(|(p, _)| p.file_stem().is_some_and(|s| s == what)) {
+        return Err(Failure::input(anyhow!("campaign {what:?} is refused:\n{e}")));
     }
     let known: Vec<&str> = loaded.campaigns.iter().map(|c| c.name.as_str()).collect();
     Err(Failure::input(anyhow!(
         "no campaign {what:?} in {} (campaigns: {})",
         config.campaigns.display(),
-        if known.is_empty() {
-            "none".to_string()
-        } else {
-            known.join(", ")
-        }
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
     )))
 }
 
@@ -262,22 +224,14 @@ async fn connect_studio(config: &Config) -> Result<StudioHandle, Failure> {
             .context("starting the Studio simulator")
             .map_err(Failure::studio)?;
         tracing::info!(url = %sim.url(), "using the built-in Studio simulator");
-        (
-            sim.url(),
-            Credentials::new(SIMULATOR_ACCOUNT, "simulator"),
-            Some(sim),
-        )
+        (sim.url(), Credentials::new(SIMULATOR_ACCOUNT, "simulator"), Some(sim))
     } else {
         let credentials = Credentials::from_env().ok_or_else(|| {
             Failure::studio(anyhow!(
                 "no Twilio credentials: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET), or use --simulate"
             ))
         })?;
-        (
-            base_url_from_env(config.studio_url.as_deref()),
-            credentials,
-            None,
-        )
+        (base_url_from_env(config.studio_url.as_deref()), credentials, None)
     };
     let account_sid = if simulator.is_some() {
         SIMULATOR_ACCOUNT.to_string()
@@ -292,19 +246,11 @@ async fn connect_studio(config: &Config) -> Result<StudioHandle, Failure> {
     })
     .context("building the HTTP client")
     .map_err(Failure::studio)?;
-    Ok(StudioHandle {
-        client,
-        account_sid,
-        _simulator: simulator,
-    })
+    Ok(StudioHandle { client, account_sid, _simulator: simulator })
 }
 
 /// A campaign's Flow SID: given directly, or by name through `flows/flows.lock.toml`.
-fn resolve_flow(
-    config: &Config,
-    campaign: &Campaign,
-    account_sid: &str,
-) -> Result<FlowSid, Failure> {
+fn resolve_flow(config: &Config, campaign: &Campaign, account_sid: &str) -> Result<FlowSid, Failure> {
     match &campaign.flow {
         FlowRef::Sid(sid) => Ok(sid.clone()),
         FlowRef::Name(name) => {
@@ -317,16 +263,15 @@ fn resolve_flow(
                 ))
             };
             let text = std::fs::read_to_string(&lock).map_err(|_| not_deployed())?;
-            let table: toml::Table = toml::from_str(&text)
-                .map_err(|e| Failure::input(anyhow!("{}: {}", lock.display(), e.message())))?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| Failure::input(anyhow!("{}: {}", lock.display(), e.message())))?;
             let sid = table
                 .get(account_sid)
                 .and_then(|a| a.get(name))
                 .and_then(|f| f.get("sid"))
                 .and_then(|s| s.as_str())
                 .ok_or_else(not_deployed)?;
-            FlowSid::parse(sid)
-                .map_err(|e| Failure::input(anyhow!("{}: {name}: {e}", lock.display())))
+            FlowSid::parse(sid).map_err(|e| Failure::input(anyhow!("{}: {name}: {e}", lock.display())))
         }
     }
 }
@@ -366,11 +311,7 @@ async fn run(config: &Config, what: &str, dry_run: bool) -> CommandResult {
     let run_id = store
         .create_run(&run, now.timestamp_millis())
         .map_err(Failure::input)?
-        .ok_or_else(|| {
-            Failure::input(anyhow!(
-                "a run with this start instant already exists; try again"
-            ))
-        })?;
+        .ok_or_else(|| Failure::input(anyhow!("a run with this start instant already exists; try again")))?;
     let started = Instant::now();
     let counts = import_with_progress(&store, &campaign, run_id)?;
     eprintln!(
@@ -382,30 +323,18 @@ async fn run(config: &Config, what: &str, dry_run: bool) -> CommandResult {
     finish(&store, run_id, end, started)
 }
 
-fn import_with_progress(
-    store: &Store,
-    campaign: &Campaign,
-    run_id: i64,
-) -> Result<ImportCounts, Failure> {
+fn import_with_progress(store: &Store, campaign: &Campaign, run_id: i64) -> Result<ImportCounts, Failure> {
     let bar = progress_bar(None, "importing");
-    let result = import::import_run(
-        store,
-        campaign,
-        run_id,
-        SystemClock.now().timestamp_millis(),
-        |c| bar.set_position(c.rows as u64),
-    );
+    let result = import::import_run(store, campaign, run_id, SystemClock.now().timestamp_millis(), |c| {
+        bar.set_position(c.rows as u64)
+    });
     bar.finish_and_clear();
     match result {
         Ok(counts) => Ok(counts),
         Err(e) => {
             let reason = format!("import failed: {e}");
-            let _ = store.set_run_state(
-                run_id,
-                RunState::Cancelled,
-                Some(&reason),
-                SystemClock.now().timestamp_millis(),
-            );
+            let _ =
+                store.set_run_state(run_id, RunState::Cancelled, Some(&reason), SystemClock.now().timestamp_millis());
             Err(Failure::input(e))
         }
     }
@@ -425,9 +354,7 @@ fn progress_bar(len: Option<u64>, what: &'static str) -> ProgressBar {
         "{msg} {spinner} {pos} rows"
     };
     bar.set_style(
-        ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
     );
     bar.set_message(what);
     bar
@@ -476,11 +403,7 @@ fn finish(store: &Store, run_id: i64, end: RunEnd, started: Instant) -> CommandR
         run.rejected,
         run.duplicates,
         elapsed,
-        if elapsed > 0.0 {
-            sent as f64 / elapsed
-        } else {
-            0.0
-        }
+        if elapsed > 0.0 { sent as f64 / elapsed } else { 0.0 }
     );
     match end {
         RunEnd::Finished(_) => Ok(0),
@@ -495,9 +418,9 @@ fn finish(store: &Store, run_id: i64, end: RunEnd, started: Instant) -> CommandR
             println!("run {run_id} was cancelled");
             Ok(0)
         }
-        RunEnd::Stopped(reason) => Err(Failure::studio(anyhow!(
-            "run {run_id} stopped and is paused: {reason}"
-        ))),
+        RunEnd::Stopped(reason) => Err(Failure::studio(anyhow!("run {run_id} stopped and is paused: {reason}"))),
+        // `run` and `resume` dispatch to the end; they never stop when idle.
+        RunEnd::Idle { .. } => Ok(0),
     }
 }
 
@@ -534,9 +457,7 @@ async fn resume(config: &Config, run: Option<i64>) -> CommandResult {
                     .map_err(Failure::input)?;
             }
             Ok(RunState::Paused) => {
-                store
-                    .set_run_state(run.id, RunState::Active, None, now)
-                    .map_err(Failure::input)?;
+                store.set_run_state(run.id, RunState::Active, None, now).map_err(Failure::input)?;
             }
             _ => {}
         }
@@ -554,53 +475,29 @@ async fn resume(config: &Config, run: Option<i64>) -> CommandResult {
 fn control(config: &Config, run_id: i64, to: RunState) -> CommandResult {
     let store = open_store(config)?;
     let run = store.get_run(run_id).map_err(Failure::input)?;
-    let from = run
-        .state
-        .parse::<RunState>()
-        .map_err(|e| Failure::input(anyhow!(e)))?;
+    let from = run.state.parse::<RunState>().map_err(|e| Failure::input(anyhow!(e)))?;
     let allowed = match to {
-        RunState::Paused => matches!(
-            from,
-            RunState::Active | RunState::Expanding | RunState::Paused
-        ),
+        RunState::Paused => matches!(from, RunState::Active | RunState::Expanding | RunState::Paused),
         RunState::Cancelled => !matches!(from, RunState::Finished),
         _ => false,
     };
     if !allowed {
-        return Err(Failure::input(anyhow!(
-            "run {run_id} is {from}; it cannot be {}",
-            to.as_str()
-        )));
+        return Err(Failure::input(anyhow!("run {run_id} is {from}; it cannot be {}", to.as_str())));
     }
     let reason = match to {
         RunState::Paused => "paused by user",
         _ => "cancelled by user",
     };
-    store
-        .set_run_state(
-            run_id,
-            to,
-            Some(reason),
-            SystemClock.now().timestamp_millis(),
-        )
-        .map_err(Failure::input)?;
+    store.set_run_state(run_id, to, Some(reason), SystemClock.now().timestamp_millis()).map_err(Failure::input)?;
     println!("run {run_id}: {from} → {to}");
     Ok(0)
 }
 
 /// `flowcast simulator`
 async fn simulator(listen: &str, lifetime: &str, rate_cap: Option<u32>) -> CommandResult {
-    let addr = listen
-        .parse()
-        .with_context(|| format!("--listen {listen:?}"))
-        .map_err(Failure::input)?;
-    let lifetime =
-        parse_duration(lifetime).map_err(|e| Failure::input(anyhow!("--lifetime: {e}")))?;
-    let config = SimConfig {
-        lifetime: (!lifetime.is_zero()).then_some(lifetime),
-        rate_cap,
-        ..SimConfig::default()
-    };
+    let addr = listen.parse().with_context(|| format!("--listen {listen:?}")).map_err(Failure::input)?;
+    let lifetime = parse_duration(lifetime).map_err(|e| Failure::input(anyhow!("--lifetime: {e}")))?;
+    let config = SimConfig { lifetime: (!lifetime.is_zero()).then_some(lifetime), rate_cap, ..SimConfig::default() };
     let sim = Simulator::start_on(addr, config)
         .await
         .with_context(|| format!("listening on {listen}"))
@@ -611,9 +508,6 @@ async fn simulator(listen: &str, lifetime: &str, rate_cap: Option<u32>) -> Comma
         sim.url()
     );
     let _ = std::io::stdout().flush();
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")
-        .map_err(Failure::input)?;
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C").map_err(Failure::input)?;
     Ok(0)
 }

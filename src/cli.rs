@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "flowcast",
-    version,
-    about = "Scheduled outbound campaigns over Twilio Studio"
-)]
+#[command(name = "flowcast", version, about = "Scheduled outbound campaigns over Twilio Studio")]
 pub struct Cli {
     /// The SQLite ledger.
     #[arg(long, global = true, env = "FLOWCAST_DB", value_name = "PATH")]

@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
+
 use crate::campaign::{Campaign, JobSpec, expand};
 use crate::contacts::{ContactReader, ContactsError, Rejection, Row};
 use crate::domain::{ConflictPolicy, FlowSid, RunState};
@@ -10,13 +12,7 @@ use crate::store::{BatchCounts, ImportItem, NewRun, Store, StoreError};
 
 /// The ledger record of a new run of `campaign`, with its settings frozen.
 /// `trigger` is `manual`, `schedule` or `file`; `run_key` makes it unique.
-pub fn new_run(
-    campaign: &Campaign,
-    flow: &FlowSid,
-    trigger: &str,
-    run_key: String,
-    scheduled_at_ms: i64,
-) -> NewRun {
+pub fn new_run(campaign: &Campaign, flow: &FlowSid, trigger: &str, run_key: String, scheduled_at_ms: i64) -> NewRun {
     NewRun {
         campaign: campaign.name.clone(),
         kind: campaign.kind.as_str().to_string(),
@@ -32,6 +28,7 @@ pub fn new_run(
             _ => None,
         },
         rate: campaign.rate,
+        window: campaign.send_window.map(|w| (w.start.format("%H:%M").to_string(), w.end.format("%H:%M").to_string())),
     }
 }
 
@@ -66,9 +63,9 @@ impl ImportCounts {
 }
 
 /// Turns one CSV row into what the ledger stores.
-fn to_item(campaign: &Campaign, row: Row) -> ImportItem {
+fn to_item(campaign: &Campaign, row: Row, now: DateTime<Utc>) -> ImportItem {
     match row {
-        Row::Contact(contact) => match expand(campaign, &contact) {
+        Row::Contact(contact) => match expand(campaign, &contact, now) {
             Ok(spec) => ImportItem::Job(spec),
             Err(reason) => ImportItem::Rejected(Rejection {
                 line: contact.line,
@@ -91,13 +88,14 @@ pub fn import_run(
     mut progress: impl FnMut(&ImportCounts),
 ) -> Result<ImportCounts, ImportError> {
     let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
+    let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let mut counts = ImportCounts::default();
     let mut batch = Vec::with_capacity(BATCH_ROWS);
     loop {
         let row = reader.next_row()?;
         let done = row.is_none();
         if let Some(row) = row {
-            batch.push(to_item(campaign, row));
+            batch.push(to_item(campaign, row, now));
         }
         if batch.len() >= BATCH_ROWS || (done && !batch.is_empty()) {
             counts.add(store.import_batch(run_id, &batch, now_ms, now_ms)?);
@@ -112,13 +110,7 @@ pub fn import_run(
             break;
         }
     }
-    store.finish_expansion(
-        run_id,
-        counts.rows,
-        counts.imported,
-        counts.rejected,
-        counts.duplicates,
-    )?;
+    store.finish_expansion(run_id, counts.rows, counts.imported, counts.rejected, counts.duplicates)?;
     Ok(counts)
 }
 
@@ -135,26 +127,19 @@ pub struct DryRun {
 /// Expands a campaign without writing anything, for `--dry-run` and `validate`.
 /// Duplicates are found with an in-memory set of phones here, since there is no
 /// ledger to ask.
-pub fn dry_run(campaign: &Campaign, keep_first: usize) -> Result<DryRun, ContactsError> {
+pub fn dry_run(campaign: &Campaign, keep_first: usize, now: DateTime<Utc>) -> Result<DryRun, ContactsError> {
     let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
     let mut out = DryRun::default();
     let mut seen = HashSet::new();
     while let Some(row) = reader.next_row()? {
         out.counts.rows += 1;
-        match to_item(campaign, row) {
+        match to_item(campaign, row, now) {
             ImportItem::Job(spec) => {
                 if !seen.insert(spec.phone.as_str().to_string()) {
                     out.counts.duplicates += 1;
-                    let reason = format!(
-                        "duplicate phone {}; the first row with it is kept",
-                        spec.phone
-                    );
+                    let reason = format!("duplicate phone {}; the first row with it is kept", spec.phone);
                     out.refused.push((
-                        Rejection {
-                            line: spec.line,
-                            raw_phone: spec.phone.as_str().to_string(),
-                            reason,
-                        },
+                        Rejection { line: spec.line, raw_phone: spec.phone.as_str().to_string(), reason },
                         "duplicate",
                     ));
                     continue;

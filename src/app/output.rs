@@ -25,14 +25,9 @@ fn opt_time(ms: Option<i64>) -> String {
 
 /// `--dry-run`: counts, first rows, due times; nothing is called or written.
 pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
-    let dry = crate::import::dry_run(campaign, 5).map_err(Failure::input)?;
+    let dry = crate::import::dry_run(campaign, 5, SystemClock.now()).map_err(Failure::input)?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "dry run of {} ({}): nothing will be sent",
-        campaign.name,
-        campaign.kind.as_str()
-    );
+    let _ = writeln!(out, "dry run of {} ({}): nothing will be sent", campaign.name, campaign.kind.as_str());
     let _ = writeln!(
         out,
         "{} rows: {} would be sent, {} rejected, {} duplicates",
@@ -42,12 +37,7 @@ pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
         campaign::FlowRef::Sid(s) => s.to_string(),
         campaign::FlowRef::Name(n) => format!("{n} (flows/{n}.json)"),
     };
-    let _ = writeln!(
-        out,
-        "flow {flow}, from {}, on_conflict {}",
-        campaign.from.as_str(),
-        campaign.on_conflict.name()
-    );
+    let _ = writeln!(out, "flow {flow}, from {}, on_conflict {}", campaign.from.as_str(), campaign.on_conflict.name());
     match (dry.earliest_due, dry.latest_due) {
         (Some(a), Some(b)) => {
             let _ = writeln!(out, "due from {} to {}", a.to_rfc3339(), b.to_rfc3339());
@@ -68,13 +58,7 @@ pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
         );
     }
     for (r, kind) in dry.refused.iter().take(20) {
-        let _ = writeln!(
-            out,
-            "{}:{}: {kind}: {}",
-            campaign.contacts.display(),
-            r.line,
-            r.reason
-        );
+        let _ = writeln!(out, "{}:{}: {kind}: {}", campaign.contacts.display(), r.line, r.reason);
     }
     if dry.refused.len() > 20 {
         let _ = writeln!(out, "… and {} more refused rows", dry.refused.len() - 20);
@@ -93,34 +77,20 @@ pub(super) fn print_import_rows(store: &Store, run_id: i64, limit: usize) {
         eprintln!("{source}: contacts line {line}: {outcome}: {reason}");
     }
     if rows.len() > limit {
-        eprintln!(
-            "… and {} more; `flowcast report {run_id}` lists them all",
-            rows.len() - limit
-        );
+        eprintln!("… and {} more; `flowcast report {run_id}` lists them all", rows.len() - limit);
     }
 }
 
 /// `flowcast status [CAMPAIGN] [--json]`
 pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> CommandResult {
     let store = open_store(config)?;
-    let loaded = campaign::load_folder(&folders(config)).map_err(|e| {
-        Failure::input(anyhow!(
-            "campaigns folder {}: {e}",
-            config.campaigns.display()
-        ))
-    })?;
+    let loaded = campaign::load_folder(&folders(config))
+        .map_err(|e| Failure::input(anyhow!("campaigns folder {}: {e}", config.campaigns.display())))?;
     let now = SystemClock.now();
     let mut campaigns = Vec::new();
-    for c in loaded
-        .campaigns
-        .iter()
-        .filter(|c| only.is_none_or(|o| o == c.name))
-    {
-        let next = c
-            .schedule
-            .as_deref()
-            .and_then(|s| parse_cron(s).ok())
-            .and_then(|cron| next_fire(&cron, c.timezone, now));
+    for c in loaded.campaigns.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
+        let next =
+            c.schedule.as_deref().and_then(|s| parse_cron(s).ok()).and_then(|cron| next_fire(&cron, c.timezone, now));
         campaigns.push(json!({
             "name": c.name,
             "kind": c.kind.as_str(),
@@ -161,10 +131,7 @@ pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> Comm
     }
     if as_json {
         let body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&body).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
@@ -189,11 +156,7 @@ pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> Comm
         );
     }
     for r in &refused {
-        let _ = writeln!(
-            out,
-            "  {:<28} refused",
-            r["file"].as_str().unwrap_or_default()
-        );
+        let _ = writeln!(out, "  {:<28} refused", r["file"].as_str().unwrap_or_default());
         for e in r["errors"].as_array().into_iter().flatten() {
             let _ = writeln!(out, "      {}", e.as_str().unwrap_or_default());
         }
@@ -206,11 +169,7 @@ pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> Comm
         let jobs = r["jobs"].as_object().cloned().unwrap_or_default();
         let counts: Vec<String> = JobState::ALL
             .iter()
-            .filter_map(|s| {
-                jobs.get(s.as_str())
-                    .and_then(|v| v.as_i64())
-                    .map(|n| format!("{} {n}", s.as_str()))
-            })
+            .filter_map(|s| jobs.get(s.as_str()).and_then(|v| v.as_i64()).map(|n| format!("{} {n}", s.as_str())))
             .collect();
         let _ = writeln!(
             out,
@@ -220,10 +179,7 @@ pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> Comm
             r["state"].as_str().unwrap_or_default(),
             r["progress"].as_f64().unwrap_or_default() * 100.0,
             counts.join(", "),
-            r["reason"]
-                .as_str()
-                .map(|s| format!("  ({s})"))
-                .unwrap_or_default()
+            r["reason"].as_str().map(|s| format!("  ({s})")).unwrap_or_default()
         );
     }
     Ok(0)
@@ -232,8 +188,7 @@ pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> Comm
 /// Neutralises a CSV cell that a spreadsheet would run as a formula. E.164
 /// numbers (`+` and digits) are left as they are: they are not formulas.
 pub(crate) fn csv_safe(cell: &str) -> String {
-    let is_phone =
-        cell.len() > 1 && cell.starts_with('+') && cell[1..].bytes().all(|b| b.is_ascii_digit());
+    let is_phone = cell.len() > 1 && cell.starts_with('+') && cell[1..].bytes().all(|b| b.is_ascii_digit());
     match cell.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') if !is_phone => format!("'{cell}"),
         _ => cell.to_string(),
@@ -305,7 +260,8 @@ pub(super) fn report(config: &Config, run_id: i64, as_json: bool) -> CommandResu
                 out.write_all(b",").map_err(io)?;
             }
             first = false;
-            let value = json!({ "run": run.id, "job": null, "line": line, "phone": phone, "state": outcome, "reason": reason });
+            let value =
+                json!({ "run": run.id, "job": null, "line": line, "phone": phone, "state": outcome, "reason": reason });
             out.write_all(b"\n").map_err(io)?;
             serde_json::to_writer(&mut out, &value).map_err(|e| io(e.into()))?;
         }
@@ -315,23 +271,14 @@ pub(super) fn report(config: &Config, run_id: i64, as_json: bool) -> CommandResu
         w.write_record(header).map_err(|e| io(e.into()))?;
         store
             .for_each_job(run_id, |j| {
-                w.write_record(cells(&j).iter().map(|c| csv_safe(c)))
-                    .map_err(std::io::Error::from)
+                w.write_record(cells(&j).iter().map(|c| csv_safe(c))).map_err(std::io::Error::from)
             })
             .map_err(Failure::input)?;
         for (line, phone, outcome, reason) in store.import_rows(run_id).map_err(Failure::input)? {
-            let row = [
-                run.id.to_string(),
-                String::new(),
-                line.to_string(),
-                phone,
-                outcome,
-                reason,
-            ];
+            let row = [run.id.to_string(), String::new(), line.to_string(), phone, outcome, reason];
             let mut full: Vec<String> = row.to_vec();
             full.resize(header.len(), String::new());
-            w.write_record(full.iter().map(|c| csv_safe(c)))
-                .map_err(|e| io(e.into()))?;
+            w.write_record(full.iter().map(|c| csv_safe(c))).map_err(|e| io(e.into()))?;
         }
         w.flush().map_err(io)?;
     }

@@ -17,13 +17,14 @@ pub struct JobSpec {
     /// The Execution's Parameters, without flowcast's own `flowcast` key (which
     /// needs the job id, known only once the job is stored).
     pub parameters: Map<String, Value>,
-    /// When to send; `None` means as soon as the run starts.
+    /// When to send: `send_at` (or the run's start), moved into the send window.
     pub due_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// Renders `contact` for `campaign`; the error is the reason the row is rejected.
-pub fn expand(campaign: &Campaign, contact: &Contact) -> Result<JobSpec, String> {
+/// Renders `contact` for `campaign` in a run starting at `now`; the error is the
+/// reason the row is rejected.
+pub fn expand(campaign: &Campaign, contact: &Contact, now: DateTime<Utc>) -> Result<JobSpec, String> {
     let lookup = |c: &str| contact.get(c);
     let parameters = match &campaign.parameters {
         Some(map) => {
@@ -31,10 +32,9 @@ pub fn expand(campaign: &Campaign, contact: &Contact) -> Result<JobSpec, String>
             for (key, value) in map {
                 let v = match value {
                     ParamValue::Constant(v) => v.clone(),
-                    ParamValue::Template(t) => Value::String(
-                        t.render(lookup)
-                            .map_err(|e| format!("parameters.{key}: {e}"))?,
-                    ),
+                    ParamValue::Template(t) => {
+                        Value::String(t.render(lookup).map_err(|e| format!("parameters.{key}: {e}"))?)
+                    }
                 };
                 out.insert(key.clone(), v);
             }
@@ -46,26 +46,16 @@ pub fn expand(campaign: &Campaign, contact: &Contact) -> Result<JobSpec, String>
             .map(|(name, value)| (name.to_string(), Value::String(value.to_string())))
             .collect(),
     };
-    let due_at = match &campaign.send_at {
-        Some(t) => Some(
-            t.render(lookup, contact.zone)
-                .map_err(|e| format!("send_at: {e}"))?,
-        ),
+    let mut due_at = match &campaign.send_at {
+        Some(t) => Some(t.render(lookup, contact.zone).map_err(|e| format!("send_at: {e}"))?),
         None => None,
     };
+    if let Some(window) = &campaign.send_window {
+        due_at = Some(window.next_open(due_at.unwrap_or(now).max(now), contact.zone));
+    }
     let expires_at = match &campaign.expires {
-        Some(t) => Some(
-            t.render(lookup, contact.zone)
-                .map_err(|e| format!("expires: {e}"))?,
-        ),
+        Some(t) => Some(t.render(lookup, contact.zone).map_err(|e| format!("expires: {e}"))?),
         None => None,
     };
-    Ok(JobSpec {
-        line: contact.line,
-        phone: contact.phone.clone(),
-        zone: contact.zone,
-        parameters,
-        due_at,
-        expires_at,
-    })
+    Ok(JobSpec { line: contact.line, phone: contact.phone.clone(), zone: contact.zone, parameters, due_at, expires_at })
 }

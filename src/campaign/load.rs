@@ -22,11 +22,7 @@ impl LoadedFolder {
 /// Reads and checks one campaign file.
 pub fn load_one(path: &Path, folders: &Folders) -> Result<Campaign, CampaignError> {
     let text = std::fs::read_to_string(path).map_err(|e| CampaignError {
-        diagnostics: vec![Diagnostic {
-            file: path.to_path_buf(),
-            line: 1,
-            message: format!("cannot read: {e}"),
-        }],
+        diagnostics: vec![Diagnostic { file: path.to_path_buf(), line: 1, message: format!("cannot read: {e}") }],
     })?;
     parse_campaign(path, &text, folders)
 }
@@ -46,20 +42,10 @@ pub fn load_folder(folders: &Folders) -> std::io::Result<LoadedFolder> {
         match load_one(&file, folders) {
             Ok(c) => {
                 if let Some(first) = seen.get(&c.name) {
-                    let message = format!(
-                        "campaign name {:?} is already used by {}",
-                        c.name,
-                        first.display()
-                    );
+                    let message = format!("campaign name {:?} is already used by {}", c.name, first.display());
                     loaded.refused.push((
                         file.clone(),
-                        CampaignError {
-                            diagnostics: vec![Diagnostic {
-                                file,
-                                line: 1,
-                                message,
-                            }],
-                        },
+                        CampaignError { diagnostics: vec![Diagnostic { file, line: 1, message }] },
                     ));
                 } else {
                     seen.insert(c.name.clone(), file);

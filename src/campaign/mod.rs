@@ -18,9 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::contacts::{self, ReadOptions};
-use crate::domain::{
-    ConflictPolicy, FlowSid, Phone, Template, TimeTemplate, parse_duration, parse_region,
-};
+use crate::domain::{ConflictPolicy, FlowSid, Phone, SendWindow, Template, TimeTemplate, parse_duration, parse_region};
 
 pub use expand::{JobSpec, expand};
 pub use load::{LoadedFolder, load_folder, load_one};
@@ -80,13 +78,6 @@ impl Sender {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// A daily window of local wall-clock time in which sending is allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendWindow {
-    pub start: NaiveTime,
-    pub end: NaiveTime,
 }
 
 /// A parameter value: a template over CSV columns, or a constant.
@@ -178,79 +169,51 @@ struct Problems<'a> {
 impl<'a> Problems<'a> {
     fn line_of(&self, offset: usize) -> u64 {
         let offset = offset.min(self.text.len());
-        self.text.as_bytes()[..offset]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count() as u64
-            + 1
+        self.text.as_bytes()[..offset].iter().filter(|b| **b == b'\n').count() as u64 + 1
     }
 
     fn at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
         let line = self.line_of(span.start);
-        self.found.push(Diagnostic {
-            file: self.file.to_path_buf(),
-            line,
-            message: message.into(),
-        });
+        self.found.push(Diagnostic { file: self.file.to_path_buf(), line, message: message.into() });
     }
 
     fn at_line(&mut self, line: u64, message: impl Into<String>) {
-        self.found.push(Diagnostic {
-            file: self.file.to_path_buf(),
-            line,
-            message: message.into(),
-        });
+        self.found.push(Diagnostic { file: self.file.to_path_buf(), line, message: message.into() });
     }
 }
 
 /// The campaign name rule: `[a-z0-9-]+`.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Parses and checks one campaign file's text. `file` is used in messages and to
 /// resolve `contacts`; the CSV header is read to check template columns.
-pub fn parse_campaign(
-    file: &Path,
-    text: &str,
-    folders: &Folders,
-) -> Result<Campaign, CampaignError> {
-    let mut p = Problems {
-        file,
-        text,
-        found: Vec::new(),
-    };
+pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Campaign, CampaignError> {
+    let mut p = Problems { file, text, found: Vec::new() };
     let raw: RawCampaign = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
             let line = e.span().map_or(1, |s| p.line_of(s.start));
             p.at_line(line, e.message().trim().to_string());
-            return Err(CampaignError {
-                diagnostics: p.found,
-            });
+            return Err(CampaignError { diagnostics: p.found });
         }
     };
 
     let name = match &raw.name {
         Some(n) => {
             if !is_valid_name(n.get_ref()) {
-                p.at(
-                    n.span(),
-                    format!("name {:?} must match [a-z0-9-]+", n.get_ref()),
-                );
+                p.at(n.span(), format!("name {:?} must match [a-z0-9-]+", n.get_ref()));
             }
             n.get_ref().clone()
         }
         None => {
-            let stem = file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             if !is_valid_name(&stem) {
-                p.at_line(1, format!("file name {stem:?} is not a valid campaign name ([a-z0-9-]+); set name = \"...\""));
+                p.at_line(
+                    1,
+                    format!("file name {stem:?} is not a valid campaign name ([a-z0-9-]+); set name = \"...\""),
+                );
             }
             stem
         }
@@ -261,10 +224,7 @@ pub fn parse_campaign(
         "delivery-notice" => Kind::DeliveryNotice,
         "survey" => Kind::Survey,
         other => {
-            p.at(
-                raw.kind.span(),
-                format!("kind {other:?} must be one of reminder, delivery-notice, survey"),
-            );
+            p.at(raw.kind.span(), format!("kind {other:?} must be one of reminder, delivery-notice, survey"));
             Kind::Reminder
         }
     };
@@ -276,14 +236,14 @@ pub fn parse_campaign(
         if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
             Sender(from_text.to_string())
         } else {
-            p.at(
-                raw.from.span(),
-                format!("from {from_text:?} is not a Messaging Service SID (MG + 32 hex digits)"),
-            );
+            p.at(raw.from.span(), format!("from {from_text:?} is not a Messaging Service SID (MG + 32 hex digits)"));
             Sender(String::new())
         }
     } else if !from_text.starts_with('+') {
-        p.at(raw.from.span(), format!("from {from_text:?} must be an E.164 number (+15017122661) or a Messaging Service SID (MG…)"));
+        p.at(
+            raw.from.span(),
+            format!("from {from_text:?} must be an E.164 number (+15017122661) or a Messaging Service SID (MG…)"),
+        );
         Sender(String::new())
     } else {
         match Phone::parse(from_text, None) {
@@ -297,28 +257,19 @@ pub fn parse_campaign(
 
     let timezone = match &raw.timezone {
         Some(tz) => Tz::from_str(tz.get_ref().trim()).unwrap_or_else(|_| {
-            p.at(
-                tz.span(),
-                format!(
-                    "timezone {:?} is not an IANA time zone (e.g. America/New_York)",
-                    tz.get_ref()
-                ),
-            );
+            p.at(tz.span(), format!("timezone {:?} is not an IANA time zone (e.g. America/New_York)", tz.get_ref()));
             chrono_tz::UTC
         }),
         None => chrono_tz::UTC,
     };
 
-    let schedule =
-        raw.schedule
-            .as_ref()
-            .and_then(|s| match crate::schedule::parse_cron(s.get_ref()) {
-                Ok(_) => Some(s.get_ref().trim().to_string()),
-                Err(e) => {
-                    p.at(s.span(), format!("schedule: {e}"));
-                    None
-                }
-            });
+    let schedule = raw.schedule.as_ref().and_then(|s| match crate::schedule::parse_cron(s.get_ref()) {
+        Ok(_) => Some(s.get_ref().trim().to_string()),
+        Err(e) => {
+            p.at(s.span(), format!("schedule: {e}"));
+            None
+        }
+    });
 
     let max_wait = match &raw.max_wait {
         Some(m) => match parse_duration(m.get_ref()) {
@@ -334,101 +285,63 @@ pub fn parse_campaign(
         },
         None => None,
     };
-    let on_conflict = match raw
-        .on_conflict
-        .as_ref()
-        .map(|s| (s.get_ref().as_str(), s.span()))
-    {
+    let on_conflict = match raw.on_conflict.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
         None | Some(("skip", _)) => ConflictPolicy::Skip,
         Some(("end", _)) => ConflictPolicy::End,
-        Some(("wait", _)) => ConflictPolicy::Wait {
-            max_wait: max_wait.unwrap_or(DEFAULT_MAX_WAIT),
-        },
+        Some(("wait", _)) => ConflictPolicy::Wait { max_wait: max_wait.unwrap_or(DEFAULT_MAX_WAIT) },
         Some((other, span)) => {
-            p.at(
-                span,
-                format!("on_conflict {other:?} must be one of skip, wait, end"),
-            );
+            p.at(span, format!("on_conflict {other:?} must be one of skip, wait, end"));
             ConflictPolicy::Skip
         }
     };
-    if let (Some(m), false) = (
-        &raw.max_wait,
-        matches!(on_conflict, ConflictPolicy::Wait { .. }),
-    ) {
-        p.at(
-            m.span(),
-            "max_wait only applies with on_conflict = \"wait\"",
-        );
+    if let (Some(m), false) = (&raw.max_wait, matches!(on_conflict, ConflictPolicy::Wait { .. })) {
+        p.at(m.span(), "max_wait only applies with on_conflict = \"wait\"");
     }
 
-    let rate = raw
-        .rate
-        .as_ref()
-        .and_then(|r| match u32::try_from(*r.get_ref()) {
-            Ok(v) if (1..=10_000).contains(&v) => Some(v),
-            _ => {
-                p.at(
-                    r.span(),
-                    format!(
-                        "rate {} must be a whole number of executions per second, 1 to 10000",
-                        r.get_ref()
-                    ),
-                );
-                None
-            }
-        });
+    let rate = raw.rate.as_ref().and_then(|r| match u32::try_from(*r.get_ref()) {
+        Ok(v) if (1..=10_000).contains(&v) => Some(v),
+        _ => {
+            p.at(r.span(), format!("rate {} must be a whole number of executions per second, 1 to 10000", r.get_ref()));
+            None
+        }
+    });
 
     let default_region = raw.default_region.as_ref().and_then(|r| {
         let region = parse_region(r.get_ref());
         if region.is_none() {
             p.at(
                 r.span(),
-                format!(
-                    "default_region {:?} is not a two-letter region code (e.g. US, GB, DE)",
-                    r.get_ref()
-                ),
+                format!("default_region {:?} is not a two-letter region code (e.g. US, GB, DE)", r.get_ref()),
             );
         }
         region
     });
 
-    let phone_column = raw
-        .phone_column
-        .as_ref()
-        .map_or_else(|| "phone".to_string(), |c| c.get_ref().clone());
+    let phone_column = raw.phone_column.as_ref().map_or_else(|| "phone".to_string(), |c| c.get_ref().clone());
 
     let send_window = raw.send_window.as_ref().and_then(|w| {
         let parse = |t: &str| NaiveTime::parse_from_str(t.trim(), "%H:%M").ok();
         match (parse(&w.get_ref().start), parse(&w.get_ref().end)) {
             (Some(start), Some(end)) if start != end => Some(SendWindow { start, end }),
             (Some(_), Some(_)) => {
-                p.at(
-                    w.span(),
-                    "send_window start and end are equal; the window would be empty",
-                );
+                p.at(w.span(), "send_window start and end are equal; the window would be empty");
                 None
             }
             _ => {
-                p.at(
-                    w.span(),
-                    "send_window start and end must be HH:MM times (e.g. \"08:00\")",
-                );
+                p.at(w.span(), "send_window start and end must be HH:MM times (e.g. \"08:00\")");
                 None
             }
         }
     });
 
     let time_template = |field: &str, value: &Option<Spanned<String>>, p: &mut Problems| {
-        value
-            .as_ref()
-            .and_then(|t| match TimeTemplate::parse(t.get_ref()) {
-                Ok(tt) => Some((tt, t.span())),
-                Err(e) => {
-                    p.at(t.span(), format!("{field}: {e}"));
-                    None
-                }
-            })
+        value.as_ref().and_then(|t| match TimeTemplate::parse(t.get_ref()) {
+            Ok(tt) => Some((tt, t.span())),
+            Err(e) => {
+                p.at(t.span(), format!("{field}: {e}"));
+                None
+            }
+        })
     };
     let send_at = time_template("send_at", &raw.send_at, &mut p);
     let expires = time_template("expires", &raw.expires, &mut p);
@@ -438,10 +351,7 @@ pub fn parse_campaign(
         let mut map = BTreeMap::new();
         for (key, value) in raw_params {
             if key.get_ref() == "flowcast" {
-                p.at(
-                    key.span(),
-                    "parameter \"flowcast\" is reserved: flowcast adds it to every Execution",
-                );
+                p.at(key.span(), "parameter \"flowcast\" is reserved: flowcast adds it to every Execution");
                 continue;
             }
             let parsed = match value.get_ref() {
@@ -474,10 +384,7 @@ pub fn parse_campaign(
             Ok(header) => {
                 let has = |c: &str| header.iter().any(|h| h == c);
                 if !has(&phone_column) {
-                    let span = raw
-                        .phone_column
-                        .as_ref()
-                        .map_or(raw.contacts.span(), |c| c.span());
+                    let span = raw.phone_column.as_ref().map_or(raw.contacts.span(), |c| c.span());
                     p.at(
                         span,
                         format!(
@@ -487,10 +394,7 @@ pub fn parse_campaign(
                         ),
                     );
                 }
-                let check = |columns: Vec<&str>,
-                             span: std::ops::Range<usize>,
-                             field: &str,
-                             p: &mut Problems| {
+                let check = |columns: Vec<&str>, span: std::ops::Range<usize>, field: &str, p: &mut Problems| {
                     for c in columns {
                         if !has(c) {
                             p.at(
@@ -513,12 +417,7 @@ pub fn parse_campaign(
                 if let Some(map) = &parameters {
                     for (key, (value, span)) in map {
                         if let ParamValue::Template(t) = value {
-                            check(
-                                t.columns().collect(),
-                                span.clone(),
-                                &format!("parameters.{key}"),
-                                &mut p,
-                            );
+                            check(t.columns().collect(), span.clone(), &format!("parameters.{key}"), &mut p);
                         }
                     }
                 }
@@ -528,9 +427,7 @@ pub fn parse_campaign(
     }
 
     if !p.found.is_empty() {
-        return Err(CampaignError {
-            diagnostics: p.found,
-        });
+        return Err(CampaignError { diagnostics: p.found });
     }
     Ok(Campaign {
         name,
@@ -560,10 +457,7 @@ fn parse_flow(raw: &Spanned<String>, folders: &Folders, p: &mut Problems) -> Opt
     let text = raw.get_ref().trim();
     // Anything that starts like a SID is held to the SID shape, so a typo in a SID
     // is not mistaken for a flow name.
-    if text.len() >= 2
-        && text.as_bytes()[0].is_ascii_uppercase()
-        && text.as_bytes()[1].is_ascii_uppercase()
-    {
+    if text.len() >= 2 && text.as_bytes()[0].is_ascii_uppercase() && text.as_bytes()[1].is_ascii_uppercase() {
         return match FlowSid::parse(text) {
             Ok(sid) => Some(FlowRef::Sid(sid)),
             Err(e) => {
@@ -572,47 +466,32 @@ fn parse_flow(raw: &Spanned<String>, folders: &Folders, p: &mut Problems) -> Opt
             }
         };
     }
-    if !is_valid_name(text)
-        && !text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        p.at(raw.span(), format!("flow {text:?} is neither a Flow SID (FW + 32 hex digits) nor a flow name in the flows folder"));
+    if !is_valid_name(text) && !text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        p.at(
+            raw.span(),
+            format!("flow {text:?} is neither a Flow SID (FW + 32 hex digits) nor a flow name in the flows folder"),
+        );
         return None;
     }
     let definition = folders.flows.join(format!("{text}.json"));
     if !definition.is_file() {
         p.at(
             raw.span(),
-            format!(
-                "flow {text:?}: no definition {} (a Flow SID is FW + 32 hex digits)",
-                definition.display()
-            ),
+            format!("flow {text:?}: no definition {} (a Flow SID is FW + 32 hex digits)", definition.display()),
         );
         return None;
     }
     Some(FlowRef::Name(text.to_string()))
 }
 
-fn resolve_contacts(
-    file: &Path,
-    raw: &Spanned<String>,
-    folders: &Folders,
-    p: &mut Problems,
-) -> Option<PathBuf> {
+fn resolve_contacts(file: &Path, raw: &Spanned<String>, folders: &Folders, p: &mut Problems) -> Option<PathBuf> {
     let rel = Path::new(raw.get_ref().trim());
     if rel.as_os_str().is_empty() {
         p.at(raw.span(), "contacts must name a CSV file");
         return None;
     }
     if rel.is_absolute() {
-        p.at(
-            raw.span(),
-            format!(
-                "contacts {:?} must be relative to the campaign file",
-                raw.get_ref()
-            ),
-        );
+        p.at(raw.span(), format!("contacts {:?} must be relative to the campaign file", raw.get_ref()));
         return None;
     }
     let dir = file.parent().unwrap_or(Path::new("."));
@@ -620,10 +499,7 @@ fn resolve_contacts(
     let root = match folders.campaigns.canonicalize() {
         Ok(r) => r,
         Err(e) => {
-            p.at(
-                raw.span(),
-                format!("campaigns folder {}: {e}", folders.campaigns.display()),
-            );
+            p.at(raw.span(), format!("campaigns folder {}: {e}", folders.campaigns.display()));
             return None;
         }
     };
@@ -634,20 +510,14 @@ fn resolve_contacts(
         Ok(_) => {
             p.at(
                 raw.span(),
-                format!(
-                    "contacts {:?} is outside the campaigns folder {}",
-                    raw.get_ref(),
-                    folders.campaigns.display()
-                ),
+                format!("contacts {:?} is outside the campaigns folder {}", raw.get_ref(), folders.campaigns.display()),
             );
             None
         }
         Err(_) => {
             // A missing file that would also be outside is reported as outside:
             // the path itself is the mistake.
-            let escapes = rel
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir));
+            let escapes = rel.components().any(|c| matches!(c, std::path::Component::ParentDir));
             if escapes {
                 p.at(
                     raw.span(),
@@ -658,10 +528,7 @@ fn resolve_contacts(
                     ),
                 );
             } else {
-                p.at(
-                    raw.span(),
-                    format!("contacts file {} not found", joined.display()),
-                );
+                p.at(raw.span(), format!("contacts file {} not found", joined.display()));
             }
             None
         }
@@ -684,10 +551,7 @@ mod tests {
         std::fs::create_dir_all(&campaigns).unwrap();
         std::fs::create_dir_all(&flows).unwrap();
         std::fs::write(campaigns.join("appointments.csv"), csv).unwrap();
-        Dir {
-            _tmp: tmp,
-            folders: Folders { campaigns, flows },
-        }
+        Dir { _tmp: tmp, folders: Folders { campaigns, flows } }
     }
 
     fn parse(dir: &Dir, file: &str, text: &str) -> Result<Campaign, CampaignError> {
@@ -719,30 +583,18 @@ floor       = 3
 
     #[test]
     fn the_spec_example_parses_with_every_field() {
-        let dir =
-            dir_with_csv("phone,first_name,appointment_at\n+12015550123,Ada,2030-01-02 10:00\n");
+        let dir = dir_with_csv("phone,first_name,appointment_at\n+12015550123,Ada,2030-01-02 10:00\n");
         let c = parse(&dir, "x.toml", SPEC_EXAMPLE).unwrap();
         assert_eq!(c.name, "appointment-reminders");
         assert_eq!(c.kind, Kind::Reminder);
-        assert_eq!(
-            c.on_conflict,
-            ConflictPolicy::Wait {
-                max_wait: Duration::from_secs(7200)
-            }
-        );
+        assert_eq!(c.on_conflict, ConflictPolicy::Wait { max_wait: Duration::from_secs(7200) });
         assert_eq!(c.rate, Some(5));
         assert_eq!(c.timezone, chrono_tz::America::New_York);
         let window = c.send_window.unwrap();
-        assert_eq!(
-            (window.start.to_string(), window.end.to_string()),
-            ("08:00:00".into(), "21:00:00".into())
-        );
+        assert_eq!((window.start.to_string(), window.end.to_string()), ("08:00:00".into(), "21:00:00".into()));
         let params = c.parameters.unwrap();
         assert_eq!(params["floor"], ParamValue::Constant(serde_json::json!(3)));
-        assert_eq!(
-            params["clinic"],
-            ParamValue::Constant(serde_json::json!("Main St"))
-        );
+        assert_eq!(params["clinic"], ParamValue::Constant(serde_json::json!("Main St")));
         assert!(matches!(params["name"], ParamValue::Template(_)));
     }
 
@@ -750,17 +602,10 @@ floor       = 3
     fn the_name_defaults_to_the_file_stem_and_must_be_lowercase() {
         let dir = dir_with_csv("phone\n+12015550123\n");
         let body = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\ncontacts = \"appointments.csv\"\n";
-        assert_eq!(
-            parse(&dir, "weekly-survey.toml", body).unwrap().name,
-            "weekly-survey"
-        );
-        let err = parse(&dir, "Weekly Survey.toml", body)
-            .unwrap_err()
-            .to_string();
+        assert_eq!(parse(&dir, "weekly-survey.toml", body).unwrap().name, "weekly-survey");
+        let err = parse(&dir, "Weekly Survey.toml", body).unwrap_err().to_string();
         assert!(
-            err.contains(
-                "Weekly Survey.toml:1: file name \"Weekly Survey\" is not a valid campaign name"
-            ),
+            err.contains("Weekly Survey.toml:1: file name \"Weekly Survey\" is not a valid campaign name"),
             "{err}"
         );
     }
@@ -770,10 +615,7 @@ floor       = 3
         let dir = dir_with_csv("phone\n+12015550123\n");
         let body = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\ncontacts = \"appointments.csv\"\n[parameters]\nflowcast = \"x\"\n";
         let err = parse(&dir, "s.toml", body).unwrap_err().to_string();
-        assert!(
-            err.contains("s.toml:6: parameter \"flowcast\" is reserved"),
-            "{err}"
-        );
+        assert!(err.contains("s.toml:6: parameter \"flowcast\" is reserved"), "{err}");
     }
 
     #[test]
@@ -789,10 +631,7 @@ floor       = 3
         let dir = dir_with_csv("phone\n+12015550123\n");
         let body = "kind = \"survey\"\nflow = \"survey\"\nfrom = \"MG0123456789abcdef0123456789abcdef\"\ncontacts = \"appointments.csv\"\n";
         let err = parse(&dir, "s.toml", body).unwrap_err().to_string();
-        assert!(
-            err.contains("s.toml:2: flow \"survey\": no definition"),
-            "{err}"
-        );
+        assert!(err.contains("s.toml:2: flow \"survey\": no definition"), "{err}");
         std::fs::write(dir.folders.flows.join("survey.json"), "{}").unwrap();
         let c = parse(&dir, "s.toml", body).unwrap();
         assert_eq!(c.flow, FlowRef::Name("survey".into()));

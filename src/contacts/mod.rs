@@ -24,10 +24,7 @@ pub const TIMEZONE_COLUMN: &str = "timezone";
 #[derive(Debug, thiserror::Error)]
 pub enum ContactsError {
     #[error("{path}: cannot open contacts file: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
     #[error("{path}:1: {message}")]
     Header { path: PathBuf, message: String },
     #[error("{path}: {message}")]
@@ -57,19 +54,12 @@ pub struct Contact {
 impl Contact {
     /// The value of `column` in this row, if the file has that column.
     pub fn get(&self, column: &str) -> Option<&str> {
-        self.header
-            .iter()
-            .position(|h| h == column)
-            .and_then(|i| self.values.get(i))
-            .map(String::as_str)
+        self.header.iter().position(|h| h == column).and_then(|i| self.values.get(i)).map(String::as_str)
     }
 
     /// Every (column, value) pair in file order.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.header
-            .iter()
-            .map(String::as_str)
-            .zip(self.values.iter().map(String::as_str))
+        self.header.iter().map(String::as_str).zip(self.values.iter().map(String::as_str))
     }
 }
 
@@ -112,11 +102,8 @@ pub struct ContactReader {
 impl ContactReader {
     pub fn open(path: &Path, options: ReadOptions) -> Result<Self, ContactsError> {
         let mut reader = Self::open_raw(path)?;
-        reader.phone_index = reader
-            .header
-            .iter()
-            .position(|h| *h == options.phone_column)
-            .ok_or_else(|| ContactsError::Header {
+        reader.phone_index =
+            reader.header.iter().position(|h| *h == options.phone_column).ok_or_else(|| ContactsError::Header {
                 path: path.to_path_buf(),
                 message: format!(
                     "no {:?} column for phone numbers (columns: {})",
@@ -129,10 +116,7 @@ impl ContactReader {
     }
 
     fn open_raw(path: &Path) -> Result<Self, ContactsError> {
-        let open_err = |source| ContactsError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| ContactsError::Open { path: path.to_path_buf(), source };
         let mut file = File::open(path).map_err(open_err)?;
         let file_len = file.metadata().map_err(open_err)?.len();
         let ends_with_newline = if file_len > 0 {
@@ -145,8 +129,7 @@ impl ContactReader {
         } else {
             false
         };
-        let mut reader =
-            Self::from_reader(path, Box::new(BufReader::with_capacity(64 * 1024, file)))?;
+        let mut reader = Self::from_reader(path, Box::new(BufReader::with_capacity(64 * 1024, file)))?;
         reader.file_len = file_len;
         reader.ends_with_newline = ends_with_newline;
         Ok(reader)
@@ -159,18 +142,10 @@ impl ContactReader {
             // fatal to the whole file.
             .flexible(true)
             .from_reader(input);
-        let header_err = |message: String| ContactsError::Header {
-            path: path.to_path_buf(),
-            message,
-        };
-        let raw = reader
-            .byte_headers()
-            .map_err(|e| header_err(format!("cannot read the header row: {e}")))?
-            .clone();
+        let header_err = |message: String| ContactsError::Header { path: path.to_path_buf(), message };
+        let raw = reader.byte_headers().map_err(|e| header_err(format!("cannot read the header row: {e}")))?.clone();
         if raw.is_empty() || (raw.len() == 1 && raw[0].is_empty()) {
-            return Err(header_err(
-                "the file is empty; a header row is required".into(),
-            ));
+            return Err(header_err("the file is empty; a header row is required".into()));
         }
         let mut header = Vec::with_capacity(raw.len());
         for (i, field) in raw.iter().enumerate() {
@@ -215,10 +190,7 @@ impl ContactReader {
             Ok(false) => Ok(None),
             Ok(true) => Ok(Some(self.classify(self.record_start_line()))),
             Err(e) => match e.kind() {
-                csv::ErrorKind::Io(_) => Err(ContactsError::Read {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                }),
+                csv::ErrorKind::Io(_) => Err(ContactsError::Read { path: self.path.clone(), message: e.to_string() }),
                 _ => {
                     let line = e.position().map_or(0, |p| p.line());
                     Ok(Some(Row::Rejected(Rejection {
@@ -237,31 +209,14 @@ impl ContactReader {
     fn record_start_line(&self) -> u64 {
         let after = self.reader.position();
         let terminated = after.byte() < self.file_len || self.ends_with_newline;
-        let last_line = if terminated {
-            after.line().saturating_sub(1)
-        } else {
-            after.line()
-        };
-        let inner = self
-            .record
-            .iter()
-            .map(|f| f.iter().filter(|b| **b == b'\n').count() as u64)
-            .sum::<u64>();
+        let last_line = if terminated { after.line().saturating_sub(1) } else { after.line() };
+        let inner = self.record.iter().map(|f| f.iter().filter(|b| **b == b'\n').count() as u64).sum::<u64>();
         last_line.saturating_sub(inner).max(2)
     }
 
     fn classify(&self, line: u64) -> Row {
-        let options = self
-            .options
-            .as_ref()
-            .expect("open() sets options before rows are read");
-        let reject = |raw_phone: String, reason: String| {
-            Row::Rejected(Rejection {
-                line,
-                raw_phone,
-                reason,
-            })
-        };
+        let options = self.options.as_ref().expect("open() sets options before rows are read");
+        let reject = |raw_phone: String, reason: String| Row::Rejected(Rejection { line, raw_phone, reason });
         let mut values = Vec::with_capacity(self.record.len());
         for field in self.record.iter() {
             match std::str::from_utf8(field) {
@@ -271,14 +226,7 @@ impl ContactReader {
         }
         let raw_phone = values.get(self.phone_index).cloned().unwrap_or_default();
         if values.len() != self.header.len() {
-            return reject(
-                raw_phone,
-                format!(
-                    "row has {} fields, the header has {}",
-                    values.len(),
-                    self.header.len()
-                ),
-            );
+            return reject(raw_phone, format!("row has {} fields, the header has {}", values.len(), self.header.len()));
         }
         let phone = match Phone::parse(&raw_phone, options.default_region) {
             Ok(p) => p,
@@ -288,21 +236,12 @@ impl ContactReader {
             Some(name) if !name.is_empty() => match Tz::from_str(name) {
                 Ok(z) => z,
                 Err(_) => {
-                    return reject(
-                        raw_phone,
-                        format!("column \"timezone\": unknown time zone {name:?}"),
-                    );
+                    return reject(raw_phone, format!("column \"timezone\": unknown time zone {name:?}"));
                 }
             },
             _ => options.timezone,
         };
-        Row::Contact(Contact {
-            line,
-            phone,
-            zone,
-            header: Arc::clone(&self.header),
-            values,
-        })
+        Row::Contact(Contact { line, phone, zone, header: Arc::clone(&self.header), values })
     }
 }
 
@@ -335,28 +274,20 @@ mod tests {
 
     fn rows(text: &[u8]) -> Vec<Row> {
         let f = write_csv(text);
-        ContactReader::open(f.path(), options())
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect()
+        ContactReader::open(f.path(), options()).unwrap().map(|r| r.unwrap()).collect()
     }
 
     #[test]
     fn bom_blank_lines_and_quoted_fields_are_read_as_rfc4180() {
-        let rows = rows(
-            b"\xef\xbb\xbfphone,name,note\n\n+12015550123,\"Doe, Jane\",\"two\nlines\"\n\n(201) 555-0124,Bob,x\n",
-        );
+        let rows =
+            rows(b"\xef\xbb\xbfphone,name,note\n\n+12015550123,\"Doe, Jane\",\"two\nlines\"\n\n(201) 555-0124,Bob,x\n");
         assert_eq!(rows.len(), 2);
-        let Row::Contact(first) = &rows[0] else {
-            panic!("{rows:?}")
-        };
+        let Row::Contact(first) = &rows[0] else { panic!("{rows:?}") };
         assert_eq!(first.phone.as_str(), "+12015550123");
         assert_eq!(first.get("name"), Some("Doe, Jane"));
         assert_eq!(first.get("note"), Some("two\nlines"));
         assert_eq!(first.line, 3);
-        let Row::Contact(second) = &rows[1] else {
-            panic!()
-        };
+        let Row::Contact(second) = &rows[1] else { panic!() };
         assert_eq!(second.phone.as_str(), "+12015550124");
         assert_eq!(second.line, 6);
     }
@@ -392,29 +323,20 @@ mod tests {
             rejected[0].1
         );
         assert_eq!(rejected[1].0, 4);
-        assert!(
-            rejected[1].1.contains("1 fields, the header has 2"),
-            "{}",
-            rejected[1].1
-        );
+        assert!(rejected[1].1.contains("1 fields, the header has 2"), "{}", rejected[1].1);
     }
 
     #[test]
     fn a_missing_phone_column_names_the_columns_found() {
         let f = write_csv(b"mobile,name\n+12015550123,Ann\n");
-        let err = ContactReader::open(f.path(), options())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = ContactReader::open(f.path(), options()).err().unwrap().to_string();
         assert!(err.contains(":1: no \"phone\" column"), "{err}");
         assert!(err.contains("mobile, name"), "{err}");
     }
 
     #[test]
     fn a_timezone_column_sets_each_contacts_zone() {
-        let rows = rows(
-            b"phone,timezone\n+12015550123,Europe/Berlin\n+12015550124,\n+12015550125,Mars/Base\n",
-        );
+        let rows = rows(b"phone,timezone\n+12015550123,Europe/Berlin\n+12015550124,\n+12015550125,Mars/Base\n");
         let Row::Contact(a) = &rows[0] else { panic!() };
         assert_eq!(a.zone, chrono_tz::Europe::Berlin);
         let Row::Contact(b) = &rows[1] else { panic!() };

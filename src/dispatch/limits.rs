@@ -18,9 +18,7 @@ pub fn quota_for(per_second: u32) -> Quota {
     let rate = per_second.max(1);
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let burst = NonZeroU32::new((rate / 10).max(1)).expect("max(1) is non-zero");
-    Quota::with_period(period)
-        .expect("a positive period")
-        .allow_burst(burst)
+    Quota::with_period(period).expect("a positive period").allow_burst(burst)
 }
 
 /// The limiters shared by every run a process dispatches.

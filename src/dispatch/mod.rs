@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::domain::{ConflictPolicy, FlowSid, RunState};
+use crate::domain::{ConflictPolicy, FlowSid, RunState, SendWindow};
 use crate::schedule::Clock;
 use crate::store::{RunCounts, RunRow, Store, StoreError};
 use crate::studio::{StudioApi, TwilioError};
@@ -84,6 +84,11 @@ pub enum RunEnd {
     /// Studio refused the credentials or the Flow; the run is paused with this
     /// reason and its untouched jobs are still `pending`.
     Stopped(StopReason),
+    /// Only from [`Dispatcher::run_until_idle`]: nothing is due now; the next
+    /// pending job is due at this instant (Unix ms).
+    Idle {
+        next_due_at: i64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,14 +108,12 @@ pub(crate) struct RunContext {
     pub from: String,
     pub policy: ConflictPolicy,
     pub campaign_rate: Option<u32>,
+    pub window: Option<SendWindow>,
 }
 
 impl RunContext {
     fn from_row(run: &RunRow) -> Result<Self, DispatchError> {
-        let bad = |message: String| DispatchError::BadRun {
-            run: run.id,
-            message,
-        };
+        let bad = |message: String| DispatchError::BadRun { run: run.id, message };
         let flow = FlowSid::parse(&run.flow_sid).map_err(|e| bad(e.to_string()))?;
         let policy = match run.on_conflict.as_str() {
             "skip" => ConflictPolicy::Skip,
@@ -120,6 +123,12 @@ impl RunContext {
             },
             other => return Err(bad(format!("unknown on_conflict {other:?} in the ledger"))),
         };
+        let time =
+            |t: &str| chrono::NaiveTime::parse_from_str(t, "%H:%M").map_err(|e| bad(format!("send window {t:?}: {e}")));
+        let window = match (&run.window_start, &run.window_end) {
+            (Some(start), Some(end)) => Some(SendWindow { start: time(start)?, end: time(end)? }),
+            _ => None,
+        };
         Ok(RunContext {
             run_id: run.id,
             campaign: run.campaign.clone(),
@@ -127,6 +136,7 @@ impl RunContext {
             from: run.from_addr.clone(),
             policy,
             campaign_rate: run.rate,
+            window,
         })
     }
 }
@@ -160,13 +170,7 @@ impl<S: StudioApi> Dispatcher<S> {
         settings: DispatchSettings,
         limits: Arc<RateLimits>,
     ) -> Self {
-        Dispatcher {
-            store,
-            studio,
-            clock,
-            settings,
-            limits,
-        }
+        Dispatcher { store, studio, clock, settings, limits }
     }
 
     pub(crate) fn now_ms(&self) -> i64 {
@@ -176,6 +180,17 @@ impl<S: StudioApi> Dispatcher<S> {
     /// Dispatches `run_id` until every job is settled, the run is paused or
     /// cancelled, or Studio refuses the credentials or the Flow.
     pub async fn run_to_end(&self, run_id: i64) -> Result<RunEnd, DispatchError> {
+        self.run(run_id, false).await
+    }
+
+    /// Dispatches every job of `run_id` that is due now (and whatever becomes due
+    /// while those are in flight), then returns instead of waiting for later
+    /// ones. With a controllable clock, tests step through time with this.
+    pub async fn run_until_idle(&self, run_id: i64) -> Result<RunEnd, DispatchError> {
+        self.run(run_id, true).await
+    }
+
+    async fn run(&self, run_id: i64, stop_when_idle: bool) -> Result<RunEnd, DispatchError> {
         let run = self.store.get_run(run_id)?;
         let ctx = Arc::new(RunContext::from_row(&run)?);
         // A job left `dispatching` by a process that died is ambiguous: back to
@@ -204,10 +219,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 let claimed = self.store.claim_due(run_id, self.now_ms(), free)?;
                 if !claimed.is_empty() {
                     for job in claimed {
-                        let permit = Arc::clone(&slots)
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed");
+                        let permit = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                         let this = self.clone();
                         let ctx = Arc::clone(&ctx);
                         tasks.spawn(async move {
@@ -236,6 +248,9 @@ impl<S: StudioApi> Dispatcher<S> {
                         self.store.finish_run_if_done(run_id, self.now_ms())?;
                         return Ok(RunEnd::Finished(self.store.run_counts(run_id)?));
                     }
+                    Some(due) if stop_when_idle && due > self.now_ms() => {
+                        return Ok(RunEnd::Idle { next_due_at: due });
+                    }
                     Some(due) => {
                         let wait = Duration::from_millis((due - self.now_ms()).max(1) as u64);
                         tokio::time::sleep(wait.min(self.settings.idle_poll)).await;
@@ -243,9 +258,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 }
             } else {
                 let wait = match self.store.next_due_at(run_id)? {
-                    Some(due) if free > 0 => {
-                        Duration::from_millis((due - self.now_ms()).max(1) as u64)
-                    }
+                    Some(due) if free > 0 => Duration::from_millis((due - self.now_ms()).max(1) as u64),
                     _ => self.settings.idle_poll,
                 };
                 tokio::select! {
@@ -264,20 +277,11 @@ impl<S: StudioApi> Dispatcher<S> {
             self.settle(done, &mut stop);
         }
         let reason = stop.expect("the loop only breaks on a stop");
-        self.store.set_run_state(
-            run_id,
-            RunState::Paused,
-            Some(&reason.to_string()),
-            self.now_ms(),
-        )?;
+        self.store.set_run_state(run_id, RunState::Paused, Some(&reason.to_string()), self.now_ms())?;
         Ok(RunEnd::Stopped(reason))
     }
 
-    fn settle(
-        &self,
-        done: Result<Processed, tokio::task::JoinError>,
-        stop: &mut Option<StopReason>,
-    ) {
+    fn settle(&self, done: Result<Processed, tokio::task::JoinError>, stop: &mut Option<StopReason>) {
         match done {
             Ok(processed) => {
                 if let Some(reason) = processed.stop {

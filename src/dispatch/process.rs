@@ -31,30 +31,20 @@ impl<S: StudioApi> Dispatcher<S> {
         let now = self.now_ms();
         match self.store.finish_job(job.id, &outcome, sent, now) {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                job = job.id,
-                "job changed state while in flight; its outcome was not recorded"
-            ),
+            Ok(false) => {
+                tracing::warn!(job = job.id, "job changed state while in flight; its outcome was not recorded")
+            }
             Err(e) => {
                 tracing::error!(job = job.id, error = %e, "could not record a job's outcome; it stays dispatching and will be reconciled")
             }
         }
         tracing::debug!(job = job.id, run = ctx.run_id, phone = %mask(&job.phone), outcome = ?outcome, "job attempt settled");
-        Processed {
-            job_id: job.id,
-            outcome,
-            stop,
-        }
+        Processed { job_id: job.id, outcome, stop }
     }
 
     /// Decides the job's outcome. `sent` counts the creates Studio processed or
     /// may have processed (429s excluded).
-    async fn decide(
-        &self,
-        ctx: &RunContext,
-        job: &ClaimedJob,
-        sent: &mut i64,
-    ) -> (JobOutcome, Option<StopReason>) {
+    async fn decide(&self, ctx: &RunContext, job: &ClaimedJob, sent: &mut i64) -> (JobOutcome, Option<StopReason>) {
         let now = self.now_ms();
         if job.expires_at.is_some_and(|t| t <= now) {
             return (JobOutcome::Expired, None);
@@ -71,9 +61,7 @@ impl<S: StudioApi> Dispatcher<S> {
 
         // A wait-policy job waiting on someone else's Execution checks it first,
         // without spending a create.
-        if let (ConflictPolicy::Wait { max_wait }, Some(active)) =
-            (ctx.policy, job.conflict_sid.as_deref())
-        {
+        if let (ConflictPolicy::Wait { max_wait }, Some(active)) = (ctx.policy, job.conflict_sid.as_deref()) {
             let since = job.conflict_since.unwrap_or(now);
             match self.studio.fetch_execution(&ctx.flow, active).await {
                 Ok(e) if e.is_active() => {
@@ -88,24 +76,28 @@ impl<S: StudioApi> Dispatcher<S> {
             Ok(p) => p,
             Err(e) => {
                 return (
-                    JobOutcome::Failed {
-                        reason: format!("invalid parameters in the ledger: {e}"),
-                        last_error: None,
-                    },
+                    JobOutcome::Failed { reason: format!("invalid parameters in the ledger: {e}"), last_error: None },
                     None,
                 );
             }
         };
-        let request = CreateRequest {
-            to: job.phone.clone(),
-            from: ctx.from.clone(),
-            parameters,
-        };
+        let request = CreateRequest { to: job.phone.clone(), from: ctx.from.clone(), parameters };
 
         for _round in 0..=self.settings.max_end_rounds {
-            self.limits
-                .until_ready(&ctx.campaign, ctx.campaign_rate)
-                .await;
+            self.limits.until_ready(&ctx.campaign, ctx.campaign_rate).await;
+            // Checked again right before sending: waiting for the rate limiter may
+            // have carried the job past the end of its window.
+            if let Some(opens) = self.outside_window(ctx, job) {
+                let outcome = JobOutcome::Retry {
+                    due_at: opens,
+                    failures: job.failures,
+                    throttled: false,
+                    ambiguous_since: None,
+                    conflict: job.conflict_sid.clone().zip(job.conflict_since),
+                    last_error: None,
+                };
+                return (outcome, None);
+            }
             let result = self.studio.create_execution(&ctx.flow, &request).await;
             if !matches!(result, Err(StudioError::Throttled { .. })) {
                 *sent += 1;
@@ -114,18 +106,13 @@ impl<S: StudioApi> Dispatcher<S> {
                 ctx,
                 job,
                 "create",
-                format!(
-                    "To={} From={} Parameters={}",
-                    request.to, request.from, request.parameters
-                ),
+                format!("To={} From={} Parameters={}", request.to, request.from, request.parameters),
                 &result.as_ref().map(|e| e.sid.clone()),
                 None,
             );
             let (error, active_sid) = match result {
                 Ok(execution) => return (JobOutcome::Sent { sid: execution.sid }, None),
-                Err(StudioError::Conflict { error, active_sid }) => {
-                    (error, active_sid.map(|s| s.as_str().to_string()))
-                }
+                Err(StudioError::Conflict { error, active_sid }) => (error, active_sid.map(|s| s.as_str().to_string())),
                 Err(e) => return self.after_error(ctx, job, e),
             };
 
@@ -151,13 +138,7 @@ impl<S: StudioApi> Dispatcher<S> {
             }
             match ctx.policy {
                 ConflictPolicy::Skip => {
-                    return (
-                        JobOutcome::Skipped {
-                            reason: "conflict".into(),
-                            sid: Some(active),
-                        },
-                        None,
-                    );
+                    return (JobOutcome::Skipped { reason: "conflict".into(), sid: Some(active) }, None);
                 }
                 ConflictPolicy::Wait { max_wait } => {
                     let since = job.conflict_since.unwrap_or(self.now_ms());
@@ -171,10 +152,7 @@ impl<S: StudioApi> Dispatcher<S> {
                         "end",
                         format!("Status=ended Execution={active}"),
                         &ended.as_ref().map(|e| e.sid.clone()),
-                        Some(format!(
-                            "ended {active} (on_conflict = \"end\") to send job {}",
-                            job.id
-                        )),
+                        Some(format!("ended {active} (on_conflict = \"end\") to send job {}", job.id)),
                     );
                     match ended {
                         Ok(_) | Err(StudioError::NotFound(_)) => continue,
@@ -187,31 +165,26 @@ impl<S: StudioApi> Dispatcher<S> {
             "conflict: the contact was still in an active Execution after {} attempts to end it",
             self.settings.max_end_rounds
         );
-        (
-            JobOutcome::Failed {
-                reason,
-                last_error: None,
-            },
-            None,
-        )
+        (JobOutcome::Failed { reason, last_error: None }, None)
+    }
+
+    /// When the job's send window is closed now, the instant it next opens.
+    fn outside_window(&self, ctx: &RunContext, job: &ClaimedJob) -> Option<i64> {
+        let window = ctx.window?;
+        let zone: chrono_tz::Tz = job.zone.parse().unwrap_or(chrono_tz::UTC);
+        let now = self.clock.now();
+        let opens = window.next_open(now, zone);
+        (opens > now).then(|| opens.timestamp_millis())
     }
 
     /// A wait-policy job keeps waiting, or fails once `max_wait` has passed.
-    fn keep_waiting(
-        &self,
-        job: &ClaimedJob,
-        active: &str,
-        since: i64,
-        max_wait: Duration,
-    ) -> JobOutcome {
+    fn keep_waiting(&self, job: &ClaimedJob, active: &str, since: i64, max_wait: Duration) -> JobOutcome {
         let now = self.now_ms();
         let deadline = since + max_wait.as_millis() as i64;
         if now >= deadline {
             return JobOutcome::Failed {
                 reason: "conflict_timeout".into(),
-                last_error: Some(format!(
-                    "execution {active} was still active after max_wait"
-                )),
+                last_error: Some(format!("execution {active} was still active after max_wait")),
             };
         }
         let next = (now + self.settings.wait_poll.as_millis() as i64).min(deadline);
@@ -227,12 +200,7 @@ impl<S: StudioApi> Dispatcher<S> {
 
     /// Maps a Studio error (other than 409) to the job's outcome and, for
     /// credentials or an unknown Flow, a stop of the run.
-    fn after_error(
-        &self,
-        ctx: &RunContext,
-        job: &ClaimedJob,
-        error: StudioError,
-    ) -> (JobOutcome, Option<StopReason>) {
+    fn after_error(&self, ctx: &RunContext, job: &ClaimedJob, error: StudioError) -> (JobOutcome, Option<StopReason>) {
         let now = self.now_ms();
         match error {
             StudioError::Throttled { retry_after, .. } => {
@@ -247,15 +215,10 @@ impl<S: StudioApi> Dispatcher<S> {
                 };
                 (outcome, None)
             }
-            StudioError::Transient {
-                message, ambiguous, ..
-            } => {
+            StudioError::Transient { message, ambiguous, .. } => {
                 let failures = job.failures + 1;
                 if failures >= i64::from(self.settings.max_failures) {
-                    let outcome = JobOutcome::Failed {
-                        reason: "transient".into(),
-                        last_error: Some(message),
-                    };
+                    let outcome = JobOutcome::Failed { reason: "transient".into(), last_error: Some(message) };
                     return (outcome, None);
                 }
                 let delay = backoff_delay(
@@ -285,50 +248,27 @@ impl<S: StudioApi> Dispatcher<S> {
                     Some(code) => format!("invalid: Twilio error {code}: {}", e.message),
                     None => format!("invalid: HTTP {}: {}", e.status, e.message),
                 };
-                (
-                    JobOutcome::Failed {
-                        reason,
-                        last_error: Some(e.to_string()),
-                    },
-                    None,
-                )
+                (JobOutcome::Failed { reason, last_error: Some(e.to_string()) }, None)
             }
-            StudioError::Unauthorized(e) => {
-                (JobOutcome::Release, Some(StopReason::Unauthorized(e)))
+            StudioError::Unauthorized(e) => (JobOutcome::Release, Some(StopReason::Unauthorized(e))),
+            StudioError::NotFound(e) => {
+                (JobOutcome::Release, Some(StopReason::FlowNotFound { flow: ctx.flow.to_string(), error: e }))
             }
-            StudioError::NotFound(e) => (
-                JobOutcome::Release,
-                Some(StopReason::FlowNotFound {
-                    flow: ctx.flow.to_string(),
-                    error: e,
-                }),
-            ),
             StudioError::Conflict { error, .. } => {
                 // Only reached from calls other than create, where a 409 is
                 // unexpected: treat it as transient.
                 self.after_error(
                     ctx,
                     job,
-                    StudioError::Transient {
-                        message: error.to_string(),
-                        status: Some(409),
-                        ambiguous: false,
-                    },
+                    StudioError::Transient { message: error.to_string(), status: Some(409), ambiguous: false },
                 )
             }
         }
     }
 
     /// Lists the Flow's active Executions and picks the one for this contact.
-    async fn find_active_execution(
-        &self,
-        ctx: &RunContext,
-        job: &ClaimedJob,
-    ) -> Result<Option<String>, StudioError> {
-        let filter = ListFilter {
-            status: Some("active"),
-            ..ListFilter::default()
-        };
+    async fn find_active_execution(&self, ctx: &RunContext, job: &ClaimedJob) -> Result<Option<String>, StudioError> {
+        let filter = ListFilter { status: Some("active"), ..ListFilter::default() };
         let listed = self.studio.list_executions(&ctx.flow, &filter).await;
         self.audit(
             ctx,
@@ -340,9 +280,7 @@ impl<S: StudioApi> Dispatcher<S> {
         );
         Ok(listed?
             .into_iter()
-            .find(|e| {
-                e.is_active() && e.contact_channel_address.as_deref() == Some(job.phone.as_str())
-            })
+            .find(|e| e.is_active() && e.contact_channel_address.as_deref() == Some(job.phone.as_str()))
             .map(|e| e.sid))
     }
 
@@ -354,12 +292,8 @@ impl<S: StudioApi> Dispatcher<S> {
         job: &ClaimedJob,
         since_ms: i64,
     ) -> Result<Option<String>, StudioError> {
-        let since = chrono::DateTime::from_timestamp_millis(since_ms).unwrap_or_default()
-            - CLOCK_SKEW_MARGIN;
-        let filter = ListFilter {
-            date_created_from: Some(since),
-            ..ListFilter::default()
-        };
+        let since = chrono::DateTime::from_timestamp_millis(since_ms).unwrap_or_default() - CLOCK_SKEW_MARGIN;
+        let filter = ListFilter { date_created_from: Some(since), ..ListFilter::default() };
         let listed = self.studio.list_executions(&ctx.flow, &filter).await;
         self.audit(
             ctx,
@@ -382,12 +316,7 @@ impl<S: StudioApi> Dispatcher<S> {
     }
 
     /// Whether Execution `sid` carries this job's `flowcast` key in its context.
-    async fn is_own_execution(
-        &self,
-        ctx: &RunContext,
-        job: &ClaimedJob,
-        sid: &str,
-    ) -> Result<bool, StudioError> {
+    async fn is_own_execution(&self, ctx: &RunContext, job: &ClaimedJob, sid: &str) -> Result<bool, StudioError> {
         let context = match self.studio.execution_context(&ctx.flow, sid).await {
             Ok(c) => c,
             Err(StudioError::NotFound(_)) => return Ok(false),
@@ -402,11 +331,7 @@ impl<S: StudioApi> Dispatcher<S> {
             job,
             "context",
             format!("Execution={sid}"),
-            &Ok(if own {
-                "own".to_string()
-            } else {
-                "foreign".to_string()
-            }),
+            &Ok(if own { "own".to_string() } else { "foreign".to_string() }),
             None,
         );
         Ok(own)
@@ -428,17 +353,10 @@ impl<S: StudioApi> Dispatcher<S> {
             }
             Err(e) => {
                 let sid = match e {
-                    StudioError::Conflict { active_sid, .. } => {
-                        active_sid.as_ref().map(|s| s.to_string())
-                    }
+                    StudioError::Conflict { active_sid, .. } => active_sid.as_ref().map(|s| s.to_string()),
                     _ => None,
                 };
-                (
-                    e.http_status(),
-                    Some(e.to_string()),
-                    e.class().to_string(),
-                    sid,
-                )
+                (e.http_status(), Some(e.to_string()), e.class().to_string(), sid)
             }
         };
         let call = StudioCall {
@@ -460,17 +378,10 @@ impl<S: StudioApi> Dispatcher<S> {
 }
 
 /// Adds flowcast's own key so that any Execution it made can be recognised.
-fn with_flowcast_key(
-    parameters: &str,
-    ctx: &RunContext,
-    job_id: i64,
-) -> Result<String, serde_json::Error> {
+fn with_flowcast_key(parameters: &str, ctx: &RunContext, job_id: i64) -> Result<String, serde_json::Error> {
     let mut value: Value = serde_json::from_str(parameters)?;
     if let Value::Object(map) = &mut value {
-        map.insert(
-            "flowcast".into(),
-            json!({ "campaign": ctx.campaign, "run": ctx.run_id, "job": job_id }),
-        );
+        map.insert("flowcast".into(), json!({ "campaign": ctx.campaign, "run": ctx.run_id, "job": job_id }));
     }
     Ok(value.to_string())
 }

@@ -17,9 +17,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             digits.push(ch);
         } else if ch.is_whitespace() {
             if !digits.is_empty() {
-                return Err(format!(
-                    "duration {text:?}: number {digits} has no unit (s, m, h or d)"
-                ));
+                return Err(format!("duration {text:?}: number {digits} has no unit (s, m, h or d)"));
             }
         } else {
             let unit: u64 = match ch {
@@ -28,19 +26,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 'h' => 3600,
                 'd' => 86_400,
                 other => {
-                    return Err(format!(
-                        "duration {text:?}: unknown unit {other:?}; use s, m, h or d"
-                    ));
+                    return Err(format!("duration {text:?}: unknown unit {other:?}; use s, m, h or d"));
                 }
             };
             if digits.is_empty() {
-                return Err(format!(
-                    "duration {text:?}: unit {ch:?} has no number before it"
-                ));
+                return Err(format!("duration {text:?}: unit {ch:?} has no number before it"));
             }
-            let n: u64 = digits
-                .parse()
-                .map_err(|_| format!("duration {text:?}: number too large"))?;
+            let n: u64 = digits.parse().map_err(|_| format!("duration {text:?}: number too large"))?;
             total = n
                 .checked_mul(unit)
                 .and_then(|s| total.checked_add(s))
@@ -50,9 +42,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     }
     if !digits.is_empty() {
-        return Err(format!(
-            "duration {text:?}: number {digits} has no unit (s, m, h or d)"
-        ));
+        return Err(format!("duration {text:?}: number {digits} has no unit (s, m, h or d)"));
     }
     if !saw_unit {
         return Err(format!("duration {text:?}: write e.g. 30s, 15m, 2h, 1d"));
@@ -85,10 +75,7 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(
-            parse_duration("1d 2h").unwrap(),
-            Duration::from_secs(93_600)
-        );
+        assert_eq!(parse_duration("1d 2h").unwrap(), Duration::from_secs(93_600));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
     }
 

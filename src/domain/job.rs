@@ -54,10 +54,7 @@ impl fmt::Display for JobState {
 impl FromStr for JobState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown job state {s:?}"))
+        JobState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| format!("unknown job state {s:?}"))
     }
 }
 
@@ -94,16 +91,10 @@ impl fmt::Display for RunState {
 impl FromStr for RunState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            RunState::Expanding,
-            RunState::Active,
-            RunState::Paused,
-            RunState::Cancelled,
-            RunState::Finished,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
-        .ok_or_else(|| format!("unknown run state {s:?}"))
+        [RunState::Expanding, RunState::Active, RunState::Paused, RunState::Cancelled, RunState::Finished]
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown run state {s:?}"))
     }
 }
 

@@ -11,6 +11,7 @@ mod phone;
 mod policy;
 mod sid;
 mod template;
+mod window;
 
 pub use duration::{format_duration, parse_duration};
 pub use job::{JobState, RunState};
@@ -18,3 +19,4 @@ pub use phone::{Phone, PhoneError, parse_region};
 pub use policy::{ConflictPolicy, backoff_delay};
 pub use sid::{ExecutionSid, FlowSid, SidError, find_execution_sid};
 pub use template::{Template, TemplateError, TimeTemplate, parse_instant};
+pub use window::SendWindow;

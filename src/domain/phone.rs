@@ -34,8 +34,7 @@ impl Phone {
         if !raw.starts_with('+') && !raw.starts_with("00") && default_region.is_none() {
             return Err(PhoneError::NoRegion(raw.to_string()));
         }
-        let number = phonenumber::parse(default_region, raw)
-            .map_err(|_| PhoneError::Unparseable(raw.to_string()))?;
+        let number = phonenumber::parse(default_region, raw).map_err(|_| PhoneError::Unparseable(raw.to_string()))?;
         if !phonenumber::is_valid(&number) {
             return Err(PhoneError::Invalid(raw.to_string()));
         }
@@ -55,11 +54,7 @@ impl Phone {
     pub fn masked(&self) -> String {
         let n = self.0.len();
         let keep = 2.min(n);
-        format!(
-            "+{}{}",
-            "*".repeat(n.saturating_sub(keep + 1)),
-            &self.0[n - keep..]
-        )
+        format!("+{}{}", "*".repeat(n.saturating_sub(keep + 1)), &self.0[n - keep..])
     }
 }
 
@@ -81,32 +76,17 @@ mod tests {
     #[test]
     fn national_numbers_take_the_default_region() {
         let us = parse_region("US");
-        assert_eq!(
-            Phone::parse("(201) 555-0123", us).unwrap().as_str(),
-            "+12015550123"
-        );
-        assert_eq!(
-            Phone::parse("+44 20 7946 0958", us).unwrap().as_str(),
-            "+442079460958"
-        );
+        assert_eq!(Phone::parse("(201) 555-0123", us).unwrap().as_str(), "+12015550123");
+        assert_eq!(Phone::parse("+44 20 7946 0958", us).unwrap().as_str(), "+442079460958");
     }
 
     #[test]
     fn numbers_that_parse_but_are_not_valid_are_refused() {
         let us = parse_region("US");
-        assert!(matches!(
-            Phone::parse("+1 555 555", us),
-            Err(PhoneError::Invalid(_) | PhoneError::Unparseable(_))
-        ));
-        assert!(matches!(
-            Phone::parse("hello", us),
-            Err(PhoneError::Unparseable(_) | PhoneError::Invalid(_))
-        ));
+        assert!(matches!(Phone::parse("+1 555 555", us), Err(PhoneError::Invalid(_) | PhoneError::Unparseable(_))));
+        assert!(matches!(Phone::parse("hello", us), Err(PhoneError::Unparseable(_) | PhoneError::Invalid(_))));
         assert_eq!(Phone::parse("  ", us), Err(PhoneError::Empty));
-        assert!(matches!(
-            Phone::parse("2015550123", None),
-            Err(PhoneError::NoRegion(_))
-        ));
+        assert!(matches!(Phone::parse("2015550123", None), Err(PhoneError::NoRegion(_))));
     }
 
     #[test]

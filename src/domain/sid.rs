@@ -11,9 +11,7 @@ pub struct SidError {
 }
 
 fn is_sid(value: &str, prefix: &str) -> bool {
-    value.len() == 34
-        && value.starts_with(prefix)
-        && value[2..].chars().all(|c| c.is_ascii_hexdigit())
+    value.len() == 34 && value.starts_with(prefix) && value[2..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 macro_rules! sid_type {
@@ -27,11 +25,7 @@ macro_rules! sid_type {
                 if is_sid(value, $prefix) {
                     Ok(Self(value.to_string()))
                 } else {
-                    Err(SidError {
-                        value: value.to_string(),
-                        kind: $kind,
-                        prefix: $prefix,
-                    })
+                    Err(SidError { value: value.to_string(), kind: $kind, prefix: $prefix })
                 }
             }
 
@@ -85,12 +79,8 @@ mod tests {
 
     #[test]
     fn execution_sid_is_found_in_any_field_of_a_body() {
-        let body =
-            r#"{"code":20409,"message":"Execution FNaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa is active"}"#;
-        assert_eq!(
-            find_execution_sid(body).unwrap().as_str(),
-            "FNaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-        );
+        let body = r#"{"code":20409,"message":"Execution FNaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa is active"}"#;
+        assert_eq!(find_execution_sid(body).unwrap().as_str(), "FNaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
         assert!(find_execution_sid(r#"{"code":20409}"#).is_none());
         // A longer hex run is not a SID.
         assert!(find_execution_sid("FNaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1").is_none());

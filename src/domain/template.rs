@@ -40,9 +40,7 @@ impl Template {
                 segments.push(Segment::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| TemplateError::Unclosed(source.to_string()))?;
+            let end = after.find("}}").ok_or_else(|| TemplateError::Unclosed(source.to_string()))?;
             let name = after[..end].trim();
             if name.is_empty() {
                 return Err(TemplateError::EmptyName(source.to_string()));
@@ -53,10 +51,7 @@ impl Template {
         if !rest.is_empty() {
             segments.push(Segment::Text(rest.to_string()));
         }
-        Ok(Template {
-            source: source.to_string(),
-            segments,
-        })
+        Ok(Template { source: source.to_string(), segments })
     }
 
     pub fn source(&self) -> &str {
@@ -73,10 +68,7 @@ impl Template {
 
     /// Fills the holes; a column that is absent or blank is an error, so that no
     /// contact gets "Hello ," by accident.
-    pub fn render<'a>(
-        &self,
-        lookup: impl Fn(&str) -> Option<&'a str>,
-    ) -> Result<String, TemplateError> {
+    pub fn render<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(self.source.len());
         for segment in &self.segments {
             match segment {
@@ -104,15 +96,12 @@ impl TimeTemplate {
         let trimmed = source.trim();
         // The offset follows the last " + " or " - "; a time such as 2026-01-02 has
         // no spaces around its dashes, so it is never mistaken for one.
-        let split = [" + ", " - "]
-            .iter()
-            .filter_map(|op| trimmed.rfind(op).map(|at| (at, *op)))
-            .max_by_key(|(at, _)| *at);
+        let split =
+            [" + ", " - "].iter().filter_map(|op| trimmed.rfind(op).map(|at| (at, *op))).max_by_key(|(at, _)| *at);
         let (base, offset_secs) = match split {
             Some((at, op)) => {
                 let dur = parse_duration(&trimmed[at + 3..])?;
-                let secs =
-                    i64::try_from(dur.as_secs()).map_err(|_| "offset too large".to_string())?;
+                let secs = i64::try_from(dur.as_secs()).map_err(|_| "offset too large".to_string())?;
                 (&trimmed[..at], if op == " - " { -secs } else { secs })
             }
             None => (trimmed, 0),
@@ -149,12 +138,7 @@ pub fn parse_instant(text: &str, zone: Tz) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    let formats = [
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-    ];
+    let formats = ["%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"];
     let naive = formats
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
@@ -162,9 +146,7 @@ pub fn parse_instant(text: &str, zone: Tz) -> Result<DateTime<Utc>, String> {
     match zone.from_local_datetime(&naive) {
         LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
         LocalResult::Ambiguous(first, _) => Ok(first.with_timezone(&Utc)),
-        LocalResult::None => Err(format!(
-            "{text:?} does not exist in {zone} (daylight-saving gap)"
-        )),
+        LocalResult::None => Err(format!("{text:?} does not exist in {zone} (daylight-saving gap)")),
     }
 }
 
@@ -180,13 +162,9 @@ mod tests {
     fn templates_fill_columns_and_refuse_blank_ones() {
         let t = Template::parse("Hi {{first_name}}, see you at {{ time }}").unwrap();
         assert_eq!(t.columns().collect::<Vec<_>>(), ["first_name", "time"]);
-        let ok = t
-            .render(row(&[("first_name", "Ada"), ("time", "9am")]))
-            .unwrap();
+        let ok = t.render(row(&[("first_name", "Ada"), ("time", "9am")])).unwrap();
         assert_eq!(ok, "Hi Ada, see you at 9am");
-        let err = t
-            .render(row(&[("first_name", " "), ("time", "9am")]))
-            .unwrap_err();
+        let err = t.render(row(&[("first_name", " "), ("time", "9am")])).unwrap_err();
         assert_eq!(err, TemplateError::MissingValue("first_name".into()));
         assert!(Template::parse("{{oops").is_err());
     }
@@ -194,19 +172,9 @@ mod tests {
     #[test]
     fn time_templates_apply_their_offset_in_the_contacts_zone() {
         let t = TimeTemplate::parse("{{appointment_at}} - 24h").unwrap();
-        let at = t
-            .render(
-                row(&[("appointment_at", "2026-07-02 10:00")]),
-                chrono_tz::America::New_York,
-            )
-            .unwrap();
+        let at = t.render(row(&[("appointment_at", "2026-07-02 10:00")]), chrono_tz::America::New_York).unwrap();
         assert_eq!(at.to_rfc3339(), "2026-07-01T14:00:00+00:00");
-        let rfc = t
-            .render(
-                row(&[("appointment_at", "2026-07-02T10:00:00Z")]),
-                chrono_tz::UTC,
-            )
-            .unwrap();
+        let rfc = t.render(row(&[("appointment_at", "2026-07-02T10:00:00Z")]), chrono_tz::UTC).unwrap();
         assert_eq!(rfc.to_rfc3339(), "2026-07-01T10:00:00+00:00");
     }
 

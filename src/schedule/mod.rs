@@ -24,6 +24,31 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that moves only when told to, for tests.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(at: DateTime<Utc>) -> Self {
+        ManualClock(std::sync::Mutex::new(at))
+    }
+
+    pub fn set(&self, at: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *now += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Parses a 5-field crontab line, or a 6-field one with seconds first.
 pub fn parse_cron(line: &str) -> Result<Cron, String> {
     let line = line.trim();
@@ -44,9 +69,7 @@ pub fn parse_cron(line: &str) -> Result<Cron, String> {
 /// The first fire time strictly after `after`, in `zone`'s wall-clock time.
 pub fn next_fire(cron: &Cron, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let local = after.with_timezone(&zone);
-    cron.find_next_occurrence(&local, false)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
 }
 
 #[cfg(test)]
@@ -67,19 +90,9 @@ mod tests {
     fn a_berlin_morning_schedule_stays_at_nine_local_across_dst() {
         let cron = parse_cron("0 9 * * *").unwrap();
         let zone = chrono_tz::Europe::Berlin;
-        let winter = next_fire(
-            &cron,
-            zone,
-            Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap(),
-        )
-        .unwrap();
+        let winter = next_fire(&cron, zone, Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap()).unwrap();
         assert_eq!(winter, Utc.with_ymd_and_hms(2026, 1, 10, 8, 0, 0).unwrap());
-        let summer = next_fire(
-            &cron,
-            zone,
-            Utc.with_ymd_and_hms(2026, 7, 10, 0, 0, 0).unwrap(),
-        )
-        .unwrap();
+        let summer = next_fire(&cron, zone, Utc.with_ymd_and_hms(2026, 7, 10, 0, 0, 0).unwrap()).unwrap();
         assert_eq!(summer, Utc.with_ymd_and_hms(2026, 7, 10, 7, 0, 0).unwrap());
     }
 }

@@ -20,6 +20,8 @@ pub struct ClaimedJob {
     pub id: i64,
     pub run_id: i64,
     pub phone: String,
+    /// The contact's IANA zone (for send windows).
+    pub zone: String,
     pub parameters: String,
     pub attempts: i64,
     pub failures: i64,
@@ -103,13 +105,7 @@ pub struct BatchCounts {
 impl Store {
     /// Writes a batch of imported rows in one transaction. A phone already in the
     /// run is a duplicate: the first row stays, this one is recorded as such.
-    pub fn import_batch(
-        &self,
-        run_id: i64,
-        items: &[ImportItem],
-        default_due: i64,
-        now: i64,
-    ) -> Result<BatchCounts> {
+    pub fn import_batch(&self, run_id: i64, items: &[ImportItem], default_due: i64, now: i64) -> Result<BatchCounts> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut counts = BatchCounts::default();
@@ -124,8 +120,7 @@ impl Store {
             for item in items {
                 match item {
                     ImportItem::Job(spec) => {
-                        let parameters =
-                            serde_json::Value::Object(spec.parameters.clone()).to_string();
+                        let parameters = serde_json::Value::Object(spec.parameters.clone()).to_string();
                         let due = spec.due_at.map_or(default_due, |t| t.timestamp_millis());
                         let inserted = insert_job.execute(params![
                             run_id,
@@ -146,22 +141,13 @@ impl Store {
                                 spec.line as i64,
                                 spec.phone.as_str(),
                                 "duplicate",
-                                format!(
-                                    "duplicate phone {}; the first row with it is kept",
-                                    spec.phone
-                                )
+                                format!("duplicate phone {}; the first row with it is kept", spec.phone)
                             ])?;
                         }
                     }
                     ImportItem::Rejected(r) => {
                         counts.rejected += 1;
-                        insert_row.execute(params![
-                            run_id,
-                            r.line as i64,
-                            r.raw_phone,
-                            "rejected",
-                            r.reason
-                        ])?;
+                        insert_row.execute(params![run_id, r.line as i64, r.raw_phone, "rejected", r.reason])?;
                     }
                 }
             }
@@ -179,7 +165,7 @@ impl Store {
              WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
                           ORDER BY due_at, id LIMIT ?3) \
                AND (SELECT state FROM runs WHERE id = ?1) = 'active' \
-             RETURNING id, run_id, phone, parameters, attempts, failures, throttles, expires_at, \
+             RETURNING id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
                        attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
         )?;
         let mut jobs: Vec<ClaimedJob> = stmt
@@ -188,15 +174,16 @@ impl Store {
                     id: r.get(0)?,
                     run_id: r.get(1)?,
                     phone: r.get(2)?,
-                    parameters: r.get(3)?,
-                    attempts: r.get(4)?,
-                    failures: r.get(5)?,
-                    throttles: r.get(6)?,
-                    expires_at: r.get(7)?,
-                    attempt_started_at: r.get(8)?,
-                    ambiguous_since: r.get(9)?,
-                    conflict_sid: r.get(10)?,
-                    conflict_since: r.get(11)?,
+                    zone: r.get(3)?,
+                    parameters: r.get(4)?,
+                    attempts: r.get(5)?,
+                    failures: r.get(6)?,
+                    throttles: r.get(7)?,
+                    expires_at: r.get(8)?,
+                    attempt_started_at: r.get(9)?,
+                    ambiguous_since: r.get(10)?,
+                    conflict_sid: r.get(11)?,
+                    conflict_since: r.get(12)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -207,13 +194,7 @@ impl Store {
 
     /// Records how a claimed job's attempt ended. Applies only while the job is
     /// still `dispatching` (guarded by id and state); returns whether it did.
-    pub fn finish_job(
-        &self,
-        job_id: i64,
-        outcome: &JobOutcome,
-        attempts_sent: i64,
-        now: i64,
-    ) -> Result<bool> {
+    pub fn finish_job(&self, job_id: i64, outcome: &JobOutcome, attempts_sent: i64, now: i64) -> Result<bool> {
         let conn = self.conn();
         let changed = match outcome {
             JobOutcome::Sent { sid } => conn.execute(
@@ -278,21 +259,15 @@ impl Store {
     pub fn next_due_at(&self, run_id: i64) -> Result<Option<i64>> {
         Ok(self
             .conn()
-            .query_row(
-                "SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending'",
-                [run_id],
-                |r| r.get::<_, Option<i64>>(0),
-            )
+            .query_row("SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending'", [run_id], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
             .optional()?
             .flatten())
     }
 
     /// Calls `f` for each job of a run in id order, without loading them all.
-    pub fn for_each_job(
-        &self,
-        run_id: i64,
-        mut f: impl FnMut(JobRow) -> std::io::Result<()>,
-    ) -> Result<()> {
+    pub fn for_each_job(&self, run_id: i64, mut f: impl FnMut(JobRow) -> std::io::Result<()>) -> Result<()> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, run_id, line, phone, state, reason, execution_sid, attempts, due_at, expires_at, \
@@ -323,13 +298,10 @@ impl Store {
     /// The rows an import refused or found duplicated, in file order.
     pub fn import_rows(&self, run_id: i64) -> Result<Vec<(i64, String, String, String)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT line, raw_phone, outcome, reason FROM import_rows WHERE run_id = ?1 ORDER BY line",
-        )?;
+        let mut stmt =
+            conn.prepare("SELECT line, raw_phone, outcome, reason FROM import_rows WHERE run_id = ?1 ORDER BY line")?;
         let rows = stmt
-            .query_map([run_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
+            .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
@@ -363,12 +335,7 @@ impl Store {
         )?;
         let rows = stmt
             .query_map([job_id], |r| {
-                Ok(CallSummary {
-                    operation: r.get(0)?,
-                    outcome: r.get(1)?,
-                    execution_sid: r.get(2)?,
-                    note: r.get(3)?,
-                })
+                Ok(CallSummary { operation: r.get(0)?, outcome: r.get(1)?, execution_sid: r.get(2)?, note: r.get(3)? })
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)

@@ -22,15 +22,9 @@ pub use runs::{NewRun, RunCounts, RunRow};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("ledger {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: rusqlite::Error },
     #[error("ledger {path}: migration failed: {source}")]
-    Migrate {
-        path: String,
-        source: rusqlite_migration::Error,
-    },
+    Migrate { path: String, source: rusqlite_migration::Error },
     #[error("ledger: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("run {0} not found")]
@@ -42,9 +36,7 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../../migrations/0001_ledger.sql"
-    ))])
+    Migrations::new(vec![M::up(include_str!("../../migrations/0001_ledger.sql"))])
 }
 
 /// A handle on the ledger; cheap to clone, safe to share between tasks.
@@ -63,23 +55,10 @@ impl Store {
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         }
-        let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::configure(&mut conn).map_err(|source| StoreError::Open {
-            path: shown.clone(),
-            source,
-        })?;
-        migrations()
-            .to_latest(&mut conn)
-            .map_err(|source| StoreError::Migrate {
-                path: shown,
-                source,
-            })?;
-        Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let mut conn = Connection::open(path).map_err(|source| StoreError::Open { path: shown.clone(), source })?;
+        Self::configure(&mut conn).map_err(|source| StoreError::Open { path: shown.clone(), source })?;
+        migrations().to_latest(&mut conn).map_err(|source| StoreError::Migrate { path: shown, source })?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
     }
 
     fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -102,16 +81,12 @@ impl Store {
 
     /// `true` when the ledger accepts a write (for health checks).
     pub fn is_writable(&self) -> bool {
-        self.conn()
-            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
-            .is_ok()
+        self.conn().execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok()
     }
 
     /// `PRAGMA integrity_check` → `ok` on a healthy file.
     pub fn integrity_check(&self) -> Result<String> {
-        Ok(self
-            .conn()
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        Ok(self.conn().query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 }
 
@@ -121,9 +96,7 @@ mod tests {
 
     #[test]
     fn migrations_are_valid() {
-        migrations()
-            .validate()
-            .expect("migrations apply to an empty database");
+        migrations().validate().expect("migrations apply to an empty database");
     }
 
     #[test]
@@ -131,10 +104,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/flowcast.db");
         let store = Store::open(&path).unwrap();
-        let mode: String = store
-            .conn()
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        let mode: String = store.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
         assert!(store.is_writable());
         drop(store);

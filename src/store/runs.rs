@@ -21,6 +21,7 @@ pub struct NewRun {
     pub on_conflict: String,
     pub max_wait_ms: Option<i64>,
     pub rate: Option<u32>,
+    pub window: Option<(String, String)>,
 }
 
 /// A run as the ledger has it.
@@ -36,6 +37,8 @@ pub struct RunRow {
     pub on_conflict: String,
     pub max_wait_ms: Option<i64>,
     pub rate: Option<u32>,
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
     pub state: String,
     pub state_reason: Option<String>,
     pub rows_total: i64,
@@ -66,7 +69,8 @@ impl RunCounts {
 }
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
-     max_wait_ms, rate, state, state_reason, rows_total, imported, rejected, duplicates, created_at, finished_at";
+     max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
+     created_at, finished_at";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -80,14 +84,16 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         on_conflict: r.get(7)?,
         max_wait_ms: r.get(8)?,
         rate: r.get(9)?,
-        state: r.get(10)?,
-        state_reason: r.get(11)?,
-        rows_total: r.get(12)?,
-        imported: r.get(13)?,
-        rejected: r.get(14)?,
-        duplicates: r.get(15)?,
-        created_at: r.get(16)?,
-        finished_at: r.get(17)?,
+        window_start: r.get(10)?,
+        window_end: r.get(11)?,
+        state: r.get(12)?,
+        state_reason: r.get(13)?,
+        rows_total: r.get(14)?,
+        imported: r.get(15)?,
+        rejected: r.get(16)?,
+        duplicates: r.get(17)?,
+        created_at: r.get(18)?,
+        finished_at: r.get(19)?,
     })
 }
 
@@ -98,8 +104,8 @@ impl Store {
         let conn = self.conn();
         let inserted = conn.execute(
             "INSERT OR IGNORE INTO runs (campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, \
-             from_addr, on_conflict, max_wait_ms, rate, state, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'expanding', ?12)",
+             from_addr, on_conflict, max_wait_ms, rate, window_start, window_end, state, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'expanding', ?14)",
             params![
                 run.campaign,
                 run.kind,
@@ -112,6 +118,8 @@ impl Store {
                 run.on_conflict,
                 run.max_wait_ms,
                 run.rate,
+                run.window.as_ref().map(|w| w.0.as_str()),
+                run.window.as_ref().map(|w| w.1.as_str()),
                 now
             ],
         )?;
@@ -120,11 +128,7 @@ impl Store {
 
     pub fn get_run(&self, id: i64) -> Result<RunRow> {
         self.conn()
-            .query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
-                [id],
-                run_from_row,
-            )
+            .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [id], run_from_row)
             .optional()?
             .ok_or(StoreError::RunNotFound(id))
     }
@@ -135,9 +139,7 @@ impl Store {
         let mut stmt = conn.prepare(&format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR campaign = ?1) ORDER BY id DESC LIMIT ?2"
         ))?;
-        let rows = stmt
-            .query_map(params![campaign, limit], run_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = stmt.query_map(params![campaign, limit], run_from_row)?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
@@ -147,22 +149,13 @@ impl Store {
         let mut stmt = conn.prepare(&format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE state NOT IN ('finished', 'cancelled') ORDER BY id"
         ))?;
-        let rows = stmt
-            .query_map([], run_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = stmt.query_map([], run_from_row)?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
     /// Import finished: record the counts and make the run dispatchable, unless a
     /// user paused or cancelled it meanwhile.
-    pub fn finish_expansion(
-        &self,
-        id: i64,
-        rows: i64,
-        imported: i64,
-        rejected: i64,
-        duplicates: i64,
-    ) -> Result<()> {
+    pub fn finish_expansion(&self, id: i64, rows: i64, imported: i64, rejected: i64, duplicates: i64) -> Result<()> {
         self.conn().execute(
             "UPDATE runs SET rows_total = ?2, imported = ?3, rejected = ?4, duplicates = ?5, \
              state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END WHERE id = ?1",
@@ -172,13 +165,7 @@ impl Store {
     }
 
     /// Sets a run's state with a reason; returns the state it had.
-    pub fn set_run_state(
-        &self,
-        id: i64,
-        state: RunState,
-        reason: Option<&str>,
-        now: i64,
-    ) -> Result<String> {
+    pub fn set_run_state(&self, id: i64, state: RunState, reason: Option<&str>, now: i64) -> Result<String> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let old: String = tx
@@ -215,8 +202,7 @@ impl Store {
 
     pub fn run_counts(&self, id: i64) -> Result<RunCounts> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state")?;
+        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state")?;
         let mut counts = BTreeMap::new();
         for row in stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
             let (state, n) = row?;

@@ -19,10 +19,7 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn new(username: impl Into<String>, secret: impl Into<String>) -> Self {
-        Credentials {
-            username: username.into(),
-            secret: secret.into(),
-        }
+        Credentials { username: username.into(), secret: secret.into() }
     }
 
     /// API key credentials when `TWILIO_API_KEY`/`TWILIO_API_SECRET` are set,
@@ -41,10 +38,7 @@ impl Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("Credentials").field("username", &self.username).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -53,11 +47,7 @@ impl fmt::Debug for Credentials {
 /// `TWILIO_REGION` (an edge alone implies region `us1`).
 pub fn base_url_from_env(override_url: Option<&str>) -> String {
     let var = |k: &str| std::env::var(k).ok();
-    base_url(
-        override_url,
-        var("TWILIO_EDGE").as_deref(),
-        var("TWILIO_REGION").as_deref(),
-    )
+    base_url(override_url, var("TWILIO_EDGE").as_deref(), var("TWILIO_REGION").as_deref())
 }
 
 /// [`base_url_from_env`] without the environment.
@@ -68,10 +58,7 @@ pub fn base_url(override_url: Option<&str>, edge: Option<&str>, region: Option<&
     let edge = edge.map(str::trim).filter(|v| !v.is_empty());
     let region = region.map(str::trim).filter(|v| !v.is_empty());
     match (edge, region) {
-        (Some(edge), region) => format!(
-            "https://studio.{edge}.{}.twilio.com",
-            region.unwrap_or("us1")
-        ),
+        (Some(edge), region) => format!("https://studio.{edge}.{}.twilio.com", region.unwrap_or("us1")),
         (None, Some(region)) => format!("https://studio.{region}.twilio.com"),
         (None, None) => "https://studio.twilio.com".to_string(),
     }
@@ -138,12 +125,8 @@ impl HttpStudio {
         request: reqwest::RequestBuilder,
         ambiguous: bool,
     ) -> StudioResult<T> {
-        let request =
-            request.basic_auth(&self.credentials.username, Some(&self.credentials.secret));
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, ambiguous))?;
+        let request = request.basic_auth(&self.credentials.username, Some(&self.credentials.secret));
+        let response = request.send().await.map_err(|e| transport_error(&e, ambiguous))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -152,10 +135,7 @@ impl HttpStudio {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        let body = response
-            .text()
-            .await
-            .map_err(|e| transport_error(&e, ambiguous))?;
+        let body = response.text().await.map_err(|e| transport_error(&e, ambiguous))?;
         if (200..300).contains(&status) {
             serde_json::from_str(&body).map_err(|e| StudioError::Transient {
                 message: format!("HTTP {status} with an unreadable body: {e}"),
@@ -163,12 +143,7 @@ impl HttpStudio {
                 ambiguous,
             })
         } else {
-            Err(StudioError::from_response(
-                status,
-                retry_after,
-                &body,
-                ambiguous,
-            ))
+            Err(StudioError::from_response(status, retry_after, &body, ambiguous))
         }
     }
 
@@ -200,11 +175,7 @@ fn transport_error(e: &reqwest::Error, ambiguous: bool) -> StudioError {
         "request failed"
     };
     // reqwest errors name the URL, never the credentials.
-    StudioError::Transient {
-        message: format!("{kind}: {e}"),
-        status: None,
-        ambiguous: ambiguous && reached,
-    }
+    StudioError::Transient { message: format!("{kind}: {e}"), status: None, ambiguous: ambiguous && reached }
 }
 
 fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -212,50 +183,22 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 impl StudioApi for HttpStudio {
-    async fn create_execution(
-        &self,
-        flow: &FlowSid,
-        request: &CreateRequest,
-    ) -> StudioResult<Execution> {
-        let form = [
-            ("To", request.to.as_str()),
-            ("From", request.from.as_str()),
-            ("Parameters", request.parameters.as_str()),
-        ];
-        self.send(
-            self.client
-                .post(self.url(&format!("/v2/Flows/{flow}/Executions")))
-                .form(&form),
-            true,
-        )
-        .await
+    async fn create_execution(&self, flow: &FlowSid, request: &CreateRequest) -> StudioResult<Execution> {
+        let form =
+            [("To", request.to.as_str()), ("From", request.from.as_str()), ("Parameters", request.parameters.as_str())];
+        self.send(self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions"))).form(&form), true).await
     }
 
     async fn fetch_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
-        self.send(
-            self.client
-                .get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))),
-            false,
-        )
-        .await
+        self.send(self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))), false).await
     }
 
     async fn end_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
         let form = [("Status", "ended")];
-        self.send(
-            self.client
-                .post(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}")))
-                .form(&form),
-            false,
-        )
-        .await
+        self.send(self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))).form(&form), false).await
     }
 
-    async fn list_executions(
-        &self,
-        flow: &FlowSid,
-        filter: &ListFilter,
-    ) -> StudioResult<Vec<Execution>> {
+    async fn list_executions(&self, flow: &FlowSid, filter: &ListFilter) -> StudioResult<Vec<Execution>> {
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(status) = filter.status {
             // The OpenAPI description names the filter `status`; Twilio's docs and
@@ -269,32 +212,17 @@ impl StudioApi for HttpStudio {
         if let Some(to) = filter.date_created_to {
             query.push(("DateCreatedTo", rfc3339(to)));
         }
-        query.push((
-            "PageSize",
-            filter.page_size.unwrap_or(1000).clamp(1, 1000).to_string(),
-        ));
+        query.push(("PageSize", filter.page_size.unwrap_or(1000).clamp(1, 1000).to_string()));
         let mut found = Vec::new();
-        let mut page: ListPage = self
-            .send(
-                self.client
-                    .get(self.url(&format!("/v2/Flows/{flow}/Executions")))
-                    .query(&query),
-                false,
-            )
-            .await?;
+        let mut page: ListPage =
+            self.send(self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions"))).query(&query), false).await?;
         // Bounded: Studio pages are ≤1000 rows; 10,000 pages is far past any real list.
         for _ in 0..10_000 {
             found.append(&mut page.executions);
-            let Some(next) = page
-                .meta
-                .and_then(|m| m.next_page_url)
-                .filter(|n| !n.is_empty())
-            else {
+            let Some(next) = page.meta.and_then(|m| m.next_page_url).filter(|n| !n.is_empty()) else {
                 break;
             };
-            page = self
-                .send(self.client.get(self.next_page(&next)), false)
-                .await?;
+            page = self.send(self.client.get(self.next_page(&next)), false).await?;
         }
         if let Some(status) = filter.status {
             // Whatever the server did with the filter, return only what was asked.
@@ -303,23 +231,14 @@ impl StudioApi for HttpStudio {
         Ok(found)
     }
 
-    async fn execution_context(
-        &self,
-        flow: &FlowSid,
-        sid: &str,
-    ) -> StudioResult<serde_json::Value> {
+    async fn execution_context(&self, flow: &FlowSid, sid: &str) -> StudioResult<serde_json::Value> {
         #[derive(Deserialize)]
         struct ContextBody {
             #[serde(default)]
             context: serde_json::Value,
         }
-        let body: ContextBody = self
-            .send(
-                self.client
-                    .get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}/Context"))),
-                false,
-            )
-            .await?;
+        let body: ContextBody =
+            self.send(self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}/Context"))), false).await?;
         Ok(body.context)
     }
 }
@@ -331,22 +250,10 @@ mod tests {
     #[test]
     fn the_base_url_follows_region_and_edge_like_twilios_helpers() {
         assert_eq!(base_url(None, None, None), "https://studio.twilio.com");
-        assert_eq!(
-            base_url(None, Some("sydney"), Some("au1")),
-            "https://studio.sydney.au1.twilio.com"
-        );
-        assert_eq!(
-            base_url(None, Some("dublin"), None),
-            "https://studio.dublin.us1.twilio.com"
-        );
-        assert_eq!(
-            base_url(None, None, Some("ie1")),
-            "https://studio.ie1.twilio.com"
-        );
-        assert_eq!(
-            base_url(Some("http://127.0.0.1:4010/"), Some("sydney"), None),
-            "http://127.0.0.1:4010"
-        );
+        assert_eq!(base_url(None, Some("sydney"), Some("au1")), "https://studio.sydney.au1.twilio.com");
+        assert_eq!(base_url(None, Some("dublin"), None), "https://studio.dublin.us1.twilio.com");
+        assert_eq!(base_url(None, None, Some("ie1")), "https://studio.ie1.twilio.com");
+        assert_eq!(base_url(Some("http://127.0.0.1:4010/"), Some("sydney"), None), "http://127.0.0.1:4010");
     }
 
     #[test]

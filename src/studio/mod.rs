@@ -78,10 +78,7 @@ impl TwilioError {
         }
         match serde_json::from_str::<Raw>(body) {
             Ok(raw) => {
-                let code = raw.code.and_then(|c| {
-                    c.as_i64()
-                        .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
-                });
+                let code = raw.code.and_then(|c| c.as_i64().or_else(|| c.as_str().and_then(|s| s.parse().ok())));
                 let message = raw
                     .message
                     .or(match (raw.title, raw.detail) {
@@ -89,26 +86,12 @@ impl TwilioError {
                         (t, d) => t.or(d),
                     })
                     .unwrap_or_else(|| format!("HTTP {status}"));
-                TwilioError {
-                    status,
-                    code,
-                    message,
-                    more_info: raw.more_info.or(raw.kind),
-                }
+                TwilioError { status, code, message, more_info: raw.more_info.or(raw.kind) }
             }
             Err(_) => {
                 let excerpt: String = body.chars().take(200).collect();
-                let message = if excerpt.trim().is_empty() {
-                    format!("HTTP {status}")
-                } else {
-                    excerpt
-                };
-                TwilioError {
-                    status,
-                    code: None,
-                    message,
-                    more_info: None,
-                }
+                let message = if excerpt.trim().is_empty() { format!("HTTP {status}") } else { excerpt };
+                TwilioError { status, code: None, message, more_info: None }
             }
         }
     }
@@ -117,11 +100,7 @@ impl TwilioError {
 impl fmt::Display for TwilioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.code {
-            Some(code) => write!(
-                f,
-                "HTTP {} (Twilio error {code}): {}",
-                self.status, self.message
-            ),
+            Some(code) => write!(f, "HTTP {} (Twilio error {code}): {}", self.status, self.message),
             None => write!(f, "HTTP {}: {}", self.status, self.message),
         }
     }
@@ -132,16 +111,10 @@ impl fmt::Display for TwilioError {
 pub enum StudioError {
     /// 409: the contact is in an active Execution (its SID when the body names it).
     #[error("conflict: {error}")]
-    Conflict {
-        error: TwilioError,
-        active_sid: Option<ExecutionSid>,
-    },
+    Conflict { error: TwilioError, active_sid: Option<ExecutionSid> },
     /// 429: not processed; safe to retry after a pause.
     #[error("throttled: {error}")]
-    Throttled {
-        error: TwilioError,
-        retry_after: Option<Duration>,
-    },
+    Throttled { error: TwilioError, retry_after: Option<Duration> },
     /// 401/403: the credentials were refused.
     #[error("unauthorised: {0}")]
     Unauthorized(TwilioError),
@@ -153,11 +126,7 @@ pub enum StudioError {
     Invalid(TwilioError),
     /// 5xx, timeouts, resets. `ambiguous`: the request may have been processed.
     #[error("transient: {message}")]
-    Transient {
-        message: String,
-        status: Option<u16>,
-        ambiguous: bool,
-    },
+    Transient { message: String, status: Option<u16>, ambiguous: bool },
 }
 
 impl StudioError {
@@ -169,9 +138,7 @@ impl StudioError {
             StudioError::Unauthorized(_) => "unauthorised",
             StudioError::NotFound(_) => "not_found",
             StudioError::Invalid(_) => "invalid",
-            StudioError::Transient {
-                ambiguous: true, ..
-            } => "ambiguous",
+            StudioError::Transient { ambiguous: true, .. } => "ambiguous",
             StudioError::Transient { .. } => "transient",
         }
     }
@@ -189,26 +156,16 @@ impl StudioError {
     }
 
     /// Classifies a non-2xx answer.
-    pub fn from_response(
-        status: u16,
-        retry_after: Option<Duration>,
-        body: &str,
-        ambiguous_on_5xx: bool,
-    ) -> Self {
+    pub fn from_response(status: u16, retry_after: Option<Duration>, body: &str, ambiguous_on_5xx: bool) -> Self {
         let error = TwilioError::from_body(status, body);
         match status {
-            409 => StudioError::Conflict {
-                active_sid: crate::domain::find_execution_sid(body),
-                error,
-            },
+            409 => StudioError::Conflict { active_sid: crate::domain::find_execution_sid(body), error },
             429 => StudioError::Throttled { error, retry_after },
             401 | 403 => StudioError::Unauthorized(error),
             404 => StudioError::NotFound(error),
-            500..=599 => StudioError::Transient {
-                message: error.to_string(),
-                status: Some(status),
-                ambiguous: ambiguous_on_5xx,
-            },
+            500..=599 => {
+                StudioError::Transient { message: error.to_string(), status: Some(status), ambiguous: ambiguous_on_5xx }
+            }
             _ => StudioError::Invalid(error),
         }
     }
@@ -225,18 +182,10 @@ pub trait StudioApi: Send + Sync + 'static {
         request: &CreateRequest,
     ) -> impl Future<Output = StudioResult<Execution>> + Send;
 
-    fn fetch_execution(
-        &self,
-        flow: &FlowSid,
-        sid: &str,
-    ) -> impl Future<Output = StudioResult<Execution>> + Send;
+    fn fetch_execution(&self, flow: &FlowSid, sid: &str) -> impl Future<Output = StudioResult<Execution>> + Send;
 
     /// Ends an active Execution (`Status=ended`).
-    fn end_execution(
-        &self,
-        flow: &FlowSid,
-        sid: &str,
-    ) -> impl Future<Output = StudioResult<Execution>> + Send;
+    fn end_execution(&self, flow: &FlowSid, sid: &str) -> impl Future<Output = StudioResult<Execution>> + Send;
 
     /// Every Execution matching `filter`, following `meta.next_page_url`.
     fn list_executions(
@@ -279,42 +228,15 @@ mod tests {
     #[test]
     fn answers_are_classified_by_what_to_do_next() {
         let sid = "FN0123456789abcdef0123456789abcdef";
-        let conflict = StudioError::from_response(
-            409,
-            None,
-            &format!(r#"{{"code":20409,"message":"{sid} active"}}"#),
-            true,
-        );
-        assert!(
-            matches!(conflict, StudioError::Conflict { active_sid: Some(ref s), .. } if s.as_str() == sid)
-        );
-        assert_eq!(
-            StudioError::from_response(429, None, "{}", true).class(),
-            "throttled"
-        );
-        assert_eq!(
-            StudioError::from_response(401, None, "{}", true).class(),
-            "unauthorised"
-        );
-        assert_eq!(
-            StudioError::from_response(403, None, "{}", true).class(),
-            "unauthorised"
-        );
-        assert_eq!(
-            StudioError::from_response(404, None, "{}", true).class(),
-            "not_found"
-        );
-        assert_eq!(
-            StudioError::from_response(400, None, "{}", true).class(),
-            "invalid"
-        );
-        assert_eq!(
-            StudioError::from_response(503, None, "{}", true).class(),
-            "ambiguous"
-        );
-        assert_eq!(
-            StudioError::from_response(503, None, "{}", false).class(),
-            "transient"
-        );
+        let conflict =
+            StudioError::from_response(409, None, &format!(r#"{{"code":20409,"message":"{sid} active"}}"#), true);
+        assert!(matches!(conflict, StudioError::Conflict { active_sid: Some(ref s), .. } if s.as_str() == sid));
+        assert_eq!(StudioError::from_response(429, None, "{}", true).class(), "throttled");
+        assert_eq!(StudioError::from_response(401, None, "{}", true).class(), "unauthorised");
+        assert_eq!(StudioError::from_response(403, None, "{}", true).class(), "unauthorised");
+        assert_eq!(StudioError::from_response(404, None, "{}", true).class(), "not_found");
+        assert_eq!(StudioError::from_response(400, None, "{}", true).class(), "invalid");
+        assert_eq!(StudioError::from_response(503, None, "{}", true).class(), "ambiguous");
+        assert_eq!(StudioError::from_response(503, None, "{}", false).class(), "transient");
     }
 }

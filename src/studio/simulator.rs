@@ -104,18 +104,11 @@ pub struct Simulator {
 impl Simulator {
     /// Starts on an ephemeral port of 127.0.0.1.
     pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
-        Self::start_on(
-            "127.0.0.1:0".parse().expect("a literal socket address"),
-            config,
-        )
-        .await
+        Self::start_on("127.0.0.1:0".parse().expect("a literal socket address"), config).await
     }
 
     pub async fn start_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Simulator> {
-        let shared = Arc::new(Shared {
-            config: Mutex::new(config),
-            state: Mutex::new(SimState::default()),
-        });
+        let shared = Arc::new(Shared { config: Mutex::new(config), state: Mutex::new(SimState::default()) });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -127,11 +120,7 @@ impl Simulator {
                 })
                 .await;
         });
-        Ok(Simulator {
-            shared,
-            addr,
-            _stop: stop,
-        })
+        Ok(Simulator { shared, addr, _stop: stop })
     }
 
     /// The base URL to point `FLOWCAST_STUDIO_URL` at.
@@ -165,13 +154,7 @@ impl Simulator {
     /// if another tool or an inbound message had started it); returns its SID.
     pub fn start_foreign_execution(&self, flow: &str, contact: &str) -> String {
         let mut state = lock(&self.shared.state);
-        state.insert(
-            flow,
-            contact,
-            "+15005550006",
-            json!({}),
-            "AC00000000000000000000000000000000",
-        )
+        state.insert(flow, contact, "+15005550006", json!({}), "AC00000000000000000000000000000000")
     }
 
     /// Ends an Execution as if its Flow had finished.
@@ -185,14 +168,7 @@ impl Simulator {
 }
 
 impl SimState {
-    fn insert(
-        &mut self,
-        flow: &str,
-        to: &str,
-        from: &str,
-        parameters: Value,
-        account: &str,
-    ) -> String {
+    fn insert(&mut self, flow: &str, to: &str, from: &str, parameters: Value, account: &str) -> String {
         // Random like Studio's, so SIDs from two simulator lifetimes never collide.
         let sid = format!("FN{:032x}", rand::random::<u128>());
         let now = Utc::now();
@@ -211,8 +187,7 @@ impl SimState {
             created_instant: Some(Instant::now()),
         });
         self.by_sid.insert(sid.clone(), index);
-        self.active
-            .insert((flow.to_string(), to.to_string()), index);
+        self.active.insert((flow.to_string(), to.to_string()), index);
         sid
     }
 
@@ -240,10 +215,7 @@ impl SimState {
             .active
             .values()
             .map(|&i| &self.executions[i])
-            .filter(|e| {
-                e.created_instant
-                    .is_some_and(|t| now.duration_since(t) >= lifetime)
-            })
+            .filter(|e| e.created_instant.is_some_and(|t| now.duration_since(t) >= lifetime))
             .map(|e| e.sid.clone())
             .collect();
         for sid in over {
@@ -256,20 +228,12 @@ type SharedState = Arc<Shared>;
 
 fn router(shared: SharedState) -> Router {
     Router::new()
-        .route(
-            "/v2/Flows/{flow}/Executions",
-            get(list_executions).post(create_execution),
-        )
+        .route("/v2/Flows/{flow}/Executions", get(list_executions).post(create_execution))
         .route(
             "/v2/Flows/{flow}/Executions/{sid}",
-            get(fetch_execution)
-                .post(update_execution)
-                .delete(delete_execution),
+            get(fetch_execution).post(update_execution).delete(delete_execution),
         )
-        .route(
-            "/v2/Flows/{flow}/Executions/{sid}/Context",
-            get(execution_context),
-        )
+        .route("/v2/Flows/{flow}/Executions/{sid}/Context", get(execution_context))
         .route("/_simulator/executions", get(dump_executions))
         .with_state(shared)
 }
@@ -281,31 +245,15 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
         "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
         "status": status.as_u16(),
     });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// Checks Basic auth; returns the account SID the request acts for.
 fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
-    let unauthorised = || {
-        twilio_error(
-            StatusCode::UNAUTHORIZED,
-            20003,
-            "Authentication Error - invalid username",
-        )
-    };
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(unauthorised)?;
+    let unauthorised = || twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authentication Error - invalid username");
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorised)?;
     let encoded = value.strip_prefix("Basic ").ok_or_else(unauthorised)?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| unauthorised())?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| unauthorised())?;
     let decoded = String::from_utf8(decoded).map_err(|_| unauthorised())?;
     let (user, pass) = decoded.split_once(':').ok_or_else(unauthorised)?;
     if user.is_empty() || pass.is_empty() {
@@ -324,9 +272,7 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<String, Response
 }
 
 fn is_sid(value: &str, prefix: &str) -> bool {
-    value.len() == 34
-        && value.starts_with(prefix)
-        && value[2..].chars().all(|c| c.is_ascii_hexdigit())
+    value.len() == 34 && value.starts_with(prefix) && value[2..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 fn check_flow(flow: &str) -> Result<(), Response> {
@@ -342,10 +288,7 @@ fn check_flow(flow: &str) -> Result<(), Response> {
 }
 
 fn read_form(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, Response> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.starts_with("application/x-www-form-urlencoded") {
         return Err(twilio_error(
             StatusCode::BAD_REQUEST,
@@ -379,20 +322,12 @@ fn execution_json(e: &SimExecution, base: &str) -> Value {
 }
 
 fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("127.0.0.1");
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1");
     format!("http://{host}")
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn create_execution(
@@ -412,36 +347,20 @@ async fn create_execution(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
+    let field =
+        |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_string()).filter(|v| !v.is_empty());
     let Some(to) = field("To") else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            20001,
-            "Missing required parameter To in the post body",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 20001, "Missing required parameter To in the post body");
     };
     let Some(from) = field("From") else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            20001,
-            "Missing required parameter From in the post body",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 20001, "Missing required parameter From in the post body");
     };
     let parameters = match field("Parameters") {
         None => json!({}),
         Some(text) => match serde_json::from_str::<Value>(&text) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
-                return twilio_error(
-                    StatusCode::BAD_REQUEST,
-                    20001,
-                    "Parameters must be a JSON object string",
-                );
+                return twilio_error(StatusCode::BAD_REQUEST, 20001, "Parameters must be a JSON object string");
             }
         },
     };
@@ -450,18 +369,13 @@ async fn create_execution(
     let now = Instant::now();
     state.expire(&config, now);
     if let Some(cap) = config.rate_cap {
-        while state
-            .recent_creates
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-        {
+        while state.recent_creates.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
             state.recent_creates.pop_front();
         }
         if state.recent_creates.len() >= cap as usize {
             state.throttled += 1;
             let mut r = twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             return r;
         }
         state.recent_creates.push_back(now);
@@ -502,12 +416,7 @@ async fn list_executions(
         return r;
     }
     // Both spellings of the status filter are accepted; the first wins.
-    let get = |k: &str| {
-        query
-            .iter()
-            .find(|(name, _)| name == k)
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| query.iter().find(|(name, _)| name == k).map(|(_, v)| v.clone());
     let q = ListQuery {
         status: get("status").or_else(|| get("Status")),
         date_created_from: get("DateCreatedFrom"),
@@ -520,19 +429,10 @@ async fn list_executions(
             None => Ok(None),
             Some(text) => DateTime::parse_from_rfc3339(text)
                 .map(|t| Some(t.with_timezone(&Utc)))
-                .map_err(|_| {
-                    twilio_error(
-                        StatusCode::BAD_REQUEST,
-                        20001,
-                        &format!("Invalid date-time {text}"),
-                    )
-                }),
+                .map_err(|_| twilio_error(StatusCode::BAD_REQUEST, 20001, &format!("Invalid date-time {text}"))),
         }
     };
-    let (from, to) = match (
-        parse_time(&q.date_created_from),
-        parse_time(&q.date_created_to),
-    ) {
+    let (from, to) = match (parse_time(&q.date_created_from), parse_time(&q.date_created_to)) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(r), _) | (_, Err(r)) => return r,
     };
@@ -554,17 +454,9 @@ async fn list_executions(
         .collect();
     let base = base_url(&headers);
     let start = page * page_size;
-    let items: Vec<Value> = matching
-        .iter()
-        .skip(start)
-        .take(page_size)
-        .map(|e| execution_json(e, &base))
-        .collect();
-    let mut page_query: Vec<(String, String)> = query
-        .iter()
-        .filter(|(k, _)| k != "Page" && k != "PageToken" && k != "PageSize")
-        .cloned()
-        .collect();
+    let items: Vec<Value> = matching.iter().skip(start).take(page_size).map(|e| execution_json(e, &base)).collect();
+    let mut page_query: Vec<(String, String)> =
+        query.iter().filter(|(k, _)| k != "Page" && k != "PageToken" && k != "PageSize").cloned().collect();
     page_query.push(("PageSize".into(), page_size.to_string()));
     let page_url = |n: usize| {
         let mut qs = form_urlencoded::Serializer::new(String::new());
@@ -592,18 +484,13 @@ async fn list_executions(
 }
 
 fn find<'a>(state: &'a SimState, flow: &str, sid: &str) -> Result<&'a SimExecution, Response> {
-    state
-        .by_sid
-        .get(sid)
-        .map(|&i| &state.executions[i])
-        .filter(|e| e.flow_sid == flow)
-        .ok_or_else(|| {
-            twilio_error(
-                StatusCode::NOT_FOUND,
-                20404,
-                &format!("The requested resource /v2/Flows/{flow}/Executions/{sid} was not found"),
-            )
-        })
+    state.by_sid.get(sid).map(|&i| &state.executions[i]).filter(|e| e.flow_sid == flow).ok_or_else(|| {
+        twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            &format!("The requested resource /v2/Flows/{flow}/Executions/{sid} was not found"),
+        )
+    })
 }
 
 async fn fetch_execution(
@@ -636,11 +523,7 @@ async fn update_execution(
         Ok(f) => f,
         Err(r) => return r,
     };
-    match form
-        .iter()
-        .find(|(k, _)| k == "Status")
-        .map(|(_, v)| v.as_str())
-    {
+    match form.iter().find(|(k, _)| k == "Status").map(|(_, v)| v.as_str()) {
         Some("ended") => {}
         Some(other) => {
             return twilio_error(
@@ -650,11 +533,7 @@ async fn update_execution(
             );
         }
         None => {
-            return twilio_error(
-                StatusCode::BAD_REQUEST,
-                20001,
-                "Missing required parameter Status in the post body",
-            );
+            return twilio_error(StatusCode::BAD_REQUEST, 20001, "Missing required parameter Status in the post body");
         }
     }
     let config = lock(&shared.config).clone();
@@ -720,8 +599,5 @@ async fn dump_executions(State(shared): State<SharedState>) -> Response {
     let config = lock(&shared.config).clone();
     let mut state = lock(&shared.state);
     state.expire(&config, Instant::now());
-    json_response(
-        StatusCode::OK,
-        serde_json::to_value(&state.executions).unwrap_or(Value::Null),
-    )
+    json_response(StatusCode::OK, serde_json::to_value(&state.executions).unwrap_or(Value::Null))
 }

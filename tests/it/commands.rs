@@ -16,12 +16,7 @@ fn creds(url: &str) -> Vec<(&str, &str)> {
 
 #[tokio::test]
 async fn run_sends_every_valid_contact_once_and_prints_a_summary() {
-    let sim = Simulator::start(SimConfig {
-        lifetime: None,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
     let app = TestApp::new();
     let mut csv = contacts_csv(&phones(25));
     csv.push_str("bogus,Nobody\n");
@@ -30,24 +25,10 @@ async fn run_sends_every_valid_contact_once_and_prints_a_summary() {
 
     let out = app.flowcast(&["run", "c"], &creds(&sim.url())).await;
 
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(
-        stdout(&out).contains("25 sent, 0 skipped, 0 failed"),
-        "{}",
-        stdout(&out)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("25 sent, 0 skipped, 0 failed"), "{}", stdout(&out));
     assert!(stdout(&out).contains("1 rejected"), "{}", stdout(&out));
-    assert!(
-        stderr(&out).contains("contacts line 27: rejected"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("contacts line 27: rejected"), "{}", stderr(&out));
     assert_eq!(sim.executions().len(), 25);
     assert!(!stderr(&out).contains(TOKEN) && !stdout(&out).contains(TOKEN));
 }
@@ -61,10 +42,7 @@ async fn dry_run_prints_what_would_be_sent_and_calls_nothing() {
     let out = app.flowcast(&["run", "c", "--dry-run"], &[]).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
-    assert!(
-        text.contains("7 rows: 7 would be sent, 0 rejected, 0 duplicates"),
-        "{text}"
-    );
+    assert!(text.contains("7 rows: 7 would be sent, 0 rejected, 0 duplicates"), "{text}");
     assert!(text.contains("+12015550000"), "{text}");
     assert!(text.contains(r#""name":"Name0""#), "{text}");
     assert!(!app.db.exists(), "a dry run writes no ledger");
@@ -76,13 +54,7 @@ async fn the_simulate_flag_needs_no_credentials() {
     app.write("c.csv", contacts_csv(&phones(3)));
     app.write("c.toml", campaign_toml("c.csv", ""));
     let out = app.flowcast(&["run", "c", "--simulate"], &[]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("3 sent"), "{}", stdout(&out));
 }
 
@@ -90,17 +62,10 @@ async fn the_simulate_flag_needs_no_credentials() {
 async fn a_refused_campaign_file_exits_1_with_its_errors() {
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(1)));
-    app.write(
-        "c.toml",
-        campaign_toml("c.csv", "timezone = \"Nowhere/Land\""),
-    );
+    app.write("c.toml", campaign_toml("c.csv", "timezone = \"Nowhere/Land\""));
     let out = app.flowcast(&["run", "c", "--simulate"], &[]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("c.toml:5: timezone \"Nowhere/Land\""),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("c.toml:5: timezone \"Nowhere/Land\""), "{}", stderr(&out));
 }
 
 #[tokio::test]
@@ -110,11 +75,7 @@ async fn missing_credentials_exit_2_before_anything_is_recorded() {
     app.write("c.toml", campaign_toml("c.csv", ""));
     let out = app.flowcast(&["run", "c"], &[]).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("no Twilio credentials"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no Twilio credentials"), "{}", stderr(&out));
 }
 
 #[tokio::test]
@@ -132,18 +93,8 @@ async fn credentials_rejected_by_studio_exit_2_and_leave_jobs_pending_for_resume
 
     let out = app.flowcast(&["run", "c"], &creds(&sim.url())).await;
 
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("refused the credentials"),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(2), "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("refused the credentials"), "{}", stderr(&out));
     assert!(!stderr(&out).contains(TOKEN));
     assert!(stdout(&out).contains("10 pending"), "{}", stdout(&out));
     assert!(sim.executions().is_empty());
@@ -157,13 +108,7 @@ async fn credentials_rejected_by_studio_exit_2_and_leave_jobs_pending_for_resume
         ("FLOWCAST_RATE", "200"),
     ];
     let out = app.flowcast(&["resume", "1"], &good).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("10 sent"), "{}", stdout(&out));
     assert_eq!(sim.executions().len(), 10);
 }
@@ -184,61 +129,30 @@ async fn an_invalid_request_fails_the_job_with_twilios_code_and_message() {
 
     let out = app.flowcast(&["run", "c"], &creds(&url)).await;
 
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(
-        stdout(&out).contains("0 sent, 0 skipped, 2 failed"),
-        "{}",
-        stdout(&out)
-    );
-    let report = app
-        .flowcast(&["report", "1", "--format", "json"], &[])
-        .await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("0 sent, 0 skipped, 2 failed"), "{}", stdout(&out));
+    let report = app.flowcast(&["report", "1", "--format", "json"], &[]).await;
     let rows: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(rows[0]["state"], "failed");
-    assert_eq!(
-        rows[0]["reason"],
-        "invalid: Twilio error 21211: Invalid 'To' Phone Number"
-    );
+    assert_eq!(rows[0]["reason"], "invalid: Twilio error 21211: Invalid 'To' Phone Number");
 }
 
 #[tokio::test]
 async fn status_and_report_show_the_runs_outcome() {
-    let sim = Simulator::start(SimConfig {
-        lifetime: None,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
     let busy = sim.start_foreign_execution(FLOW, "+12015550001");
     let app = TestApp::new();
     let mut csv = contacts_csv(&phones(3));
     csv.push_str("=cmd|' /C calc'!A0,Mallory\n");
     app.write("c.csv", csv);
-    app.write(
-        "c.toml",
-        campaign_toml(
-            "c.csv",
-            "schedule = \"0 9 * * *\"\ntimezone = \"Europe/Berlin\"",
-        ),
-    );
+    app.write("c.toml", campaign_toml("c.csv", "schedule = \"0 9 * * *\"\ntimezone = \"Europe/Berlin\""));
     let out = app.flowcast(&["run", "c"], &creds(&sim.url())).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     let status = app.flowcast(&["status", "--json"], &[]).await;
     let body: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(body["campaigns"][0]["name"], "c");
-    assert!(
-        body["campaigns"][0]["next_fire_local"]
-            .as_str()
-            .unwrap()
-            .contains("T09:00:00+01:00")
-    );
+    assert!(body["campaigns"][0]["next_fire_local"].as_str().unwrap().contains("T09:00:00+01:00"));
     assert_eq!(body["runs"][0]["jobs"]["sent"], 2);
     assert_eq!(body["runs"][0]["jobs"]["skipped"], 1);
     assert_eq!(body["runs"][0]["rejected"], 1);
@@ -250,10 +164,7 @@ async fn status_and_report_show_the_runs_outcome() {
         lines.next().unwrap(),
         "run,job,line,phone,state,reason,execution_sid,attempts,due_at,sent_at,finished_at,last_error"
     );
-    assert!(
-        text.contains(&format!("+12015550001,skipped,conflict,{busy}")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("+12015550001,skipped,conflict,{busy}")), "{text}");
     // A formula in the input is neutralised in the export.
     assert!(text.contains(",'=cmd|"), "{text}");
     assert_eq!(text.lines().count(), 1 + 3 + 1, "{text}");
@@ -278,9 +189,5 @@ async fn pause_and_cancel_control_a_run() {
     assert_eq!(counts.get(flowcast::domain::JobState::Cancelled), 4);
 
     let out = app.flowcast(&["pause", &run.to_string()], &[]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a cancelled run cannot be paused"
-    );
+    assert_eq!(out.status.code(), Some(1), "a cancelled run cannot be paused");
 }

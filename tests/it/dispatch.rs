@@ -9,9 +9,7 @@ use flowcast::dispatch::RunEnd;
 use flowcast::domain::FlowSid;
 use flowcast::store::JobRow;
 use flowcast::studio::simulator::{SimConfig, Simulator};
-use flowcast::studio::{
-    CreateRequest, Execution, HttpStudio, ListFilter, StudioApi, StudioError, StudioResult,
-};
+use flowcast::studio::{CreateRequest, Execution, HttpStudio, ListFilter, StudioApi, StudioError, StudioResult};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -28,10 +26,7 @@ fn jobs(app: &TestApp, run: i64) -> Vec<JobRow> {
 }
 
 fn sim_config(lifetime: Option<Duration>) -> SimConfig {
-    SimConfig {
-        lifetime,
-        ..SimConfig::default()
-    }
+    SimConfig { lifetime, ..SimConfig::default() }
 }
 
 #[tokio::test]
@@ -52,16 +47,9 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
     assert_eq!(to.len(), 1000, "one Execution per contact");
     assert_eq!(to, numbers.iter().map(String::as_str).collect());
     let rows = jobs(&app, run);
-    let by_sid: HashMap<&str, &JobRow> = rows
-        .iter()
-        .map(|j| (j.execution_sid.as_deref().unwrap(), j))
-        .collect();
+    let by_sid: HashMap<&str, &JobRow> = rows.iter().map(|j| (j.execution_sid.as_deref().unwrap(), j)).collect();
     for e in &executions {
-        assert!(
-            e.to.starts_with("+1201555") && e.to.len() == 12,
-            "E.164: {}",
-            e.to
-        );
+        assert!(e.to.starts_with("+1201555") && e.to.len() == 12, "E.164: {}", e.to);
         assert_eq!(e.from, "+15017122661");
         let job = by_sid[e.sid.as_str()];
         assert_eq!(job.state, "sent");
@@ -69,10 +57,7 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
         let index: usize = numbers.iter().position(|n| *n == e.to).unwrap();
         assert_eq!(e.parameters["name"], json!(format!("Name{index}")));
         assert_eq!(e.parameters["clinic"], json!("Main St"));
-        assert_eq!(
-            e.parameters["flowcast"],
-            json!({ "campaign": "big", "run": run, "job": job.id })
-        );
+        assert_eq!(e.parameters["flowcast"], json!({ "campaign": "big", "run": run, "job": job.id }));
     }
 }
 
@@ -81,10 +66,7 @@ async fn skip_policy_creates_nothing_for_active_contacts_and_records_the_active_
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
     let numbers = phones(5);
-    let busy: Vec<String> = numbers[..2]
-        .iter()
-        .map(|p| sim.start_foreign_execution(FLOW, p))
-        .collect();
+    let busy: Vec<String> = numbers[..2].iter().map(|p| sim.start_foreign_execution(FLOW, p)).collect();
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"skip\""));
     let run = app.start_run("c.toml");
@@ -114,10 +96,7 @@ async fn end_policy_ends_each_active_execution_then_creates_its_own() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
     let numbers = phones(4);
-    let busy: Vec<String> = numbers[..2]
-        .iter()
-        .map(|p| sim.start_foreign_execution(FLOW, p))
-        .collect();
+    let busy: Vec<String> = numbers[..2].iter().map(|p| sim.start_foreign_execution(FLOW, p)).collect();
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"end\""));
     let run = app.start_run("c.toml");
@@ -134,23 +113,10 @@ async fn end_policy_ends_each_active_execution_then_creates_its_own() {
     assert!(rows.iter().all(|j| j.state == "sent"), "{rows:?}");
     for job in &rows[..2] {
         let ours = job.execution_sid.as_deref().unwrap();
-        assert!(
-            !busy.iter().any(|b| b == ours),
-            "a new Execution, not the ended one"
-        );
+        assert!(!busy.iter().any(|b| b == ours), "a new Execution, not the ended one");
         let calls = app.store().calls_for_job(job.id).unwrap();
-        let ended = calls
-            .iter()
-            .find(|c| c.operation == "end")
-            .expect("the end is recorded");
-        assert!(
-            ended
-                .note
-                .as_deref()
-                .unwrap()
-                .contains("on_conflict = \"end\""),
-            "{ended:?}"
-        );
+        let ended = calls.iter().find(|c| c.operation == "end").expect("the end is recorded");
+        assert!(ended.note.as_deref().unwrap().contains("on_conflict = \"end\""), "{ended:?}");
     }
     assert_eq!(executions.len(), 6);
 }
@@ -158,17 +124,12 @@ async fn end_policy_ends_each_active_execution_then_creates_its_own() {
 #[tokio::test]
 async fn wait_policy_creates_after_the_active_execution_ends() {
     // Foreign Executions end by themselves after 300 ms.
-    let sim = Simulator::start(sim_config(Some(Duration::from_millis(300))))
-        .await
-        .unwrap();
+    let sim = Simulator::start(sim_config(Some(Duration::from_millis(300)))).await.unwrap();
     let app = TestApp::new();
     let numbers = phones(3);
     let busy = sim.start_foreign_execution(FLOW, &numbers[0]);
     app.write("c.csv", contacts_csv(&numbers));
-    app.write(
-        "c.toml",
-        campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"30s\""),
-    );
+    app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"30s\""));
     let run = app.start_run("c.toml");
 
     app.dispatch(run, &sim.url()).await;
@@ -177,20 +138,10 @@ async fn wait_policy_creates_after_the_active_execution_ends() {
     assert!(rows.iter().all(|j| j.state == "sent"), "{rows:?}");
     let executions = sim.executions();
     let foreign = executions.iter().find(|e| e.sid == busy).unwrap();
-    assert!(
-        !foreign.ended_by_request,
-        "wait never ends someone else's Execution"
-    );
-    let ours = executions
-        .iter()
-        .find(|e| Some(e.sid.as_str()) == rows[0].execution_sid.as_deref())
-        .unwrap();
+    assert!(!foreign.ended_by_request, "wait never ends someone else's Execution");
+    let ours = executions.iter().find(|e| Some(e.sid.as_str()) == rows[0].execution_sid.as_deref()).unwrap();
     assert!(ours.date_created >= foreign.date_updated - chrono::Duration::seconds(1));
-    assert_eq!(
-        sim.conflicts(),
-        1,
-        "waiting polls the Execution, it does not hammer create"
-    );
+    assert_eq!(sim.conflicts(), 1, "waiting polls the Execution, it does not hammer create");
 }
 
 #[tokio::test]
@@ -200,10 +151,7 @@ async fn wait_policy_past_max_wait_fails_with_conflict_timeout() {
     let numbers = phones(2);
     sim.start_foreign_execution(FLOW, &numbers[1]);
     app.write("c.csv", contacts_csv(&numbers));
-    app.write(
-        "c.toml",
-        campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"1s\""),
-    );
+    app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"1s\""));
     let run = app.start_run("c.toml");
 
     app.dispatch(run, &sim.url()).await;
@@ -216,13 +164,9 @@ async fn wait_policy_past_max_wait_fails_with_conflict_timeout() {
 
 #[tokio::test]
 async fn a_409_that_names_no_sid_is_resolved_by_listing_active_executions() {
-    let sim = Simulator::start(SimConfig {
-        lifetime: None,
-        conflict_names_sid: false,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = Simulator::start(SimConfig { lifetime: None, conflict_names_sid: false, ..SimConfig::default() })
+        .await
+        .unwrap();
     let app = TestApp::new();
     let numbers = phones(3);
     // Another contact's active Execution must not be mistaken for this one's.
@@ -259,8 +203,7 @@ async fn an_active_execution_carrying_our_own_job_key_is_adopted_not_skipped() {
             &CreateRequest {
                 to: numbers[0].clone(),
                 from: "+15017122661".into(),
-                parameters: json!({ "flowcast": { "campaign": "c", "run": run, "job": first } })
-                    .to_string(),
+                parameters: json!({ "flowcast": { "campaign": "c", "run": run, "job": first } }).to_string(),
             },
         )
         .await
@@ -271,14 +214,7 @@ async fn an_active_execution_carrying_our_own_job_key_is_adopted_not_skipped() {
     let rows = jobs(&app, run);
     assert_eq!(rows[0].state, "sent");
     assert_eq!(rows[0].execution_sid.as_deref(), Some(earlier.sid.as_str()));
-    assert_eq!(
-        sim.executions()
-            .iter()
-            .filter(|e| e.to == numbers[0])
-            .count(),
-        1,
-        "no second Execution"
-    );
+    assert_eq!(sim.executions().iter().filter(|e| e.to == numbers[0]).count(), 1, "no second Execution");
 }
 
 #[tokio::test]
@@ -292,9 +228,7 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
     app.write("c.toml", campaign_toml("c.csv", ""));
     let run = app.start_run("c.toml");
     let store = app.store();
-    let claimed = store
-        .claim_due(run, chrono::Utc::now().timestamp_millis(), 1)
-        .unwrap();
+    let claimed = store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1).unwrap();
     assert_eq!(claimed.len(), 1);
     let job = &claimed[0];
     let studio = http_studio(&sim.url());
@@ -305,8 +239,7 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
             &CreateRequest {
                 to: job.phone.clone(),
                 from: "+15017122661".into(),
-                parameters: json!({ "flowcast": { "campaign": "c", "run": run, "job": job.id } })
-                    .to_string(),
+                parameters: json!({ "flowcast": { "campaign": "c", "run": run, "job": job.id } }).to_string(),
             },
         )
         .await
@@ -320,11 +253,7 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
     let adopted = rows.iter().find(|r| r.id == job.id).unwrap();
     assert_eq!(adopted.state, "sent");
     assert_eq!(adopted.execution_sid.as_deref(), Some(created.sid.as_str()));
-    assert_eq!(
-        sim.executions().len(),
-        3,
-        "exactly one Execution per contact"
-    );
+    assert_eq!(sim.executions().len(), 3, "exactly one Execution per contact");
 }
 
 /// Wraps a Studio and fails the first `n` creates with the given error.
@@ -335,16 +264,8 @@ struct FailingCreates {
 }
 
 impl StudioApi for FailingCreates {
-    async fn create_execution(
-        &self,
-        flow: &FlowSid,
-        request: &CreateRequest,
-    ) -> StudioResult<Execution> {
-        if self
-            .remaining
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+    async fn create_execution(&self, flow: &FlowSid, request: &CreateRequest) -> StudioResult<Execution> {
+        if self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(self.error.clone());
         }
         self.inner.create_execution(flow, request).await
@@ -355,18 +276,10 @@ impl StudioApi for FailingCreates {
     async fn end_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
         self.inner.end_execution(flow, sid).await
     }
-    async fn list_executions(
-        &self,
-        flow: &FlowSid,
-        filter: &ListFilter,
-    ) -> StudioResult<Vec<Execution>> {
+    async fn list_executions(&self, flow: &FlowSid, filter: &ListFilter) -> StudioResult<Vec<Execution>> {
         self.inner.list_executions(flow, filter).await
     }
-    async fn execution_context(
-        &self,
-        flow: &FlowSid,
-        sid: &str,
-    ) -> StudioResult<serde_json::Value> {
+    async fn execution_context(&self, flow: &FlowSid, sid: &str) -> StudioResult<serde_json::Value> {
         self.inner.execution_context(flow, sid).await
     }
 }
@@ -381,11 +294,7 @@ async fn transient_failures_are_retried_with_backoff_until_they_succeed() {
     let studio = FailingCreates {
         inner: http_studio(&sim.url()),
         remaining: AtomicU32::new(2),
-        error: StudioError::Transient {
-            message: "HTTP 503".into(),
-            status: Some(503),
-            ambiguous: false,
-        },
+        error: StudioError::Transient { message: "HTTP 503".into(), status: Some(503), ambiguous: false },
     };
 
     app.dispatch_with(run, studio, 1000).await;
@@ -407,11 +316,7 @@ async fn transient_failures_past_the_bound_fail_the_job_with_the_last_error() {
     let studio = FailingCreates {
         inner: http_studio(&sim.url()),
         remaining: AtomicU32::new(100),
-        error: StudioError::Transient {
-            message: "connection reset".into(),
-            status: None,
-            ambiguous: true,
-        },
+        error: StudioError::Transient { message: "connection reset".into(), status: None, ambiguous: true },
     };
 
     app.dispatch_with(run, studio, 1000).await;
@@ -426,13 +331,7 @@ async fn transient_failures_past_the_bound_fail_the_job_with_the_last_error() {
 
 #[tokio::test]
 async fn throttling_backs_off_and_never_counts_as_an_attempt() {
-    let sim = Simulator::start(SimConfig {
-        lifetime: None,
-        rate_cap: Some(5),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = Simulator::start(SimConfig { lifetime: None, rate_cap: Some(5), ..SimConfig::default() }).await.unwrap();
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(12)));
     app.write("c.toml", campaign_toml("c.csv", ""));
@@ -444,10 +343,7 @@ async fn throttling_backs_off_and_never_counts_as_an_attempt() {
     assert!(matches!(end, RunEnd::Finished(_)));
     assert!(sim.throttled() > 0, "the simulator did answer 429");
     let rows = jobs(&app, run);
-    assert!(
-        rows.iter().all(|j| j.state == "sent" && j.attempts == 1),
-        "{rows:?}"
-    );
+    assert!(rows.iter().all(|j| j.state == "sent" && j.attempts == 1), "{rows:?}");
     assert_eq!(sim.executions().len(), 12);
 }
 
@@ -467,23 +363,11 @@ async fn refused_credentials_stop_the_run_and_leave_untouched_jobs_pending() {
 
     let end = app.dispatch(run, &sim.url()).await;
 
-    let RunEnd::Stopped(reason) = end else {
-        panic!("{end:?}")
-    };
-    assert!(
-        reason.to_string().contains("refused the credentials"),
-        "{reason}"
-    );
-    assert!(
-        !reason.to_string().contains(TOKEN),
-        "the secret never appears in errors"
-    );
+    let RunEnd::Stopped(reason) = end else { panic!("{end:?}") };
+    assert!(reason.to_string().contains("refused the credentials"), "{reason}");
+    assert!(!reason.to_string().contains(TOKEN), "the secret never appears in errors");
     let counts = app.store().run_counts(run).unwrap();
-    assert_eq!(
-        counts.get(flowcast::domain::JobState::Pending),
-        20,
-        "{counts:?}"
-    );
+    assert_eq!(counts.get(flowcast::domain::JobState::Pending), 20, "{counts:?}");
     let stored = app.store().get_run(run).unwrap();
     assert_eq!(stored.state, "paused");
     assert!(sim.executions().is_empty());

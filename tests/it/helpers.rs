@@ -33,12 +33,7 @@ impl TestApp {
         std::fs::create_dir_all(&campaigns).unwrap();
         std::fs::create_dir_all(&flows).unwrap();
         let db = dir.path().join("flowcast.db");
-        TestApp {
-            dir,
-            campaigns,
-            flows,
-            db,
-        }
+        TestApp { dir, campaigns, flows, db }
     }
 
     /// Writes a file under campaigns/.
@@ -49,10 +44,7 @@ impl TestApp {
     }
 
     pub fn folders(&self) -> Folders {
-        Folders {
-            campaigns: self.campaigns.clone(),
-            flows: self.flows.clone(),
-        }
+        Folders { campaigns: self.campaigns.clone(), flows: self.flows.clone() }
     }
 
     pub fn store(&self) -> Store {
@@ -65,9 +57,13 @@ impl TestApp {
 
     /// Creates and imports a run of the campaign in `file`; returns its id.
     pub fn start_run(&self, file: &str) -> i64 {
+        self.start_run_at(file, chrono::Utc::now())
+    }
+
+    /// As [`start_run`](Self::start_run), as if it were `now`.
+    pub fn start_run_at(&self, file: &str, now: chrono::DateTime<chrono::Utc>) -> i64 {
         let campaign = self.campaign(file);
         let store = self.store();
-        let now = chrono::Utc::now();
         let flow = match &campaign.flow {
             flowcast::campaign::FlowRef::Sid(s) => s.clone(),
             _ => FlowSid::parse(FLOW).unwrap(),
@@ -79,21 +75,13 @@ impl TestApp {
             format!("test:{}", now.timestamp_nanos_opt().unwrap()),
             now.timestamp_millis(),
         );
-        let id = store
-            .create_run(&run, now.timestamp_millis())
-            .unwrap()
-            .expect("a new run");
+        let id = store.create_run(&run, now.timestamp_millis()).unwrap().expect("a new run");
         import_run(&store, &campaign, id, now.timestamp_millis(), |_| {}).unwrap();
         id
     }
 
     /// Dispatches a run to its end against `studio`.
-    pub async fn dispatch_with<S: StudioApi>(
-        &self,
-        run_id: i64,
-        studio: S,
-        account_rate: u32,
-    ) -> RunEnd {
+    pub async fn dispatch_with<S: StudioApi>(&self, run_id: i64, studio: S, account_rate: u32) -> RunEnd {
         let dispatcher = Dispatcher::new(
             self.store(),
             Arc::new(studio),
@@ -105,6 +93,17 @@ impl TestApp {
             .await
             .expect("the run ends within a minute")
             .expect("dispatch works")
+    }
+
+    /// A dispatcher for the Studio at `url` on a clock the test controls.
+    pub fn dispatcher_on(&self, url: &str, clock: Arc<dyn flowcast::schedule::Clock>) -> Dispatcher<HttpStudio> {
+        Dispatcher::new(
+            self.store(),
+            Arc::new(http_studio(url)),
+            clock,
+            fast_settings(),
+            Arc::new(RateLimits::new(1000)),
+        )
     }
 
     /// Dispatches a run to its end against the Studio at `url`.

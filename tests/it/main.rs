@@ -7,4 +7,5 @@ mod commands;
 mod dispatch;
 mod rates;
 mod studio_http;
+mod timing;
 mod validate;

@@ -9,12 +9,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_campaign_rate_of_20_spreads_100_contacts_over_at_least_four_and_a_half_seconds() {
-    let sim = Simulator::start(SimConfig {
-        lifetime: None,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(100)));
     app.write("c.toml", campaign_toml("c.csv", "rate = 20"));
@@ -25,20 +20,12 @@ async fn a_campaign_rate_of_20_spreads_100_contacts_over_at_least_four_and_a_hal
     let elapsed = started.elapsed().as_secs_f64();
 
     assert_eq!(sim.executions().len(), 100);
-    assert!(
-        elapsed >= 4.5,
-        "100 creates at 20/s took only {elapsed:.2}s"
-    );
+    assert!(elapsed >= 4.5, "100 creates at 20/s took only {elapsed:.2}s");
 }
 
 #[tokio::test]
 async fn an_account_rate_below_the_campaign_rate_wins() {
-    let sim = Simulator::start(SimConfig {
-        lifetime: None,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(30)));
     app.write("c.toml", campaign_toml("c.csv", "rate = 100"));
@@ -49,8 +36,5 @@ async fn an_account_rate_below_the_campaign_rate_wins() {
     let elapsed = started.elapsed().as_secs_f64();
 
     assert_eq!(sim.executions().len(), 30);
-    assert!(
-        elapsed >= 2.5,
-        "30 creates at an account rate of 10/s took only {elapsed:.2}s"
-    );
+    assert!(elapsed >= 2.5, "30 creates at an account rate of 10/s took only {elapsed:.2}s");
 }

@@ -34,10 +34,7 @@ fn request() -> CreateRequest {
 
 fn basic_auth() -> String {
     use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{TOKEN}"))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{TOKEN}")))
 }
 
 #[tokio::test]
@@ -57,10 +54,7 @@ async fn create_sends_a_form_with_to_from_and_parameters_as_a_json_string() {
         .create_async()
         .await;
 
-    let created = http_studio(&server.url())
-        .create_execution(&flow(), &request())
-        .await
-        .unwrap();
+    let created = http_studio(&server.url()).create_execution(&flow(), &request()).await.unwrap();
 
     mock.assert_async().await;
     assert_eq!(created.sid, SID);
@@ -69,33 +63,24 @@ async fn create_sends_a_form_with_to_from_and_parameters_as_a_json_string() {
 
 async fn create_answered_with(status: usize, body: &str, headers: &[(&str, &str)]) -> StudioError {
     let mut server = mockito::Server::new_async().await;
-    let mut mock = server
-        .mock("POST", format!("/v2/Flows/{FLOW}/Executions").as_str())
-        .with_status(status)
-        .with_body(body);
+    let mut mock =
+        server.mock("POST", format!("/v2/Flows/{FLOW}/Executions").as_str()).with_status(status).with_body(body);
     for (k, v) in headers {
         mock = mock.with_header(*k, v);
     }
     let _mock = mock.create_async().await;
-    http_studio(&server.url())
-        .create_execution(&flow(), &request())
-        .await
-        .unwrap_err()
+    http_studio(&server.url()).create_execution(&flow(), &request()).await.unwrap_err()
 }
 
 #[tokio::test]
 async fn a_409_is_a_conflict_naming_the_active_execution_from_either_body_shape() {
     let classic = create_answered_with(
         409,
-        &json!({"code": 20409, "message": format!("Execution {SID} is active"), "status": 409})
-            .to_string(),
+        &json!({"code": 20409, "message": format!("Execution {SID} is active"), "status": 409}).to_string(),
         &[],
     )
     .await;
-    assert!(
-        matches!(&classic, StudioError::Conflict { active_sid: Some(s), .. } if s.as_str() == SID),
-        "{classic:?}"
-    );
+    assert!(matches!(&classic, StudioError::Conflict { active_sid: Some(s), .. } if s.as_str() == SID), "{classic:?}");
     let problem = create_answered_with(
         409,
         &json!({"type": "https://www.twilio.com/docs/errors/20409", "title": "Conflict", "status": 409, "code": 20409, "detail": "active", "execution": {"sid": SID}}).to_string(),
@@ -106,19 +91,8 @@ async fn a_409_is_a_conflict_naming_the_active_execution_from_either_body_shape(
         matches!(&problem, StudioError::Conflict { active_sid: Some(s), error } if s.as_str() == SID && error.code == Some(20409)),
         "{problem:?}"
     );
-    let bare = create_answered_with(
-        409,
-        r#"{"code": 20409, "message": "Conflict", "status": 409}"#,
-        &[],
-    )
-    .await;
-    assert!(matches!(
-        bare,
-        StudioError::Conflict {
-            active_sid: None,
-            ..
-        }
-    ));
+    let bare = create_answered_with(409, r#"{"code": 20409, "message": "Conflict", "status": 409}"#, &[]).await;
+    assert!(matches!(bare, StudioError::Conflict { active_sid: None, .. }));
 }
 
 #[tokio::test]
@@ -129,60 +103,25 @@ async fn a_429_is_throttled_with_its_retry_after() {
         &[("Retry-After", "2")],
     )
     .await;
-    assert!(
-        matches!(e, StudioError::Throttled { retry_after: Some(d), .. } if d == Duration::from_secs(2)),
-        "{e:?}"
-    );
+    assert!(matches!(e, StudioError::Throttled { retry_after: Some(d), .. } if d == Duration::from_secs(2)), "{e:?}");
 }
 
 #[tokio::test]
 async fn auth_not_found_invalid_and_server_errors_are_told_apart() {
-    let e = create_answered_with(
-        401,
-        r#"{"code": 20003, "message": "Authenticate", "status": 401}"#,
-        &[],
-    )
-    .await;
-    assert!(
-        matches!(e, StudioError::Unauthorized(ref t) if t.code == Some(20003)),
-        "{e:?}"
-    );
-    let e = create_answered_with(
-        403,
-        r#"{"code": 20003, "message": "Forbidden", "status": 403}"#,
-        &[],
-    )
-    .await;
+    let e = create_answered_with(401, r#"{"code": 20003, "message": "Authenticate", "status": 401}"#, &[]).await;
+    assert!(matches!(e, StudioError::Unauthorized(ref t) if t.code == Some(20003)), "{e:?}");
+    let e = create_answered_with(403, r#"{"code": 20003, "message": "Forbidden", "status": 403}"#, &[]).await;
     assert!(matches!(e, StudioError::Unauthorized(_)));
-    let e = create_answered_with(
-        404,
-        r#"{"code": 20404, "message": "Not found", "status": 404}"#,
-        &[],
-    )
-    .await;
+    let e = create_answered_with(404, r#"{"code": 20404, "message": "Not found", "status": 404}"#, &[]).await;
     assert!(matches!(e, StudioError::NotFound(_)));
-    let e = create_answered_with(
-        400,
-        r#"{"code": 21211, "message": "Invalid 'To' Phone Number", "status": 400}"#,
-        &[],
-    )
-    .await;
+    let e = create_answered_with(400, r#"{"code": 21211, "message": "Invalid 'To' Phone Number", "status": 400}"#, &[])
+        .await;
     assert!(
         matches!(e, StudioError::Invalid(ref t) if t.code == Some(21211) && t.message.contains("Invalid 'To'")),
         "{e:?}"
     );
     let e = create_answered_with(503, "<html>unavailable</html>", &[]).await;
-    assert!(
-        matches!(
-            e,
-            StudioError::Transient {
-                status: Some(503),
-                ambiguous: true,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, StudioError::Transient { status: Some(503), ambiguous: true, .. }), "{e:?}");
 }
 
 #[tokio::test]
@@ -204,41 +143,13 @@ async fn a_create_that_times_out_is_ambiguous_and_a_refused_connection_is_not() 
         connect_timeout: Duration::from_millis(300),
     })
     .unwrap();
-    let e = studio
-        .create_execution(&flow(), &request())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            StudioError::Transient {
-                ambiguous: true,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let e = studio.create_execution(&flow(), &request()).await.unwrap_err();
+    assert!(matches!(e, StudioError::Transient { ambiguous: true, .. }), "{e:?}");
 
     // Nothing listens on this port once the listener is dropped.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let e = http_studio(&format!("http://127.0.0.1:{port}"))
-        .create_execution(&flow(), &request())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            StudioError::Transient {
-                ambiguous: false,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e = http_studio(&format!("http://127.0.0.1:{port}")).create_execution(&flow(), &request()).await.unwrap_err();
+    assert!(matches!(e, StudioError::Transient { ambiguous: false, .. }), "{e:?}");
 }
 
 #[tokio::test]
@@ -261,28 +172,13 @@ async fn fetch_end_and_context_use_their_endpoints() {
     let context = server
         .mock("GET", format!("{path}/Context").as_str())
         .with_status(200)
-        .with_body(
-            json!({"context": {"flow": {"data": {"flowcast": {"job": 7}}}}, "execution_sid": SID})
-                .to_string(),
-        )
+        .with_body(json!({"context": {"flow": {"data": {"flowcast": {"job": 7}}}}, "execution_sid": SID}).to_string())
         .create_async()
         .await;
     let studio = http_studio(&server.url());
 
-    assert!(
-        studio
-            .fetch_execution(&flow(), SID)
-            .await
-            .unwrap()
-            .is_active()
-    );
-    assert!(
-        !studio
-            .end_execution(&flow(), SID)
-            .await
-            .unwrap()
-            .is_active()
-    );
+    assert!(studio.fetch_execution(&flow(), SID).await.unwrap().is_active());
+    assert!(!studio.end_execution(&flow(), SID).await.unwrap().is_active());
     let ctx = studio.execution_context(&flow(), SID).await.unwrap();
     assert_eq!(ctx["flow"]["data"]["flowcast"]["job"], 7);
     fetch.assert_async().await;
@@ -296,8 +192,7 @@ async fn list_sends_its_filters_and_follows_next_page_url_on_the_configured_host
     let path = format!("/v2/Flows/{FLOW}/Executions");
     // The next page points at Twilio's host: the client must stay on ours. It
     // carries no DateCreatedFrom, so only the second mock matches it.
-    let next =
-        format!("https://studio.twilio.com{path}?status=active&PageSize=1000&Page=1&PageToken=PT1");
+    let next = format!("https://studio.twilio.com{path}?status=active&PageSize=1000&Page=1&PageToken=PT1");
     let first = server
         .mock("GET", path.as_str())
         .match_query(Matcher::AllOf(vec![
@@ -322,10 +217,7 @@ async fn list_sends_its_filters_and_follows_next_page_url_on_the_configured_host
         ..ListFilter::default()
     };
 
-    let all = http_studio(&server.url())
-        .list_executions(&flow(), &filter)
-        .await
-        .unwrap();
+    let all = http_studio(&server.url()).list_executions(&flow(), &filter).await.unwrap();
 
     first.assert_async().await;
     second.assert_async().await;

@@ -1,0 +1,119 @@
+//! Send windows: the local wall-clock hours in which a contact may be reached.
+
+use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// A daily window of local time, `start` inclusive, `end` exclusive. A window whose
+/// end is before its start wraps midnight (`22:00`–`06:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendWindow {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+impl SendWindow {
+    /// Whether local time `t` is inside the window.
+    pub fn contains(&self, t: NaiveTime) -> bool {
+        if self.start < self.end { self.start <= t && t < self.end } else { t >= self.start || t < self.end }
+    }
+
+    /// `at` if it is inside the window in `zone`, else the next instant the window
+    /// opens there. On a day whose opening time does not exist (spring forward),
+    /// the window opens at the first instant after the gap; on a day where it
+    /// exists twice (fall back), at the first.
+    pub fn next_open(&self, at: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
+        let local = at.with_timezone(&zone);
+        if self.contains(local.time()) {
+            return at;
+        }
+        // Outside the window, the next opening is today's if it is still ahead,
+        // else tomorrow's.
+        let mut date = local.date_naive();
+        if local.time() >= self.start {
+            date = date.succ_opt().unwrap_or(date);
+        }
+        let open = opening(date, self.start, zone);
+        if open > at { open } else { opening(date.succ_opt().unwrap_or(date), self.start, zone) }
+    }
+}
+
+fn opening(date: NaiveDate, start: NaiveTime, zone: Tz) -> DateTime<Utc> {
+    let naive = date.and_time(start);
+    match zone.from_local_datetime(&naive) {
+        LocalResult::Single(t) => t.with_timezone(&Utc),
+        LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        LocalResult::None => {
+            // Daylight-saving gaps are at most a few hours; step a minute at a time
+            // to the first local time that exists.
+            let mut probe = naive;
+            for _ in 0..(6 * 60) {
+                probe += Duration::minutes(1);
+                if let Some(t) = zone.from_local_datetime(&probe).earliest() {
+                    return t.with_timezone(&Utc);
+                }
+            }
+            Utc.from_utc_datetime(&naive)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(start: &str, end: &str) -> SendWindow {
+        SendWindow {
+            start: NaiveTime::parse_from_str(start, "%H:%M").unwrap(),
+            end: NaiveTime::parse_from_str(end, "%H:%M").unwrap(),
+        }
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_time_inside_the_window_is_kept() {
+        let w = window("08:00", "21:00");
+        let at = utc("2026-07-01T14:00:00Z"); // 10:00 in New York
+        assert_eq!(w.next_open(at, chrono_tz::America::New_York), at);
+    }
+
+    #[test]
+    fn late_evening_waits_for_the_next_morning_in_the_contacts_zone() {
+        let w = window("08:00", "21:00");
+        // 22:30 in Berlin (summer, UTC+2) → 08:00 Berlin the next day.
+        let at = utc("2026-07-01T20:30:00Z");
+        assert_eq!(w.next_open(at, chrono_tz::Europe::Berlin), utc("2026-07-02T06:00:00Z"));
+        // Early morning waits for the same day's opening.
+        let early = utc("2026-07-01T03:00:00Z"); // 05:00 Berlin
+        assert_eq!(w.next_open(early, chrono_tz::Europe::Berlin), utc("2026-07-01T06:00:00Z"));
+    }
+
+    #[test]
+    fn the_window_follows_daylight_saving() {
+        let w = window("08:00", "21:00");
+        let ny = chrono_tz::America::New_York;
+        // Night before spring forward (2026-03-08): 08:00 EDT is 12:00 UTC.
+        assert_eq!(w.next_open(utc("2026-03-08T05:00:00Z"), ny), utc("2026-03-08T12:00:00Z"));
+        // Night before fall back (2026-11-01): 08:00 EST is 13:00 UTC.
+        assert_eq!(w.next_open(utc("2026-11-01T05:00:00Z"), ny), utc("2026-11-01T13:00:00Z"));
+    }
+
+    #[test]
+    fn an_opening_inside_a_dst_gap_moves_to_just_after_it() {
+        let w = window("02:30", "06:00");
+        let ny = chrono_tz::America::New_York;
+        // 2026-03-08 02:30 does not exist in New York; 03:00 EDT (07:00 UTC) is next.
+        assert_eq!(w.next_open(utc("2026-03-08T05:00:00Z"), ny), utc("2026-03-08T07:00:00Z"));
+    }
+
+    #[test]
+    fn a_window_may_wrap_midnight() {
+        let w = window("22:00", "06:00");
+        assert!(w.contains(NaiveTime::from_hms_opt(23, 0, 0).unwrap()));
+        assert!(w.contains(NaiveTime::from_hms_opt(5, 59, 0).unwrap()));
+        assert!(!w.contains(NaiveTime::from_hms_opt(12, 0, 0).unwrap()));
+        assert_eq!(w.next_open(utc("2026-07-01T12:00:00Z"), chrono_tz::UTC), utc("2026-07-01T22:00:00Z"));
+    }
+}
