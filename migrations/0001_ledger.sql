@@ -28,7 +28,9 @@ CREATE TABLE runs (
     imported      INTEGER NOT NULL DEFAULT 0,
     rejected      INTEGER NOT NULL DEFAULT 0,
     duplicates    INTEGER NOT NULL DEFAULT 0,
-    created_at    INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+    -- set when the import is complete
+    expanded_at   INTEGER,
     finished_at   INTEGER,
     UNIQUE (campaign, run_key)
 );

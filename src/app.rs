@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::campaign::{self, Campaign, FlowRef, Folders};
+use crate::campaign::{self, Campaign, Folders};
 use crate::cli::{Cli, Command, ReportFormat};
 use crate::config::{Config, Overrides};
 use crate::dispatch::{DispatchSettings, Dispatcher, RateLimits, RunEnd};
 use crate::domain::{FlowSid, JobState, RunState, parse_duration};
 use crate::import::{self, ImportCounts};
 use crate::schedule::{Clock, SystemClock};
-use crate::store::Store;
+use crate::service::{FlowResolver, LockFileResolver, Service, ServiceSettings};
+use crate::store::{LedgerLock, Store};
 use crate::studio::simulator::{SimConfig, Simulator};
 use crate::studio::{Credentials, HttpStudio, StudioConfig, base_url_from_env};
 
@@ -50,9 +51,10 @@ pub async fn main(cli: Cli) -> u8 {
         config: cli.config.clone(),
         simulate: cli.simulate,
     };
+        let default_log = if matches!(cli.command, Command::Serve) { "info" } else { "warn" };
     let result = match Config::load(&overrides) {
         Ok(config) => {
-            init_logging(&config);
+            init_logging(&config, default_log);
             dispatch_command(cli.command, config).await
         }
         Err(e) => Err(Failure::input(e)),
@@ -66,11 +68,14 @@ pub async fn main(cli: Cli) -> u8 {
     }
 }
 
-fn init_logging(config: &Config) {
+fn init_logging(config: &Config, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = config.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "warn".to_string());
+    let filter = config.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| default.to_string());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = if std::env::var("FLOWCAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().try_init()
     } else {
@@ -89,12 +94,18 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Report { run, format } => output::report(&config, run, format == ReportFormat::Json),
         Command::Pause { run } => control(&config, run, RunState::Paused),
         Command::Cancel { run } => control(&config, run, RunState::Cancelled),
-        Command::Simulator { listen, lifetime, rate_cap } => simulator(&listen, &lifetime, rate_cap).await,
+                Command::Simulator { listen, lifetime, rate_cap } => simulator(&listen, &lifetime, rate_cap).await,
+        Command::Serve => serve(&config).await,
     }
 }
 
 fn folders(config: &Config) -> Folders {
     Folders { campaigns: config.campaigns.clone(), flows: config.flows.clone() }
+}
+
+/// One dispatching process per ledger.
+fn lock_ledger(config: &Config, what: &str) -> Result<LedgerLock, Failure> {
+    LedgerLock::acquire(&config.db, what).map_err(Failure::input)
 }
 
 fn open_store(config: &Config) -> Result<Store, Failure> {
@@ -251,29 +262,8 @@ async fn connect_studio(config: &Config) -> Result<StudioHandle, Failure> {
 
 /// A campaign's Flow SID: given directly, or by name through `flows/flows.lock.toml`.
 fn resolve_flow(config: &Config, campaign: &Campaign, account_sid: &str) -> Result<FlowSid, Failure> {
-    match &campaign.flow {
-        FlowRef::Sid(sid) => Ok(sid.clone()),
-        FlowRef::Name(name) => {
-            let lock = config.flows.join("flows.lock.toml");
-            let not_deployed = || {
-                Failure::input(anyhow!(
-                    "{}: flow {name:?} is not deployed for account {account_sid} (no entry in {}); deploy it first",
-                    campaign.source.display(),
-                    lock.display()
-                ))
-            };
-            let text = std::fs::read_to_string(&lock).map_err(|_| not_deployed())?;
-            let table: toml::Table =
-                toml::from_str(&text).map_err(|e| Failure::input(anyhow!("{}: {}", lock.display(), e.message())))?;
-            let sid = table
-                .get(account_sid)
-                .and_then(|a| a.get(name))
-                .and_then(|f| f.get("sid"))
-                .and_then(|s| s.as_str())
-                .ok_or_else(not_deployed)?;
-            FlowSid::parse(sid).map_err(|e| Failure::input(anyhow!("{}: {name}: {e}", lock.display())))
-        }
-    }
+    let resolver = LockFileResolver { flows: config.flows.clone(), account_sid: account_sid.to_string() };
+    resolver.resolve(campaign).map_err(|e| Failure::input(anyhow!("{}: {e}", campaign.source.display())))
 }
 
 fn dispatcher(config: &Config, store: &Store, studio: &StudioHandle) -> Dispatcher<HttpStudio> {
@@ -297,6 +287,7 @@ async fn run(config: &Config, what: &str, dry_run: bool) -> CommandResult {
     if dry_run {
         return output::dry_run(&campaign);
     }
+        let _lock = lock_ledger(config, "flowcast run")?;
     let store = open_store(config)?;
     let studio = connect_studio(config).await?;
     let flow = resolve_flow(config, &campaign, &studio.account_sid)?;
@@ -380,7 +371,17 @@ async fn dispatch_with_progress(
             }
         })
     };
-    let end = dispatcher(config, store, studio).run_to_end(run_id).await;
+        let dispatcher = dispatcher(config, store, studio);
+    let interrupt = {
+        let token = dispatcher.shutdown_token();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            eprintln!("stopping: no new sends; waiting for requests in flight");
+            token.cancel();
+        })
+    };
+    let end = dispatcher.run_to_end(run_id).await;
+    interrupt.abort();
     ticker.abort();
     bar.finish_and_clear();
     end.map_err(Failure::input)
@@ -420,12 +421,17 @@ fn finish(store: &Store, run_id: i64, end: RunEnd, started: Instant) -> CommandR
         }
         RunEnd::Stopped(reason) => Err(Failure::studio(anyhow!("run {run_id} stopped and is paused: {reason}"))),
         // `run` and `resume` dispatch to the end; they never stop when idle.
-        RunEnd::Idle { .. } => Ok(0),
+                RunEnd::Idle { .. } => Ok(0),
+        RunEnd::Interrupted => {
+            println!("run {run_id} was interrupted; `flowcast resume {run_id}` continues it");
+            Ok(0)
+        }
     }
 }
 
 /// `flowcast resume [RUN]`
 async fn resume(config: &Config, run: Option<i64>) -> CommandResult {
+    let _lock = lock_ledger(config, "flowcast resume")?;
     let store = open_store(config)?;
     let runs = match run {
         Some(id) => vec![store.get_run(id).map_err(Failure::input)?],
@@ -509,5 +515,80 @@ async fn simulator(listen: &str, lifetime: &str, rate_cap: Option<u32>) -> Comma
     );
     let _ = std::io::stdout().flush();
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C").map_err(Failure::input)?;
+    Ok(0)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// `flowcast serve`
+async fn serve(config: &Config) -> CommandResult {
+    let listen: std::net::SocketAddr =
+        config.listen.parse().with_context(|| format!("listen address {:?}", config.listen)).map_err(Failure::input)?;
+    let admin_token = std::env::var("FLOWCAST_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    if !listen.ip().is_loopback() && admin_token.is_none() {
+        return Err(Failure::input(anyhow!(
+            "refusing to listen on {listen} without FLOWCAST_ADMIN_TOKEN: the API would be open to the network"
+        )));
+    }
+    let _lock = lock_ledger(config, "flowcast serve")?;
+    let store = open_store(config)?;
+    let studio = connect_studio(config).await?;
+    let dispatcher = dispatcher(config, &store, &studio);
+    let resolver = LockFileResolver { flows: config.flows.clone(), account_sid: studio.account_sid.clone() };
+    let settings = ServiceSettings { catch_up: config.catch_up, ..ServiceSettings::default() };
+    let service = Arc::new(Service::new(
+        store,
+        dispatcher,
+        Arc::new(SystemClock),
+        folders(config),
+        settings,
+        Box::new(resolver) as Box<dyn FlowResolver>,
+    ));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))
+        .map_err(Failure::input)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let http = {
+        let app = crate::service::router(Arc::clone(&service), admin_token);
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(async move { token.cancelled().await }).await;
+        })
+    };
+    tracing::info!(listen = %listen, campaigns = %config.campaigns.display(), ledger = %config.db.display(), "flowcast serve started");
+    let signal = {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new sends; waiting for requests in flight");
+            token.cancel();
+        })
+    };
+    Arc::clone(&service).run_loops(shutdown.clone()).await;
+    shutdown.cancel();
+    signal.abort();
+    let _ = http.await;
+    tracing::info!("flowcast serve stopped");
     Ok(0)
 }

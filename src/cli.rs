@@ -65,6 +65,8 @@ pub enum Command {
     Pause { run: i64 },
     /// Cancel a run: its pending jobs are never sent.
     Cancel { run: i64 },
+        /// The service: watch the campaigns folder, fire schedules, dispatch, serve HTTP.
+    Serve,
     /// Run the built-in Studio simulator as a server (for tests and demos).
     Simulator {
         #[arg(long, default_value = "127.0.0.1:4010")]

@@ -25,5 +25,6 @@ pub mod dispatch;
 pub mod domain;
 pub mod import;
 pub mod schedule;
+pub mod service;
 pub mod store;
 pub mod studio;

@@ -19,6 +19,26 @@ impl LoadedFolder {
     }
 }
 
+/// A hash of a campaign's file and its contacts CSV, hex. A one-off campaign runs
+/// once per content: a new drop of either file is a new run.
+pub fn content_hash(campaign: &Campaign) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    hasher.update(std::fs::read(&campaign.source)?);
+    hasher.update([0u8]);
+    let mut csv = std::fs::File::open(&campaign.contacts)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = csv.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Reads and checks one campaign file.
 pub fn load_one(path: &Path, folders: &Folders) -> Result<Campaign, CampaignError> {
     let text = std::fs::read_to_string(path).map_err(|e| CampaignError {

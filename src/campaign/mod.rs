@@ -21,7 +21,7 @@ use crate::contacts::{self, ReadOptions};
 use crate::domain::{ConflictPolicy, FlowSid, Phone, SendWindow, Template, TimeTemplate, parse_duration, parse_region};
 
 pub use expand::{JobSpec, expand};
-pub use load::{LoadedFolder, load_folder, load_one};
+pub use load::{LoadedFolder, content_hash, load_folder, load_one};
 
 /// One problem in an input file, printed as `file:line: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{ConflictPolicy, FlowSid, RunState, SendWindow};
 use crate::schedule::Clock;
@@ -43,6 +44,8 @@ pub struct DispatchSettings {
     pub idle_poll: Duration,
     /// Create → 409 → end → create rounds before an `end`-policy job gives up.
     pub max_end_rounds: u32,
+    /// On shutdown, how long requests in flight may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -56,6 +59,7 @@ impl Default for DispatchSettings {
             wait_poll: Duration::from_secs(5),
             idle_poll: Duration::from_millis(500),
             max_end_rounds: 3,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +88,8 @@ pub enum RunEnd {
     /// Studio refused the credentials or the Flow; the run is paused with this
     /// reason and its untouched jobs are still `pending`.
     Stopped(StopReason),
+    /// The process is shutting down: claiming stopped, in-flight requests settled.
+    Interrupted,
     /// Only from [`Dispatcher::run_until_idle`]: nothing is due now; the next
     /// pending job is due at this instant (Unix ms).
     Idle {
@@ -148,6 +154,9 @@ pub struct Dispatcher<S: StudioApi> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: DispatchSettings,
     pub(crate) limits: Arc<RateLimits>,
+    /// Requests in flight across every run this dispatcher serves.
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl<S: StudioApi> Clone for Dispatcher<S> {
@@ -158,6 +167,8 @@ impl<S: StudioApi> Clone for Dispatcher<S> {
             clock: Arc::clone(&self.clock),
             settings: self.settings.clone(),
             limits: Arc::clone(&self.limits),
+            in_flight: Arc::clone(&self.in_flight),
+            shutdown: self.shutdown.clone(),
         }
     }
 }
@@ -170,7 +181,14 @@ impl<S: StudioApi> Dispatcher<S> {
         settings: DispatchSettings,
         limits: Arc<RateLimits>,
     ) -> Self {
-        Dispatcher { store, studio, clock, settings, limits }
+        let in_flight = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        Dispatcher { store, studio, clock, settings, limits, in_flight, shutdown: CancellationToken::new() }
+    }
+
+    /// Cancelling this token stops every run of this dispatcher: nothing more is
+    /// claimed or sent, and requests in flight settle within the grace period.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     pub(crate) fn now_ms(&self) -> i64 {
@@ -211,7 +229,7 @@ impl<S: StudioApi> Dispatcher<S> {
             while let Some(done) = tasks.try_join_next() {
                 self.settle(done, &mut stop);
             }
-            if stop.is_some() {
+            if stop.is_some() || self.shutdown.is_cancelled() {
                 break;
             }
             let free = slots.available_permits();
@@ -232,15 +250,11 @@ impl<S: StudioApi> Dispatcher<S> {
                 }
             }
             if tasks.is_empty() {
-                let state = self.store.get_run(run_id)?.state;
-                match state.parse::<RunState>() {
-                    Ok(RunState::Paused) => {
-                        return Ok(RunEnd::Paused(self.store.get_run(run_id)?.state_reason));
-                    }
+                let run = self.store.get_run(run_id)?;
+                match run.state.parse::<RunState>() {
+                    Ok(RunState::Paused) => return Ok(RunEnd::Paused(run.state_reason)),
                     Ok(RunState::Cancelled) => return Ok(RunEnd::Cancelled),
-                    Ok(RunState::Finished) => {
-                        return Ok(RunEnd::Finished(self.store.run_counts(run_id)?));
-                    }
+                    Ok(RunState::Finished) => return Ok(RunEnd::Finished(self.store.run_counts(run_id)?)),
                     _ => {}
                 }
                 match self.store.next_due_at(run_id)? {
@@ -253,7 +267,10 @@ impl<S: StudioApi> Dispatcher<S> {
                     }
                     Some(due) => {
                         let wait = Duration::from_millis((due - self.now_ms()).max(1) as u64);
-                        tokio::time::sleep(wait.min(self.settings.idle_poll)).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait.min(self.settings.idle_poll)) => {}
+                            _ = self.shutdown.cancelled() => {}
+                        }
                     }
                 }
             } else {
@@ -268,17 +285,33 @@ impl<S: StudioApi> Dispatcher<S> {
                         }
                     }
                     _ = tokio::time::sleep(wait.min(self.settings.idle_poll)) => {}
+                    _ = self.shutdown.cancelled() => {}
                 }
             }
         }
 
-        // Stopped: let the requests already in flight finish and record them.
-        while let Some(done) = tasks.join_next().await {
-            self.settle(done, &mut stop);
+        // Stopping: claim nothing more; let the requests already in flight finish
+        // (bounded by the grace period) and record their outcomes. A job whose task
+        // is cut off stays `dispatching` and is reconciled at the next start.
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        loop {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(Some(done)) => self.settle(done, &mut stop),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(run = run_id, left = tasks.len(), "grace period over; abandoning requests in flight");
+                    tasks.abort_all();
+                    break;
+                }
+            }
         }
-        let reason = stop.expect("the loop only breaks on a stop");
-        self.store.set_run_state(run_id, RunState::Paused, Some(&reason.to_string()), self.now_ms())?;
-        Ok(RunEnd::Stopped(reason))
+        match stop {
+            Some(reason) => {
+                self.store.set_run_state(run_id, RunState::Paused, Some(&reason.to_string()), self.now_ms())?;
+                Ok(RunEnd::Stopped(reason))
+            }
+            None => Ok(RunEnd::Interrupted),
+        }
     }
 
     fn settle(&self, done: Result<Processed, tokio::task::JoinError>, stop: &mut Option<StopReason>) {

@@ -83,8 +83,12 @@ impl<S: StudioApi> Dispatcher<S> {
         };
         let request = CreateRequest { to: job.phone.clone(), from: ctx.from.clone(), parameters };
 
-        for _round in 0..=self.settings.max_end_rounds {
-            self.limits.until_ready(&ctx.campaign, ctx.campaign_rate).await;
+                for _round in 0..=self.settings.max_end_rounds {
+            tokio::select! {
+                _ = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate) => {}
+                // Shutting down: this job was not sent; it goes back as it was.
+                _ = self.shutdown.cancelled() => return (JobOutcome::Release, None),
+            }
             // Checked again right before sending: waiting for the rate limiter may
             // have carried the job past the end of its window.
             if let Some(opens) = self.outside_window(ctx, job) {
@@ -96,8 +100,19 @@ impl<S: StudioApi> Dispatcher<S> {
                     conflict: job.conflict_sid.clone().zip(job.conflict_since),
                     last_error: None,
                 };
-                return (outcome, None);
+                                return (outcome, None);
             }
+            // A pause or cancel issued while this job waited for its turn wins.
+            match self.store.get_run(ctx.run_id).map(|r| r.state) {
+                Ok(state) if state == "active" => {}
+                Ok(state) if state == "cancelled" => return (JobOutcome::Cancelled, None),
+                Ok(_) => return (JobOutcome::Release, None),
+                Err(e) => {
+                    tracing::error!(run = ctx.run_id, error = %e, "cannot read the run's state; not sending");
+                    return (JobOutcome::Release, None);
+                }
+            }
+            let _in_flight = self.in_flight.acquire().await.expect("the semaphore is never closed");
             let result = self.studio.create_execution(&ctx.flow, &request).await;
             if !matches!(result, Err(StudioError::Throttled { .. })) {
                 *sent += 1;

@@ -66,6 +66,65 @@ pub fn parse_cron(line: &str) -> Result<Cron, String> {
         .map_err(|e| format!("{line:?} is not a valid cron line: {e}"))
 }
 
+/// Which ticks of a schedule are due at `now`, given the last one handled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickPlan {
+    /// Ticks to fire, oldest first: missed ones younger than `catch_up`, and the
+    /// one due now.
+    pub fire: Vec<DateTime<Utc>>,
+    /// How many ticks were missed by more than `catch_up` (skipped), and the
+    /// first and last of them, for the log.
+    pub skipped: u64,
+    pub first_skipped: Option<DateTime<Utc>>,
+    pub last_skipped: Option<DateTime<Utc>>,
+    /// The latest tick handled (fired or skipped) once this plan is carried out.
+    pub handled_up_to: Option<DateTime<Utc>>,
+    /// The next tick after `now`.
+    pub next: Option<DateTime<Utc>>,
+}
+
+/// Plans the ticks after `last_handled` up to and including `now`.
+///
+/// A tick is fired if `now` is within `catch_up` of it, and skipped otherwise;
+/// either way it is then handled and never considered again.
+pub fn plan_ticks(
+    cron: &Cron,
+    zone: Tz,
+    last_handled: DateTime<Utc>,
+    now: DateTime<Utc>,
+    catch_up: std::time::Duration,
+) -> TickPlan {
+    let catch_up = chrono::Duration::from_std(catch_up).unwrap_or(chrono::Duration::MAX);
+    let mut plan = TickPlan::default();
+    let mut cursor = last_handled;
+    // Ticks older than the catch-up horizon are only counted; past a bound they
+    // are jumped over, so a per-second schedule after a week down stays cheap.
+    let horizon = now - catch_up;
+    const COUNT_BOUND: u64 = 100_000;
+    while let Some(tick) = next_fire(cron, zone, cursor) {
+        if tick > now {
+            plan.next = Some(tick);
+            break;
+        }
+        if tick < horizon {
+            plan.skipped += 1;
+            plan.first_skipped.get_or_insert(tick);
+            plan.last_skipped = Some(tick);
+                        let jump_to = horizon - chrono::Duration::seconds(1);
+            if plan.skipped >= COUNT_BOUND && tick < jump_to {
+                plan.handled_up_to = Some(tick);
+                cursor = jump_to;
+                continue;
+            }
+        } else {
+            plan.fire.push(tick);
+        }
+        plan.handled_up_to = Some(tick);
+        cursor = tick;
+    }
+    plan
+}
+
 /// The first fire time strictly after `after`, in `zone`'s wall-clock time.
 pub fn next_fire(cron: &Cron, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let local = after.with_timezone(&zone);
@@ -94,5 +153,47 @@ mod tests {
         assert_eq!(winter, Utc.with_ymd_and_hms(2026, 1, 10, 8, 0, 0).unwrap());
         let summer = next_fire(&cron, zone, Utc.with_ymd_and_hms(2026, 7, 10, 0, 0, 0).unwrap()).unwrap();
         assert_eq!(summer, Utc.with_ymd_and_hms(2026, 7, 10, 7, 0, 0).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn missed_ticks_inside_catch_up_fire_and_older_ones_are_skipped() {
+        let cron = parse_cron("0 * * * *").unwrap();
+        let plan = plan_ticks(
+            &cron,
+            chrono_tz::UTC,
+            utc("2026-07-01T00:00:00Z"),
+            utc("2026-07-01T05:30:00Z"),
+            Duration::from_secs(2 * 3600),
+        );
+        assert_eq!(plan.fire, [utc("2026-07-01T04:00:00Z"), utc("2026-07-01T05:00:00Z")]);
+        assert_eq!(plan.skipped, 3);
+        assert_eq!(plan.first_skipped, Some(utc("2026-07-01T01:00:00Z")));
+        assert_eq!(plan.handled_up_to, Some(utc("2026-07-01T05:00:00Z")));
+        assert_eq!(plan.next, Some(utc("2026-07-01T06:00:00Z")));
+    }
+
+    #[test]
+    fn a_per_second_schedule_after_a_long_outage_is_planned_quickly() {
+        let cron = parse_cron("* * * * * *").unwrap();
+        let plan = plan_ticks(
+            &cron,
+            chrono_tz::UTC,
+            utc("2026-06-01T00:00:00Z"),
+            utc("2026-07-01T00:00:00Z"),
+            Duration::from_secs(2),
+        );
+        assert_eq!(plan.fire.len(), 3, "the ticks within 2 s of now");
+        assert!(plan.skipped >= 100_000);
+        assert_eq!(plan.handled_up_to, Some(utc("2026-07-01T00:00:00Z")));
     }
 }

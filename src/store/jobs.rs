@@ -57,8 +57,10 @@ pub enum JobOutcome {
         conflict: Option<(String, i64)>,
         last_error: Option<String>,
     },
-    /// Back to `pending` as it was: nothing was decided (the run stopped).
+        /// Back to `pending` as it was: nothing was decided (the run stopped).
     Release,
+    /// The run was cancelled before this job was sent.
+    Cancelled,
 }
 
 /// A job as reports show it.
@@ -235,6 +237,11 @@ impl Store {
                     attempts_sent,
                     now
                 ],
+            )?,
+                        JobOutcome::Cancelled => conn.execute(
+                "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', attempts = attempts + ?2, \
+                 finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
+                params![job_id, attempts_sent, now],
             )?,
             JobOutcome::Release => conn.execute(
                 "UPDATE jobs SET state = 'pending', attempts = attempts + ?2, updated_at = ?3 \

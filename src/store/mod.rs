@@ -7,7 +7,9 @@
 //! a claim commits `dispatching` first, Studio is called, then the outcome is
 //! committed.
 
+mod campaigns;
 mod jobs;
+mod lock;
 mod runs;
 
 use std::path::Path;
@@ -17,6 +19,8 @@ use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 
 pub use jobs::{BatchCounts, CallSummary, ClaimedJob, ImportItem, JobOutcome, JobRow, StudioCall};
+pub use campaigns::CampaignRow;
+pub use lock::{LedgerLock, LockError};
 pub use runs::{NewRun, RunCounts, RunRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +40,10 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../../migrations/0001_ledger.sql"))])
+        Migrations::new(vec![
+        M::up(include_str!("../../migrations/0001_ledger.sql")),
+        M::up(include_str!("../../migrations/0002_campaigns.sql")),
+    ])
 }
 
 /// A handle on the ledger; cheap to clone, safe to share between tasks.

@@ -45,7 +45,8 @@ pub struct RunRow {
     pub imported: i64,
     pub rejected: i64,
     pub duplicates: i64,
-    pub created_at: i64,
+        pub created_at: i64,
+    pub expanded_at: Option<i64>,
     pub finished_at: Option<i64>,
 }
 
@@ -70,7 +71,7 @@ impl RunCounts {
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
      max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
-     created_at, finished_at";
+          created_at, expanded_at, finished_at";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -92,8 +93,9 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         imported: r.get(15)?,
         rejected: r.get(16)?,
         duplicates: r.get(17)?,
-        created_at: r.get(18)?,
-        finished_at: r.get(19)?,
+                created_at: r.get(18)?,
+        expanded_at: r.get(19)?,
+        finished_at: r.get(20)?,
     })
 }
 
@@ -155,13 +157,48 @@ impl Store {
 
     /// Import finished: record the counts and make the run dispatchable, unless a
     /// user paused or cancelled it meanwhile.
-    pub fn finish_expansion(&self, id: i64, rows: i64, imported: i64, rejected: i64, duplicates: i64) -> Result<()> {
-        self.conn().execute(
+        pub fn finish_expansion(
+        &self,
+        id: i64,
+        rows: i64,
+        imported: i64,
+        rejected: i64,
+        duplicates: i64,
+        now: i64,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "UPDATE runs SET rows_total = ?2, imported = ?3, rejected = ?4, duplicates = ?5, \
-             state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END WHERE id = ?1",
-            params![id, rows, imported, rejected, duplicates],
+             expanded_at = ?6, state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END WHERE id = ?1",
+            params![id, rows, imported, rejected, duplicates, now],
         )?;
+        // Jobs written by a batch that raced a cancel are cancelled too.
+        tx.execute(
+            "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', updated_at = ?2, finished_at = ?2 \
+             WHERE run_id = ?1 AND state = 'pending' AND (SELECT state FROM runs WHERE id = ?1) = 'cancelled'",
+            params![id, now],
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Forgets a run's partial import (jobs and import rows), so that it can be
+    /// imported again from the start. Only for runs still `expanding`: their jobs
+    /// were never claimable, so none was sent.
+    pub fn reset_expansion(&self, id: i64) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let expanding: bool = tx
+            .query_row("SELECT state = 'expanding' FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false);
+        if expanding {
+            tx.execute("DELETE FROM jobs WHERE run_id = ?1", [id])?;
+            tx.execute("DELETE FROM import_rows WHERE run_id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(expanding)
     }
 
     /// Sets a run's state with a reason; returns the state it had.
