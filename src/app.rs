@@ -51,7 +51,7 @@ pub async fn main(cli: Cli) -> u8 {
         config: cli.config.clone(),
         simulate: cli.simulate,
     };
-        let default_log = if matches!(cli.command, Command::Serve) { "info" } else { "warn" };
+    let default_log = if matches!(cli.command, Command::Serve) { "info" } else { "warn" };
     let result = match Config::load(&overrides) {
         Ok(config) => {
             init_logging(&config, default_log);
@@ -72,7 +72,7 @@ fn init_logging(config: &Config, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = config.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| default.to_string());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("warn"));
-        let builder = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
@@ -94,7 +94,7 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Report { run, format } => output::report(&config, run, format == ReportFormat::Json),
         Command::Pause { run } => control(&config, run, RunState::Paused),
         Command::Cancel { run } => control(&config, run, RunState::Cancelled),
-                Command::Simulator { listen, lifetime, rate_cap } => simulator(&listen, &lifetime, rate_cap).await,
+        Command::Simulator { listen, lifetime, rate_cap } => simulator(&listen, &lifetime, rate_cap).await,
         Command::Serve => serve(&config).await,
     }
 }
@@ -287,7 +287,7 @@ async fn run(config: &Config, what: &str, dry_run: bool) -> CommandResult {
     if dry_run {
         return output::dry_run(&campaign);
     }
-        let _lock = lock_ledger(config, "flowcast run")?;
+    let _lock = lock_ledger(config, "flowcast run")?;
     let store = open_store(config)?;
     let studio = connect_studio(config).await?;
     let flow = resolve_flow(config, &campaign, &studio.account_sid)?;
@@ -371,7 +371,7 @@ async fn dispatch_with_progress(
             }
         })
     };
-        let dispatcher = dispatcher(config, store, studio);
+    let dispatcher = dispatcher(config, store, studio);
     let interrupt = {
         let token = dispatcher.shutdown_token();
         tokio::spawn(async move {
@@ -421,7 +421,7 @@ fn finish(store: &Store, run_id: i64, end: RunEnd, started: Instant) -> CommandR
         }
         RunEnd::Stopped(reason) => Err(Failure::studio(anyhow!("run {run_id} stopped and is paused: {reason}"))),
         // `run` and `resume` dispatch to the end; they never stop when idle.
-                RunEnd::Idle { .. } => Ok(0),
+        RunEnd::Idle { .. } => Ok(0),
         RunEnd::Interrupted => {
             println!("run {run_id} was interrupted; `flowcast resume {run_id}` continues it");
             Ok(0)

@@ -65,7 +65,7 @@ pub enum Command {
     Pause { run: i64 },
     /// Cancel a run: its pending jobs are never sent.
     Cancel { run: i64 },
-        /// The service: watch the campaigns folder, fire schedules, dispatch, serve HTTP.
+    /// The service: watch the campaigns folder, fire schedules, dispatch, serve HTTP.
     Serve,
     /// Run the built-in Studio simulator as a server (for tests and demos).
     Simulator {

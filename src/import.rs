@@ -110,7 +110,7 @@ pub fn import_run(
             break;
         }
     }
-        store.finish_expansion(run_id, counts.rows, counts.imported, counts.rejected, counts.duplicates, now_ms)?;
+    store.finish_expansion(run_id, counts.rows, counts.imported, counts.rejected, counts.duplicates, now_ms)?;
     Ok(counts)
 }
 

@@ -299,7 +299,11 @@ impl<S: StudioApi> Dispatcher<S> {
                 Ok(Some(done)) => self.settle(done, &mut stop),
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(run = run_id, left = tasks.len(), "grace period over; abandoning requests in flight");
+                    tracing::warn!(
+                        run = run_id,
+                        left = tasks.len(),
+                        "grace period over; abandoning requests in flight"
+                    );
                     tasks.abort_all();
                     break;
                 }

@@ -83,7 +83,7 @@ impl<S: StudioApi> Dispatcher<S> {
         };
         let request = CreateRequest { to: job.phone.clone(), from: ctx.from.clone(), parameters };
 
-                for _round in 0..=self.settings.max_end_rounds {
+        for _round in 0..=self.settings.max_end_rounds {
             tokio::select! {
                 _ = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate) => {}
                 // Shutting down: this job was not sent; it goes back as it was.
@@ -100,7 +100,7 @@ impl<S: StudioApi> Dispatcher<S> {
                     conflict: job.conflict_sid.clone().zip(job.conflict_since),
                     last_error: None,
                 };
-                                return (outcome, None);
+                return (outcome, None);
             }
             // A pause or cancel issued while this job waited for its turn wins.
             match self.store.get_run(ctx.run_id).map(|r| r.state) {

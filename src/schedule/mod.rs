@@ -37,6 +37,11 @@ impl ManualClock {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 
+    /// The clock's time (also through [`Clock::now`]).
+    pub fn now_utc(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn advance(&self, by: chrono::Duration) {
         let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *now += by;
@@ -110,7 +115,7 @@ pub fn plan_ticks(
             plan.skipped += 1;
             plan.first_skipped.get_or_insert(tick);
             plan.last_skipped = Some(tick);
-                        let jump_to = horizon - chrono::Duration::seconds(1);
+            let jump_to = horizon - chrono::Duration::seconds(1);
             if plan.skipped >= COUNT_BOUND && tick < jump_to {
                 plan.handled_up_to = Some(tick);
                 cursor = jump_to;

@@ -42,7 +42,10 @@ pub enum ControlError {
 /// Applies `action` to run `id`; returns the state it had and the one it has.
 pub fn control_run(store: &Store, id: i64, action: Action, now_ms: i64) -> Result<(String, RunState), ControlError> {
     let run = store.get_run(id)?;
-    let from = run.state.parse::<RunState>().map_err(|_| StoreError::Corrupt(format!("run {id} has state {:?}", run.state)))?;
+    let from = run
+        .state
+        .parse::<RunState>()
+        .map_err(|_| StoreError::Corrupt(format!("run {id} has state {:?}", run.state)))?;
     let allowed = match action {
         Action::Pause => matches!(from, RunState::Active | RunState::Expanding | RunState::Paused),
         Action::Resume => matches!(from, RunState::Paused | RunState::Active),
@@ -61,9 +64,10 @@ pub fn control_run(store: &Store, id: i64, action: Action, now_ms: i64) -> Resul
         Action::Cancel => Some("cancelled by user"),
         Action::Resume => None,
     };
-            // A run paused while still importing resumes importing; the import makes it
+    // A run paused while still importing resumes importing; the import makes it
     // active when it is done.
-    let target = if action == Action::Resume && run.expanded_at.is_none() { RunState::Expanding } else { action.target() };
+    let target =
+        if action == Action::Resume && run.expanded_at.is_none() { RunState::Expanding } else { action.target() };
     store.set_run_state(id, target, reason, now_ms)?;
     Ok((run.state, target))
 }

@@ -33,7 +33,8 @@ pub fn router<S: StudioApi>(service: Arc<Service<S>>, admin_token: Option<String
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": message.into() }).to_string()).into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": message.into() }).to_string())
+        .into_response()
 }
 
 async fn require_token<S: StudioApi>(State(state): State<Arc<HttpState<S>>>, request: Request, next: Next) -> Response {
@@ -72,7 +73,8 @@ async fn healthz<S: StudioApi>(State(state): State<Arc<HttpState<S>>>) -> Respon
 
 async fn get_run<S: StudioApi>(State(state): State<Arc<HttpState<S>>>, Path(id): Path<i64>) -> Response {
     let store = state.service.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.get_run(id).and_then(|r| Ok((r, store.run_counts(id)?)))).await;
+    let found =
+        tokio::task::spawn_blocking(move || store.get_run(id).and_then(|r| Ok((r, store.run_counts(id)?)))).await;
     match found {
         Ok(Ok((run, counts))) => {
             let mut body = serde_json::to_value(&run).unwrap_or_default();

@@ -54,8 +54,12 @@ impl FlowResolver for LockFileResolver {
         };
         let lock = self.flows.join("flows.lock.toml");
         let account = &self.account_sid;
-        let not_deployed =
-            || format!("flow {name:?} is not deployed for account {account} (no entry in {}); deploy it first", lock.display());
+        let not_deployed = || {
+            format!(
+                "flow {name:?} is not deployed for account {account} (no entry in {}); deploy it first",
+                lock.display()
+            )
+        };
         let text = std::fs::read_to_string(&lock).map_err(|_| not_deployed())?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {}", lock.display(), e.message()))?;
         let sid = table
@@ -139,7 +143,7 @@ impl<S: StudioApi> Service<S> {
         }
     }
 
-        fn now(&self) -> DateTime<Utc> {
+    fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
@@ -190,7 +194,8 @@ impl<S: StudioApi> Service<S> {
                     }
                 }
                 ScanChange::Refused { error, kept, .. } => {
-                    let kept = kept.map(|n| format!("; the previous version of {n:?} stays in force")).unwrap_or_default();
+                    let kept =
+                        kept.map(|n| format!("; the previous version of {n:?} stays in force")).unwrap_or_default();
                     for d in &error.diagnostics {
                         tracing::error!("{d}{kept}");
                     }
@@ -263,7 +268,13 @@ impl<S: StudioApi> Service<S> {
 
     /// Creates the run keyed `run_key` and imports its contacts. `None` when the
     /// run already exists (the same tick or content) or cannot start.
-    pub fn start_run(&self, campaign: &Campaign, trigger: &str, run_key: String, scheduled_at: DateTime<Utc>) -> Option<i64> {
+    pub fn start_run(
+        &self,
+        campaign: &Campaign,
+        trigger: &str,
+        run_key: String,
+        scheduled_at: DateTime<Utc>,
+    ) -> Option<i64> {
         let flow = match self.resolver.resolve(campaign) {
             Ok(f) => f,
             Err(e) => {

@@ -11,7 +11,7 @@ use crate::campaign::{Campaign, CampaignError, Diagnostic, Folders, content_hash
 #[derive(Debug)]
 pub enum ScanChange {
     /// A new file, or a changed one whose content differs.
-    Loaded { campaign: Campaign, hash: String, previous: Option<String> },
+    Loaded { campaign: Box<Campaign>, hash: String, previous: Option<String> },
     /// A new or changed file with mistakes; `kept` names the campaign whose
     /// previous valid version stays in force.
     Refused { file: PathBuf, error: CampaignError, kept: Option<String> },
@@ -87,7 +87,9 @@ impl Registry {
                     .filter(|(p, _)| **p != file)
                     .find_map(|(p, e)| e.valid.as_ref().filter(|(v, _)| v.name == c.name).map(|_| p.clone()));
                 match taken {
-                    Some(other) => Err(single(&file, format!("campaign name {:?} is already used by {}", c.name, other.display()))),
+                    Some(other) => {
+                        Err(single(&file, format!("campaign name {:?} is already used by {}", c.name, other.display())))
+                    }
                     None => Ok(c),
                 }
             });
@@ -106,7 +108,7 @@ impl Registry {
                     }
                     if !unchanged {
                         changes.push(ScanChange::Loaded {
-                            campaign: campaign.clone(),
+                            campaign: Box::new(campaign.clone()),
                             hash: hash.clone(),
                             previous: previous.map(|(_, h)| h),
                         });

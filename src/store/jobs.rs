@@ -57,7 +57,7 @@ pub enum JobOutcome {
         conflict: Option<(String, i64)>,
         last_error: Option<String>,
     },
-        /// Back to `pending` as it was: nothing was decided (the run stopped).
+    /// Back to `pending` as it was: nothing was decided (the run stopped).
     Release,
     /// The run was cancelled before this job was sent.
     Cancelled,
@@ -238,7 +238,7 @@ impl Store {
                     now
                 ],
             )?,
-                        JobOutcome::Cancelled => conn.execute(
+            JobOutcome::Cancelled => conn.execute(
                 "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', attempts = attempts + ?2, \
                  finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
                 params![job_id, attempts_sent, now],

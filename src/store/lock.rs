@@ -32,13 +32,15 @@ impl LedgerLock {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = if holder.trim().is_empty() { "unknown process".into() } else { holder.trim().to_string() };
+                let holder =
+                    if holder.trim().is_empty() { "unknown process".into() } else { holder.trim().to_string() };
                 return Err(LockError::Busy { ledger: ledger.display().to_string(), holder });
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),

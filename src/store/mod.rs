@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 
-pub use jobs::{BatchCounts, CallSummary, ClaimedJob, ImportItem, JobOutcome, JobRow, StudioCall};
 pub use campaigns::CampaignRow;
+pub use jobs::{BatchCounts, CallSummary, ClaimedJob, ImportItem, JobOutcome, JobRow, StudioCall};
 pub use lock::{LedgerLock, LockError};
 pub use runs::{NewRun, RunCounts, RunRow};
 
@@ -40,7 +40,7 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 fn migrations() -> Migrations<'static> {
-        Migrations::new(vec![
+    Migrations::new(vec![
         M::up(include_str!("../../migrations/0001_ledger.sql")),
         M::up(include_str!("../../migrations/0002_campaigns.sql")),
     ])

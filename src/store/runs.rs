@@ -45,7 +45,7 @@ pub struct RunRow {
     pub imported: i64,
     pub rejected: i64,
     pub duplicates: i64,
-        pub created_at: i64,
+    pub created_at: i64,
     pub expanded_at: Option<i64>,
     pub finished_at: Option<i64>,
 }
@@ -93,7 +93,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         imported: r.get(15)?,
         rejected: r.get(16)?,
         duplicates: r.get(17)?,
-                created_at: r.get(18)?,
+        created_at: r.get(18)?,
         expanded_at: r.get(19)?,
         finished_at: r.get(20)?,
     })
@@ -157,7 +157,7 @@ impl Store {
 
     /// Import finished: record the counts and make the run dispatchable, unless a
     /// user paused or cancelled it meanwhile.
-        pub fn finish_expansion(
+    pub fn finish_expansion(
         &self,
         id: i64,
         rows: i64,

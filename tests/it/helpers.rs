@@ -148,7 +148,7 @@ pub fn fast_settings() -> DispatchSettings {
         throttle_delay: Duration::from_millis(50),
         wait_poll: Duration::from_millis(50),
         idle_poll: Duration::from_millis(20),
-                max_end_rounds: 3,
+        max_end_rounds: 3,
         shutdown_grace: Duration::from_secs(5),
     }
 }

@@ -6,6 +6,8 @@ mod helpers;
 mod commands;
 mod dispatch;
 mod rates;
+mod schedule;
+mod service;
 mod studio_http;
 mod timing;
 mod validate;
