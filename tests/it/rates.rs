@@ -38,3 +38,46 @@ async fn an_account_rate_below_the_campaign_rate_wins() {
     assert_eq!(sim.executions().len(), 30);
     assert!(elapsed >= 2.5, "30 creates at an account rate of 10/s took only {elapsed:.2}s");
 }
+
+#[tokio::test]
+async fn a_small_run_is_not_starved_by_a_big_one_sharing_the_account_rate() {
+    use std::sync::Arc;
+
+    use flowcast::dispatch::RunEnd;
+    use flowcast::schedule::SystemClock;
+
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    app.write("big.csv", contacts_csv(&phones(400)));
+    app.write("big.toml", campaign_toml("big.csv", ""));
+    let small_phones: Vec<String> = (0..10).map(|i| format!("+1201555{:04}", 9000 + i)).collect();
+    app.write("small.csv", contacts_csv(&small_phones));
+    app.write("small.toml", campaign_toml("small.csv", ""));
+    let big = app.start_run("big.toml");
+    let small = app.start_run("small.toml");
+    // One dispatcher, so both runs share one account limiter (40/s).
+    let dispatcher = Arc::new(flowcast::dispatch::Dispatcher::new(
+        app.store(),
+        Arc::new(http_studio(&sim.url())),
+        Arc::new(SystemClock),
+        fast_settings(),
+        Arc::new(flowcast::dispatch::RateLimits::new(40)),
+    ));
+    let big_task = {
+        let d = Arc::clone(&dispatcher);
+        tokio::spawn(async move { d.run_to_end(big).await.unwrap() })
+    };
+    // The big run is well under way before the small one starts.
+    while sim.executions().len() < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let end = dispatcher.run_to_end(small).await.unwrap();
+    assert!(matches!(end, RunEnd::Finished(_)));
+    let big_sent = sim.executions().iter().filter(|e| !small_phones.contains(&e.to)).count();
+
+    // Sharing the rate, the small run's 10 finished while the big run sent a
+    // share comparable to its own, far from all 400 of it.
+    assert!(big_sent < 150, "the big run sent {big_sent} before the small run's 10 were done");
+    dispatcher.shutdown_token().cancel();
+    let _ = big_task.await;
+}
