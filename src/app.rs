@@ -270,6 +270,8 @@ fn dispatcher(config: &Config, store: &Store, studio: &StudioHandle) -> Dispatch
     let settings = DispatchSettings {
         concurrency: config.concurrency,
         max_failures: config.max_failures,
+        breaker_streak: config.circuit_breaker,
+        ambiguous_settle: config.request_timeout,
         ..DispatchSettings::default()
     };
     Dispatcher::new(
@@ -451,16 +453,15 @@ async fn resume(config: &Config, run: Option<i64>) -> CommandResult {
                 continue;
             }
             Ok(RunState::Expanding) => {
-                // Its import was interrupted; the jobs written so far are complete
-                // rows, so the run continues with those and says so.
-                eprintln!(
-                    "run {}: its import was interrupted; dispatching the {} jobs it imported",
-                    run.id,
-                    store.run_counts(run.id).map_err(Failure::input)?.total()
-                );
-                store
-                    .set_run_state(run.id, RunState::Active, Some("import interrupted"), now)
-                    .map_err(Failure::input)?;
+                // Its import was cut short (the process died): no job of it was
+                // claimable yet, so it is imported again from the start.
+                let campaign = find_campaign(config, &run.campaign).map_err(|f| Failure {
+                    code: f.code,
+                    error: f.error.context(format!("run {} was interrupted while importing", run.id)),
+                })?;
+                store.reset_expansion(run.id).map_err(Failure::input)?;
+                eprintln!("run {}: its import was interrupted; importing it again", run.id);
+                import_with_progress(&store, &campaign, run.id)?;
             }
             Ok(RunState::Paused) => {
                 store.set_run_state(run.id, RunState::Active, None, now).map_err(Failure::input)?;

@@ -21,6 +21,7 @@ struct FileConfig {
     log: Option<String>,
     request_timeout: Option<String>,
     max_failures: Option<u32>,
+    circuit_breaker: Option<u32>,
 }
 
 /// The validated service configuration.
@@ -39,6 +40,8 @@ pub struct Config {
     pub log: Option<String>,
     pub request_timeout: Duration,
     pub max_failures: u32,
+    /// Consecutive transient failures that pause a run; 0: never.
+    pub circuit_breaker: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,12 @@ impl Config {
                 env("FLOWCAST_MAX_FAILURES"),
                 file.max_failures.map(u64::from),
                 5,
+            )? as u32,
+            circuit_breaker: number(
+                "FLOWCAST_CIRCUIT_BREAKER",
+                env("FLOWCAST_CIRCUIT_BREAKER"),
+                file.circuit_breaker.map(u64::from),
+                20,
             )? as u32,
         })
     }

@@ -25,6 +25,8 @@ pub fn quota_for(per_second: u32) -> Quota {
 pub struct RateLimits {
     account: DefaultDirectRateLimiter,
     campaigns: Mutex<HashMap<(String, u32), Arc<DefaultDirectRateLimiter>>>,
+    /// After a 429, no create goes out before this instant.
+    held_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl RateLimits {
@@ -32,6 +34,17 @@ impl RateLimits {
         RateLimits {
             account: RateLimiter::direct(quota_for(account_per_second)),
             campaigns: Mutex::new(HashMap::new()),
+            held_until: Mutex::new(None),
+        }
+    }
+
+    /// Studio said 429: hold every create for `delay` (extending, never
+    /// shortening, a hold already in place).
+    pub fn hold_for(&self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        let mut held = self.held_until.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none_or(|h| h < until) {
+            *held = Some(until);
         }
     }
 
@@ -39,6 +52,10 @@ impl RateLimits {
     /// The campaign's limiter is waited on first, so that an account-wide token
     /// is only taken when the request is about to be sent.
     pub async fn until_ready(&self, campaign: &str, campaign_rate: Option<u32>) {
+        let held = *self.held_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = held {
+            tokio::time::sleep_until(until).await;
+        }
         if let Some(rate) = campaign_rate {
             let limiter = {
                 let mut map = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());

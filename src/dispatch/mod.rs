@@ -46,6 +46,12 @@ pub struct DispatchSettings {
     pub max_end_rounds: u32,
     /// On shutdown, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// After an attempt whose outcome is unknown (timeout, reset, 5xx), how long
+    /// to leave Studio to finish acting on it before asking what it created.
+    pub ambiguous_settle: Duration,
+    /// Consecutive transient failures across a run's jobs that pause the run
+    /// (the circuit opens); 0 never opens it.
+    pub breaker_streak: u32,
 }
 
 impl Default for DispatchSettings {
@@ -60,6 +66,8 @@ impl Default for DispatchSettings {
             idle_poll: Duration::from_millis(500),
             max_end_rounds: 3,
             shutdown_grace: Duration::from_secs(30),
+            ambiguous_settle: Duration::from_secs(15),
+            breaker_streak: 20,
         }
     }
 }
@@ -75,6 +83,10 @@ pub enum StopReason {
         "Studio does not know Flow {flow} for these credentials ({error}); check the campaign's flow, then `flowcast resume`"
     )]
     FlowNotFound { flow: String, error: TwilioError },
+    #[error(
+        "circuit breaker: {streak} transient failures in a row (last: {last_error}); Studio looks unwell, the run is paused; `flowcast resume` continues it"
+    )]
+    CircuitOpen { streak: u32, last_error: String },
 }
 
 /// How a call to [`Dispatcher::run_to_end`] ended.
@@ -224,17 +236,24 @@ impl<S: StudioApi> Dispatcher<S> {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         let mut tasks: JoinSet<Processed> = JoinSet::new();
         let mut stop: Option<StopReason> = None;
+        let mut breaker = Breaker::new(self.settings.breaker_streak);
+        // Jobs found mid-dispatch are reconciled before anything new is sent.
+        let mut reconciling = recovered > 0;
 
         loop {
             while let Some(done) = tasks.try_join_next() {
-                self.settle(done, &mut stop);
+                self.settle(done, &mut stop, &mut breaker);
             }
             if stop.is_some() || self.shutdown.is_cancelled() {
                 break;
             }
             let free = slots.available_permits();
             if free > 0 {
-                let claimed = self.store.claim_due(run_id, self.now_ms(), free)?;
+                let claimed = self.store.claim_due(run_id, self.now_ms(), free, reconciling)?;
+                if claimed.is_empty() && reconciling && tasks.is_empty() {
+                    reconciling = false;
+                    continue;
+                }
                 if !claimed.is_empty() {
                     for job in claimed {
                         let permit = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
@@ -281,7 +300,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 tokio::select! {
                     done = tasks.join_next() => {
                         if let Some(done) = done {
-                            self.settle(done, &mut stop);
+                            self.settle(done, &mut stop, &mut breaker);
                         }
                     }
                     _ = tokio::time::sleep(wait.min(self.settings.idle_poll)) => {}
@@ -296,7 +315,7 @@ impl<S: StudioApi> Dispatcher<S> {
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
         loop {
             match tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                Ok(Some(done)) => self.settle(done, &mut stop),
+                Ok(Some(done)) => self.settle(done, &mut stop, &mut breaker),
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
@@ -318,16 +337,58 @@ impl<S: StudioApi> Dispatcher<S> {
         }
     }
 
-    fn settle(&self, done: Result<Processed, tokio::task::JoinError>, stop: &mut Option<StopReason>) {
+    fn settle(
+        &self,
+        done: Result<Processed, tokio::task::JoinError>,
+        stop: &mut Option<StopReason>,
+        breaker: &mut Breaker,
+    ) {
         match done {
             Ok(processed) => {
                 if let Some(reason) = processed.stop {
+                    stop.get_or_insert(reason);
+                } else if let Some(reason) = breaker.record(&processed.outcome) {
+                    tracing::error!("{reason}");
                     stop.get_or_insert(reason);
                 }
             }
             // A panicking job task leaves its job `dispatching`; the next start
             // reconciles it like a crash, so nothing is sent twice.
             Err(e) => tracing::error!(error = %e, "a dispatch task failed"),
+        }
+    }
+}
+
+/// Counts consecutive transient failures; opens after `streak` of them.
+struct Breaker {
+    streak: u32,
+    seen: u32,
+}
+
+impl Breaker {
+    fn new(streak: u32) -> Self {
+        Breaker { streak, seen: 0 }
+    }
+
+    fn record(&mut self, outcome: &crate::store::JobOutcome) -> Option<StopReason> {
+        use crate::store::JobOutcome;
+        let transient = match outcome {
+            JobOutcome::Retry { throttled: false, last_error: Some(e), conflict: None, .. } => Some(e),
+            JobOutcome::Failed { reason, last_error: Some(e) } if reason == "transient" => Some(e),
+            // Throttling, waiting and windows say nothing about Studio's health.
+            JobOutcome::Retry { .. } | JobOutcome::Release => return None,
+            _ => None,
+        };
+        match transient {
+            Some(e) => {
+                self.seen += 1;
+                (self.streak > 0 && self.seen >= self.streak)
+                    .then(|| StopReason::CircuitOpen { streak: self.seen, last_error: e.clone() })
+            }
+            None => {
+                self.seen = 0;
+                None
+            }
         }
     }
 }

@@ -220,6 +220,8 @@ impl<S: StudioApi> Dispatcher<S> {
         match error {
             StudioError::Throttled { retry_after, .. } => {
                 let delay = retry_after.unwrap_or(self.settings.throttle_delay);
+                // Every create would meet the same 429: hold them all, not just this one.
+                self.limits.hold_for(delay);
                 let outcome = JobOutcome::Retry {
                     due_at: now + delay.as_millis() as i64,
                     failures: job.failures,
@@ -236,12 +238,17 @@ impl<S: StudioApi> Dispatcher<S> {
                     let outcome = JobOutcome::Failed { reason: "transient".into(), last_error: Some(message) };
                     return (outcome, None);
                 }
-                let delay = backoff_delay(
+                let mut delay = backoff_delay(
                     failures as u32 - 1,
                     self.settings.backoff_base,
                     self.settings.backoff_cap,
                     rand::random::<f64>(),
                 );
+                if ambiguous {
+                    // Studio may still be acting on the request we gave up on; ask
+                    // what it created only once it has had time to finish.
+                    delay = delay.max(self.settings.ambiguous_settle);
+                }
                 // Keep the earliest unknown attempt: everything since then is checked.
                 let ambiguous_since = if ambiguous {
                     Some(job.ambiguous_since.unwrap_or(job.attempt_started_at))

@@ -160,18 +160,22 @@ impl Store {
 
     /// Claims up to `limit` due pending jobs of a run, earliest due first, marking
     /// them `dispatching` with the attempt's start time, in one committed statement.
-    pub fn claim_due(&self, run_id: i64, now: i64, limit: usize) -> Result<Vec<ClaimedJob>> {
+    ///
+    /// With `only_ambiguous`, only jobs whose last attempt's outcome is unknown
+    /// are claimed (recovery reconciles those first).
+    pub fn claim_due(&self, run_id: i64, now: i64, limit: usize, only_ambiguous: bool) -> Result<Vec<ClaimedJob>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?2, updated_at = ?2 \
              WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
+                          AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
                           ORDER BY due_at, id LIMIT ?3) \
                AND (SELECT state FROM runs WHERE id = ?1) = 'active' \
              RETURNING id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
                        attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
         )?;
         let mut jobs: Vec<ClaimedJob> = stmt
-            .query_map(params![run_id, now, limit as i64], |r| {
+            .query_map(params![run_id, now, limit as i64, only_ambiguous], |r| {
                 Ok(ClaimedJob {
                     id: r.get(0)?,
                     run_id: r.get(1)?,
@@ -257,7 +261,7 @@ impl Store {
     pub fn recover_dispatching(&self, run_id: i64, now: i64) -> Result<usize> {
         Ok(self.conn().execute(
             "UPDATE jobs SET state = 'pending', ambiguous_since = COALESCE(ambiguous_since, attempt_started_at, ?2), \
-             updated_at = ?2 WHERE run_id = ?1 AND state = 'dispatching'",
+             due_at = MIN(due_at, ?2), updated_at = ?2 WHERE run_id = ?1 AND state = 'dispatching'",
             params![run_id, now],
         )?)
     }

@@ -31,6 +31,25 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+/// Faults the simulator injects into creates, each with its probability, drawn
+/// from a seeded generator so that a failing run can be replayed.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub seed: u64,
+    /// Answer 500 without creating anything.
+    pub error_before: f64,
+    /// Create the Execution, then answer 500.
+    pub error_after: f64,
+    /// Create the Execution, then drop the connection mid-answer.
+    pub drop_after: f64,
+    /// Create the Execution, then answer only after `slow_delay`.
+    pub slow_after: f64,
+    pub slow_delay: Duration,
+    /// Start a burst of `burst_len` 429 answers.
+    pub throttle_burst: f64,
+    pub burst_len: u32,
+}
+
 /// How the simulator behaves.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -42,6 +61,7 @@ pub struct SimConfig {
     pub credentials: Option<(String, String)>,
     /// Whether a 409 body names the active Execution's SID (Studio's bodies vary).
     pub conflict_names_sid: bool,
+    pub faults: Faults,
 }
 
 impl Default for SimConfig {
@@ -51,6 +71,7 @@ impl Default for SimConfig {
             rate_cap: None,
             credentials: None,
             conflict_names_sid: true,
+            faults: Faults::default(),
         }
     }
 }
@@ -81,6 +102,20 @@ struct SimState {
     recent_creates: VecDeque<Instant>,
     throttled: u64,
     conflicts: u64,
+    faults_injected: u64,
+    burst_left: u32,
+    rng: Option<rand::rngs::StdRng>,
+}
+
+impl SimState {
+    fn roll(&mut self, seed: u64, p: f64) -> bool {
+        use rand::{RngExt, SeedableRng};
+        if p <= 0.0 {
+            return false;
+        }
+        let rng = self.rng.get_or_insert_with(|| rand::rngs::StdRng::seed_from_u64(seed));
+        rng.random::<f64>() < p
+    }
 }
 
 struct Shared {
@@ -143,6 +178,11 @@ impl Simulator {
     /// 429s answered so far.
     pub fn throttled(&self) -> u64 {
         lock(&self.shared.state).throttled
+    }
+
+    /// Faults injected so far (each 500, dropped connection, slow answer or 429 of a burst).
+    pub fn faults_injected(&self) -> u64 {
+        lock(&self.shared.state).faults_injected
     }
 
     /// 409s answered so far.
@@ -364,10 +404,49 @@ async fn create_execution(
             }
         },
     };
+    let (body, slow) = match commit_create(&shared, &flow, &to, &from, parameters, &account, &base_url(&headers)) {
+        Ok(outcome) => outcome,
+        Err(response) => return response,
+    };
+    if let Some(delay) = slow {
+        tokio::time::sleep(delay).await;
+    }
+    json_response(StatusCode::CREATED, body)
+}
+
+/// The create under the state lock: rate cap, faults, the one-active rule, the
+/// new Execution. `Ok((body, Some(delay)))` asks for a slow answer.
+#[allow(clippy::too_many_arguments)]
+fn commit_create(
+    shared: &Shared,
+    flow: &str,
+    to: &str,
+    from: &str,
+    parameters: Value,
+    account: &str,
+    base: &str,
+) -> Result<(Value, Option<Duration>), Response> {
     let config = lock(&shared.config).clone();
+    let faults = config.faults.clone();
     let mut state = lock(&shared.state);
     let now = Instant::now();
     state.expire(&config, now);
+    if state.burst_left > 0 || state.roll(faults.seed, faults.throttle_burst) {
+        state.burst_left = if state.burst_left > 0 { state.burst_left - 1 } else { faults.burst_len.saturating_sub(1) };
+        state.throttled += 1;
+        state.faults_injected += 1;
+        let mut r = twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Err(r);
+    }
+    if state.roll(faults.seed, faults.error_before) {
+        state.faults_injected += 1;
+        return Err(twilio_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            20500,
+            "Internal Server Error (injected, nothing created)",
+        ));
+    }
     if let Some(cap) = config.rate_cap {
         while state.recent_creates.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
             state.recent_creates.pop_front();
@@ -376,11 +455,11 @@ async fn create_execution(
             state.throttled += 1;
             let mut r = twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return r;
+            return Err(r);
         }
         state.recent_creates.push_back(now);
     }
-    if let Some(&index) = state.active.get(&(flow.clone(), to.clone())) {
+    if let Some(&index) = state.active.get(&(flow.to_string(), to.to_string())) {
         state.conflicts += 1;
         let sid = state.executions[index].sid.clone();
         let message = if config.conflict_names_sid {
@@ -388,11 +467,36 @@ async fn create_execution(
         } else {
             "Execution is already active for this contact".to_string()
         };
-        return twilio_error(StatusCode::CONFLICT, 20409, &message);
+        return Err(twilio_error(StatusCode::CONFLICT, 20409, &message));
     }
-    let sid = state.insert(&flow, &to, &from, parameters, &account);
-    let e = &state.executions[state.by_sid[&sid]];
-    json_response(StatusCode::CREATED, execution_json(e, &base_url(&headers)))
+    let sid = state.insert(flow, to, from, parameters, account);
+    let body = execution_json(&state.executions[state.by_sid[&sid]], base);
+    // Faults after the Execution exists: the caller cannot know it was created.
+    if state.roll(faults.seed, faults.error_after) {
+        state.faults_injected += 1;
+        return Err(twilio_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            20500,
+            "Internal Server Error (injected, after create)",
+        ));
+    }
+    if state.roll(faults.seed, faults.drop_after) {
+        state.faults_injected += 1;
+        let broken = futures_util::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped (injected)"))
+        });
+        return Err((
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            axum::body::Body::from_stream(broken),
+        )
+            .into_response());
+    }
+    if state.roll(faults.seed, faults.slow_after) {
+        state.faults_injected += 1;
+        return Ok((body, Some(faults.slow_delay)));
+    }
+    Ok((body, None))
 }
 
 struct ListQuery {

@@ -181,7 +181,7 @@ async fn pause_and_cancel_control_a_run() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(app.store().get_run(run).unwrap().state, "paused");
     // A paused run claims nothing.
-    assert!(app.store().claim_due(run, i64::MAX, 10).unwrap().is_empty());
+    assert!(app.store().claim_due(run, i64::MAX, 10, false).unwrap().is_empty());
 
     let out = app.flowcast(&["cancel", &run.to_string()], &[]).await;
     assert_eq!(out.status.code(), Some(0));

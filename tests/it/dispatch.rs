@@ -228,7 +228,7 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
     app.write("c.toml", campaign_toml("c.csv", ""));
     let run = app.start_run("c.toml");
     let store = app.store();
-    let claimed = store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1).unwrap();
+    let claimed = store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1, false).unwrap();
     assert_eq!(claimed.len(), 1);
     let job = &claimed[0];
     let studio = http_studio(&sim.url());

@@ -82,11 +82,22 @@ impl TestApp {
 
     /// Dispatches a run to its end against `studio`.
     pub async fn dispatch_with<S: StudioApi>(&self, run_id: i64, studio: S, account_rate: u32) -> RunEnd {
+        self.dispatch_with_settings(run_id, studio, account_rate, fast_settings()).await
+    }
+
+    /// As [`dispatch_with`](Self::dispatch_with), with these settings.
+    pub async fn dispatch_with_settings<S: StudioApi>(
+        &self,
+        run_id: i64,
+        studio: S,
+        account_rate: u32,
+        settings: DispatchSettings,
+    ) -> RunEnd {
         let dispatcher = Dispatcher::new(
             self.store(),
             Arc::new(studio),
             Arc::new(SystemClock),
-            fast_settings(),
+            settings,
             Arc::new(RateLimits::new(account_rate)),
         );
         tokio::time::timeout(Duration::from_secs(60), dispatcher.run_to_end(run_id))
@@ -109,6 +120,26 @@ impl TestApp {
     /// Dispatches a run to its end against the Studio at `url`.
     pub async fn dispatch(&self, run_id: i64, url: &str) -> RunEnd {
         self.dispatch_with(run_id, http_studio(url), 1000).await
+    }
+
+    /// Starts the `flowcast` binary in the app's folder with a clean environment.
+    pub fn spawn_flowcast(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowcast"));
+        cmd.current_dir(self.dir.path())
+            .args(["--db", self.db.to_str().unwrap(), "--campaigns", self.campaigns.to_str().unwrap()])
+            .args(["--flows", self.flows.to_str().unwrap()])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FLOWCAST_") || k.starts_with("TWILIO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        cmd.spawn().expect("flowcast starts")
     }
 
     /// Runs the `flowcast` binary in the app's folder with a clean environment.
@@ -150,6 +181,8 @@ pub fn fast_settings() -> DispatchSettings {
         idle_poll: Duration::from_millis(20),
         max_end_rounds: 3,
         shutdown_grace: Duration::from_secs(5),
+        ambiguous_settle: Duration::from_millis(50),
+        breaker_streak: 50,
     }
 }
 
@@ -192,4 +225,45 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The seed for a randomised test: `FLOWCAST_TEST_SEED` to replay one, else
+/// fresh. Printed, so a failure's output says how to replay it.
+pub fn seed(test: &str) -> u64 {
+    let seed =
+        std::env::var("FLOWCAST_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (replay with FLOWCAST_TEST_SEED={seed})");
+    seed
+}
+
+/// Asserts the simulator's own record holds exactly one Execution per phone in
+/// `valid` and none for anyone else, and that every job of the run is `sent`
+/// with the SID the simulator gave that contact.
+pub fn assert_exactly_once(app: &TestApp, run: i64, sim: &flowcast::studio::simulator::Simulator, valid: &[String]) {
+    use std::collections::HashMap;
+    let mut by_phone: HashMap<String, Vec<String>> = HashMap::new();
+    for e in sim.executions() {
+        by_phone.entry(e.to.clone()).or_default().push(e.sid.clone());
+    }
+    let twice: Vec<_> = by_phone.iter().filter(|(_, sids)| sids.len() > 1).collect();
+    assert!(twice.is_empty(), "contacts with more than one Execution: {twice:?}");
+    let mut expected: Vec<&String> = valid.iter().collect();
+    expected.sort();
+    let mut got: Vec<&String> = by_phone.keys().collect();
+    got.sort();
+    assert_eq!(got, expected, "exactly the valid contacts got an Execution");
+    let mut jobs = 0;
+    app.store()
+        .for_each_job(run, |j| {
+            jobs += 1;
+            assert_eq!(j.state, "sent", "{j:?}");
+            assert_eq!(
+                j.execution_sid.as_deref(),
+                Some(by_phone[&j.phone][0].as_str()),
+                "the ledger's SID is Studio's: {j:?}"
+            );
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(jobs, valid.len());
 }

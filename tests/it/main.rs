@@ -4,7 +4,9 @@
 mod helpers;
 
 mod commands;
+mod crash;
 mod dispatch;
+mod faults;
 mod rates;
 mod schedule;
 mod service;
