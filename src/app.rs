@@ -552,6 +552,7 @@ async fn serve(config: &Config) -> CommandResult {
         )));
     }
     let _lock = lock_ledger(config, "flowcast serve")?;
+    crate::telemetry::install();
     let store = open_store(config)?;
     let studio = connect_studio(config).await?;
     let dispatcher = dispatcher(config, &store, &studio);
@@ -571,7 +572,12 @@ async fn serve(config: &Config) -> CommandResult {
         .map_err(Failure::input)?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let http = {
-        let app = crate::service::router(Arc::clone(&service), admin_token);
+        let http_config = crate::service::HttpConfig {
+            admin_token,
+            webhook_token: std::env::var("TWILIO_AUTH_TOKEN").ok().filter(|t| !t.is_empty()),
+            public_url: std::env::var("FLOWCAST_PUBLIC_URL").ok().filter(|u| !u.is_empty()),
+        };
+        let app = crate::service::router(Arc::clone(&service), http_config);
         let token = shutdown.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(async move { token.cancelled().await }).await;

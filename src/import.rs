@@ -98,7 +98,9 @@ pub fn import_run(
             batch.push(to_item(campaign, row, now));
         }
         if batch.len() >= BATCH_ROWS || (done && !batch.is_empty()) {
-            counts.add(store.import_batch(run_id, &batch, now_ms, now_ms)?);
+            let written = store.import_batch(run_id, &batch, now_ms, now_ms)?;
+            crate::telemetry::import_rows(written.imported as u64, written.rejected as u64, written.duplicates as u64);
+            counts.add(written);
             batch.clear();
             progress(&counts);
             // A cancel issued during expansion wins: stop writing jobs.

@@ -28,3 +28,4 @@ pub mod schedule;
 pub mod service;
 pub mod store;
 pub mod studio;
+pub mod telemetry;

@@ -169,6 +169,9 @@ pub struct Dispatcher<S: StudioApi> {
     /// Requests in flight across every run this dispatcher serves.
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
+    /// Wakes idle run loops to look for due jobs at once (a webhook said an
+    /// Execution ended, a run was resumed).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl<S: StudioApi> Clone for Dispatcher<S> {
@@ -181,6 +184,7 @@ impl<S: StudioApi> Clone for Dispatcher<S> {
             limits: Arc::clone(&self.limits),
             in_flight: Arc::clone(&self.in_flight),
             shutdown: self.shutdown.clone(),
+            wake: Arc::clone(&self.wake),
         }
     }
 }
@@ -194,7 +198,21 @@ impl<S: StudioApi> Dispatcher<S> {
         limits: Arc<RateLimits>,
     ) -> Self {
         let in_flight = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-        Dispatcher { store, studio, clock, settings, limits, in_flight, shutdown: CancellationToken::new() }
+        Dispatcher {
+            store,
+            studio,
+            clock,
+            settings,
+            limits,
+            in_flight,
+            shutdown: CancellationToken::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Makes every idle run loop look for due jobs now.
+    pub fn wake_all(&self) {
+        self.wake.notify_waiters();
     }
 
     /// Cancelling this token stops every run of this dispatcher: nothing more is
@@ -289,6 +307,7 @@ impl<S: StudioApi> Dispatcher<S> {
                         tokio::select! {
                             _ = tokio::time::sleep(wait.min(self.settings.idle_poll)) => {}
                             _ = self.shutdown.cancelled() => {}
+                            _ = self.wake.notified() => {}
                         }
                     }
                 }
@@ -305,6 +324,7 @@ impl<S: StudioApi> Dispatcher<S> {
                     }
                     _ = tokio::time::sleep(wait.min(self.settings.idle_poll)) => {}
                     _ = self.shutdown.cancelled() => {}
+                    _ = self.wake.notified() => {}
                 }
             }
         }

@@ -10,6 +10,7 @@ use super::{Dispatcher, RunContext, StopReason};
 use crate::domain::{ConflictPolicy, backoff_delay};
 use crate::store::{ClaimedJob, JobOutcome, StudioCall};
 use crate::studio::{CreateRequest, ListFilter, StudioApi, StudioError};
+use crate::telemetry;
 
 /// What a job task reports back to the run loop.
 #[derive(Debug)]
@@ -126,7 +127,10 @@ impl<S: StudioApi> Dispatcher<S> {
                 None,
             );
             let (error, active_sid) = match result {
-                Ok(execution) => return (JobOutcome::Sent { sid: execution.sid }, None),
+                Ok(execution) => {
+                    telemetry::execution_created();
+                    return (JobOutcome::Sent { sid: execution.sid }, None);
+                }
                 Err(StudioError::Conflict { error, active_sid }) => (error, active_sid.map(|s| s.as_str().to_string())),
                 Err(e) => return self.after_error(ctx, job, e),
             };
@@ -147,12 +151,16 @@ impl<S: StudioApi> Dispatcher<S> {
             // The active Execution may be our own, from an earlier attempt whose
             // answer was lost: then the job is done.
             match self.is_own_execution(ctx, job, &active).await {
-                Ok(true) => return (JobOutcome::Sent { sid: active }, None),
+                Ok(true) => {
+                    telemetry::conflict(ctx.policy.name(), "adopted");
+                    return (JobOutcome::Sent { sid: active }, None);
+                }
                 Ok(false) => {}
                 Err(e) => return self.after_error(ctx, job, e),
             }
             match ctx.policy {
                 ConflictPolicy::Skip => {
+                    telemetry::conflict("skip", "skipped");
                     return (JobOutcome::Skipped { reason: "conflict".into(), sid: Some(active) }, None);
                 }
                 ConflictPolicy::Wait { max_wait } => {
@@ -170,7 +178,10 @@ impl<S: StudioApi> Dispatcher<S> {
                         Some(format!("ended {active} (on_conflict = \"end\") to send job {}", job.id)),
                     );
                     match ended {
-                        Ok(_) | Err(StudioError::NotFound(_)) => continue,
+                        Ok(_) | Err(StudioError::NotFound(_)) => {
+                            telemetry::conflict("end", "ended");
+                            continue;
+                        }
                         Err(e) => return self.after_error(ctx, job, e),
                     }
                 }
@@ -197,11 +208,13 @@ impl<S: StudioApi> Dispatcher<S> {
         let now = self.now_ms();
         let deadline = since + max_wait.as_millis() as i64;
         if now >= deadline {
+            telemetry::conflict("wait", "timeout");
             return JobOutcome::Failed {
                 reason: "conflict_timeout".into(),
                 last_error: Some(format!("execution {active} was still active after max_wait")),
             };
         }
+        telemetry::conflict("wait", "waiting");
         let next = (now + self.settings.wait_poll.as_millis() as i64).min(deadline);
         JobOutcome::Retry {
             due_at: next,
@@ -219,6 +232,7 @@ impl<S: StudioApi> Dispatcher<S> {
         let now = self.now_ms();
         match error {
             StudioError::Throttled { retry_after, .. } => {
+                telemetry::throttled();
                 let delay = retry_after.unwrap_or(self.settings.throttle_delay);
                 // Every create would meet the same 429: hold them all, not just this one.
                 self.limits.hold_for(delay);
@@ -234,6 +248,7 @@ impl<S: StudioApi> Dispatcher<S> {
             }
             StudioError::Transient { message, ambiguous, .. } => {
                 let failures = job.failures + 1;
+                telemetry::retry(if ambiguous { "ambiguous" } else { "transient" });
                 if failures >= i64::from(self.settings.max_failures) {
                     let outcome = JobOutcome::Failed { reason: "transient".into(), last_error: Some(message) };
                     return (outcome, None);
@@ -331,9 +346,11 @@ impl<S: StudioApi> Dispatcher<S> {
             }
             if self.is_own_execution(ctx, job, &execution.sid).await? {
                 tracing::info!(job = job.id, execution = %execution.sid, "adopted the execution an earlier attempt created");
+                telemetry::reconciliation("adopted");
                 return Ok(Some(execution.sid));
             }
         }
+        telemetry::reconciliation("not_found");
         Ok(None)
     }
 

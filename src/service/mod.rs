@@ -14,6 +14,7 @@
 pub mod control;
 mod http;
 mod registry;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ use crate::schedule::{Clock, parse_cron, plan_ticks};
 use crate::store::Store;
 use crate::studio::StudioApi;
 
-pub use http::router;
+pub use http::{HttpConfig, router};
 pub use registry::{Registry, ScanChange};
 
 /// How the service finds a campaign's Flow SID when the campaign names a flow
@@ -156,6 +157,11 @@ impl<S: StudioApi> Service<S> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner()).campaigns()
     }
 
+    /// Files whose current content is refused, with their problems.
+    pub fn refused(&self) -> Vec<(std::path::PathBuf, crate::campaign::CampaignError)> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).refused()
+    }
+
     /// Rescans the folder; records what changed in the ledger; starts a run of each
     /// new or changed one-off campaign. Returns the runs started.
     pub fn scan(&self) -> Vec<i64> {
@@ -250,6 +256,7 @@ impl<S: StudioApi> Service<S> {
             }
             for tick in &plan.fire {
                 let lag = (now - *tick).num_milliseconds();
+                crate::telemetry::schedule_lag(lag as f64 / 1000.0);
                 tracing::info!(campaign = %campaign.name, tick = %tick, lag_ms = lag, "schedule tick");
                 if let Some(id) = self.start_run(&campaign, "schedule", format!("tick:{}", tick.to_rfc3339()), *tick) {
                     started.push(id);

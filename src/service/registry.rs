@@ -39,12 +39,20 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Registry {
     entries: BTreeMap<PathBuf, Entry>,
+    /// Files whose current content is refused, with why.
+    refused: BTreeMap<PathBuf, CampaignError>,
 }
 
 impl Registry {
     /// The campaigns in force, by file name.
     pub fn campaigns(&self) -> Vec<Campaign> {
         self.entries.values().filter_map(|e| e.valid.as_ref().map(|(c, _)| c.clone())).collect()
+    }
+
+    /// Files whose current content is refused (their previous valid version, if
+    /// any, is still among [`campaigns`](Self::campaigns)).
+    pub fn refused(&self) -> Vec<(PathBuf, CampaignError)> {
+        self.refused.iter().map(|(p, e)| (p.clone(), e.clone())).collect()
     }
 
     /// Reads every new or changed file in the folder and reports what changed.
@@ -62,6 +70,7 @@ impl Registry {
         };
         files.sort();
 
+        self.refused.retain(|p, _| files.contains(p));
         for (path, entry) in std::mem::take(&mut self.entries) {
             if files.contains(&path) {
                 self.entries.insert(path, entry);
@@ -113,10 +122,12 @@ impl Registry {
                             previous: previous.map(|(_, h)| h),
                         });
                     }
+                    self.refused.remove(&file);
                     self.entries.insert(file, Entry { file_stamp, csv_stamp, valid: Some((campaign, hash)) });
                 }
                 Err(error) => {
                     let csv_stamp = previous.as_ref().and_then(|(c, _)| stamp(&c.contacts));
+                    self.refused.insert(file.clone(), error.clone());
                     changes.push(ScanChange::Refused { file: file.clone(), error, kept });
                     self.entries.insert(file, Entry { file_stamp, csv_stamp, valid: previous });
                 }

@@ -79,6 +79,32 @@ pub struct JobRow {
     pub sent_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub last_error: Option<String>,
+    /// When Studio reported the Execution ended (Event Streams), and why.
+    pub execution_ended_at: Option<i64>,
+    pub ended_reason: Option<String>,
+}
+
+const JOB_COLUMNS: &str = "id, run_id, line, phone, state, reason, execution_sid, attempts, due_at, expires_at, \
+     sent_at, finished_at, last_error, execution_ended_at, ended_reason";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        line: r.get(2)?,
+        phone: r.get(3)?,
+        state: r.get(4)?,
+        reason: r.get(5)?,
+        execution_sid: r.get(6)?,
+        attempts: r.get(7)?,
+        due_at: r.get(8)?,
+        expires_at: r.get(9)?,
+        sent_at: r.get(10)?,
+        finished_at: r.get(11)?,
+        last_error: r.get(12)?,
+        execution_ended_at: r.get(13)?,
+        ended_reason: r.get(14)?,
+    })
 }
 
 /// One call to Studio, for the audit trail.
@@ -280,30 +306,70 @@ impl Store {
     /// Calls `f` for each job of a run in id order, without loading them all.
     pub fn for_each_job(&self, run_id: i64, mut f: impl FnMut(JobRow) -> std::io::Result<()>) -> Result<()> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, run_id, line, phone, state, reason, execution_sid, attempts, due_at, expires_at, \
-             sent_at, finished_at, last_error FROM jobs WHERE run_id = ?1 ORDER BY id",
-        )?;
+        let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ?1 ORDER BY id"))?;
         let mut rows = stmt.query([run_id])?;
         while let Some(r) = rows.next()? {
-            let row = JobRow {
-                id: r.get(0)?,
-                run_id: r.get(1)?,
-                line: r.get(2)?,
-                phone: r.get(3)?,
-                state: r.get(4)?,
-                reason: r.get(5)?,
-                execution_sid: r.get(6)?,
-                attempts: r.get(7)?,
-                due_at: r.get(8)?,
-                expires_at: r.get(9)?,
-                sent_at: r.get(10)?,
-                finished_at: r.get(11)?,
-                last_error: r.get(12)?,
-            };
-            f(row).map_err(|e| super::StoreError::Corrupt(format!("writing report: {e}")))?;
+            f(job_from_row(r)?).map_err(|e| super::StoreError::Corrupt(format!("writing report: {e}")))?;
         }
         Ok(())
+    }
+
+    /// One page of a run's jobs in id order, after job id `after`, optionally in
+    /// one state (keyset paging: stable while the run changes).
+    pub fn jobs_page(&self, run_id: i64, state: Option<&str>, after: i64, limit: u32) -> Result<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3 \
+             ORDER BY id LIMIT ?4"
+        ))?;
+        let rows =
+            stmt.query_map(params![run_id, state, after, limit], job_from_row)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The latest jobs that ended failed, skipped or expired, across runs.
+    pub fn recent_problems(&self, limit: u32) -> Result<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('failed', 'skipped', 'expired') \
+             ORDER BY finished_at DESC, id DESC LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map(params![limit], job_from_row)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Jobs per state across every run (for metrics).
+    pub fn jobs_by_state(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Studio says Execution `sid` ended: record it on the job it belongs to, and
+    /// make every `wait`-policy job blocked on it due now. Repeated or late
+    /// deliveries change nothing further. Returns (jobs recorded, jobs woken).
+    pub fn record_execution_end(
+        &self,
+        sid: &str,
+        ended_at: i64,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<(usize, usize)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let recorded = tx.execute(
+            "UPDATE jobs SET execution_ended_at = COALESCE(execution_ended_at, ?2), \
+             ended_reason = COALESCE(ended_reason, ?3), updated_at = ?4 \
+             WHERE execution_sid = ?1 AND state = 'sent'",
+            params![sid, ended_at, reason, now],
+        )?;
+        let woken = tx.execute(
+            "UPDATE jobs SET due_at = MIN(due_at, ?2), updated_at = ?2 WHERE conflict_sid = ?1 AND state = 'pending'",
+            params![sid, now],
+        )?;
+        tx.commit()?;
+        Ok((recorded, woken))
     }
 
     /// The rows an import refused or found duplicated, in file order.

@@ -43,6 +43,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/0001_ledger.sql")),
         M::up(include_str!("../../migrations/0002_campaigns.sql")),
+        M::up(include_str!("../../migrations/0003_operator_view.sql")),
     ])
 }
 

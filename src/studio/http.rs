@@ -122,6 +122,18 @@ impl HttpStudio {
     /// change state (a create), whose timeout or 5xx leaves their effect unknown.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+        ambiguous: bool,
+    ) -> StudioResult<T> {
+        let started = std::time::Instant::now();
+        let result = self.send_inner(request, ambiguous).await;
+        crate::telemetry::studio_latency(operation, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn send_inner<T: serde::de::DeserializeOwned>(
+        &self,
         request: reqwest::RequestBuilder,
         ambiguous: bool,
     ) -> StudioResult<T> {
@@ -186,16 +198,17 @@ impl StudioApi for HttpStudio {
     async fn create_execution(&self, flow: &FlowSid, request: &CreateRequest) -> StudioResult<Execution> {
         let form =
             [("To", request.to.as_str()), ("From", request.from.as_str()), ("Parameters", request.parameters.as_str())];
-        self.send(self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions"))).form(&form), true).await
+        self.send("create", self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions"))).form(&form), true).await
     }
 
     async fn fetch_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
-        self.send(self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))), false).await
+        self.send("fetch", self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))), false).await
     }
 
     async fn end_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
         let form = [("Status", "ended")];
-        self.send(self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))).form(&form), false).await
+        self.send("end", self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))).form(&form), false)
+            .await
     }
 
     async fn list_executions(&self, flow: &FlowSid, filter: &ListFilter) -> StudioResult<Vec<Execution>> {
@@ -214,15 +227,16 @@ impl StudioApi for HttpStudio {
         }
         query.push(("PageSize", filter.page_size.unwrap_or(1000).clamp(1, 1000).to_string()));
         let mut found = Vec::new();
-        let mut page: ListPage =
-            self.send(self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions"))).query(&query), false).await?;
+        let mut page: ListPage = self
+            .send("list", self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions"))).query(&query), false)
+            .await?;
         // Bounded: Studio pages are ≤1000 rows; 10,000 pages is far past any real list.
         for _ in 0..10_000 {
             found.append(&mut page.executions);
             let Some(next) = page.meta.and_then(|m| m.next_page_url).filter(|n| !n.is_empty()) else {
                 break;
             };
-            page = self.send(self.client.get(self.next_page(&next)), false).await?;
+            page = self.send("list", self.client.get(self.next_page(&next)), false).await?;
         }
         if let Some(status) = filter.status {
             // Whatever the server did with the filter, return only what was asked.
@@ -237,8 +251,9 @@ impl StudioApi for HttpStudio {
             #[serde(default)]
             context: serde_json::Value,
         }
-        let body: ContextBody =
-            self.send(self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}/Context"))), false).await?;
+        let body: ContextBody = self
+            .send("context", self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}/Context"))), false)
+            .await?;
         Ok(body.context)
     }
 }

@@ -7,6 +7,7 @@ mod commands;
 mod crash;
 mod dispatch;
 mod faults;
+mod operator;
 mod rates;
 mod schedule;
 mod service;

@@ -14,7 +14,7 @@ use tokio::io::AsyncBufReadExt;
 use crate::helpers::*;
 
 /// Polls `check` every 50 ms until it holds or `within` passes.
-async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         if check() {
@@ -25,21 +25,31 @@ async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A `flowcast serve` child whose log lines are collected as they come.
-struct Served {
+pub struct Served {
     child: tokio::process::Child,
     log: Arc<Mutex<String>>,
-    url: String,
+    pub url: String,
 }
 
 impl Served {
-    async fn start(app: &TestApp, studio_url: &str) -> Served {
+    pub async fn start(app: &TestApp, studio_url: &str) -> Served {
+        Self::start_with(app, studio_url, &[]).await
+    }
+
+    /// Starts serve with extra environment variables.
+    pub async fn start_with(app: &TestApp, studio_url: &str, env: &[(&str, &str)]) -> Served {
         let port = free_port();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowcast"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FLOWCAST_") || k.starts_with("TWILIO_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.current_dir(app.dir.path())
             .args(["--db", app.db.to_str().unwrap(), "--campaigns", app.campaigns.to_str().unwrap()])
             .args(["--flows", app.flows.to_str().unwrap(), "serve"])
@@ -50,6 +60,7 @@ impl Served {
             .env("TWILIO_AUTH_TOKEN", TOKEN)
             .env_remove("FLOWCAST_LOG")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -67,6 +78,7 @@ impl Served {
         let served = Served { child, log, url: format!("http://127.0.0.1:{port}") };
         let client = reqwest::Client::new();
         let health = format!("{}/healthz", served.url);
+        // /healthz needs no token, so this works whatever the admin token.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = client.get(&health).send().await
@@ -80,11 +92,11 @@ impl Served {
         served
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
-    async fn terminate(mut self) -> (Option<i32>, String) {
+    pub async fn terminate(mut self) -> (Option<i32>, String) {
         let pid = self.child.id().expect("still running") as i32;
         // SIGTERM, as a service manager would send.
         let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
