@@ -5,6 +5,7 @@ mod helpers;
 
 mod commands;
 mod crash;
+mod dashboard;
 mod dispatch;
 mod faults;
 mod operator;
