@@ -56,16 +56,31 @@ impl RateLimits {
         if let Some(until) = held {
             tokio::time::sleep_until(until).await;
         }
-        if let Some(rate) = campaign_rate {
-            let limiter = {
-                let mut map = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
-                Arc::clone(
-                    map.entry((campaign.to_string(), rate))
-                        .or_insert_with(|| Arc::new(RateLimiter::direct(quota_for(rate)))),
-                )
-            };
+        if let Some(limiter) = self.campaign_limiter(campaign, campaign_rate) {
             limiter.until_ready().await;
         }
         self.account.until_ready().await;
+    }
+
+    /// Takes a token now if both limits allow it, without waiting.
+    pub fn try_acquire(&self, campaign: &str, campaign_rate: Option<u32>) -> bool {
+        let held = *self.held_until.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_some_and(|until| until > tokio::time::Instant::now()) {
+            return false;
+        }
+        if let Some(limiter) = self.campaign_limiter(campaign, campaign_rate)
+            && limiter.check().is_err()
+        {
+            return false;
+        }
+        self.account.check().is_ok()
+    }
+
+    fn campaign_limiter(&self, campaign: &str, rate: Option<u32>) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let rate = rate?;
+        let mut map = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        Some(Arc::clone(
+            map.entry((campaign.to_string(), rate)).or_insert_with(|| Arc::new(RateLimiter::direct(quota_for(rate)))),
+        ))
     }
 }

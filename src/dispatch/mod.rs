@@ -266,8 +266,19 @@ impl<S: StudioApi> Dispatcher<S> {
                 break;
             }
             let free = slots.available_permits();
-            if free > 0 {
-                let claimed = self.store.claim_due(run_id, self.now_ms(), free, reconciling)?;
+            if free > 0 && self.store.next_due_at(run_id)?.is_some_and(|due| due <= self.now_ms()) {
+                // Take a send token first and claim after, so that a job is
+                // `dispatching` only while its request is about to go out: a pause
+                // or a crash then finds almost nothing in flight.
+                tokio::select! {
+                    _ = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate) => {}
+                    _ = self.shutdown.cancelled() => break,
+                }
+                let mut tokens = 1;
+                while tokens < free && self.limits.try_acquire(&ctx.campaign, ctx.campaign_rate) {
+                    tokens += 1;
+                }
+                let claimed = self.store.claim_due(run_id, self.now_ms(), tokens, reconciling)?;
                 if claimed.is_empty() && reconciling && tasks.is_empty() {
                     reconciling = false;
                     continue;
@@ -285,6 +296,8 @@ impl<S: StudioApi> Dispatcher<S> {
                     }
                     continue;
                 }
+            } else if reconciling && tasks.is_empty() {
+                reconciling = false;
             }
             if tasks.is_empty() {
                 let run = self.store.get_run(run_id)?;

@@ -84,11 +84,15 @@ impl<S: StudioApi> Dispatcher<S> {
         };
         let request = CreateRequest { to: job.phone.clone(), from: ctx.from.clone(), parameters };
 
-        for _round in 0..=self.settings.max_end_rounds {
-            tokio::select! {
-                _ = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate) => {}
-                // Shutting down: this job was not sent; it goes back as it was.
-                _ = self.shutdown.cancelled() => return (JobOutcome::Release, None),
+        for round in 0..=self.settings.max_end_rounds {
+            // The run loop took the first create's token before claiming the job;
+            // a create after ending someone else's Execution needs its own.
+            if round > 0 {
+                tokio::select! {
+                    _ = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate) => {}
+                    // Shutting down: this job was not sent; it goes back as it was.
+                    _ = self.shutdown.cancelled() => return (JobOutcome::Release, None),
+                }
             }
             // Checked again right before sending: waiting for the rate limiter may
             // have carried the job past the end of its window.
