@@ -364,10 +364,26 @@ async fn dispatch_with_progress(
     let ticker = {
         let store = store.clone();
         let bar = bar.clone();
+        // On a terminal, a progress bar; elsewhere (logs, CI), a plain line every
+        // few seconds.
+        let plain = !std::io::stderr().is_terminal();
         tokio::spawn(async move {
+            let mut last_line = Instant::now();
             loop {
                 if let Ok(c) = store.run_counts(run_id) {
                     bar.set_position((c.total() - c.open()) as u64);
+                    if plain && last_line.elapsed() >= Duration::from_secs(5) {
+                        eprintln!(
+                            "run {run_id}: {}/{} settled (sent {}, skipped {}, failed {}, expired {})",
+                            c.total() - c.open(),
+                            c.total(),
+                            c.get(JobState::Sent),
+                            c.get(JobState::Skipped),
+                            c.get(JobState::Failed),
+                            c.get(JobState::Expired)
+                        );
+                        last_line = Instant::now();
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -215,6 +215,8 @@ pub(super) fn report(config: &Config, run_id: i64, as_json: bool) -> CommandResu
         "sent_at",
         "finished_at",
         "last_error",
+        "execution_ended_at",
+        "ended_reason",
     ];
     let cells = |j: &JobRow| -> Vec<String> {
         vec![
@@ -230,6 +232,8 @@ pub(super) fn report(config: &Config, run_id: i64, as_json: bool) -> CommandResu
             opt_time(j.sent_at),
             opt_time(j.finished_at),
             j.last_error.clone().unwrap_or_default(),
+            opt_time(j.execution_ended_at),
+            j.ended_reason.clone().unwrap_or_default(),
         ]
     };
     let io = |e: std::io::Error| Failure::input(anyhow!("writing the report: {e}"));
@@ -249,6 +253,7 @@ pub(super) fn report(config: &Config, run_id: i64, as_json: bool) -> CommandResu
                     "reason": j.reason, "execution_sid": j.execution_sid, "attempts": j.attempts,
                     "due_at": time(j.due_at), "expires_at": j.expires_at.map(time), "sent_at": j.sent_at.map(time),
                     "finished_at": j.finished_at.map(time), "last_error": j.last_error,
+                    "execution_ended_at": j.execution_ended_at.map(time), "ended_reason": j.ended_reason,
                 });
                 out.write_all(b"\n")?;
                 serde_json::to_writer(&mut out, &value)?;

@@ -149,8 +149,15 @@ async fn status_and_report_show_the_runs_outcome() {
     let out = app.flowcast(&["run", "c"], &creds(&sim.url())).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
+    app.write("broken.toml", "kind = \"reminder\"\n");
     let status = app.flowcast(&["status", "--json"], &[]).await;
     let body: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(body["refused"][0]["status"], "refused");
+    assert!(body["refused"][0]["errors"][0].as_str().unwrap().contains("broken.toml:1: missing field"), "{body}");
+    assert_eq!(body["runs"][0]["progress"], 1.0);
+    let human = stdout(&app.flowcast(&["status"], &[]).await);
+    assert!(human.contains("broken.toml") && human.contains("refused"), "{human}");
+    assert!(human.contains("sent 2, skipped 1"), "{human}");
     assert_eq!(body["campaigns"][0]["name"], "c");
     assert!(body["campaigns"][0]["next_fire_local"].as_str().unwrap().contains("T09:00:00+01:00"));
     assert_eq!(body["runs"][0]["jobs"]["sent"], 2);
@@ -162,7 +169,7 @@ async fn status_and_report_show_the_runs_outcome() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "run,job,line,phone,state,reason,execution_sid,attempts,due_at,sent_at,finished_at,last_error"
+        "run,job,line,phone,state,reason,execution_sid,attempts,due_at,sent_at,finished_at,last_error,execution_ended_at,ended_reason"
     );
     assert!(text.contains(&format!("+12015550001,skipped,conflict,{busy}")), "{text}");
     // A formula in the input is neutralised in the export.
@@ -190,4 +197,29 @@ async fn pause_and_cancel_control_a_run() {
 
     let out = app.flowcast(&["pause", &run.to_string()], &[]).await;
     assert_eq!(out.status.code(), Some(1), "a cancelled run cannot be paused");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_mask_phone_numbers() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(3)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let url = sim.url();
+    let mut env = creds(&url);
+    env.push(("FLOWCAST_LOG", "debug"));
+    env.push(("FLOWCAST_LOG_FORMAT", "json"));
+
+    let out = app.flowcast(&["run", "c"], &env).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let logs: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON object"))
+        .collect();
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "job attempt settled"), "{logs:?}");
+    let text = stderr(&out);
+    assert!(!text.contains("+12015550001"), "a full phone number in the logs:\n{text}");
+    assert!(!text.contains(TOKEN), "a secret in the logs");
 }
