@@ -306,31 +306,49 @@ async fn run(config: &Config, what: &str, dry_run: bool) -> CommandResult {
         .map_err(Failure::input)?
         .ok_or_else(|| Failure::input(anyhow!("a run with this start instant already exists; try again")))?;
     let started = Instant::now();
-    let counts = import_with_progress(&store, &campaign, run_id)?;
+    // The import streams into the ledger while the dispatcher already sends.
+    let import = spawn_import(&store, &campaign, run_id);
+    let end = dispatch_with_progress(config, &store, &studio, run_id).await;
+    let counts = finish_import(import).await?;
+    let end = end?;
     eprintln!(
         "run {run_id} ({}): {} rows: {} contacts, {} rejected, {} duplicates",
         campaign.name, counts.rows, counts.imported, counts.rejected, counts.duplicates
     );
     output::print_import_rows(&store, run_id, 20);
-    let end = dispatch_with_progress(config, &store, &studio, run_id).await?;
     finish(&store, run_id, end, started)
 }
 
-fn import_with_progress(store: &Store, campaign: &Campaign, run_id: i64) -> Result<ImportCounts, Failure> {
-    let bar = progress_bar(None, "importing");
-    let result = import::import_run(store, campaign, run_id, SystemClock.now().timestamp_millis(), |c| {
-        bar.set_position(c.rows as u64)
-    });
-    bar.finish_and_clear();
-    match result {
-        Ok(counts) => Ok(counts),
-        Err(e) => {
-            let reason = format!("import failed: {e}");
-            let _ =
-                store.set_run_state(run_id, RunState::Cancelled, Some(&reason), SystemClock.now().timestamp_millis());
-            Err(Failure::input(e))
+/// Imports run `run_id` on a blocking thread; a failed import cancels the run
+/// (its jobs not yet sent are never sent) and names the file and line.
+fn spawn_import(
+    store: &Store,
+    campaign: &Campaign,
+    run_id: i64,
+) -> tokio::task::JoinHandle<Result<ImportCounts, Failure>> {
+    let store = store.clone();
+    let campaign = campaign.clone();
+    tokio::task::spawn_blocking(move || {
+        match import::import_run(&store, &campaign, run_id, SystemClock.now().timestamp_millis(), |_| {}) {
+            Ok(counts) => Ok(counts),
+            Err(e) => {
+                let reason = format!("import failed: {e}");
+                let _ = store.set_run_state(
+                    run_id,
+                    RunState::Cancelled,
+                    Some(&reason),
+                    SystemClock.now().timestamp_millis(),
+                );
+                Err(Failure::input(e))
+            }
         }
-    }
+    })
+}
+
+async fn finish_import(
+    handle: tokio::task::JoinHandle<Result<ImportCounts, Failure>>,
+) -> Result<ImportCounts, Failure> {
+    handle.await.map_err(|e| Failure::input(anyhow!("the import stopped: {e}")))?
 }
 
 fn progress_bar(len: Option<u64>, what: &'static str) -> ProgressBar {
@@ -360,6 +378,7 @@ async fn dispatch_with_progress(
     run_id: i64,
 ) -> Result<RunEnd, Failure> {
     let counts = store.run_counts(run_id).map_err(Failure::input)?;
+    // The total grows while the run's CSV is still being imported.
     let bar = progress_bar(Some(counts.total() as u64), "dispatching");
     let ticker = {
         let store = store.clone();
@@ -371,6 +390,7 @@ async fn dispatch_with_progress(
             let mut last_line = Instant::now();
             loop {
                 if let Ok(c) = store.run_counts(run_id) {
+                    bar.set_length(c.total() as u64);
                     bar.set_position((c.total() - c.open()) as u64);
                     if plain && last_line.elapsed() >= Duration::from_secs(5) {
                         eprintln!(
@@ -468,24 +488,33 @@ async fn resume(config: &Config, run: Option<i64>) -> CommandResult {
                 println!("run {} is {}; nothing to resume", run.id, run.state);
                 continue;
             }
-            Ok(RunState::Expanding) => {
-                // Its import was cut short (the process died): no job of it was
-                // claimable yet, so it is imported again from the start.
-                let campaign = find_campaign(config, &run.campaign).map_err(|f| Failure {
-                    code: f.code,
-                    error: f.error.context(format!("run {} was interrupted while importing", run.id)),
-                })?;
-                store.reset_expansion(run.id).map_err(Failure::input)?;
-                eprintln!("run {}: its import was interrupted; importing it again", run.id);
-                import_with_progress(&store, &campaign, run.id)?;
-            }
+            Ok(RunState::Expanding) => {}
             Ok(RunState::Paused) => {
-                store.set_run_state(run.id, RunState::Active, None, now).map_err(Failure::input)?;
+                // A run paused mid-import goes back to importing, not to active:
+                // only the import's end makes it active (and finishable).
+                let to = if run.expanded_at.is_none() { RunState::Expanding } else { RunState::Active };
+                store.set_run_state(run.id, to, None, now).map_err(Failure::input)?;
             }
             _ => {}
         }
         let started = Instant::now();
-        let end = dispatch_with_progress(config, &store, &studio, run.id).await?;
+        // A run whose import was cut short (the process died) resumes importing
+        // after the last line the ledger has, while it dispatches.
+        let import = if run.expanded_at.is_none() && run.state != RunState::Cancelled.as_str() {
+            let campaign = find_campaign(config, &run.campaign).map_err(|f| Failure {
+                code: f.code,
+                error: f.error.context(format!("run {} was interrupted while importing", run.id)),
+            })?;
+            eprintln!("run {}: its import was interrupted; resuming it", run.id);
+            Some(spawn_import(&store, &campaign, run.id))
+        } else {
+            None
+        };
+        let end = dispatch_with_progress(config, &store, &studio, run.id).await;
+        if let Some(import) = import {
+            finish_import(import).await?;
+        }
+        let end = end?;
         match finish(&store, run.id, end, started) {
             Ok(c) => code = code.max(c),
             Err(f) => return Err(f),

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::campaign::{Campaign, JobSpec, expand};
 use crate::contacts::{ContactReader, ContactsError, Rejection, Row};
 use crate::domain::{ConflictPolicy, FlowSid, RunState};
-use crate::store::{BatchCounts, ImportItem, NewRun, Store, StoreError};
+use crate::store::{ImportItem, NewRun, Store, StoreError};
 
 /// The ledger record of a new run of `campaign`, with its settings frozen.
 /// `trigger` is `manual`, `schedule` or `file`; `run_key` makes it unique.
@@ -53,15 +53,6 @@ pub struct ImportCounts {
     pub duplicates: i64,
 }
 
-impl ImportCounts {
-    fn add(&mut self, batch: BatchCounts) {
-        self.imported += batch.imported;
-        self.rejected += batch.rejected;
-        self.duplicates += batch.duplicates;
-        self.rows += batch.imported + batch.rejected + batch.duplicates;
-    }
-}
-
 /// Turns one CSV row into what the ledger stores.
 fn to_item(campaign: &Campaign, row: Row, now: DateTime<Utc>) -> ImportItem {
     match row {
@@ -78,8 +69,13 @@ fn to_item(campaign: &Campaign, row: Row, now: DateTime<Utc>) -> ImportItem {
 }
 
 /// Imports `campaign`'s contacts into run `run_id` (which must be `expanding`),
-/// then makes the run dispatchable. Stops early, keeping what it wrote, if the
-/// run is cancelled meanwhile. `progress` sees the running counts after each batch.
+/// then marks the run's import complete. The run's jobs are claimable from the
+/// first batch on, so sending starts while a large file is still being read.
+///
+/// An interrupted import resumes after the last CSV line the ledger has, so
+/// calling this again for the same run neither loses nor repeats a row. Stops
+/// early, keeping what it wrote, if the run is cancelled meanwhile. `progress`
+/// sees the run's counts so far after each batch.
 pub fn import_run(
     store: &Store,
     campaign: &Campaign,
@@ -89,20 +85,27 @@ pub fn import_run(
 ) -> Result<ImportCounts, ImportError> {
     let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
     let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
-    let mut counts = ImportCounts::default();
+    let resume_after = store.import_line(run_id)?;
     let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let mut last_line = resume_after;
     loop {
         let row = reader.next_row()?;
         let done = row.is_none();
         if let Some(row) = row {
-            batch.push(to_item(campaign, row, now));
+            let line = match &row {
+                Row::Contact(c) => c.line,
+                Row::Rejected(r) => r.line,
+            };
+            if line > resume_after {
+                last_line = last_line.max(line);
+                batch.push(to_item(campaign, row, now));
+            }
         }
         if batch.len() >= BATCH_ROWS || (done && !batch.is_empty()) {
-            let written = store.import_batch(run_id, &batch, now_ms, now_ms)?;
+            let written = store.import_batch(run_id, &batch, last_line, now_ms, now_ms)?;
             crate::telemetry::import_rows(written.imported as u64, written.rejected as u64, written.duplicates as u64);
-            counts.add(written);
             batch.clear();
-            progress(&counts);
+            progress(&counts_of(store, run_id)?);
             // A cancel issued during expansion wins: stop writing jobs.
             if store.get_run(run_id)?.state == RunState::Cancelled.as_str() {
                 break;
@@ -112,8 +115,18 @@ pub fn import_run(
             break;
         }
     }
-    store.finish_expansion(run_id, counts.rows, counts.imported, counts.rejected, counts.duplicates, now_ms)?;
-    Ok(counts)
+    store.finish_expansion(run_id, now_ms)?;
+    counts_of(store, run_id)
+}
+
+fn counts_of(store: &Store, run_id: i64) -> Result<ImportCounts, ImportError> {
+    let run = store.get_run(run_id)?;
+    Ok(ImportCounts {
+        rows: run.rows_total,
+        imported: run.imported,
+        rejected: run.rejected,
+        duplicates: run.duplicates,
+    })
 }
 
 /// What a dry run found: the counts, the first jobs, and every refused row.

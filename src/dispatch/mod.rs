@@ -307,7 +307,17 @@ impl<S: StudioApi> Dispatcher<S> {
                     Ok(RunState::Finished) => return Ok(RunEnd::Finished(self.store.run_counts(run_id)?)),
                     _ => {}
                 }
+                let expanding = run.state == RunState::Expanding.as_str();
                 match self.store.next_due_at(run_id)? {
+                    // Its CSV is still being read: more jobs are coming.
+                    None if expanding && stop_when_idle => return Ok(RunEnd::Idle { next_due_at: self.now_ms() }),
+                    None if expanding => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.settings.idle_poll.min(Duration::from_millis(50))) => {}
+                            _ = self.shutdown.cancelled() => {}
+                            _ = self.wake.notified() => {}
+                        }
+                    }
                     None => {
                         self.store.finish_run_if_done(run_id, self.now_ms())?;
                         return Ok(RunEnd::Finished(self.store.run_counts(run_id)?));

@@ -109,7 +109,7 @@ impl<S: StudioApi> Dispatcher<S> {
             }
             // A pause or cancel issued while this job waited for its turn wins.
             match self.store.get_run(ctx.run_id).map(|r| r.state) {
-                Ok(state) if state == "active" => {}
+                Ok(state) if state == "active" || state == "expanding" => {}
                 Ok(state) if state == "cancelled" => return (JobOutcome::Cancelled, None),
                 Ok(_) => return (JobOutcome::Release, None),
                 Err(e) => {

@@ -116,7 +116,7 @@ pub struct Service<S: StudioApi> {
     resolver: Box<dyn FlowResolver>,
     registry: Mutex<Registry>,
     dispatching: Mutex<HashSet<i64>>,
-    importing: Mutex<HashSet<i64>>,
+    importing: Arc<Mutex<HashSet<i64>>>,
     /// Woken when something may have become dispatchable (a resume, a new run).
     pub wake: tokio::sync::Notify,
 }
@@ -139,7 +139,7 @@ impl<S: StudioApi> Service<S> {
             resolver,
             registry: Mutex::new(Registry::default()),
             dispatching: Mutex::new(HashSet::new()),
-            importing: Mutex::new(HashSet::new()),
+            importing: Arc::new(Mutex::new(HashSet::new())),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -303,29 +303,48 @@ impl<S: StudioApi> Service<S> {
         Some(id)
     }
 
+    /// Imports run `id` on a thread of its own: the run dispatches while its CSV
+    /// is read, and the service's loops are not held up by a large file.
     fn import(&self, campaign: &Campaign, id: i64) {
-        self.importing.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-        let result = import::import_run(&self.store, campaign, id, self.now().timestamp_millis(), |_| {});
-        self.importing.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        match result {
-            Ok(c) => tracing::info!(
-                run = id, campaign = %campaign.name, rows = c.rows, imported = c.imported, rejected = c.rejected,
-                duplicates = c.duplicates, "run imported"
-            ),
-            Err(e) => {
-                tracing::error!(run = id, campaign = %campaign.name, error = %e, "import failed; run cancelled");
-                let _ = self.store.set_run_state(
-                    id,
-                    RunState::Cancelled,
-                    Some(&format!("import failed: {e}")),
-                    self.now().timestamp_millis(),
-                );
+        if !self.importing.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+            return;
+        }
+        let store = self.store.clone();
+        let campaign = campaign.clone();
+        let clock = Arc::clone(&self.clock);
+        let importing = Arc::clone(&self.importing);
+        let spawned = std::thread::Builder::new().name(format!("import-{id}")).spawn(move || {
+            let result = import::import_run(&store, &campaign, id, clock.now().timestamp_millis(), |_| {});
+            importing.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            match result {
+                Ok(c) => tracing::info!(
+                    run = id, campaign = %campaign.name, rows = c.rows, imported = c.imported, rejected = c.rejected,
+                    duplicates = c.duplicates, "run imported"
+                ),
+                Err(e) => {
+                    tracing::error!(run = id, campaign = %campaign.name, error = %e, "import failed; run cancelled");
+                    let _ = store.set_run_state(
+                        id,
+                        RunState::Cancelled,
+                        Some(&format!("import failed: {e}")),
+                        clock.now().timestamp_millis(),
+                    );
+                }
             }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(run = id, error = %e, "cannot start the import; it is retried at the next pass");
+            self.importing.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         }
     }
 
+    /// Whether run `id`'s import is in progress in this process.
+    pub fn is_importing(&self, id: i64) -> bool {
+        self.importing.lock().unwrap_or_else(|e| e.into_inner()).contains(&id)
+    }
+
     /// Runs left `expanding` with no import in progress (a crash mid-import, or
-    /// a resume of a run paused while importing) are imported again from the start.
+    /// a resume of a run paused while importing) resume importing where they stopped.
     pub fn recover_imports(&self) {
         let runs = match self.store.unfinished_runs() {
             Ok(r) => r,
@@ -341,10 +360,8 @@ impl<S: StudioApi> Service<S> {
             let campaign = self.campaigns().into_iter().find(|c| c.name == run.campaign);
             match campaign {
                 Some(c) => {
-                    if let Ok(true) = self.store.reset_expansion(run.id) {
-                        tracing::warn!(run = run.id, campaign = %c.name, "run's import was interrupted; importing it again");
-                        self.import(&c, run.id);
-                    }
+                    tracing::warn!(run = run.id, campaign = %c.name, "run's import was interrupted; resuming it");
+                    self.import(&c, run.id);
                 }
                 None => {
                     let _ = self.store.set_run_state(
@@ -367,7 +384,9 @@ impl<S: StudioApi> Service<S> {
                 return;
             }
         };
-        for run in runs.into_iter().filter(|r| r.state == RunState::Active.as_str()) {
+        let dispatchable =
+            |r: &crate::store::RunRow| r.state == RunState::Active.as_str() || r.state == RunState::Expanding.as_str();
+        for run in runs.into_iter().filter(dispatchable) {
             if !self.dispatching.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id) {
                 continue;
             }

@@ -133,7 +133,17 @@ pub struct BatchCounts {
 impl Store {
     /// Writes a batch of imported rows in one transaction. A phone already in the
     /// run is a duplicate: the first row stays, this one is recorded as such.
-    pub fn import_batch(&self, run_id: i64, items: &[ImportItem], default_due: i64, now: i64) -> Result<BatchCounts> {
+    ///
+    /// The run's counts and `import_line` (the last CSV line this batch covers)
+    /// are updated in the same transaction, so a resumed import starts after it.
+    pub fn import_batch(
+        &self,
+        run_id: i64,
+        items: &[ImportItem],
+        last_line: u64,
+        default_due: i64,
+        now: i64,
+    ) -> Result<BatchCounts> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut counts = BatchCounts::default();
@@ -180,6 +190,18 @@ impl Store {
                 }
             }
         }
+        tx.execute(
+            "UPDATE runs SET rows_total = rows_total + ?2, imported = imported + ?3, rejected = rejected + ?4, \
+             duplicates = duplicates + ?5, import_line = MAX(import_line, ?6) WHERE id = ?1",
+            params![
+                run_id,
+                counts.imported + counts.rejected + counts.duplicates,
+                counts.imported,
+                counts.rejected,
+                counts.duplicates,
+                last_line as i64
+            ],
+        )?;
         tx.commit()?;
         Ok(counts)
     }
@@ -196,7 +218,7 @@ impl Store {
              WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
                           AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
                           ORDER BY due_at, id LIMIT ?3) \
-               AND (SELECT state FROM runs WHERE id = ?1) = 'active' \
+               AND (SELECT state FROM runs WHERE id = ?1) IN ('active', 'expanding') \
              RETURNING id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
                        attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
         )?;

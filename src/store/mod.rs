@@ -44,6 +44,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0001_ledger.sql")),
         M::up(include_str!("../../migrations/0002_campaigns.sql")),
         M::up(include_str!("../../migrations/0003_operator_view.sql")),
+        M::up(include_str!("../../migrations/0004_streaming_import.sql")),
     ])
 }
 

@@ -155,23 +155,15 @@ impl Store {
         Ok(rows)
     }
 
-    /// Import finished: record the counts and make the run dispatchable, unless a
-    /// user paused or cancelled it meanwhile.
-    pub fn finish_expansion(
-        &self,
-        id: i64,
-        rows: i64,
-        imported: i64,
-        rejected: i64,
-        duplicates: i64,
-        now: i64,
-    ) -> Result<()> {
+    /// Import finished: the run is `active` (unless a user paused or cancelled it
+    /// meanwhile). Its jobs were claimable while it was `expanding`.
+    pub fn finish_expansion(&self, id: i64, now: i64) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE runs SET rows_total = ?2, imported = ?3, rejected = ?4, duplicates = ?5, \
-             expanded_at = ?6, state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END WHERE id = ?1",
-            params![id, rows, imported, rejected, duplicates, now],
+            "UPDATE runs SET expanded_at = ?2, state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END \
+             WHERE id = ?1",
+            params![id, now],
         )?;
         // Jobs written by a batch that raced a cancel are cancelled too.
         tx.execute(
@@ -183,22 +175,14 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a run's partial import (jobs and import rows), so that it can be
-    /// imported again from the start. Only for runs still `expanding`: their jobs
-    /// were never claimable, so none was sent.
-    pub fn reset_expansion(&self, id: i64) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let expanding: bool = tx
-            .query_row("SELECT state = 'expanding' FROM runs WHERE id = ?1", [id], |r| r.get(0))
+    /// Where an interrupted import resumes: the last CSV line it committed.
+    pub fn import_line(&self, id: i64) -> Result<u64> {
+        let line: i64 = self
+            .conn()
+            .query_row("SELECT import_line FROM runs WHERE id = ?1", [id], |r| r.get(0))
             .optional()?
-            .unwrap_or(false);
-        if expanding {
-            tx.execute("DELETE FROM jobs WHERE run_id = ?1", [id])?;
-            tx.execute("DELETE FROM import_rows WHERE run_id = ?1", [id])?;
-        }
-        tx.commit()?;
-        Ok(expanding)
+            .ok_or(StoreError::RunNotFound(id))?;
+        Ok(line.max(1) as u64)
     }
 
     /// Sets a run's state with a reason; returns the state it had.

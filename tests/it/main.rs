@@ -8,6 +8,7 @@ mod crash;
 mod dashboard;
 mod dispatch;
 mod faults;
+mod import;
 mod operator;
 mod rates;
 mod schedule;
