@@ -275,6 +275,7 @@ fn router(shared: SharedState) -> Router {
         )
         .route("/v2/Flows/{flow}/Executions/{sid}/Context", get(execution_context))
         .route("/_simulator/executions", get(dump_executions))
+        .route("/_simulator/stats", get(stats))
         .with_state(shared)
 }
 
@@ -704,4 +705,21 @@ async fn dump_executions(State(shared): State<SharedState>) -> Response {
     let mut state = lock(&shared.state);
     state.expire(&config, Instant::now());
     json_response(StatusCode::OK, serde_json::to_value(&state.executions).unwrap_or(Value::Null))
+}
+
+/// Counts, for benchmarks and tests that live in another process.
+async fn stats(State(shared): State<SharedState>) -> Response {
+    let state = lock(&shared.state);
+    let first = state.executions.iter().map(|e| e.date_created).min();
+    let last = state.executions.iter().map(|e| e.date_created).max();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "executions": state.executions.len(),
+            "throttled": state.throttled,
+            "conflicts": state.conflicts,
+            "first_created": first.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            "last_created": last.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        }),
+    )
 }

@@ -1,0 +1,458 @@
+//! flowcast's benchmark harness: `cargo bench --bench flowcast` (full size,
+//! a few minutes on a laptop) or `cargo bench --bench flowcast -- --smoke`
+//! (seconds; CI runs it so the harness cannot rot). Prints one table.
+//!
+//! Each scenario runs in a child process of its own, so that its peak RSS is its
+//! own; the Studio simulator runs in another child, so that its CPU and memory
+//! are not counted as flowcast's. Scenarios:
+//!
+//! 1. import   — a generated CSV (random valid numbers across several regions,
+//!               5 columns) into jobs, end to end.
+//! 2. dispatch — jobs against the simulator over loopback HTTP at an unlimited
+//!               rate, durable ledger; Executions/s and CPU per Execution.
+//! 3. rate     — a 20/s cap for 30 s against a simulator answering 429 above
+//!               20/s: achieved mean, busiest 1-second window, 429s; then two
+//!               campaigns sharing the cap.
+//! 4. first    — a campaign of a million contacts fires: time from the tick to
+//!               the first Execution, then the whole run (peak RSS).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use flowcast::campaign::{Folders, load_one};
+use flowcast::dispatch::{DispatchSettings, Dispatcher, RateLimits, RunEnd};
+use flowcast::domain::FlowSid;
+use flowcast::import::{import_run, new_run};
+use flowcast::schedule::SystemClock;
+use flowcast::store::Store;
+use flowcast::studio::simulator::{SimConfig, Simulator};
+use flowcast::studio::{Credentials, HttpStudio, StudioConfig};
+use serde_json::{Value, json};
+
+const FLOW: &str = "FW0123456789abcdef0123456789abcdef";
+
+#[derive(Clone, Copy)]
+struct Sizes {
+    import_rows: usize,
+    dispatch_jobs: usize,
+    rate_seconds: u64,
+    first_contacts: usize,
+}
+
+fn sizes() -> Sizes {
+    if std::env::var("FLOWCAST_BENCH_SMOKE").is_ok() {
+        Sizes { import_rows: 5_000, dispatch_jobs: 2_000, rate_seconds: 3, first_contacts: 5_000 }
+    } else {
+        Sizes { import_rows: 1_000_000, dispatch_jobs: 200_000, rate_seconds: 30, first_contacts: 1_000_000 }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        let name = args.get(i + 1).cloned().unwrap_or_default();
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+        let result = runtime.block_on(scenario(&name, &args));
+        println!("RESULT {result}");
+        return;
+    }
+    // `cargo bench` passes `--bench`; anything else that is not ours is ignored.
+    let smoke = args.iter().any(|a| a == "--smoke");
+    if smoke {
+        // SAFETY: single-threaded here, before any child or runtime exists.
+        unsafe { std::env::set_var("FLOWCAST_BENCH_SMOKE", "1") };
+    }
+    let only: Vec<&String> = args.iter().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |n: &str| only.is_empty() || only.iter().any(|o| o.as_str() == n);
+    let s = sizes();
+    println!("flowcast benchmarks ({}), machine: {}", if smoke { "smoke sizes" } else { "full sizes" }, machine());
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    if wanted("import") {
+        let r = child("import", &[]);
+        rows.push((
+            format!("import {} rows", s.import_rows),
+            format!("{:.0} rows/s", r["rows_per_s"].as_f64().unwrap_or(0.0)),
+            format!(
+                "peak RSS {:.0} MB; {} imported, {} rejected",
+                r["peak_rss_mb"].as_f64().unwrap_or(0.0),
+                r["imported"],
+                r["rejected"]
+            ),
+            "≥ 150,000 rows/s, ≤ 150 MB".into(),
+        ));
+    }
+    if wanted("dispatch") {
+        let r = child("dispatch", &[]);
+        rows.push((
+            format!("dispatch {} jobs", s.dispatch_jobs),
+            format!("{:.0} Executions/s", r["per_s"].as_f64().unwrap_or(0.0)),
+            format!(
+                "{:.1} µs CPU per Execution; peak RSS {:.0} MB; {} created",
+                r["cpu_us_per_execution"].as_f64().unwrap_or(0.0),
+                r["peak_rss_mb"].as_f64().unwrap_or(0.0),
+                r["executions"]
+            ),
+            "≥ 20,000 /s, ≤ 150 MB".into(),
+        ));
+    }
+    if wanted("rate") {
+        for campaigns in [1, 2] {
+            let r = child("rate", &["--campaigns", &campaigns.to_string()]);
+            rows.push((
+                format!("rate cap 20/s for {} s, {} campaign(s)", s.rate_seconds, campaigns),
+                format!("{:.2}/s mean", r["mean_per_s"].as_f64().unwrap_or(0.0)),
+                format!("busiest 1 s window {}; 429s {}", r["max_in_1s"], r["throttled"]),
+                "within 2% of 20, ≤ 20 in any 1 s, 0 × 429".into(),
+            ));
+        }
+    }
+    if wanted("first") {
+        let r = child("first", &[]);
+        rows.push((
+            format!("first send, {} contacts", s.first_contacts),
+            format!("{:.0} ms tick → first Execution", r["first_ms"].as_f64().unwrap_or(0.0)),
+            format!(
+                "whole run {:.1} s ({:.0}/s); peak RSS {:.0} MB",
+                r["total_s"].as_f64().unwrap_or(0.0),
+                r["per_s"].as_f64().unwrap_or(0.0),
+                r["peak_rss_mb"].as_f64().unwrap_or(0.0)
+            ),
+            "≤ 1 s; ≤ 150 MB".into(),
+        ));
+    }
+    println!();
+    println!("| scenario | result | details | target |");
+    println!("|---|---|---|---|");
+    for (a, b, c, d) in rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cores} cores, {cpu}")
+}
+
+/// Runs a scenario in a child process and returns its result line.
+fn child(name: &str, extra: &[&str]) -> Value {
+    let exe = std::env::current_exe().expect("the bench binary");
+    eprintln!("running {name} {}", extra.join(" "));
+    let out =
+        Command::new(exe).args(["--scenario", name]).args(extra).stderr(Stdio::inherit()).output().expect("a child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or("{}");
+    serde_json::from_str(line).unwrap_or_else(|_| json!({}))
+}
+
+/// A simulator in a process of its own; killed on drop.
+struct SimProcess {
+    child: Child,
+    url: String,
+}
+
+impl SimProcess {
+    fn start(rate_cap: Option<u32>) -> SimProcess {
+        let exe = std::env::current_exe().expect("the bench binary");
+        let mut cmd = Command::new(exe);
+        cmd.args(["--scenario", "simulator"]);
+        if let Some(cap) = rate_cap {
+            cmd.args(["--rate-cap", &cap.to_string()]);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("the simulator starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("the simulator says where it listens").unwrap();
+            if let Some(url) = line.strip_prefix("LISTENING ") {
+                break url.to_string();
+            }
+        };
+        SimProcess { child, url }
+    }
+
+    fn stats(&self) -> Value {
+        get_json(&format!("{}/_simulator/stats", self.url))
+    }
+
+    fn executions(&self) -> Value {
+        get_json(&format!("{}/_simulator/executions", self.url))
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get_json(url: &str) -> Value {
+    // A blocking GET without another HTTP client: the bench has reqwest (async).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = url.to_string();
+    std::thread::spawn(move || rt.block_on(async { reqwest::get(&url).await.unwrap().json::<Value>().await.unwrap() }))
+        .join()
+        .unwrap()
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Writes a CSV of `n` contacts with random valid numbers across regions.
+fn generate_csv(path: &Path, n: usize, seed: u64) {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(out, "phone,first_name,last_name,appointment_at,timezone").unwrap();
+    let us_areas = [201, 212, 305, 312, 415, 503, 617, 646, 702, 713, 818, 917];
+    let names = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Linus", "Margaret"];
+    for i in 0..n {
+        let (phone, zone) = match i % 4 {
+            // +1 NPA NXX XXXX; exchanges 200-999 except N11.
+            0 | 1 => {
+                let area = us_areas[rng.random_range(0..us_areas.len())];
+                let exchange = loop {
+                    let e = rng.random_range(200..1000);
+                    if e % 100 != 11 && e != 555 {
+                        break e;
+                    }
+                };
+                (format!("+1{area}{exchange}{:04}", rng.random_range(0..10_000)), "America/New_York")
+            }
+            // UK mobiles, +44 7400 000000 – +44 7999 999999.
+            2 => (format!("+447{}{:06}", rng.random_range(400..1000), rng.random_range(0..1_000_000)), "Europe/London"),
+            // German mobiles, +49 151 / 160 / 170 / 171 / 175 + 7 or 8 digits.
+            _ => {
+                let prefix = [151, 160, 170, 171, 175][rng.random_range(0..5)];
+                (
+                    format!("+49{prefix}{:07}{}", rng.random_range(0..10_000_000), rng.random_range(0..10)),
+                    "Europe/Berlin",
+                )
+            }
+        };
+        writeln!(out, "{phone},{},Doe,2030-03-02 10:00,{zone}", names[i % names.len()]).unwrap();
+    }
+}
+
+struct Workspace {
+    _dir: tempfile::TempDir,
+    folders: Folders,
+    db: PathBuf,
+}
+
+fn workspace(rows: usize, extra: &str) -> Workspace {
+    let dir = tempfile::tempdir().unwrap();
+    let campaigns = dir.path().join("campaigns");
+    let flows = dir.path().join("flows");
+    std::fs::create_dir_all(&campaigns).unwrap();
+    std::fs::create_dir_all(&flows).unwrap();
+    generate_csv(&campaigns.join("c.csv"), rows, 42);
+    std::fs::write(
+        campaigns.join("c.toml"),
+        format!(
+            "kind = \"reminder\"\nflow = \"{FLOW}\"\nfrom = \"+15017122661\"\ncontacts = \"c.csv\"\n{extra}\n[parameters]\nname = \"{{{{first_name}}}}\"\nappointment = \"{{{{appointment_at}}}}\"\n"
+        ),
+    )
+    .unwrap();
+    let db = dir.path().join("flowcast.db");
+    Workspace { _dir: dir, folders: Folders { campaigns, flows }, db }
+}
+
+fn create_run(ws: &Workspace, store: &Store, file: &str, key: &str) -> (flowcast::campaign::Campaign, i64) {
+    let campaign = load_one(&ws.folders.campaigns.join(file), &ws.folders).unwrap_or_else(|e| panic!("{e}"));
+    let now = Utc::now().timestamp_millis();
+    let flow = FlowSid::parse(FLOW).unwrap();
+    let run = store.create_run(&new_run(&campaign, &flow, "manual", key.into(), now), now).unwrap().unwrap();
+    (campaign, run)
+}
+
+fn dispatcher(store: &Store, url: &str, account_rate: u32, concurrency: usize) -> Dispatcher<HttpStudio> {
+    let studio = HttpStudio::new(StudioConfig {
+        base_url: url.to_string(),
+        credentials: Credentials::new("AC00000000000000000000000000000000", "bench"),
+        timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let settings = DispatchSettings { concurrency, ..DispatchSettings::default() };
+    Dispatcher::new(
+        store.clone(),
+        Arc::new(studio),
+        Arc::new(SystemClock),
+        settings,
+        Arc::new(RateLimits::new(account_rate)),
+    )
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+async fn scenario(name: &str, args: &[String]) -> Value {
+    let s = sizes();
+    match name {
+        "simulator" => {
+            let cap = arg(args, "--rate-cap").and_then(|c| c.parse().ok());
+            // Executions end at once, so the simulator's own bookkeeping stays flat.
+            let sim =
+                Simulator::start(SimConfig { lifetime: Some(Duration::ZERO), rate_cap: cap, ..SimConfig::default() })
+                    .await
+                    .unwrap();
+            println!("LISTENING {}", sim.url());
+            std::io::stdout().flush().unwrap();
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        "import" => {
+            let ws = workspace(s.import_rows, "default_region = \"US\"");
+            let store = Store::open(&ws.db).unwrap();
+            let (campaign, run) = create_run(&ws, &store, "c.toml", "import");
+            let started = Instant::now();
+            let counts = import_run(&store, &campaign, run, Utc::now().timestamp_millis(), |_| {}).unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            json!({
+                "rows_per_s": counts.rows as f64 / secs, "seconds": secs, "imported": counts.imported,
+                "rejected": counts.rejected, "peak_rss_mb": peak_rss_mb(),
+            })
+        }
+        "dispatch" => {
+            let sim = SimProcess::start(None);
+            let ws = workspace(s.dispatch_jobs, "");
+            let store = Store::open(&ws.db).unwrap();
+            let (campaign, run) = create_run(&ws, &store, "c.toml", "dispatch");
+            import_run(&store, &campaign, run, Utc::now().timestamp_millis(), |_| {}).unwrap();
+            let d = dispatcher(&store, &sim.url, 1_000_000, 64);
+            let cpu_before = cpu_seconds();
+            let started = Instant::now();
+            let end = d.run_to_end(run).await.unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu_before;
+            assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+            let created = sim.stats()["executions"].as_u64().unwrap_or(0);
+            json!({
+                "per_s": created as f64 / secs, "seconds": secs, "executions": created,
+                "cpu_us_per_execution": cpu * 1e6 / created.max(1) as f64, "peak_rss_mb": peak_rss_mb(),
+            })
+        }
+        "rate" => {
+            let campaigns: usize = arg(args, "--campaigns").and_then(|c| c.parse().ok()).unwrap_or(1);
+            let sim = SimProcess::start(Some(20));
+            let per_campaign = (20 * s.rate_seconds as usize) + 50;
+            let ws = workspace(per_campaign * campaigns, "");
+            let store = Store::open(&ws.db).unwrap();
+            // Each campaign gets its own slice of the contacts.
+            let csv = std::fs::read_to_string(ws.folders.campaigns.join("c.csv")).unwrap();
+            let mut lines = csv.lines();
+            let header = lines.next().unwrap().to_string();
+            let rest: Vec<&str> = lines.collect();
+            let mut runs = Vec::new();
+            for k in 0..campaigns {
+                let file = format!("c{k}.csv");
+                let body = std::iter::once(header.as_str())
+                    .chain(rest[k * per_campaign..(k + 1) * per_campaign].iter().copied())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                std::fs::write(ws.folders.campaigns.join(&file), body + "\n").unwrap();
+                let toml =
+                    std::fs::read_to_string(ws.folders.campaigns.join("c.toml")).unwrap().replace("c.csv", &file);
+                std::fs::write(ws.folders.campaigns.join(format!("c{k}.toml")), toml).unwrap();
+                let (campaign, run) = create_run(&ws, &store, &format!("c{k}.toml"), &format!("rate{k}"));
+                import_run(&store, &campaign, run, Utc::now().timestamp_millis(), |_| {}).unwrap();
+                runs.push(run);
+            }
+            let d = Arc::new(dispatcher(&store, &sim.url, 20, 16));
+            let tasks: Vec<_> = runs
+                .iter()
+                .map(|&run| {
+                    let d = Arc::clone(&d);
+                    tokio::spawn(async move { d.run_to_end(run).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_secs(s.rate_seconds)).await;
+            d.shutdown_token().cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+            let mut times: Vec<DateTime<Utc>> = sim
+                .executions()
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["date_created"].as_str().and_then(|t| t.parse().ok()))
+                .collect();
+            times.sort();
+            let n = times.len();
+            let span = if n > 1 { (times[n - 1] - times[0]).num_microseconds().unwrap_or(0) as f64 / 1e6 } else { 0.0 };
+            // Busiest window of one second starting at any Execution.
+            let mut max_in_1s = 0;
+            let mut j = 0;
+            for i in 0..n {
+                while j < n && times[j] - times[i] < chrono::Duration::seconds(1) {
+                    j += 1;
+                }
+                max_in_1s = max_in_1s.max(j - i);
+            }
+            json!({
+                "mean_per_s": if span > 0.0 { (n - 1) as f64 / span } else { 0.0 },
+                "max_in_1s": max_in_1s, "throttled": sim.stats()["throttled"], "executions": n,
+            })
+        }
+        "first" => {
+            let sim = SimProcess::start(None);
+            let ws = workspace(s.first_contacts, "");
+            let store = Store::open(&ws.db).unwrap();
+            let d = dispatcher(&store, &sim.url, 1_000_000, 64);
+            // The tick: the run is created and its import starts; the dispatcher
+            // runs alongside, as `serve` does.
+            let tick = Utc::now();
+            let started = Instant::now();
+            let (campaign, run) = create_run(&ws, &store, "c.toml", "first");
+            let import = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || {
+                    import_run(&store, &campaign, run, Utc::now().timestamp_millis(), |_| {})
+                })
+            };
+            let end = d.run_to_end(run).await.unwrap();
+            import.await.unwrap().unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+            let stats = sim.stats();
+            let first: DateTime<Utc> = stats["first_created"].as_str().unwrap().parse().unwrap();
+            let created = stats["executions"].as_u64().unwrap_or(0);
+            json!({
+                "first_ms": (first - tick).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+                "total_s": secs, "per_s": created as f64 / secs, "executions": created, "peak_rss_mb": peak_rss_mb(),
+            })
+        }
+        other => json!({ "error": format!("unknown scenario {other}") }),
+    }
+}
