@@ -6,15 +6,15 @@
 //! own; the Studio simulator runs in another child, so that its CPU and memory
 //! are not counted as flowcast's. Scenarios:
 //!
-//! 1. import   — a generated CSV (random valid numbers across several regions,
-//!               5 columns) into jobs, end to end.
-//! 2. dispatch — jobs against the simulator over loopback HTTP at an unlimited
-//!               rate, durable ledger; Executions/s and CPU per Execution.
-//! 3. rate     — a 20/s cap for 30 s against a simulator answering 429 above
-//!               20/s: achieved mean, busiest 1-second window, 429s; then two
-//!               campaigns sharing the cap.
-//! 4. first    — a campaign of a million contacts fires: time from the tick to
-//!               the first Execution, then the whole run (peak RSS).
+//! 1. import: a generated CSV (random valid numbers across several regions,
+//!    5 columns) into jobs, end to end.
+//! 2. dispatch: jobs against the simulator over loopback HTTP at an unlimited
+//!    rate, durable ledger; Executions/s and CPU per Execution.
+//! 3. rate: a 20/s cap for 30 s against a simulator answering 429 above 20/s:
+//!    achieved mean, busiest 1-second window, 429s; then two campaigns sharing
+//!    the cap.
+//! 4. first: a campaign of a million contacts fires: time from the tick to the
+//!    first Execution, then the whole run (peak RSS).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
