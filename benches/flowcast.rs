@@ -44,6 +44,10 @@ struct Sizes {
 }
 
 fn sizes() -> Sizes {
+    if let Some(rows) = std::env::var("FLOWCAST_BENCH_ROWS").ok().and_then(|r| r.parse().ok()) {
+        // One size for every scenario, for profiling runs.
+        return Sizes { import_rows: rows, dispatch_jobs: rows, rate_seconds: 3, first_contacts: rows };
+    }
     if std::env::var("FLOWCAST_BENCH_SMOKE").is_ok() {
         Sizes { import_rows: 5_000, dispatch_jobs: 2_000, rate_seconds: 3, first_contacts: 5_000 }
     } else {
@@ -452,6 +456,23 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 "first_ms": (first - tick).num_microseconds().unwrap_or(0) as f64 / 1000.0,
                 "total_s": secs, "per_s": created as f64 / secs, "executions": created, "peak_rss_mb": peak_rss_mb(),
             })
+        }
+        "phones" => {
+            // How long phone normalisation alone takes, warm (for the README).
+            let ws = workspace(200_000, "");
+            let csv = std::fs::read_to_string(ws.folders.campaigns.join("c.csv")).unwrap();
+            let raw: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+            let region = flowcast::domain::parse_region("US");
+            for p in raw.iter().take(20_000) {
+                let _ = flowcast::domain::Phone::parse(p, region);
+            }
+            let started = Instant::now();
+            let mut valid = 0;
+            for p in &raw {
+                valid += flowcast::domain::Phone::parse(p, region).is_ok() as usize;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            json!({ "per_s": raw.len() as f64 / secs, "us_each": secs * 1e6 / raw.len() as f64, "valid": valid, "total": raw.len() })
         }
         other => json!({ "error": format!("unknown scenario {other}") }),
     }

@@ -19,7 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{ConflictPolicy, FlowSid, RunState, SendWindow};
 use crate::schedule::Clock;
-use crate::store::{RunCounts, RunRow, Store, StoreError};
+use crate::store::{RunCounts, RunRow, SettledJob, Store, StoreError};
+
+/// Settled outcomes committed together once this many are waiting (and always
+/// before the loop waits or decides anything from the ledger).
+const FLUSH_AT: usize = 256;
 use crate::studio::{StudioApi, TwilioError};
 
 pub use limits::{RateLimits, quota_for};
@@ -172,6 +176,8 @@ pub struct Dispatcher<S: StudioApi> {
     /// Wakes idle run loops to look for due jobs at once (a webhook said an
     /// Execution ended, a run was resumed).
     wake: Arc<tokio::sync::Notify>,
+    /// Audit records of Studio calls, written with the next batch of outcomes.
+    pub(crate) calls: Arc<std::sync::Mutex<Vec<crate::store::StudioCall>>>,
 }
 
 impl<S: StudioApi> Clone for Dispatcher<S> {
@@ -185,6 +191,7 @@ impl<S: StudioApi> Clone for Dispatcher<S> {
             in_flight: Arc::clone(&self.in_flight),
             shutdown: self.shutdown.clone(),
             wake: Arc::clone(&self.wake),
+            calls: Arc::clone(&self.calls),
         }
     }
 }
@@ -207,6 +214,7 @@ impl<S: StudioApi> Dispatcher<S> {
             in_flight,
             shutdown: CancellationToken::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
+            calls: Arc::new(std::sync::Mutex::new(Vec::new())),
         }
     }
 
@@ -255,12 +263,17 @@ impl<S: StudioApi> Dispatcher<S> {
         let mut tasks: JoinSet<Processed> = JoinSet::new();
         let mut stop: Option<StopReason> = None;
         let mut breaker = Breaker::new(self.settings.breaker_streak);
+        // Outcomes waiting to be committed in one transaction.
+        let mut settled: Vec<SettledJob> = Vec::new();
         // Jobs found mid-dispatch are reconciled before anything new is sent.
         let mut reconciling = recovered > 0;
 
         loop {
             while let Some(done) = tasks.try_join_next() {
-                self.settle(done, &mut stop, &mut breaker);
+                self.settle(done, &mut stop, &mut breaker, &mut settled);
+            }
+            if settled.len() >= FLUSH_AT {
+                self.flush(&mut settled)?;
             }
             if stop.is_some() || self.shutdown.is_cancelled() {
                 break;
@@ -299,6 +312,9 @@ impl<S: StudioApi> Dispatcher<S> {
             } else if reconciling && tasks.is_empty() {
                 reconciling = false;
             }
+            // Before deciding anything from the ledger, or waiting, record what
+            // has settled.
+            self.flush(&mut settled)?;
             if tasks.is_empty() {
                 let run = self.store.get_run(run_id)?;
                 match run.state.parse::<RunState>() {
@@ -342,7 +358,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 tokio::select! {
                     done = tasks.join_next() => {
                         if let Some(done) = done {
-                            self.settle(done, &mut stop, &mut breaker);
+                            self.settle(done, &mut stop, &mut breaker, &mut settled);
                         }
                     }
                     _ = tokio::time::sleep(wait.min(self.settings.idle_poll)) => {}
@@ -358,7 +374,7 @@ impl<S: StudioApi> Dispatcher<S> {
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
         loop {
             match tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                Ok(Some(done)) => self.settle(done, &mut stop, &mut breaker),
+                Ok(Some(done)) => self.settle(done, &mut stop, &mut breaker, &mut settled),
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
@@ -371,6 +387,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 }
             }
         }
+        self.flush(&mut settled)?;
         match stop {
             Some(reason) => {
                 self.store.set_run_state(run_id, RunState::Paused, Some(&reason.to_string()), self.now_ms())?;
@@ -380,14 +397,32 @@ impl<S: StudioApi> Dispatcher<S> {
         }
     }
 
+    /// Commits the settled outcomes and pending audit records in one transaction.
+    fn flush(&self, settled: &mut Vec<SettledJob>) -> Result<(), DispatchError> {
+        let calls = std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()));
+        if settled.is_empty() && calls.is_empty() {
+            return Ok(());
+        }
+        self.store.record_outcomes(settled, &calls)?;
+        settled.clear();
+        Ok(())
+    }
+
     fn settle(
         &self,
         done: Result<Processed, tokio::task::JoinError>,
         stop: &mut Option<StopReason>,
         breaker: &mut Breaker,
+        settled: &mut Vec<SettledJob>,
     ) {
         match done {
             Ok(processed) => {
+                settled.push(SettledJob {
+                    job_id: processed.job_id,
+                    outcome: processed.outcome.clone(),
+                    attempts_sent: processed.attempts_sent,
+                    at: processed.at,
+                });
                 if let Some(reason) = processed.stop {
                     stop.get_or_insert(reason);
                 } else if let Some(reason) = breaker.record(&processed.outcome) {

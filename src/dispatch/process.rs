@@ -19,6 +19,9 @@ pub struct Processed {
     pub outcome: JobOutcome,
     /// Set when Studio refused something that stops the whole run.
     pub stop: Option<StopReason>,
+    /// Creates Studio processed or may have processed (429s excluded).
+    pub attempts_sent: i64,
+    pub at: i64,
 }
 
 /// How far to look back before an attempt's start when asking Studio what it
@@ -29,18 +32,9 @@ impl<S: StudioApi> Dispatcher<S> {
     pub(crate) async fn process(&self, ctx: &RunContext, job: ClaimedJob) -> Processed {
         let mut sent = 0;
         let (outcome, stop) = self.decide(ctx, &job, &mut sent).await;
-        let now = self.now_ms();
-        match self.store.finish_job(job.id, &outcome, sent, now) {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(job = job.id, "job changed state while in flight; its outcome was not recorded")
-            }
-            Err(e) => {
-                tracing::error!(job = job.id, error = %e, "could not record a job's outcome; it stays dispatching and will be reconciled")
-            }
-        }
         tracing::debug!(job = job.id, run = ctx.run_id, phone = %mask(&job.phone), outcome = ?outcome, "job attempt settled");
-        Processed { job_id: job.id, outcome, stop }
+        // Recorded by the run loop, in a batch with others (one commit for many).
+        Processed { job_id: job.id, outcome, stop, attempts_sent: sent, at: self.now_ms() }
     }
 
     /// Decides the job's outcome. `sent` counts the creates Studio processed or
@@ -108,7 +102,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 return (outcome, None);
             }
             // A pause or cancel issued while this job waited for its turn wins.
-            match self.store.get_run(ctx.run_id).map(|r| r.state) {
+            match self.store.run_state(ctx.run_id) {
                 Ok(state) if state == "active" || state == "expanding" => {}
                 Ok(state) if state == "cancelled" => return (JobOutcome::Cancelled, None),
                 Ok(_) => return (JobOutcome::Release, None),
@@ -414,9 +408,8 @@ impl<S: StudioApi> Dispatcher<S> {
             execution_sid,
             note,
         };
-        if let Err(e) = self.store.log_call(&call) {
-            tracing::warn!(job = job.id, error = %e, "could not write the audit record of a Studio call");
-        }
+        // Written with the next batch of outcomes.
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(call);
     }
 }
 

@@ -249,61 +249,106 @@ impl Store {
     /// Records how a claimed job's attempt ended. Applies only while the job is
     /// still `dispatching` (guarded by id and state); returns whether it did.
     pub fn finish_job(&self, job_id: i64, outcome: &JobOutcome, attempts_sent: i64, now: i64) -> Result<bool> {
-        let conn = self.conn();
-        let changed = match outcome {
-            JobOutcome::Sent { sid } => conn.execute(
-                "UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = ?2, attempts = attempts + ?3, \
-                 ambiguous_since = NULL, conflict_sid = NULL, sent_at = ?4, finished_at = ?4, updated_at = ?4 \
-                 WHERE id = ?1 AND state = 'dispatching'",
-                params![job_id, sid, attempts_sent, now],
-            )?,
-            JobOutcome::Skipped { reason, sid } => conn.execute(
-                "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
-                 ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 WHERE id = ?1 AND state = 'dispatching'",
-                params![job_id, reason, sid, attempts_sent, now],
-            )?,
-            JobOutcome::Failed { reason, last_error } => conn.execute(
-                "UPDATE jobs SET state = 'failed', reason = ?2, last_error = COALESCE(?3, last_error), \
-                 attempts = attempts + ?4, ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 \
-                 WHERE id = ?1 AND state = 'dispatching'",
-                params![job_id, reason, last_error, attempts_sent, now],
-            )?,
-            JobOutcome::Expired => conn.execute(
-                "UPDATE jobs SET state = 'expired', reason = 'expired', attempts = attempts + ?2, \
-                 finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
-                params![job_id, attempts_sent, now],
-            )?,
-            JobOutcome::Retry { due_at, failures, throttled, ambiguous_since, conflict, last_error } => conn.execute(
-                "UPDATE jobs SET state = 'pending', due_at = ?2, failures = ?3, throttles = throttles + ?4, \
-                 ambiguous_since = ?5, conflict_sid = ?6, conflict_since = ?7, last_error = COALESCE(?8, last_error), \
-                 attempts = attempts + ?9, updated_at = ?10 WHERE id = ?1 AND state = 'dispatching'",
-                params![
-                    job_id,
-                    due_at,
-                    failures,
-                    i64::from(*throttled),
-                    ambiguous_since,
-                    conflict.as_ref().map(|c| c.0.as_str()),
-                    conflict.as_ref().map(|c| c.1),
-                    last_error,
-                    attempts_sent,
-                    now
-                ],
-            )?,
-            JobOutcome::Cancelled => conn.execute(
-                "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', attempts = attempts + ?2, \
-                 finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
-                params![job_id, attempts_sent, now],
-            )?,
-            JobOutcome::Release => conn.execute(
-                "UPDATE jobs SET state = 'pending', attempts = attempts + ?2, updated_at = ?3 \
-                 WHERE id = ?1 AND state = 'dispatching'",
-                params![job_id, attempts_sent, now],
-            )?,
-        };
-        Ok(changed == 1)
+        apply_outcome(&self.conn(), job_id, outcome, attempts_sent, now)
     }
 
+    /// Records a batch of attempt outcomes and Studio calls in one transaction
+    /// (one commit instead of two per job). Until it commits, the jobs stay
+    /// `dispatching`; a crash before then leaves them to reconciliation, never to
+    /// a blind resend. Returns how many outcomes applied.
+    pub fn record_outcomes(&self, outcomes: &[SettledJob], calls: &[StudioCall]) -> Result<usize> {
+        if outcomes.is_empty() && calls.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut applied = 0;
+        for o in outcomes {
+            if apply_outcome(&tx, o.job_id, &o.outcome, o.attempts_sent, o.at)? {
+                applied += 1;
+            } else {
+                tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
+            }
+        }
+        for call in calls {
+            insert_call(&tx, call)?;
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+}
+
+/// One attempt's outcome, waiting to be recorded.
+#[derive(Debug, Clone)]
+pub struct SettledJob {
+    pub job_id: i64,
+    pub outcome: JobOutcome,
+    pub attempts_sent: i64,
+    pub at: i64,
+}
+
+fn apply_outcome(
+    conn: &rusqlite::Connection,
+    job_id: i64,
+    outcome: &JobOutcome,
+    attempts_sent: i64,
+    now: i64,
+) -> Result<bool> {
+    let changed = match outcome {
+        JobOutcome::Sent { sid } => conn.execute(
+            "UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = ?2, attempts = attempts + ?3, \
+                 ambiguous_since = NULL, conflict_sid = NULL, sent_at = ?4, finished_at = ?4, updated_at = ?4 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, sid, attempts_sent, now],
+        )?,
+        JobOutcome::Skipped { reason, sid } => conn.execute(
+            "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
+                 ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, reason, sid, attempts_sent, now],
+        )?,
+        JobOutcome::Failed { reason, last_error } => conn.execute(
+            "UPDATE jobs SET state = 'failed', reason = ?2, last_error = COALESCE(?3, last_error), \
+                 attempts = attempts + ?4, ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, reason, last_error, attempts_sent, now],
+        )?,
+        JobOutcome::Expired => conn.execute(
+            "UPDATE jobs SET state = 'expired', reason = 'expired', attempts = attempts + ?2, \
+                 finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, attempts_sent, now],
+        )?,
+        JobOutcome::Retry { due_at, failures, throttled, ambiguous_since, conflict, last_error } => conn.execute(
+            "UPDATE jobs SET state = 'pending', due_at = ?2, failures = ?3, throttles = throttles + ?4, \
+                 ambiguous_since = ?5, conflict_sid = ?6, conflict_since = ?7, last_error = COALESCE(?8, last_error), \
+                 attempts = attempts + ?9, updated_at = ?10 WHERE id = ?1 AND state = 'dispatching'",
+            params![
+                job_id,
+                due_at,
+                failures,
+                i64::from(*throttled),
+                ambiguous_since,
+                conflict.as_ref().map(|c| c.0.as_str()),
+                conflict.as_ref().map(|c| c.1),
+                last_error,
+                attempts_sent,
+                now
+            ],
+        )?,
+        JobOutcome::Cancelled => conn.execute(
+            "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', attempts = attempts + ?2, \
+                 finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, attempts_sent, now],
+        )?,
+        JobOutcome::Release => conn.execute(
+            "UPDATE jobs SET state = 'pending', attempts = attempts + ?2, updated_at = ?3 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, attempts_sent, now],
+        )?,
+    };
+    Ok(changed == 1)
+}
+
+impl Store {
     /// Jobs left `dispatching` by a process that died: back to `pending`, marked
     /// ambiguous from their attempt's start, so Studio is asked before any resend.
     pub fn recover_dispatching(&self, run_id: i64, now: i64) -> Result<usize> {
@@ -407,23 +452,7 @@ impl Store {
 
     /// Appends one Studio call to the audit trail.
     pub fn log_call(&self, call: &StudioCall) -> Result<()> {
-        self.conn().prepare_cached(
-            "INSERT INTO studio_calls (run_id, job_id, at, operation, request, http_status, response, outcome, execution_sid, note) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?
-        .execute(params![
-            call.run_id,
-            call.job_id,
-            call.at,
-            call.operation,
-            call.request,
-            call.http_status,
-            call.response,
-            call.outcome,
-            call.execution_sid,
-            call.note
-        ])?;
-        Ok(())
+        insert_call(&self.conn(), call)
     }
 
     /// The audit trail of one job, oldest first.
@@ -448,4 +477,24 @@ pub struct CallSummary {
     pub outcome: String,
     pub execution_sid: Option<String>,
     pub note: Option<String>,
+}
+
+fn insert_call(conn: &rusqlite::Connection, call: &StudioCall) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO studio_calls (run_id, job_id, at, operation, request, http_status, response, outcome, execution_sid, note) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        call.run_id,
+        call.job_id,
+        call.at,
+        call.operation,
+        call.request,
+        call.http_status,
+        call.response,
+        call.outcome,
+        call.execution_sid,
+        call.note
+    ])?;
+    Ok(())
 }

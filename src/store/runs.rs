@@ -128,6 +128,15 @@ impl Store {
         Ok((inserted == 1).then(|| conn.last_insert_rowid()))
     }
 
+    /// Just a run's state (checked before every create, so kept cheap).
+    pub fn run_state(&self, id: i64) -> Result<String> {
+        self.conn()
+            .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .ok_or(StoreError::RunNotFound(id))
+    }
+
     pub fn get_run(&self, id: i64) -> Result<RunRow> {
         self.conn()
             .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [id], run_from_row)
