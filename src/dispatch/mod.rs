@@ -21,12 +21,14 @@ use crate::domain::{ConflictPolicy, FlowSid, RunState, SendWindow};
 use crate::schedule::Clock;
 use crate::store::{RunCounts, RunRow, SettledJob, Store, StoreError};
 
-/// Settled outcomes committed together once this many are waiting (and always
-/// before the loop waits or decides anything from the ledger).
+/// Settled outcomes are committed together once this many are waiting, or once
+/// the oldest has waited this long (and always before the loop waits or decides
+/// anything from the ledger).
 const FLUSH_AT: usize = 256;
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
 use crate::studio::{StudioApi, TwilioError};
 
-pub use limits::{RateLimits, quota_for};
+pub use limits::{Pacer, RateLimits};
 pub use process::Processed;
 
 /// Tuning of the dispatcher; the defaults suit Studio's real limits.
@@ -265,6 +267,7 @@ impl<S: StudioApi> Dispatcher<S> {
         let mut breaker = Breaker::new(self.settings.breaker_streak);
         // Outcomes waiting to be committed in one transaction.
         let mut settled: Vec<SettledJob> = Vec::new();
+        let mut last_flush = std::time::Instant::now();
         // Jobs found mid-dispatch are reconciled before anything new is sent.
         let mut reconciling = recovered > 0;
 
@@ -272,8 +275,9 @@ impl<S: StudioApi> Dispatcher<S> {
             while let Some(done) = tasks.try_join_next() {
                 self.settle(done, &mut stop, &mut breaker, &mut settled);
             }
-            if settled.len() >= FLUSH_AT {
+            if settled.len() >= FLUSH_AT || (!settled.is_empty() && last_flush.elapsed() >= FLUSH_EVERY) {
                 self.flush(&mut settled)?;
+                last_flush = std::time::Instant::now();
             }
             if stop.is_some() || self.shutdown.is_cancelled() {
                 break;

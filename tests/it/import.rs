@@ -54,7 +54,11 @@ async fn a_run_dispatches_while_its_csv_is_still_being_imported() {
         tokio::task::spawn_blocking(move || {
             import_run(&store, &campaign, run, now, |_| {
                 // After each batch: has anything been sent before the import ended?
-                if store.run_counts(run).map(|c| c.get(flowcast::domain::JobState::Sent) > 0).unwrap_or(false) {
+                // Sent, or claimed and in flight (outcomes are recorded in batches).
+                let started = |c: flowcast::store::RunCounts| {
+                    c.get(flowcast::domain::JobState::Sent) + c.get(flowcast::domain::JobState::Dispatching) > 0
+                };
+                if store.run_counts(run).map(started).unwrap_or(false) {
                     seen.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 // Give the dispatcher a moment between batches, as a large file would.
