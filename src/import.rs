@@ -36,6 +36,9 @@ pub fn new_run(campaign: &Campaign, flow: &FlowSid, trigger: &str, run_key: Stri
 /// enough that a cancel is seen quickly and memory stays flat.
 pub const BATCH_ROWS: usize = 2_000;
 
+/// Rows the reader thread hands over at a time.
+const READ_CHUNK: usize = 512;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(transparent)]
@@ -86,35 +89,78 @@ pub fn import_run(
     let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
     let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let resume_after = store.import_line(run_id)?;
-    let mut batch = Vec::with_capacity(BATCH_ROWS);
-    let mut last_line = resume_after;
-    loop {
-        let row = reader.next_row()?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            let line = match &row {
-                Row::Contact(c) => c.line,
-                Row::Rejected(r) => r.line,
-            };
-            if line > resume_after {
-                last_line = last_line.max(line);
-                batch.push(to_item(campaign, row, now));
+    // Two stages on two threads: reading the CSV and normalising phones (the
+    // costliest part: libphonenumber's validity patterns) on one, rendering and
+    // writing to the ledger on the other. A small bounded channel keeps memory
+    // flat; dropping the receiver (a cancel) stops the reader.
+    let (chunks, received) = std::sync::mpsc::sync_channel::<Result<Vec<Row>, ContactsError>>(4);
+    std::thread::scope(|scope| -> Result<(), ImportError> {
+        scope.spawn(move || {
+            loop {
+                let mut chunk = Vec::with_capacity(READ_CHUNK);
+                let mut failed = None;
+                while chunk.len() < READ_CHUNK {
+                    match reader.next_row() {
+                        Ok(Some(row)) => chunk.push(row),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let last = chunk.len() < READ_CHUNK || failed.is_some();
+                if !chunk.is_empty() && chunks.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                if let Some(e) = failed {
+                    let _ = chunks.send(Err(e));
+                    return;
+                }
+                if last {
+                    return;
+                }
             }
-        }
-        if batch.len() >= BATCH_ROWS || (done && !batch.is_empty()) {
-            let written = store.import_batch(run_id, &batch, last_line, now_ms, now_ms)?;
-            crate::telemetry::import_rows(written.imported as u64, written.rejected as u64, written.duplicates as u64);
-            batch.clear();
-            progress(&counts_of(store, run_id)?);
-            // A cancel issued during expansion wins: stop writing jobs.
-            if store.get_run(run_id)?.state == RunState::Cancelled.as_str() {
+        });
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
+        let mut last_line = resume_after;
+        let mut rows = received.iter();
+        loop {
+            let chunk = rows.next().transpose()?;
+            let done = chunk.is_none();
+            for row in chunk.into_iter().flatten() {
+                let line = match &row {
+                    Row::Contact(c) => c.line,
+                    Row::Rejected(r) => r.line,
+                };
+                if line > resume_after {
+                    last_line = last_line.max(line);
+                    batch.push(to_item(campaign, row, now));
+                }
+            }
+            if batch.len() >= BATCH_ROWS || (done && !batch.is_empty()) {
+                let written = store.import_batch(run_id, &batch, last_line, now_ms, now_ms)?;
+                crate::telemetry::import_rows(
+                    written.imported as u64,
+                    written.rejected as u64,
+                    written.duplicates as u64,
+                );
+                batch.clear();
+                progress(&counts_of(store, run_id)?);
+                // A cancel issued during expansion wins: stop writing jobs.
+                if store.run_state(run_id)? == RunState::Cancelled.as_str() {
+                    break;
+                }
+            }
+            if done {
                 break;
             }
         }
-        if done {
-            break;
-        }
-    }
+        // Ends the reader if it is still going (a cancel).
+        drop(rows);
+        drop(received);
+        Ok(())
+    })?;
     store.finish_expansion(run_id, now_ms)?;
     counts_of(store, run_id)
 }
