@@ -156,8 +156,7 @@ pub fn import_run(
                 break;
             }
         }
-        // Ends the reader if it is still going (a cancel).
-        drop(rows);
+        // Ends the reader if it is still going (a cancel): its next send fails.
         drop(received);
         Ok(())
     })?;
