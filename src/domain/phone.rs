@@ -23,27 +23,10 @@ pub enum PhoneError {
     NoRegion(String),
 }
 
-/// How many compiled metadata patterns phonenumber keeps. Its default of 100 is
-/// fewer than validating numbers of a handful of countries touches, so the cache
-/// thrashes and every number recompiles regexes (measured: ~10 µs per number
-/// with three regions, most of it regex compilation). Patterns are compiled only
-/// when used, so a larger capacity costs memory only for the regions a file has.
-const PATTERN_CACHE: usize = 4096;
-
-fn widen_pattern_cache() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let cache = phonenumber::metadata::DATABASE.cache();
-        let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
-        *guard = regex_cache::RegexCache::new(PATTERN_CACHE);
-    });
-}
-
 impl Phone {
     /// Parses `raw` as written in a CSV: with a `+country` prefix, or national
     /// format in `default_region`.
     pub fn parse(raw: &str, default_region: Option<Id>) -> Result<Self, PhoneError> {
-        widen_pattern_cache();
         let raw = raw.trim();
         if raw.is_empty() {
             return Err(PhoneError::Empty);
