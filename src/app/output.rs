@@ -91,17 +91,9 @@ pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> Comm
     for c in loaded.campaigns.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
         let next =
             c.schedule.as_deref().and_then(|s| parse_cron(s).ok()).and_then(|cron| next_fire(&cron, c.timezone, now));
-        campaigns.push(json!({
-            "name": c.name,
-            "kind": c.kind.as_str(),
-            "file": c.source.display().to_string(),
-            "schedule": c.schedule,
-            "timezone": c.timezone.name(),
-            "enabled": c.enabled,
-            "next_fire_utc": next.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            "next_fire_local": next.map(|t| t.with_timezone(&c.timezone).to_rfc3339()),
-            "status": if c.enabled { "enabled" } else { "disabled" },
-        }));
+        let mut summary = c.summary(next);
+        summary["status"] = json!(if c.enabled { "enabled" } else { "disabled" });
+        campaigns.push(summary);
     }
     let refused: Vec<_> = loaded
         .refused

@@ -113,6 +113,20 @@ pub struct Campaign {
 }
 
 impl Campaign {
+    /// What `status --json` and `GET /api/campaigns` say about a campaign.
+    pub fn summary(&self, next_fire: Option<chrono::DateTime<chrono::Utc>>) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "kind": self.kind.as_str(),
+            "file": self.source.display().to_string(),
+            "schedule": self.schedule,
+            "timezone": self.timezone.name(),
+            "enabled": self.enabled,
+            "next_fire_utc": next_fire.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "next_fire_local": next_fire.map(|t| t.with_timezone(&self.timezone).to_rfc3339()),
+        })
+    }
+
     /// How to read this campaign's CSV.
     pub fn read_options(&self) -> ReadOptions {
         ReadOptions {

@@ -166,20 +166,16 @@ async fn campaigns<S: StudioApi>(State(state): St<S>) -> Response {
                 .filter(|(p, _)| *p == c.source)
                 .flat_map(|(_, e)| e.diagnostics.iter().map(ToString::to_string))
                 .collect();
-            out.push(json!({
-                "name": c.name,
-                "kind": c.kind.as_str(),
-                "file": c.source.display().to_string(),
-                "schedule": c.schedule,
-                "timezone": c.timezone.name(),
-                "enabled": c.enabled,
-                "status": if !problems.is_empty() { "refused-edit" } else if c.enabled { "enabled" } else { "disabled" },
-                "errors": problems,
-                "next_fire_utc": time(next),
-                "next_fire_local": next
-                    .and_then(chrono::DateTime::from_timestamp_millis)
-                    .map(|t| t.with_timezone(&c.timezone).to_rfc3339()),
-            }));
+            let mut summary = c.summary(next.and_then(chrono::DateTime::from_timestamp_millis));
+            summary["status"] = json!(if !problems.is_empty() {
+                "refused-edit"
+            } else if c.enabled {
+                "enabled"
+            } else {
+                "disabled"
+            });
+            summary["errors"] = json!(problems);
+            out.push(summary);
         }
         let in_force: Vec<_> = svc.campaigns().into_iter().map(|c| c.source).collect();
         for (file, e) in refused.into_iter().filter(|(p, _)| !in_force.contains(p)) {

@@ -338,11 +338,6 @@ impl<S: StudioApi> Service<S> {
         }
     }
 
-    /// Whether run `id`'s import is in progress in this process.
-    pub fn is_importing(&self, id: i64) -> bool {
-        self.importing.lock().unwrap_or_else(|e| e.into_inner()).contains(&id)
-    }
-
     /// Runs left `expanding` with no import in progress (a crash mid-import, or
     /// a resume of a run paused while importing) resume importing where they stopped.
     pub fn recover_imports(&self) {

@@ -246,12 +246,6 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Records how a claimed job's attempt ended. Applies only while the job is
-    /// still `dispatching` (guarded by id and state); returns whether it did.
-    pub fn finish_job(&self, job_id: i64, outcome: &JobOutcome, attempts_sent: i64, now: i64) -> Result<bool> {
-        apply_outcome(&self.conn(), job_id, outcome, attempts_sent, now)
-    }
-
     /// Records a batch of attempt outcomes and Studio calls in one transaction
     /// (one commit instead of two per job). Until it commits, the jobs stay
     /// `dispatching`; a crash before then leaves them to reconciliation, never to
@@ -448,11 +442,6 @@ impl Store {
             .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
-    }
-
-    /// Appends one Studio call to the audit trail.
-    pub fn log_call(&self, call: &StudioCall) -> Result<()> {
-        insert_call(&self.conn(), call)
     }
 
     /// The audit trail of one job, oldest first.
