@@ -2,6 +2,7 @@
 //! dispatcher together, prints for people, and returns the exit code SPEC.md
 //! fixes (0 done, 1 input error, 2 Studio or credentials error).
 
+mod flows;
 mod output;
 
 use std::io::{IsTerminal, Write};
@@ -96,6 +97,7 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Cancel { run } => control(&config, run, RunState::Cancelled),
         Command::Simulator { listen, lifetime, rate_cap } => simulator(&listen, &lifetime, rate_cap).await,
         Command::Serve => serve(&config).await,
+        Command::Flows { command } => flows::command(&config, command).await,
     }
 }
 

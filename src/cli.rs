@@ -67,6 +67,11 @@ pub enum Command {
     Cancel { run: i64 },
     /// The service: watch the campaigns folder, fire schedules, dispatch, serve HTTP.
     Serve,
+    /// Studio Flow definitions kept in the flows folder.
+    Flows {
+        #[command(subcommand)]
+        command: FlowsCommand,
+    },
     /// Run the built-in Studio simulator as a server (for tests and demos).
     Simulator {
         #[arg(long, default_value = "127.0.0.1:4010")]
@@ -77,5 +82,29 @@ pub enum Command {
         /// Creates per second before 429s.
         #[arg(long)]
         rate_cap: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// Check definitions locally (JSON, shape, ${VAR}s, size), then with Studio.
+    Validate {
+        /// Flow names (files flows/NAME.json); all when none.
+        names: Vec<String>,
+        /// KEY=value lines for ${VAR} placeholders (over the environment).
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
+    },
+    /// Create or update each Flow in Studio; unchanged ones are not re-sent.
+    Deploy {
+        names: Vec<String>,
+        /// Deploy as a draft instead of publishing.
+        #[arg(long)]
+        draft: bool,
+        /// The revision's commit message.
+        #[arg(long, value_name = "MSG")]
+        message: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
     },
 }

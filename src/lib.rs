@@ -23,6 +23,7 @@ pub mod config;
 pub mod contacts;
 pub mod dispatch;
 pub mod domain;
+pub mod flows;
 pub mod import;
 pub mod schedule;
 pub mod service;

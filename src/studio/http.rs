@@ -194,6 +194,73 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// A Flow as Studio describes it (the fields flowcast uses).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct FlowInfo {
+    pub sid: String,
+    #[serde(default)]
+    pub friendly_name: Option<String>,
+    #[serde(default)]
+    pub revision: Option<i64>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub definition: Option<serde_json::Value>,
+}
+
+/// The Flow API (flows as code). Not part of [`StudioApi`]: only the `flows`
+/// commands use it, always over HTTP.
+impl HttpStudio {
+    /// `POST /v2/Flows/Validate`; a refusal carries Studio's list of problems in
+    /// the error's `details`.
+    pub async fn validate_flow(&self, name: &str, status: &str, definition: &str) -> StudioResult<()> {
+        #[derive(Deserialize)]
+        struct Valid {
+            #[serde(default)]
+            valid: Option<bool>,
+        }
+        let form = [("FriendlyName", name), ("Status", status), ("Definition", definition)];
+        let answer: Valid =
+            self.send("flow_validate", self.client.post(self.url("/v2/Flows/Validate")).form(&form), false).await?;
+        match answer.valid {
+            Some(false) => Err(StudioError::Invalid(super::TwilioError::from_body(
+                200,
+                r#"{"message": "Studio says the definition is not valid"}"#,
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `POST /v2/Flows`: a new Flow.
+    pub async fn create_flow(
+        &self,
+        name: &str,
+        status: &str,
+        definition: &str,
+        message: &str,
+    ) -> StudioResult<FlowInfo> {
+        let form = [("FriendlyName", name), ("Status", status), ("Definition", definition), ("CommitMessage", message)];
+        self.send("flow_create", self.client.post(self.url("/v2/Flows")).form(&form), false).await
+    }
+
+    /// `POST /v2/Flows/{FW}`: a new revision of an existing Flow.
+    pub async fn update_flow(
+        &self,
+        sid: &str,
+        status: &str,
+        definition: &str,
+        message: &str,
+    ) -> StudioResult<FlowInfo> {
+        let form = [("Status", status), ("Definition", definition), ("CommitMessage", message)];
+        self.send("flow_update", self.client.post(self.url(&format!("/v2/Flows/{sid}"))).form(&form), false).await
+    }
+
+    /// `GET /v2/Flows/{FW}`.
+    pub async fn fetch_flow(&self, sid: &str) -> StudioResult<FlowInfo> {
+        self.send("flow_fetch", self.client.get(self.url(&format!("/v2/Flows/{sid}"))), false).await
+    }
+}
+
 impl StudioApi for HttpStudio {
     async fn create_execution(&self, flow: &FlowSid, request: &CreateRequest) -> StudioResult<Execution> {
         let form =

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::domain::{ExecutionSid, FlowSid};
 
-pub use http::{Credentials, HttpStudio, StudioConfig, base_url, base_url_from_env};
+pub use http::{Credentials, FlowInfo, HttpStudio, StudioConfig, base_url, base_url_from_env};
 
 /// An Execution as Studio describes it (the fields flowcast uses).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -60,6 +60,9 @@ pub struct TwilioError {
     pub code: Option<i64>,
     pub message: String,
     pub more_info: Option<String>,
+    /// Problems listed in the body's `details.errors` (a flow validation lists
+    /// each with its `property_path`).
+    pub details: Vec<String>,
 }
 
 impl TwilioError {
@@ -75,6 +78,8 @@ impl TwilioError {
             detail: Option<String>,
             #[serde(rename = "type")]
             kind: Option<String>,
+            #[serde(default)]
+            details: Option<serde_json::Value>,
         }
         match serde_json::from_str::<Raw>(body) {
             Ok(raw) => {
@@ -86,12 +91,27 @@ impl TwilioError {
                         (t, d) => t.or(d),
                     })
                     .unwrap_or_else(|| format!("HTTP {status}"));
-                TwilioError { status, code, message, more_info: raw.more_info.or(raw.kind) }
+                let details = raw
+                    .details
+                    .as_ref()
+                    .and_then(|d| d["errors"].as_array())
+                    .map(|errors| {
+                        errors
+                            .iter()
+                            .map(|e| match (e["property_path"].as_str(), e["message"].as_str()) {
+                                (Some(path), Some(m)) => format!("{path}: {m}"),
+                                (None, Some(m)) => m.to_string(),
+                                _ => e.to_string(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                TwilioError { status, code, message, more_info: raw.more_info.or(raw.kind), details }
             }
             Err(_) => {
                 let excerpt: String = body.chars().take(200).collect();
                 let message = if excerpt.trim().is_empty() { format!("HTTP {status}") } else { excerpt };
-                TwilioError { status, code: None, message, more_info: None }
+                TwilioError { status, code: None, message, more_info: None, details: Vec::new() }
             }
         }
     }

@@ -24,7 +24,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -104,6 +104,7 @@ struct SimState {
     conflicts: u64,
     faults_injected: u64,
     burst_left: u32,
+    flows: HashMap<String, SimFlow>,
     rng: Option<rand::rngs::StdRng>,
 }
 
@@ -188,6 +189,11 @@ impl Simulator {
     /// 409s answered so far.
     pub fn conflicts(&self) -> u64 {
         lock(&self.shared.state).conflicts
+    }
+
+    /// How many revisions each Flow has, by SID (for tests of deploys).
+    pub fn flow_revisions(&self) -> HashMap<String, usize> {
+        lock(&self.shared.state).flows.iter().map(|(sid, f)| (sid.clone(), f.revisions.len())).collect()
     }
 
     /// Puts `contact` into an active Execution of `flow` not made by flowcast (as
@@ -276,6 +282,9 @@ fn router(shared: SharedState) -> Router {
         .route("/v2/Flows/{flow}/Executions/{sid}/Context", get(execution_context))
         .route("/_simulator/executions", get(dump_executions))
         .route("/_simulator/stats", get(stats))
+        .route("/v2/Flows", post(create_flow))
+        .route("/v2/Flows/Validate", post(validate_flow))
+        .route("/v2/Flows/{sid}", get(fetch_flow).post(update_flow))
         .with_state(shared)
 }
 
@@ -722,4 +731,165 @@ async fn stats(State(shared): State<SharedState>) -> Response {
             "last_created": last.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         }),
     )
+}
+
+/// A Flow the simulator holds, with every revision's definition.
+#[derive(Debug, Clone)]
+struct SimFlow {
+    sid: String,
+    name: String,
+    status: String,
+    revisions: Vec<Value>,
+}
+
+fn flow_json(f: &SimFlow, base: &str) -> Value {
+    json!({
+        "sid": f.sid,
+        "account_sid": "AC00000000000000000000000000000000",
+        "friendly_name": f.name,
+        "definition": f.revisions.last(),
+        "status": f.status,
+        "revision": f.revisions.len(),
+        "valid": true,
+        "errors": [],
+        "warnings": [],
+        "url": format!("{base}/v2/Flows/{}", f.sid),
+    })
+}
+
+/// Checks a definition as Studio's validator does, in outline: JSON, states with
+/// names and types, an initial state that exists. Problems come back as Studio
+/// lists them, under `details.errors` with a `property_path`.
+fn check_definition(form: &[(String, String)]) -> Result<Value, Response> {
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let Some(text) = field("Definition") else {
+        return Err(twilio_error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            "Missing required parameter Definition in the post body",
+        ));
+    };
+    let invalid = |errors: Vec<Value>| {
+        let body = json!({
+            "code": 20001,
+            "message": "Invalid Flow Definition",
+            "more_info": "https://www.twilio.com/docs/errors/20001",
+            "status": 400,
+            "details": { "errors": errors, "warnings": [] },
+        });
+        (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    };
+    let Ok(definition) = serde_json::from_str::<Value>(&text) else {
+        return Err(invalid(vec![json!({ "message": "Definition is not valid JSON", "property_path": "#" })]));
+    };
+    let mut errors = Vec::new();
+    let states = definition["states"].as_array().cloned().unwrap_or_default();
+    if states.is_empty() {
+        errors.push(json!({ "message": "must have at least one state", "property_path": "#/states" }));
+    }
+    for (i, state) in states.iter().enumerate() {
+        if state["type"].as_str().is_none() {
+            errors.push(json!({ "message": "state has no type", "property_path": format!("#/states/{i}") }));
+        }
+    }
+    let initial = definition["initial_state"].as_str().unwrap_or("");
+    if !states.iter().any(|s| s["name"].as_str() == Some(initial)) {
+        errors.push(json!({ "message": format!("initial_state {initial:?} is not a state"), "property_path": "#/initial_state" }));
+    }
+    if errors.is_empty() { Ok(definition) } else { Err(invalid(errors)) }
+}
+
+async fn validate_flow(State(shared): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match check_definition(&form) {
+        Ok(_) => json_response(StatusCode::OK, json!({ "valid": true })),
+        Err(r) => r,
+    }
+}
+
+async fn create_flow(State(shared): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let definition = match check_definition(&form) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let flow = SimFlow {
+        sid: format!("FW{:032x}", rand::random::<u128>()),
+        name: field("FriendlyName").unwrap_or_default(),
+        status: field("Status").unwrap_or_else(|| "draft".into()),
+        revisions: vec![definition],
+    };
+    let body = flow_json(&flow, &base_url(&headers));
+    lock(&shared.state).flows.insert(flow.sid.clone(), flow);
+    json_response(StatusCode::CREATED, body)
+}
+
+async fn update_flow(
+    State(shared): State<SharedState>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let Some(status) = field("Status") else {
+        return twilio_error(StatusCode::BAD_REQUEST, 20001, "Missing required parameter Status in the post body");
+    };
+    let definition = if field("Definition").is_some() {
+        match check_definition(&form) {
+            Ok(d) => Some(d),
+            Err(r) => return r,
+        }
+    } else {
+        None
+    };
+    let mut state = lock(&shared.state);
+    let Some(flow) = state.flows.get_mut(&sid) else {
+        return twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            &format!("The requested resource /v2/Flows/{sid} was not found"),
+        );
+    };
+    flow.status = status;
+    if let Some(name) = field("FriendlyName") {
+        flow.name = name;
+    }
+    if let Some(d) = definition {
+        flow.revisions.push(d);
+    }
+    let body = flow_json(flow, &base_url(&headers));
+    json_response(StatusCode::OK, body)
+}
+
+async fn fetch_flow(State(shared): State<SharedState>, Path(sid): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let state = lock(&shared.state);
+    match state.flows.get(&sid) {
+        Some(flow) => json_response(StatusCode::OK, flow_json(flow, &base_url(&headers))),
+        None => {
+            twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v2/Flows/{sid} was not found"))
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod crash;
 mod dashboard;
 mod dispatch;
 mod faults;
+mod flows;
 mod import;
 mod operator;
 mod rates;

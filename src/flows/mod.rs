@@ -1,0 +1,250 @@
+//! Flows as code: Studio Flow definitions kept in `flows/NAME.json`, checked
+//! locally, deployed through Studio's Flow API, and recorded per account in
+//! `flows/flows.lock.toml` (which campaigns resolve `flow = "NAME"` through).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Studio refuses request bodies over 1 MB; flowcast refuses them first.
+pub const MAX_BODY_BYTES: usize = 1_000_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FlowError {
+    #[error("{file}: cannot read: {message}")]
+    Read { file: String, message: String },
+    #[error("{file}: ${{{var}}} is not set (set it in the environment or in --env-file)")]
+    UnsetVariable { file: String, var: String },
+    #[error("{file}:{line}: not JSON: {message}")]
+    Json { file: String, line: usize, message: String },
+    #[error("{file}: {message}")]
+    Shape { file: String, message: String },
+    #[error("{file}: the request would be {size} bytes; Studio refuses bodies over {MAX_BODY_BYTES} bytes")]
+    TooLarge { file: String, size: usize },
+}
+
+/// A definition with its `${VAR}`s resolved and its shape checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowDefinition {
+    pub name: String,
+    pub file: PathBuf,
+    /// The resolved definition as Studio receives it (a JSON string).
+    pub json: String,
+    pub value: Value,
+    /// Hex SHA-256 of the resolved definition: unchanged definitions are not redeployed.
+    pub hash: String,
+}
+
+/// Variables for `${VAR}`: the process environment, overridden by an env file
+/// (`KEY=value` lines; `#` comments and blank lines ignored).
+pub fn variables(env_file: Option<&Path>) -> Result<HashMap<String, String>, FlowError> {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    if let Some(path) = env_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| FlowError::Read { file: path.display().to_string(), message: e.to_string() })?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            if let Some((k, v)) = line.split_once('=') {
+                let v = v.trim().trim_matches('"').trim_matches('\'');
+                vars.insert(k.trim().to_string(), v.to_string());
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// Replaces every `${VAR}`; an unset one is an error naming the file and the variable.
+pub fn substitute(file: &str, text: &str, vars: &HashMap<String, String>) -> Result<String, FlowError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end)
+                if !after[..end].is_empty() && after[..end].chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                let var = &after[..end];
+                let value = vars
+                    .get(var)
+                    .ok_or_else(|| FlowError::UnsetVariable { file: file.to_string(), var: var.to_string() })?;
+                // The value lands inside JSON text: escape it as a JSON string body.
+                let escaped = serde_json::to_string(value).unwrap_or_default();
+                out.push_str(&escaped[1..escaped.len() - 1]);
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Checks the shape of a Studio flow definition: `description`, `states` with
+/// unique names, `initial_state` naming one of them, `flags`.
+pub fn check_shape(file: &str, value: &Value) -> Result<(), FlowError> {
+    let shape = |message: String| FlowError::Shape { file: file.to_string(), message };
+    let obj = value.as_object().ok_or_else(|| shape("a flow definition is a JSON object".into()))?;
+    if !obj.get("description").is_some_and(Value::is_string) {
+        return Err(shape("\"description\" (a string) is required".into()));
+    }
+    let states =
+        obj.get("states").and_then(Value::as_array).ok_or_else(|| shape("\"states\" (an array) is required".into()))?;
+    let mut names = HashSet::new();
+    for (i, state) in states.iter().enumerate() {
+        let name = state["name"].as_str().ok_or_else(|| shape(format!("states[{i}] has no \"name\"")))?;
+        if state["type"].as_str().is_none() {
+            return Err(shape(format!("state {name:?} has no \"type\"")));
+        }
+        if !names.insert(name) {
+            return Err(shape(format!("state name {name:?} is used twice")));
+        }
+    }
+    let initial = obj
+        .get("initial_state")
+        .and_then(Value::as_str)
+        .ok_or_else(|| shape("\"initial_state\" is required".into()))?;
+    if !names.contains(initial) {
+        return Err(shape(format!("initial_state {initial:?} names no state")));
+    }
+    if !obj.get("flags").is_some_and(Value::is_object) {
+        return Err(shape("\"flags\" (an object) is required".into()));
+    }
+    Ok(())
+}
+
+/// Loads `flows/NAME.json`: resolves `${VAR}`s, parses, checks the shape and the
+/// size Studio would receive.
+pub fn load(flows: &Path, name: &str, vars: &HashMap<String, String>) -> Result<FlowDefinition, FlowError> {
+    let file = flows.join(format!("{name}.json"));
+    let shown = file.display().to_string();
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| FlowError::Read { file: shown.clone(), message: e.to_string() })?;
+    let resolved = substitute(&shown, &text, vars)?;
+    let value: Value = serde_json::from_str(&resolved).map_err(|e| FlowError::Json {
+        file: shown.clone(),
+        line: e.line(),
+        message: e.to_string(),
+    })?;
+    check_shape(&shown, &value)?;
+    let json = value.to_string();
+    // The form body: FriendlyName, Status, CommitMessage and the definition,
+    // URL-encoded. Measured as Studio would see it.
+    let size = form_urlencoded::Serializer::new(String::new())
+        .append_pair("FriendlyName", name)
+        .append_pair("Status", "published")
+        .append_pair("Definition", &json)
+        .finish()
+        .len();
+    if size > MAX_BODY_BYTES {
+        return Err(FlowError::TooLarge { file: shown, size });
+    }
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    Ok(FlowDefinition { name: name.to_string(), file, json, value, hash })
+}
+
+/// Every flow name in the folder (`*.json`), sorted.
+pub fn names(flows: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(flows)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// One deployed flow, as the lock file records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deployed {
+    pub sid: String,
+    pub revision: i64,
+    pub hash: String,
+}
+
+/// `flows/flows.lock.toml`: account SID → flow name → what was deployed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Lock(pub BTreeMap<String, BTreeMap<String, Deployed>>);
+
+impl Lock {
+    pub fn path(flows: &Path) -> PathBuf {
+        flows.join("flows.lock.toml")
+    }
+
+    pub fn read(flows: &Path) -> Result<Lock, FlowError> {
+        let path = Self::path(flows);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| FlowError::Read { file: path.display().to_string(), message: e.message().to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock::default()),
+            Err(e) => Err(FlowError::Read { file: path.display().to_string(), message: e.to_string() }),
+        }
+    }
+
+    /// Writes the lock file atomically: a temporary file, then a rename, so a
+    /// crash never leaves half a lock file.
+    pub fn write(&self, flows: &Path) -> Result<(), FlowError> {
+        let path = Self::path(flows);
+        let shown = path.display().to_string();
+        let io = |e: std::io::Error| FlowError::Read { file: shown.clone(), message: e.to_string() };
+        let text = format!(
+            "# Written by `flowcast flows deploy`: for each account SID, each flow's Studio SID,\n# its last deployed revision and the hash of the definition deployed.\n{}",
+            toml::to_string(self).map_err(|e| FlowError::Read { file: shown.clone(), message: e.to_string() })?
+        );
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(())
+    }
+
+    pub fn get(&self, account: &str, name: &str) -> Option<&Deployed> {
+        self.0.get(account).and_then(|a| a.get(name))
+    }
+
+    pub fn set(&mut self, account: &str, name: &str, deployed: Deployed) {
+        self.0.entry(account.to_string()).or_default().insert(name.to_string(), deployed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn placeholders_are_replaced_and_an_unset_one_names_file_and_variable() {
+        let out = substitute(
+            "f.json",
+            r#"{"url": "${BASE}/x", "n": "$notvar", "q": "${QUOTE}"}"#,
+            &vars(&[("BASE", "https://a"), ("QUOTE", "say \"hi\"")]),
+        )
+        .unwrap();
+        assert_eq!(out, r#"{"url": "https://a/x", "n": "$notvar", "q": "say \"hi\""}"#);
+        let err = substitute("flows/survey.json", "${MISSING}", &vars(&[])).unwrap_err().to_string();
+        assert_eq!(err, "flows/survey.json: ${MISSING} is not set (set it in the environment or in --env-file)");
+    }
+
+    #[test]
+    fn the_shape_of_a_definition_is_checked() {
+        let ok = serde_json::json!({"description": "d", "states": [{"name": "Trigger", "type": "trigger"}], "initial_state": "Trigger", "flags": {}});
+        assert!(check_shape("f", &ok).is_ok());
+        let mut bad = ok.clone();
+        bad["initial_state"] = "Nowhere".into();
+        assert!(check_shape("f", &bad).unwrap_err().to_string().contains("names no state"));
+        let mut twice = ok.clone();
+        twice["states"] = serde_json::json!([{"name": "A", "type": "x"}, {"name": "A", "type": "y"}]);
+        assert!(check_shape("f", &twice).unwrap_err().to_string().contains("used twice"));
+    }
+}

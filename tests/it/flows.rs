@@ -1,0 +1,201 @@
+//! Flows as code: local checks, deploy → unchanged skip → update, the lock file
+//! per account, and campaigns that name their Flow.
+
+use flowcast::studio::simulator::{SimConfig, Simulator};
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn definition(greeting: &str) -> String {
+    json!({
+        "description": "reminder",
+        "states": [
+            {"name": "Trigger", "type": "trigger", "transitions": [{"event": "incomingRequest", "next": "say"}]},
+            {"name": "say", "type": "send-message", "properties": {"body": greeting}}
+        ],
+        "initial_state": "Trigger",
+        "flags": {"allow_concurrent_calls": true}
+    })
+    .to_string()
+}
+
+fn studio_env<'a>(url: &'a str, account: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("FLOWCAST_STUDIO_URL", url),
+        ("TWILIO_ACCOUNT_SID", account),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("FLOWCAST_RATE", "200"),
+    ]
+}
+
+#[tokio::test]
+async fn deploy_creates_then_skips_unchanged_then_updates_and_keeps_each_accounts_mapping() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    std::fs::write(app.flows.join("reminder.json"), definition("Hello ${CLINIC}")).unwrap();
+    let url = sim.url();
+
+    // An unset placeholder is an error naming the file and the variable.
+    let out = app.flowcast(&["flows", "deploy"], &studio_env(&url, ACCOUNT)).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("reminder.json: ${CLINIC} is not set"), "{}", stdout(&out));
+    assert!(sim.flow_revisions().is_empty(), "nothing was sent");
+
+    let env_file = app.dir.path().join("staging.env");
+    std::fs::write(&env_file, "CLINIC=Main St\n").unwrap();
+    let env_arg = env_file.to_str().unwrap();
+    let out = app
+        .flowcast(&["flows", "deploy", "--env-file", env_arg, "--message", "first"], &studio_env(&url, ACCOUNT))
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("created FW"), "{}", stdout(&out));
+    let lock: toml::Table =
+        toml::from_str(&std::fs::read_to_string(app.flows.join("flows.lock.toml")).unwrap()).unwrap();
+    let sid = lock[ACCOUNT]["reminder"]["sid"].as_str().unwrap().to_string();
+    assert_eq!(sim.flow_revisions()[&sid], 1);
+
+    let out = app.flowcast(&["flows", "deploy", "--env-file", env_arg], &studio_env(&url, ACCOUNT)).await;
+    assert!(stdout(&out).contains("unchanged since revision 1; not re-sent"), "{}", stdout(&out));
+    assert_eq!(sim.flow_revisions()[&sid], 1);
+
+    std::fs::write(&env_file, "CLINIC=Harbour Rd\n").unwrap();
+    let out = app.flowcast(&["flows", "deploy", "--env-file", env_arg, "--draft"], &studio_env(&url, ACCOUNT)).await;
+    assert!(stdout(&out).contains(&format!("updated {sid} revision 2 (draft)")), "{}", stdout(&out));
+    assert_eq!(sim.flow_revisions()[&sid], 2);
+
+    // Another account gets its own Flow; both mappings are kept.
+    let other = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let out = app.flowcast(&["flows", "deploy", "--env-file", env_arg], &studio_env(&url, other)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let lock: toml::Table =
+        toml::from_str(&std::fs::read_to_string(app.flows.join("flows.lock.toml")).unwrap()).unwrap();
+    assert_eq!(lock[ACCOUNT]["reminder"]["sid"].as_str().unwrap(), sid);
+    assert_eq!(lock[ACCOUNT]["reminder"]["revision"].as_integer(), Some(2));
+    assert_ne!(lock[other]["reminder"]["sid"].as_str().unwrap(), sid);
+}
+
+#[tokio::test]
+async fn a_campaign_names_its_flow_and_runs_only_where_it_is_deployed() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    std::fs::write(app.flows.join("reminder.json"), definition("Hi")).unwrap();
+    app.write("c.csv", contacts_csv(&phones(3)));
+    app.write("c.toml", campaign_toml("c.csv", "").replace(FLOW, "reminder"));
+    let url = sim.url();
+
+    let out = app.flowcast(&["run", "c"], &studio_env(&url, ACCOUNT)).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("flow \"reminder\" is not deployed for account {ACCOUNT}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(sim.executions().is_empty());
+
+    let out = app.flowcast(&["flows", "deploy"], &studio_env(&url, ACCOUNT)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let out = app.flowcast(&["run", "c"], &studio_env(&url, ACCOUNT)).await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let lock: toml::Table =
+        toml::from_str(&std::fs::read_to_string(app.flows.join("flows.lock.toml")).unwrap()).unwrap();
+    let sid = lock[ACCOUNT]["reminder"]["sid"].as_str().unwrap();
+    assert!(sim.executions().iter().all(|e| e.flow_sid == sid) && sim.executions().len() == 3);
+}
+
+#[tokio::test]
+async fn local_checks_refuse_bad_shapes_and_bodies_over_a_megabyte_before_sending() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let app = TestApp::new();
+    std::fs::write(
+        app.flows.join("broken.json"),
+        r#"{"description": "x", "states": [], "initial_state": "Trigger", "flags": {}}"#,
+    )
+    .unwrap();
+    std::fs::write(app.flows.join("notjson.json"), "{ nope").unwrap();
+    let huge = "x".repeat(1_100_000);
+    std::fs::write(app.flows.join("huge.json"), definition(&huge)).unwrap();
+    let url = sim.url();
+
+    let out = app.flowcast(&["flows", "validate"], &studio_env(&url, ACCOUNT)).await;
+
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("broken.json: initial_state \"Trigger\" names no state"), "{text}");
+    assert!(text.contains("notjson.json:1: not JSON"), "{text}");
+    assert!(
+        text.contains("huge.json: the request would be") && text.contains("Studio refuses bodies over 1000000 bytes"),
+        "{text}"
+    );
+    assert!(sim.flow_revisions().is_empty());
+}
+
+#[tokio::test]
+async fn studios_validation_problems_are_printed_one_per_line() {
+    let mut server = mockito::Server::new_async().await;
+    let _m = server
+        .mock("POST", "/v2/Flows/Validate")
+        .match_body(mockito::Matcher::Regex("FriendlyName=reminder".into()))
+        .with_status(400)
+        .with_body(
+            json!({"code": 20001, "message": "Invalid Flow Definition", "status": 400, "details": {"errors": [
+                {"message": "must have required property 'service'", "property_path": "#/states/1/properties"},
+                {"message": "unknown widget type", "property_path": "#/states/1/type"}
+            ]}})
+            .to_string(),
+        )
+        .create_async()
+        .await;
+    let app = TestApp::new();
+    std::fs::write(app.flows.join("reminder.json"), definition("Hi")).unwrap();
+    let url = server.url();
+
+    let out = app.flowcast(&["flows", "validate", "reminder"], &studio_env(&url, ACCOUNT)).await;
+
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("reminder.json: #/states/1/properties: must have required property 'service'"), "{text}");
+    assert!(text.contains("reminder.json: #/states/1/type: unknown widget type"), "{text}");
+}
+
+#[tokio::test]
+async fn flow_calls_send_what_the_api_requires() {
+    let mut server = mockito::Server::new_async().await;
+    let create = server
+        .mock("POST", "/v2/Flows")
+        .match_body(mockito::Matcher::AllOf(vec![
+            mockito::Matcher::UrlEncoded("FriendlyName".into(), "reminder".into()),
+            mockito::Matcher::UrlEncoded("Status".into(), "published".into()),
+            mockito::Matcher::UrlEncoded("CommitMessage".into(), "v1".into()),
+            mockito::Matcher::Regex("Definition=".into()),
+        ]))
+        .with_status(201)
+        .with_body(
+            json!({"sid": "FW0123456789abcdef0123456789abcdef", "revision": 1, "status": "published"}).to_string(),
+        )
+        .create_async()
+        .await;
+    let update = server
+        .mock("POST", "/v2/Flows/FW0123456789abcdef0123456789abcdef")
+        .match_body(mockito::Matcher::UrlEncoded("Status".into(), "draft".into()))
+        .with_status(200)
+        .with_body(json!({"sid": "FW0123456789abcdef0123456789abcdef", "revision": 2, "status": "draft"}).to_string())
+        .create_async()
+        .await;
+    let missing = server
+        .mock("GET", "/v2/Flows/FWffffffffffffffffffffffffffffffff")
+        .with_status(404)
+        .with_body(r#"{"code":20404,"message":"not found","status":404}"#)
+        .create_async()
+        .await;
+    let studio = http_studio(&server.url());
+
+    let flow = studio.create_flow("reminder", "published", "{}", "v1").await.unwrap();
+    assert_eq!(flow.revision, Some(1));
+    let flow = studio.update_flow(&flow.sid, "draft", "{}", "v2").await.unwrap();
+    assert_eq!(flow.revision, Some(2));
+    let err = studio.fetch_flow("FWffffffffffffffffffffffffffffffff").await.unwrap_err();
+    assert_eq!(err.class(), "not_found");
+    create.assert_async().await;
+    update.assert_async().await;
+    missing.assert_async().await;
+}
