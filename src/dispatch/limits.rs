@@ -8,9 +8,10 @@
 //! than the cap). The period is 1 % longer than `1 s / rate`, which leaves ten
 //! milliseconds of room per second for the jitter between this process and
 //! Studio's clock of arrivals. Measured against a simulator that answers 429
-//! above 20/s (see the README's benchmark table), governor's GCRA with burst 1
-//! lost a waiter's lateness on every request and ran well below the cap, and any
-//! larger burst let 21 requests into some one-second window and drew 429s.
+//! above 20/s (see the README's benchmark table), governor's GCRA with a burst
+//! of a tenth of the rate let a 21st request into some one-second window and
+//! drew 429s; with a burst of 1 it loses each late waiter's lateness and runs
+//! below the cap.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
