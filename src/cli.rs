@@ -107,4 +107,25 @@ pub enum FlowsCommand {
         #[arg(long, value_name = "FILE")]
         env_file: Option<PathBuf>,
     },
+    /// Fetch deployed definitions into the flows folder (adopt Console-built Flows).
+    Pull {
+        /// Flows to refresh from Studio (names in the lock file).
+        names: Vec<String>,
+        /// Every Flow of the account.
+        #[arg(long)]
+        all: bool,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Local definition vs the latest deployed revision (exit 1 when they differ).
+    Diff {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
+    },
+    /// The Flow's revision history.
+    Revisions { name: String },
+    /// Show, or set, the contact addresses allowed to test draft revisions.
+    TestUsers { name: String, addresses: Vec<String> },
 }

@@ -14,7 +14,127 @@ pub(super) async fn command(config: &Config, command: FlowsCommand) -> CommandRe
         FlowsCommand::Deploy { names, draft, message, env_file } => {
             deploy(config, names, draft, message, env_file.as_deref()).await
         }
+        FlowsCommand::Pull { names, all, force } => pull(config, names, all, force).await,
+        FlowsCommand::Diff { name, env_file } => diff(config, &name, env_file.as_deref()).await,
+        FlowsCommand::Revisions { name } => revisions(config, &name).await,
+        FlowsCommand::TestUsers { name, addresses } => test_users(config, &name, &addresses).await,
     }
+}
+
+/// The Studio SID of flow `name` for the connected account, from the lock file.
+fn deployed_sid(config: &Config, account: &str, name: &str) -> Result<String, Failure> {
+    let lock = Lock::read(&config.flows).map_err(Failure::input)?;
+    lock.get(account, name).map(|d| d.sid.clone()).ok_or_else(|| {
+        Failure::input(anyhow!(
+            "flow {name:?} is not deployed for account {account} (no entry in {}); deploy or pull it first",
+            Lock::path(&config.flows).display()
+        ))
+    })
+}
+
+async fn revisions(config: &Config, name: &str) -> CommandResult {
+    let studio = connect_studio(config).await?;
+    let sid = deployed_sid(config, &studio.account_sid, name)?;
+    let revisions = studio.client.flow_revisions(&sid).await.map_err(Failure::studio)?;
+    println!("{name} ({sid}): {} revision(s)", revisions.len());
+    for r in revisions {
+        println!(
+            "  {:>4}  {:<10}  {:<20}  {}",
+            r.revision.unwrap_or(0),
+            r.status.unwrap_or_default(),
+            r.date_created.unwrap_or_default(),
+            r.commit_message.unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+async fn diff(config: &Config, name: &str, env_file: Option<&std::path::Path>) -> CommandResult {
+    let vars = flows::variables(env_file).map_err(Failure::input)?;
+    let local = flows::load(&config.flows, name, &vars).map_err(Failure::input)?;
+    let studio = connect_studio(config).await?;
+    let sid = deployed_sid(config, &studio.account_sid, name)?;
+    let latest = studio.client.flow_revision(&sid, "LatestRevision").await.map_err(Failure::studio)?;
+    let deployed = latest.definition.unwrap_or_default();
+    let differences = flows::diff(&local.value, &deployed);
+    let file = local.file.display();
+    if differences.is_empty() {
+        println!("{file}: same as revision {} in Studio", latest.revision.unwrap_or(0));
+        return Ok(0);
+    }
+    println!("{file}: differs from revision {} in Studio:", latest.revision.unwrap_or(0));
+    for d in differences {
+        println!("  {d}");
+    }
+    Ok(1)
+}
+
+async fn test_users(config: &Config, name: &str, addresses: &[String]) -> CommandResult {
+    let studio = connect_studio(config).await?;
+    let sid = deployed_sid(config, &studio.account_sid, name)?;
+    let users = if addresses.is_empty() {
+        studio.client.test_users(&sid).await
+    } else {
+        studio.client.set_test_users(&sid, addresses).await
+    }
+    .map_err(Failure::studio)?;
+    println!("{name} ({sid}) test users: {}", if users.is_empty() { "none".to_string() } else { users.join(", ") });
+    Ok(0)
+}
+
+async fn pull(config: &Config, names: Vec<String>, all: bool, force: bool) -> CommandResult {
+    if names.is_empty() && !all {
+        return Err(Failure::input(anyhow!("name the flows to pull, or use --all")));
+    }
+    let studio = connect_studio(config).await?;
+    let account = studio.account_sid.clone();
+    let mut lock = Lock::read(&config.flows).map_err(Failure::input)?;
+    // Which Flows, under which file names.
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    if all {
+        let mut taken: std::collections::HashSet<String> = flows::names(&config.flows).into_iter().collect();
+        let known: std::collections::HashMap<String, String> = lock
+            .0
+            .get(&account)
+            .map(|m| m.iter().map(|(n, d)| (d.sid.clone(), n.clone())).collect())
+            .unwrap_or_default();
+        for flow in studio.client.list_flows().await.map_err(Failure::studio)? {
+            let name = match known.get(&flow.sid) {
+                Some(n) => n.clone(),
+                None => {
+                    let n = flows::file_name_for(flow.friendly_name.as_deref().unwrap_or("flow"), &taken);
+                    taken.insert(n.clone());
+                    n
+                }
+            };
+            wanted.push((name, flow.sid));
+        }
+    } else {
+        for name in names {
+            let sid = deployed_sid(config, &account, &name)?;
+            wanted.push((name, sid));
+        }
+    }
+    std::fs::create_dir_all(&config.flows).map_err(|e| Failure::input(anyhow!("{}: {e}", config.flows.display())))?;
+    let mut code = 0;
+    for (name, sid) in wanted {
+        let file = config.flows.join(format!("{name}.json"));
+        if file.exists() && !force {
+            println!("{}: exists; not overwritten (use --force)", file.display());
+            code = 1;
+            continue;
+        }
+        let flow = studio.client.fetch_flow(&sid).await.map_err(Failure::studio)?;
+        let definition = flow.definition.unwrap_or_default();
+        let text = serde_json::to_string_pretty(&definition).unwrap_or_default() + "\n";
+        std::fs::write(&file, &text).map_err(|e| Failure::input(anyhow!("{}: {e}", file.display())))?;
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(definition.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        lock.set(&account, &name, Deployed { sid: sid.clone(), revision: flow.revision.unwrap_or(1), hash });
+        lock.write(&config.flows).map_err(Failure::input)?;
+        println!("{}: pulled {sid} revision {}", file.display(), flow.revision.unwrap_or(1));
+    }
+    Ok(code)
 }
 
 fn chosen(config: &Config, names: Vec<String>) -> Result<Vec<String>, Failure> {

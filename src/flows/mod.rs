@@ -162,6 +162,70 @@ pub fn names(flows: &Path) -> Vec<String> {
     names
 }
 
+/// The JSON paths where two definitions differ (`/states/1/properties/body`),
+/// structurally: key order and formatting do not count.
+pub fn diff(local: &Value, deployed: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk("", local, deployed, &mut out);
+    out
+}
+
+fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = format!("{path}/{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => walk(&p, va, vb, out),
+                    (Some(_), None) => out.push(format!("{p}: only in the local file")),
+                    (None, Some(_)) => out.push(format!("{p}: only in Studio")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for i in 0..x.len().max(y.len()) {
+                let p = format!("{path}/{i}");
+                match (x.get(i), y.get(i)) {
+                    (Some(va), Some(vb)) => walk(&p, va, vb, out),
+                    (Some(_), None) => out.push(format!("{p}: only in the local file")),
+                    (None, Some(_)) => out.push(format!("{p}: only in Studio")),
+                    (None, None) => {}
+                }
+            }
+        }
+        _ if a != b => {
+            out.push(format!("{}: {} (local) vs {} (Studio)", if path.is_empty() { "/" } else { path }, a, b))
+        }
+        _ => {}
+    }
+}
+
+/// A file name for a Flow pulled from Studio: its friendly name in
+/// `[a-z0-9-]`, made unique against `taken`.
+pub fn file_name_for(friendly: &str, taken: &HashSet<String>) -> String {
+    let mut base: String = friendly
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    if base.is_empty() {
+        base = "flow".into();
+    }
+    let mut name = base.clone();
+    let mut n = 2;
+    while taken.contains(&name) {
+        name = format!("{base}-{n}");
+        n += 1;
+    }
+    name
+}
+
 /// One deployed flow, as the lock file records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deployed {
@@ -234,6 +298,22 @@ mod tests {
         assert_eq!(out, r#"{"url": "https://a/x", "n": "$notvar", "q": "say \"hi\""}"#);
         let err = substitute("flows/survey.json", "${MISSING}", &vars(&[])).unwrap_err().to_string();
         assert_eq!(err, "flows/survey.json: ${MISSING} is not set (set it in the environment or in --env-file)");
+    }
+
+    #[test]
+    fn diffs_are_structural_and_name_their_paths() {
+        let a = serde_json::json!({"b": 1, "a": [1, {"x": "y"}]});
+        let b = serde_json::json!({"a": [1, {"x": "z"}], "b": 1, "c": true});
+        assert_eq!(diff(&a, &b), ["/a/1/x: \"y\" (local) vs \"z\" (Studio)", "/c: only in Studio"]);
+        assert!(diff(&a, &a.clone()).is_empty());
+    }
+
+    #[test]
+    fn pulled_names_are_slugs_made_unique() {
+        let mut taken = HashSet::new();
+        assert_eq!(file_name_for("Appointment Reminder (v2)", &taken), "appointment-reminder-v2");
+        taken.insert("survey".to_string());
+        assert_eq!(file_name_for("Survey", &taken), "survey-2");
     }
 
     #[test]

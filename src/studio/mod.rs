@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::domain::{ExecutionSid, FlowSid};
 
-pub use http::{Credentials, FlowInfo, HttpStudio, StudioConfig, base_url, base_url_from_env};
+pub use http::{Credentials, FlowInfo, FlowRevision, HttpStudio, StudioConfig, base_url, base_url_from_env};
 
 /// An Execution as Studio describes it (the fields flowcast uses).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]

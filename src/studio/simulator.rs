@@ -282,7 +282,10 @@ fn router(shared: SharedState) -> Router {
         .route("/v2/Flows/{flow}/Executions/{sid}/Context", get(execution_context))
         .route("/_simulator/executions", get(dump_executions))
         .route("/_simulator/stats", get(stats))
-        .route("/v2/Flows", post(create_flow))
+        .route("/v2/Flows", post(create_flow).get(list_flows))
+        .route("/v2/Flows/{sid}/Revisions", get(flow_revisions))
+        .route("/v2/Flows/{sid}/Revisions/{revision}", get(flow_revision))
+        .route("/v2/Flows/{sid}/TestUsers", get(get_test_users).post(set_test_users))
         .route("/v2/Flows/Validate", post(validate_flow))
         .route("/v2/Flows/{sid}", get(fetch_flow).post(update_flow))
         .with_state(shared)
@@ -740,6 +743,8 @@ struct SimFlow {
     name: String,
     status: String,
     revisions: Vec<Value>,
+    messages: Vec<String>,
+    test_users: Vec<String>,
 }
 
 fn flow_json(f: &SimFlow, base: &str) -> Value {
@@ -831,6 +836,8 @@ async fn create_flow(State(shared): State<SharedState>, headers: HeaderMap, body
         name: field("FriendlyName").unwrap_or_default(),
         status: field("Status").unwrap_or_else(|| "draft".into()),
         revisions: vec![definition],
+        messages: vec![field("CommitMessage").unwrap_or_default()],
+        test_users: Vec::new(),
     };
     let body = flow_json(&flow, &base_url(&headers));
     lock(&shared.state).flows.insert(flow.sid.clone(), flow);
@@ -876,6 +883,7 @@ async fn update_flow(
     }
     if let Some(d) = definition {
         flow.revisions.push(d);
+        flow.messages.push(field("CommitMessage").unwrap_or_default());
     }
     let body = flow_json(flow, &base_url(&headers));
     json_response(StatusCode::OK, body)
@@ -888,6 +896,117 @@ async fn fetch_flow(State(shared): State<SharedState>, Path(sid): Path<String>, 
     let state = lock(&shared.state);
     match state.flows.get(&sid) {
         Some(flow) => json_response(StatusCode::OK, flow_json(flow, &base_url(&headers))),
+        None => {
+            twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v2/Flows/{sid} was not found"))
+        }
+    }
+}
+
+async fn list_flows(State(shared): State<SharedState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let state = lock(&shared.state);
+    let base = base_url(&headers);
+    let mut flows: Vec<&SimFlow> = state.flows.values().collect();
+    flows.sort_by(|a, b| a.name.cmp(&b.name));
+    let list: Vec<Value> = flows.iter().map(|f| flow_json(f, &base)).collect();
+    json_response(StatusCode::OK, json!({ "flows": list, "meta": { "next_page_url": null, "key": "flows" } }))
+}
+
+fn revision_json(f: &SimFlow, n: usize) -> Value {
+    json!({
+        "sid": f.sid,
+        "friendly_name": f.name,
+        "definition": f.revisions[n - 1],
+        "status": f.status,
+        "revision": n,
+        "commit_message": f.messages.get(n - 1),
+        "valid": true,
+        "date_created": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+async fn flow_revisions(State(shared): State<SharedState>, Path(sid): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let state = lock(&shared.state);
+    let Some(flow) = state.flows.get(&sid) else {
+        return twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            &format!("The requested resource /v2/Flows/{sid} was not found"),
+        );
+    };
+    let revisions: Vec<Value> = (1..=flow.revisions.len()).rev().map(|n| revision_json(flow, n)).collect();
+    json_response(
+        StatusCode::OK,
+        json!({ "revisions": revisions, "meta": { "next_page_url": null, "key": "revisions" } }),
+    )
+}
+
+async fn flow_revision(
+    State(shared): State<SharedState>,
+    Path((sid, revision)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let state = lock(&shared.state);
+    let flow = state.flows.get(&sid);
+    let n = match (flow, revision.as_str()) {
+        (Some(f), "LatestPublished" | "LatestRevision") => f.revisions.len(),
+        (Some(_), n) => n.parse().unwrap_or(0),
+        (None, _) => 0,
+    };
+    match flow {
+        Some(f) if (1..=f.revisions.len()).contains(&n) => json_response(StatusCode::OK, revision_json(f, n)),
+        _ => twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            &format!("The requested resource /v2/Flows/{sid}/Revisions/{revision} was not found"),
+        ),
+    }
+}
+
+async fn get_test_users(State(shared): State<SharedState>, Path(sid): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let state = lock(&shared.state);
+    match state.flows.get(&sid) {
+        Some(f) => json_response(StatusCode::OK, json!({ "sid": f.sid, "test_users": f.test_users })),
+        None => {
+            twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v2/Flows/{sid} was not found"))
+        }
+    }
+}
+
+async fn set_test_users(
+    State(shared): State<SharedState>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    let form = match read_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let users: Vec<String> = form.into_iter().filter(|(k, _)| k == "TestUsers").map(|(_, v)| v).collect();
+    if users.is_empty() {
+        return twilio_error(StatusCode::BAD_REQUEST, 20001, "Missing required parameter TestUsers in the post body");
+    }
+    let mut state = lock(&shared.state);
+    match state.flows.get_mut(&sid) {
+        Some(f) => {
+            f.test_users = users;
+            json_response(StatusCode::OK, json!({ "sid": f.sid, "test_users": f.test_users }))
+        }
         None => {
             twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v2/Flows/{sid} was not found"))
         }

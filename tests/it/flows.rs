@@ -199,3 +199,57 @@ async fn flow_calls_send_what_the_api_requires() {
     update.assert_async().await;
     missing.assert_async().await;
 }
+
+#[tokio::test]
+async fn revisions_diff_test_users_and_pull_round_trip_through_the_simulator() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let app = TestApp::new();
+    let url = sim.url();
+    let env = studio_env(&url, ACCOUNT);
+    std::fs::write(app.flows.join("reminder.json"), definition("one")).unwrap();
+    assert_eq!(app.flowcast(&["flows", "deploy", "--message", "first"], &env).await.status.code(), Some(0));
+    std::fs::write(app.flows.join("reminder.json"), definition("two")).unwrap();
+    assert_eq!(app.flowcast(&["flows", "deploy", "--message", "second"], &env).await.status.code(), Some(0));
+
+    let out = app.flowcast(&["flows", "revisions", "reminder"], &env).await;
+    let text = stdout(&out);
+    assert!(text.contains("2 revision(s)") && text.contains("second") && text.contains("first"), "{text}");
+
+    let same = app.flowcast(&["flows", "diff", "reminder"], &env).await;
+    assert_eq!(same.status.code(), Some(0), "{}", stdout(&same));
+    std::fs::write(app.flows.join("reminder.json"), definition("three")).unwrap();
+    let differs = app.flowcast(&["flows", "diff", "reminder"], &env).await;
+    assert_eq!(differs.status.code(), Some(1));
+    assert!(
+        stdout(&differs).contains("/states/1/properties/body: \"three\" (local) vs \"two\" (Studio)"),
+        "{}",
+        stdout(&differs)
+    );
+
+    let set = app.flowcast(&["flows", "test-users", "reminder", "+12015550100", "+12015550101"], &env).await;
+    assert!(stdout(&set).contains("test users: +12015550100, +12015550101"), "{}", stdout(&set));
+    let shown = app.flowcast(&["flows", "test-users", "reminder"], &env).await;
+    assert!(stdout(&shown).contains("+12015550101"), "{}", stdout(&shown));
+
+    // A Flow built in the Console is adopted by pull --all; existing files are
+    // kept unless --force.
+    let console = http_studio(&url)
+        .create_flow("Delivery Notice (Console)", "published", &definition("console"), "")
+        .await
+        .unwrap();
+    let out = app.flowcast(&["flows", "pull", "--all"], &env).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("reminder.json: exists; not overwritten"), "{text}");
+    assert!(text.contains(&format!("delivery-notice-console.json: pulled {}", console.sid)), "{text}");
+    let pulled: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(app.flows.join("delivery-notice-console.json")).unwrap())
+            .unwrap();
+    assert_eq!(pulled["states"][1]["properties"]["body"], "console");
+    let out = app.flowcast(&["flows", "pull", "reminder", "--force"], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(app.flowcast(&["flows", "diff", "reminder"], &env).await.status.code(), Some(0), "pulled = deployed");
+    // A pulled definition deploys as unchanged.
+    let out = app.flowcast(&["flows", "deploy", "delivery-notice-console"], &env).await;
+    assert!(stdout(&out).contains("unchanged"), "{}", stdout(&out));
+}
