@@ -253,3 +253,78 @@ async fn revisions_diff_test_users_and_pull_round_trip_through_the_simulator() {
     let out = app.flowcast(&["flows", "deploy", "delivery-notice-console"], &env).await;
     assert!(stdout(&out).contains("unchanged"), "{}", stdout(&out));
 }
+
+#[tokio::test]
+async fn list_revisions_and_test_users_calls_and_their_error_classes() {
+    let mut server = mockito::Server::new_async().await;
+    let sid = "FW0123456789abcdef0123456789abcdef";
+    let page2 = format!("{}/v2/Flows?PageSize=1000&Page=1&PageToken=PT1", server.url());
+    let _list1 = server
+        .mock("GET", "/v2/Flows")
+        .match_query(mockito::Matcher::UrlEncoded("PageSize".into(), "1000".into()))
+        .with_status(200)
+        .with_body(json!({"flows": [{"sid": sid, "friendly_name": "a"}], "meta": {"next_page_url": page2}}).to_string())
+        .expect(1)
+        .create_async()
+        .await;
+    let _list2 = server
+        .mock("GET", "/v2/Flows")
+        .match_query(mockito::Matcher::UrlEncoded("PageToken".into(), "PT1".into()))
+        .with_status(200)
+        .with_body(json!({"flows": [{"sid": "FWffffffffffffffffffffffffffffffff", "friendly_name": "b"}], "meta": {"next_page_url": null}}).to_string())
+        .create_async()
+        .await;
+    let _revisions = server
+        .mock("GET", format!("/v2/Flows/{sid}/Revisions").as_str())
+        .match_query(mockito::Matcher::Any)
+        .with_status(200)
+        .with_body(
+            json!({"revisions": [{"revision": 2, "commit_message": "b"}, {"revision": 1, "commit_message": "a"}]})
+                .to_string(),
+        )
+        .create_async()
+        .await;
+    let _latest = server
+        .mock("GET", format!("/v2/Flows/{sid}/Revisions/LatestRevision").as_str())
+        .with_status(200)
+        .with_body(json!({"revision": 2, "definition": {"states": []}}).to_string())
+        .create_async()
+        .await;
+    let set = server
+        .mock("POST", format!("/v2/Flows/{sid}/TestUsers").as_str())
+        .match_body("TestUsers=%2B12015550100&TestUsers=%2B12015550101")
+        .with_status(200)
+        .with_body(json!({"sid": sid, "test_users": ["+12015550100", "+12015550101"]}).to_string())
+        .create_async()
+        .await;
+    let _unauthorised = server
+        .mock("GET", "/v2/Flows/FW00000000000000000000000000000401/TestUsers")
+        .with_status(401)
+        .with_body(r#"{"code": 20003, "message": "Authenticate", "status": 401}"#)
+        .create_async()
+        .await;
+    let _throttled = server
+        .mock("GET", "/v2/Flows/FW00000000000000000000000000000429")
+        .with_status(429)
+        .with_header("Retry-After", "3")
+        .with_body(r#"{"code": 20429, "message": "Too Many Requests", "status": 429}"#)
+        .create_async()
+        .await;
+    let studio = http_studio(&server.url());
+
+    let flows = studio.list_flows().await.unwrap();
+    assert_eq!(flows.iter().map(|f| f.friendly_name.clone().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+    let revisions = studio.flow_revisions(sid).await.unwrap();
+    assert_eq!(revisions.iter().map(|r| r.revision.unwrap()).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(studio.flow_revision(sid, "LatestRevision").await.unwrap().revision, Some(2));
+    let users = studio.set_test_users(sid, &["+12015550100".into(), "+12015550101".into()]).await.unwrap();
+    assert_eq!(users.len(), 2);
+    set.assert_async().await;
+    let err = studio.test_users("FW00000000000000000000000000000401").await.unwrap_err();
+    assert_eq!(err.class(), "unauthorised");
+    let err = studio.fetch_flow("FW00000000000000000000000000000429").await.unwrap_err();
+    assert!(
+        matches!(err, flowcast::studio::StudioError::Throttled { retry_after: Some(d), .. } if d.as_secs() == 3),
+        "{err:?}"
+    );
+}

@@ -168,10 +168,33 @@ async fn the_shipped_examples_all_pass() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, app.campaigns.join(path.file_name().unwrap())).unwrap();
     }
+    // The examples name their Flows: the definitions come along.
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    for entry in std::fs::read_dir(flows).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, app.flows.join(path.file_name().unwrap())).unwrap();
+    }
     let out = app.flowcast(&["validate"], &[]).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
     for kind in ["(reminder)", "(delivery-notice)", "(survey)"] {
         assert!(text.contains(kind), "an example of each kind: {text}");
+    }
+}
+
+#[tokio::test]
+async fn the_shipped_flow_definitions_pass_flows_validate() {
+    let app = TestApp::new();
+    let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    for entry in std::fs::read_dir(flows).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, app.flows.join(path.file_name().unwrap())).unwrap();
+    }
+    let env_file = app.flows.join("example.env");
+    let out = app.flowcast(&["flows", "validate", "--simulate", "--env-file", env_file.to_str().unwrap()], &[]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    for name in ["appointment-reminder", "delivery-notice", "satisfaction-survey"] {
+        assert!(text.contains(&format!("{name}.json: valid")), "{text}");
     }
 }
