@@ -21,6 +21,41 @@ pub(super) async fn command(config: &Config, command: FlowsCommand) -> CommandRe
     }
 }
 
+/// Runs a Flow API call, retrying what is safe to retry: 429s (after
+/// `Retry-After`), and transient failures with exponential backoff — for a call
+/// that changes nothing, or when the request never reached Studio. A create or
+/// update whose fate is unknown is not blindly repeated: the error is reported.
+async fn with_retries<T, F, Fut>(changes_state: bool, mut call: F) -> Result<T, StudioError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StudioError>>,
+{
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let error = match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let delay = match &error {
+            StudioError::Throttled { retry_after, .. } => retry_after.unwrap_or(std::time::Duration::from_secs(1)),
+            StudioError::Transient { ambiguous, .. } if !changes_state || !ambiguous => crate::domain::backoff_delay(
+                attempt - 1,
+                std::time::Duration::from_millis(500),
+                std::time::Duration::from_secs(10),
+                rand::random::<f64>(),
+            ),
+            _ => return Err(error),
+        };
+        if attempt >= ATTEMPTS {
+            return Err(error);
+        }
+        tracing::warn!(attempt, error = %error, "Studio call failed; retrying");
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// The Studio SID of flow `name` for the connected account, from the lock file.
 fn deployed_sid(config: &Config, account: &str, name: &str) -> Result<String, Failure> {
     let lock = Lock::read(&config.flows).map_err(Failure::input)?;
@@ -35,7 +70,7 @@ fn deployed_sid(config: &Config, account: &str, name: &str) -> Result<String, Fa
 async fn revisions(config: &Config, name: &str) -> CommandResult {
     let studio = connect_studio(config).await?;
     let sid = deployed_sid(config, &studio.account_sid, name)?;
-    let revisions = studio.client.flow_revisions(&sid).await.map_err(Failure::studio)?;
+    let revisions = with_retries(false, || studio.client.flow_revisions(&sid)).await.map_err(Failure::studio)?;
     println!("{name} ({sid}): {} revision(s)", revisions.len());
     for r in revisions {
         println!(
@@ -54,7 +89,8 @@ async fn diff(config: &Config, name: &str, env_file: Option<&std::path::Path>) -
     let local = flows::load(&config.flows, name, &vars).map_err(Failure::input)?;
     let studio = connect_studio(config).await?;
     let sid = deployed_sid(config, &studio.account_sid, name)?;
-    let latest = studio.client.flow_revision(&sid, "LatestRevision").await.map_err(Failure::studio)?;
+    let latest =
+        with_retries(false, || studio.client.flow_revision(&sid, "LatestRevision")).await.map_err(Failure::studio)?;
     let deployed = latest.definition.unwrap_or_default();
     let differences = flows::diff(&local.value, &deployed);
     let file = local.file.display();
@@ -73,9 +109,9 @@ async fn test_users(config: &Config, name: &str, addresses: &[String]) -> Comman
     let studio = connect_studio(config).await?;
     let sid = deployed_sid(config, &studio.account_sid, name)?;
     let users = if addresses.is_empty() {
-        studio.client.test_users(&sid).await
+        with_retries(false, || studio.client.test_users(&sid)).await
     } else {
-        studio.client.set_test_users(&sid, addresses).await
+        with_retries(false, || studio.client.set_test_users(&sid, addresses)).await
     }
     .map_err(Failure::studio)?;
     println!("{name} ({sid}) test users: {}", if users.is_empty() { "none".to_string() } else { users.join(", ") });
@@ -98,7 +134,7 @@ async fn pull(config: &Config, names: Vec<String>, all: bool, force: bool) -> Co
             .get(&account)
             .map(|m| m.iter().map(|(n, d)| (d.sid.clone(), n.clone())).collect())
             .unwrap_or_default();
-        for flow in studio.client.list_flows().await.map_err(Failure::studio)? {
+        for flow in with_retries(false, || studio.client.list_flows()).await.map_err(Failure::studio)? {
             let name = match known.get(&flow.sid) {
                 Some(n) => n.clone(),
                 None => {
@@ -124,7 +160,7 @@ async fn pull(config: &Config, names: Vec<String>, all: bool, force: bool) -> Co
             code = 1;
             continue;
         }
-        let flow = studio.client.fetch_flow(&sid).await.map_err(Failure::studio)?;
+        let flow = with_retries(false, || studio.client.fetch_flow(&sid)).await.map_err(Failure::studio)?;
         let definition = flow.definition.unwrap_or_default();
         let text = serde_json::to_string_pretty(&definition).unwrap_or_default() + "\n";
         std::fs::write(&file, &text).map_err(|e| Failure::input(anyhow!("{}: {e}", file.display())))?;
@@ -174,7 +210,7 @@ async fn validate(config: &Config, names: Vec<String>, env_file: Option<&std::pa
     let studio = connect_studio(config).await?;
     for def in &loaded {
         let file = def.file.display().to_string();
-        match studio.client.validate_flow(&def.name, "published", &def.json).await {
+        match with_retries(false, || studio.client.validate_flow(&def.name, "published", &def.json)).await {
             Ok(()) => println!("{file}: valid"),
             Err(e @ StudioError::Invalid(_)) => {
                 print_refusal(&file, &e);
@@ -218,8 +254,8 @@ async fn deploy(
         }
         let commit = message.clone().unwrap_or_else(|| format!("flowcast deploy {name} (sha256 {})", &def.hash[..12]));
         let result = match &previous {
-            Some(p) => studio.client.update_flow(&p.sid, status, &def.json, &commit).await,
-            None => studio.client.create_flow(name, status, &def.json, &commit).await,
+            Some(p) => with_retries(true, || studio.client.update_flow(&p.sid, status, &def.json, &commit)).await,
+            None => with_retries(true, || studio.client.create_flow(name, status, &def.json, &commit)).await,
         };
         match result {
             Ok(flow) => {

@@ -328,3 +328,40 @@ async fn list_revisions_and_test_users_calls_and_their_error_classes() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn flow_commands_retry_a_throttled_call() {
+    let mut server = mockito::Server::new_async().await;
+    let sid = "FW0123456789abcdef0123456789abcdef";
+    let path = format!("/v2/Flows/{sid}/Revisions");
+    let throttled = server
+        .mock("GET", path.as_str())
+        .match_query(mockito::Matcher::Any)
+        .with_status(429)
+        .with_header("Retry-After", "0")
+        .with_body(r#"{"code": 20429, "message": "Too Many Requests", "status": 429}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let ok = server
+        .mock("GET", path.as_str())
+        .match_query(mockito::Matcher::Any)
+        .with_status(200)
+        .with_body(json!({"revisions": [{"revision": 1, "commit_message": "only"}]}).to_string())
+        .create_async()
+        .await;
+    let app = TestApp::new();
+    std::fs::write(
+        app.flows.join("flows.lock.toml"),
+        format!("[{ACCOUNT}.reminder]\nsid = \"{sid}\"\nrevision = 1\nhash = \"x\"\n"),
+    )
+    .unwrap();
+    let url = server.url();
+
+    let out = app.flowcast(&["flows", "revisions", "reminder"], &studio_env(&url, ACCOUNT)).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("1 revision(s)"), "{}", stdout(&out));
+    throttled.assert_async().await;
+    ok.assert_async().await;
+}
