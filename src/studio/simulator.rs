@@ -340,6 +340,16 @@ fn check_flow(flow: &str) -> Result<(), Response> {
     }
 }
 
+/// Basic auth, then the form body: what every state-changing endpoint needs.
+fn authed_form(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, Response> {
+    authenticate(shared, headers)?;
+    read_form(headers, body)
+}
+
+fn flow_not_found(sid: &str) -> Response {
+    twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v2/Flows/{sid} was not found"))
+}
+
 fn read_form(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, Response> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.starts_with("application/x-www-form-urlencoded") {
@@ -633,10 +643,7 @@ async fn update_execution(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authenticate(&shared, &headers) {
-        return r;
-    }
-    let form = match read_form(&headers, &body) {
+    let form = match authed_form(&shared, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -805,10 +812,7 @@ fn check_definition(form: &[(String, String)]) -> Result<Value, Response> {
 }
 
 async fn validate_flow(State(shared): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authenticate(&shared, &headers) {
-        return r;
-    }
-    let form = match read_form(&headers, &body) {
+    let form = match authed_form(&shared, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -819,10 +823,7 @@ async fn validate_flow(State(shared): State<SharedState>, headers: HeaderMap, bo
 }
 
 async fn create_flow(State(shared): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authenticate(&shared, &headers) {
-        return r;
-    }
-    let form = match read_form(&headers, &body) {
+    let form = match authed_form(&shared, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -850,10 +851,7 @@ async fn update_flow(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authenticate(&shared, &headers) {
-        return r;
-    }
-    let form = match read_form(&headers, &body) {
+    let form = match authed_form(&shared, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -896,9 +894,7 @@ async fn fetch_flow(State(shared): State<SharedState>, Path(sid): Path<String>, 
     let state = lock(&shared.state);
     match state.flows.get(&sid) {
         Some(flow) => json_response(StatusCode::OK, flow_json(flow, &base_url(&headers))),
-        None => {
-            twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v2/Flows/{sid} was not found"))
-        }
+        None => flow_not_found(&sid),
     }
 }
 
@@ -978,9 +974,7 @@ async fn get_test_users(State(shared): State<SharedState>, Path(sid): Path<Strin
     let state = lock(&shared.state);
     match state.flows.get(&sid) {
         Some(f) => json_response(StatusCode::OK, json!({ "sid": f.sid, "test_users": f.test_users })),
-        None => {
-            twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v2/Flows/{sid} was not found"))
-        }
+        None => flow_not_found(&sid),
     }
 }
 
@@ -990,10 +984,7 @@ async fn set_test_users(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authenticate(&shared, &headers) {
-        return r;
-    }
-    let form = match read_form(&headers, &body) {
+    let form = match authed_form(&shared, &headers, &body) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -1007,8 +998,6 @@ async fn set_test_users(
             f.test_users = users;
             json_response(StatusCode::OK, json!({ "sid": f.sid, "test_users": f.test_users }))
         }
-        None => {
-            twilio_error(StatusCode::NOT_FOUND, 20404, &format!("The requested resource /v2/Flows/{sid} was not found"))
-        }
+        None => flow_not_found(&sid),
     }
 }
