@@ -1,8 +1,15 @@
 //! The only HTTP to Twilio: the [`StudioApi`] trait, its reqwest client
 //! [`HttpStudio`], the classification of Studio's answers into what the caller
 //! does next, and the built-in [`simulator`].
+//!
+//! This file holds what every caller shares: the trait, the types it speaks in
+//! and the error classes. The client is split by job so that each file reads on
+//! its own: `client` (configuration, credentials, sending, paging, transport
+//! errors), `executions` (the [`StudioApi`] calls) and `flows` (the Flow API).
 
-mod http;
+mod client;
+mod executions;
+mod flows;
 pub mod simulator;
 
 use std::fmt;
@@ -13,7 +20,8 @@ use serde::Deserialize;
 
 use crate::domain::{ExecutionSid, FlowSid};
 
-pub use http::{Credentials, FlowInfo, FlowRevision, HttpStudio, StudioConfig, base_url, base_url_from_env};
+pub use client::{Credentials, HttpStudio, StudioConfig, base_url, base_url_from_env};
+pub use flows::{FlowInfo, FlowRevision};
 
 /// An Execution as Studio describes it (the fields flowcast uses).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]

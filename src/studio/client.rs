@@ -1,0 +1,208 @@
+//! The core of the reqwest client for Studio v2: how to reach it (base URL,
+//! credentials, timeouts), sending a request with Basic auth and classifying the
+//! answer, following `next_page_url` safely, and telling apart transport errors
+//! that may have reached Studio from those that cannot have. The endpoints
+//! themselves live by resource, in `executions` and `flows`.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::RETRY_AFTER;
+use serde::Deserialize;
+
+use super::{StudioError, StudioResult};
+
+/// Basic-auth credentials. The secret half never prints (`Debug` hides it).
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    secret: String,
+}
+
+impl Credentials {
+    pub fn new(username: impl Into<String>, secret: impl Into<String>) -> Self {
+        Credentials { username: username.into(), secret: secret.into() }
+    }
+
+    /// API key credentials when `TWILIO_API_KEY`/`TWILIO_API_SECRET` are set,
+    /// else `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN`.
+    pub fn from_env() -> Option<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if let (Some(key), Some(secret)) = (var("TWILIO_API_KEY"), var("TWILIO_API_SECRET")) {
+            return Some(Credentials::new(key, secret));
+        }
+        if let (Some(sid), Some(token)) = (var("TWILIO_ACCOUNT_SID"), var("TWILIO_AUTH_TOKEN")) {
+            return Some(Credentials::new(sid, token));
+        }
+        None
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials").field("username", &self.username).field("secret", &"<redacted>").finish()
+    }
+}
+
+/// The base URL as Twilio's helper libraries build it: `FLOWCAST_STUDIO_URL` wins;
+/// else `https://studio.{edge}.{region}.twilio.com` from `TWILIO_EDGE` and
+/// `TWILIO_REGION` (an edge alone implies region `us1`).
+pub fn base_url_from_env(override_url: Option<&str>) -> String {
+    let var = |k: &str| std::env::var(k).ok();
+    base_url(override_url, var("TWILIO_EDGE").as_deref(), var("TWILIO_REGION").as_deref())
+}
+
+/// [`base_url_from_env`] without the environment.
+pub fn base_url(override_url: Option<&str>, edge: Option<&str>, region: Option<&str>) -> String {
+    if let Some(url) = override_url.map(str::trim).filter(|u| !u.is_empty()) {
+        return url.trim_end_matches('/').to_string();
+    }
+    let edge = edge.map(str::trim).filter(|v| !v.is_empty());
+    let region = region.map(str::trim).filter(|v| !v.is_empty());
+    match (edge, region) {
+        (Some(edge), region) => format!("https://studio.{edge}.{}.twilio.com", region.unwrap_or("us1")),
+        (None, Some(region)) => format!("https://studio.{region}.twilio.com"),
+        (None, None) => "https://studio.twilio.com".to_string(),
+    }
+}
+
+/// How to reach Studio.
+#[derive(Debug, Clone)]
+pub struct StudioConfig {
+    pub base_url: String,
+    pub credentials: Credentials,
+    /// Whole-request timeout; a create that times out is ambiguous.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Studio over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpStudio {
+    pub(super) client: reqwest::Client,
+    base: String,
+    credentials: Credentials,
+}
+
+/// The paging part of a list answer, read by every list endpoint.
+#[derive(Deserialize)]
+pub(super) struct ListMeta {
+    pub(super) next_page_url: Option<String>,
+}
+
+impl HttpStudio {
+    pub fn new(config: StudioConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("flowcast/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(HttpStudio {
+            client,
+            base: config.base_url.trim_end_matches('/').to_string(),
+            credentials: config.credentials,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub(super) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request and classifies the answer. `ambiguous` marks requests that
+    /// change state (a create), whose timeout or 5xx leaves their effect unknown.
+    pub(super) async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+        ambiguous: bool,
+    ) -> StudioResult<T> {
+        let started = std::time::Instant::now();
+        let result = self.send_inner(request, ambiguous).await;
+        crate::telemetry::studio_latency(operation, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn send_inner<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        ambiguous: bool,
+    ) -> StudioResult<T> {
+        let request = request.basic_auth(&self.credentials.username, Some(&self.credentials.secret));
+        let response = request.send().await.map_err(|e| transport_error(&e, ambiguous))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let body = response.text().await.map_err(|e| transport_error(&e, ambiguous))?;
+        if (200..300).contains(&status) {
+            serde_json::from_str(&body).map_err(|e| StudioError::Transient {
+                message: format!("HTTP {status} with an unreadable body: {e}"),
+                status: Some(status),
+                ambiguous,
+            })
+        } else {
+            Err(StudioError::from_response(status, retry_after, &body, ambiguous))
+        }
+    }
+
+    /// A `next_page_url` is followed on our own base URL only, so credentials are
+    /// never sent to a host the user did not configure.
+    pub(super) fn next_page(&self, next: &str) -> String {
+        match reqwest::Url::parse(next) {
+            Ok(url) => {
+                let mut path = url.path().to_string();
+                if let Some(q) = url.query() {
+                    path.push('?');
+                    path.push_str(q);
+                }
+                self.url(&path)
+            }
+            Err(_) => self.url(next),
+        }
+    }
+}
+
+fn transport_error(e: &reqwest::Error, ambiguous: bool) -> StudioError {
+    // A refused connection never reached Studio; anything later might have.
+    let reached = !e.is_connect();
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    // reqwest errors name the URL, never the credentials.
+    StudioError::Transient { message: format!("{kind}: {e}"), status: None, ambiguous: ambiguous && reached }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_url_follows_region_and_edge_like_twilios_helpers() {
+        assert_eq!(base_url(None, None, None), "https://studio.twilio.com");
+        assert_eq!(base_url(None, Some("sydney"), Some("au1")), "https://studio.sydney.au1.twilio.com");
+        assert_eq!(base_url(None, Some("dublin"), None), "https://studio.dublin.us1.twilio.com");
+        assert_eq!(base_url(None, None, Some("ie1")), "https://studio.ie1.twilio.com");
+        assert_eq!(base_url(Some("http://127.0.0.1:4010/"), Some("sydney"), None), "http://127.0.0.1:4010");
+    }
+
+    #[test]
+    fn credentials_never_print_their_secret() {
+        let c = Credentials::new("ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "very-secret-token");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-secret-token"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}
