@@ -26,7 +26,8 @@ use chrono::{DateTime, Utc};
 use flowcast::campaign::{Folders, load_one};
 use flowcast::dispatch::{DispatchSettings, Dispatcher, RateLimits, RunEnd};
 use flowcast::domain::FlowSid;
-use flowcast::import::{import_run, new_run};
+use flowcast::domain::Trigger;
+use flowcast::runs::{import_run, new_run};
 use flowcast::schedule::SystemClock;
 use flowcast::store::Store;
 use flowcast::studio::simulator::{SimConfig, Simulator};
@@ -290,11 +291,12 @@ fn workspace(rows: usize, extra: &str) -> Workspace {
     Workspace { _dir: dir, folders: Folders { campaigns, flows }, db }
 }
 
-fn create_run(ws: &Workspace, store: &Store, file: &str, key: &str) -> (flowcast::campaign::Campaign, i64) {
+async fn create_run(ws: &Workspace, store: &Store, file: &str, key: &str) -> (flowcast::campaign::Campaign, i64) {
     let campaign = load_one(&ws.folders.campaigns.join(file), &ws.folders).unwrap_or_else(|e| panic!("{e}"));
     let now = Utc::now().timestamp_millis();
     let flow = FlowSid::parse(FLOW).unwrap();
-    let run = store.create_run(&new_run(&campaign, &flow, "manual", key.into(), now), now).unwrap().unwrap();
+    let run =
+        store.create_run(new_run(&campaign, &flow, Trigger::Manual, key.into(), now), now).await.unwrap().unwrap();
     (campaign, run)
 }
 
@@ -337,10 +339,10 @@ async fn scenario(name: &str, args: &[String]) -> Value {
         }
         "import" => {
             let ws = workspace(s.import_rows, "default_region = \"US\"");
-            let store = Store::open(&ws.db).unwrap();
-            let (campaign, run) = create_run(&ws, &store, "c.toml", "import");
+            let store = Store::open_path(&ws.db).await.unwrap();
+            let (campaign, run) = create_run(&ws, &store, "c.toml", "import").await;
             let started = Instant::now();
-            let counts = import_run(&store, &campaign, run, Utc::now().timestamp_millis(), |_| {}).unwrap();
+            let counts = import_run(&store, &campaign, run, Utc::now().timestamp_millis(), async |_| {}).await.unwrap();
             let secs = started.elapsed().as_secs_f64();
             json!({
                 "rows_per_s": counts.rows as f64 / secs, "seconds": secs, "imported": counts.imported,
@@ -350,9 +352,9 @@ async fn scenario(name: &str, args: &[String]) -> Value {
         "dispatch" => {
             let sim = SimProcess::start(None);
             let ws = workspace(s.dispatch_jobs, "");
-            let store = Store::open(&ws.db).unwrap();
-            let (campaign, run) = create_run(&ws, &store, "c.toml", "dispatch");
-            import_run(&store, &campaign, run, Utc::now().timestamp_millis(), |_| {}).unwrap();
+            let store = Store::open_path(&ws.db).await.unwrap();
+            let (campaign, run) = create_run(&ws, &store, "c.toml", "dispatch").await;
+            import_run(&store, &campaign, run, Utc::now().timestamp_millis(), async |_| {}).await.unwrap();
             let d = dispatcher(&store, &sim.url, 1_000_000, 64);
             let cpu_before = cpu_seconds();
             let started = Instant::now();
@@ -371,7 +373,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             let sim = SimProcess::start(Some(20));
             let per_campaign = (20 * s.rate_seconds as usize) + 50;
             let ws = workspace(per_campaign * campaigns, "");
-            let store = Store::open(&ws.db).unwrap();
+            let store = Store::open_path(&ws.db).await.unwrap();
             // Each campaign gets its own slice of the contacts.
             let csv = std::fs::read_to_string(ws.folders.campaigns.join("c.csv")).unwrap();
             let mut lines = csv.lines();
@@ -388,8 +390,8 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 let toml =
                     std::fs::read_to_string(ws.folders.campaigns.join("c.toml")).unwrap().replace("c.csv", &file);
                 std::fs::write(ws.folders.campaigns.join(format!("c{k}.toml")), toml).unwrap();
-                let (campaign, run) = create_run(&ws, &store, &format!("c{k}.toml"), &format!("rate{k}"));
-                import_run(&store, &campaign, run, Utc::now().timestamp_millis(), |_| {}).unwrap();
+                let (campaign, run) = create_run(&ws, &store, &format!("c{k}.toml"), &format!("rate{k}")).await;
+                import_run(&store, &campaign, run, Utc::now().timestamp_millis(), async |_| {}).await.unwrap();
                 runs.push(run);
             }
             let d = Arc::new(dispatcher(&store, &sim.url, 20, 16));
@@ -432,17 +434,17 @@ async fn scenario(name: &str, args: &[String]) -> Value {
         "first" => {
             let sim = SimProcess::start(None);
             let ws = workspace(s.first_contacts, "");
-            let store = Store::open(&ws.db).unwrap();
+            let store = Store::open_path(&ws.db).await.unwrap();
             let d = dispatcher(&store, &sim.url, 1_000_000, 64);
             // The tick: the run is created and its import starts; the dispatcher
             // runs alongside, as `serve` does.
             let tick = Utc::now();
             let started = Instant::now();
-            let (campaign, run) = create_run(&ws, &store, "c.toml", "first");
+            let (campaign, run) = create_run(&ws, &store, "c.toml", "first").await;
             let import = {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || {
-                    import_run(&store, &campaign, run, Utc::now().timestamp_millis(), |_| {})
+                tokio::spawn(async move {
+                    import_run(&store, &campaign, run, Utc::now().timestamp_millis(), async |_| {}).await
                 })
             };
             let end = d.run_to_end(run).await.unwrap();

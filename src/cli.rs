@@ -1,4 +1,5 @@
-//! The command line, as SPEC.md fixes it.
+//! The command line: commands, flags and the environment variables that stand
+//! in for flags.
 
 use std::path::PathBuf;
 
@@ -7,9 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "flowcast", version, about = "Scheduled outbound campaigns over Twilio Studio")]
 pub struct Cli {
-    /// The SQLite ledger.
-    #[arg(long, global = true, env = "FLOWCAST_DB", value_name = "PATH")]
-    pub db: Option<PathBuf>,
+    /// The ledger: a SQLite file path, or sqlite://PATH.
+    #[arg(long, global = true, env = "FLOWCAST_DB", value_name = "PATH|URL")]
+    pub db: Option<String>,
     /// The folder of campaign files.
     #[arg(long, global = true, env = "FLOWCAST_CAMPAIGNS", value_name = "DIR")]
     pub campaigns: Option<PathBuf>,

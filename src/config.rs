@@ -1,12 +1,17 @@
 //! Service configuration: defaults, then `flowcast.toml`, then the environment,
-//! then command-line flags. Validated once at start.
+//! then command-line flags. Validated once at start; every environment
+//! variable flowcast reads is read here, and secrets are wrapped so that they
+//! never print.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::domain::parse_duration;
+use crate::store::Ledger;
 
 /// Settings from `flowcast.toml` (every key optional; env wins over the file).
 #[derive(Debug, Default, Deserialize)]
@@ -24,10 +29,55 @@ struct FileConfig {
     circuit_breaker: Option<u32>,
 }
 
+/// A value that must never reach logs, errors or reports.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (a signature, a
+    /// header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Twilio credentials from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct TwilioEnv {
+    pub account_sid: Option<String>,
+    pub auth_token: Option<Secret>,
+    pub api_key: Option<String>,
+    pub api_secret: Option<Secret>,
+    pub region: Option<String>,
+    pub edge: Option<String>,
+}
+
+impl TwilioEnv {
+    /// The Basic-auth pair to use: an API key when one is set (Twilio's
+    /// advice), else the account SID and auth token.
+    pub fn basic_auth(&self) -> Option<(String, Secret)> {
+        match (&self.api_key, &self.api_secret, &self.account_sid, &self.auth_token) {
+            (Some(key), Some(secret), _, _) => Some((key.clone(), secret.clone())),
+            (_, _, Some(sid), Some(token)) => Some((sid.clone(), token.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// The validated service configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub db: PathBuf,
+    pub db: Ledger,
     pub campaigns: PathBuf,
     pub flows: PathBuf,
     pub studio_url: Option<String>,
@@ -37,11 +87,19 @@ pub struct Config {
     pub concurrency: usize,
     pub listen: String,
     pub catch_up: Duration,
+    /// The tracing filter: `FLOWCAST_LOG`, the file's `log`, then `RUST_LOG`.
     pub log: Option<String>,
+    /// `FLOWCAST_LOG_FORMAT=json`: log JSON lines.
+    pub log_json: bool,
     pub request_timeout: Duration,
     pub max_failures: u32,
     /// Consecutive transient failures that pause a run; 0: never.
     pub circuit_breaker: u32,
+    pub twilio: TwilioEnv,
+    /// `FLOWCAST_ADMIN_TOKEN`: guards the HTTP API.
+    pub admin_token: Option<Secret>,
+    /// `FLOWCAST_PUBLIC_URL`: the base URL Twilio posts webhooks to.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +109,7 @@ pub struct ConfigError(String);
 /// Paths and flags given on the command line (already merged with their env).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    pub db: Option<PathBuf>,
+    pub db: Option<String>,
     pub campaigns: Option<PathBuf>,
     pub flows: Option<PathBuf>,
     pub config: Option<PathBuf>,
@@ -98,9 +156,11 @@ impl Config {
         if !(1..=1024).contains(&concurrency) {
             return Err(ConfigError(format!("concurrency {concurrency} must be 1 to 1024")));
         }
+        let db = Ledger::parse(overrides.db.as_deref().unwrap_or("flowcast.db"))
+            .map_err(|e| ConfigError(format!("--db / FLOWCAST_DB: {e}")))?;
         let simulate_env = env("FLOWCAST_SIMULATE").is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
         Ok(Config {
-            db: overrides.db.clone().unwrap_or_else(|| PathBuf::from("flowcast.db")),
+            db,
             campaigns: overrides.campaigns.clone().unwrap_or_else(|| PathBuf::from("campaigns")),
             flows: overrides.flows.clone().unwrap_or_else(|| PathBuf::from("flows")),
             studio_url: env("FLOWCAST_STUDIO_URL").or(file.studio_url),
@@ -109,7 +169,8 @@ impl Config {
             concurrency: concurrency as usize,
             listen: env("FLOWCAST_LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
             catch_up: duration("catch_up", env("FLOWCAST_CATCH_UP"), file.catch_up, "1h")?,
-            log: env("FLOWCAST_LOG").or(file.log),
+            log: env("FLOWCAST_LOG").or(file.log).or_else(|| env("RUST_LOG")),
+            log_json: env("FLOWCAST_LOG_FORMAT").is_some_and(|f| f.trim() == "json"),
             request_timeout: duration("request_timeout", env("FLOWCAST_REQUEST_TIMEOUT"), file.request_timeout, "15s")?,
             max_failures: number(
                 "FLOWCAST_MAX_FAILURES",
@@ -123,7 +184,23 @@ impl Config {
                 file.circuit_breaker.map(u64::from),
                 20,
             )? as u32,
+            twilio: TwilioEnv {
+                account_sid: env("TWILIO_ACCOUNT_SID"),
+                auth_token: env("TWILIO_AUTH_TOKEN").map(Secret),
+                api_key: env("TWILIO_API_KEY"),
+                api_secret: env("TWILIO_API_SECRET").map(Secret),
+                region: env("TWILIO_REGION"),
+                edge: env("TWILIO_EDGE"),
+            },
+            admin_token: env("FLOWCAST_ADMIN_TOKEN").map(Secret),
+            public_url: env("FLOWCAST_PUBLIC_URL"),
         })
+    }
+
+    /// The process environment, for the `${VAR}` placeholders of flow
+    /// definitions (which may name any variable the deployer sets).
+    pub fn flow_variables(&self) -> HashMap<String, String> {
+        std::env::vars().collect()
     }
 }
 

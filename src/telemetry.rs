@@ -101,10 +101,10 @@ fn zero_families() {
 }
 
 /// The text for `GET /metrics`, with the job gauges set from the ledger.
-pub fn render(jobs_by_state: &[(String, i64)]) -> String {
+pub fn render(jobs_by_state: &[(crate::domain::JobState, i64)]) -> String {
     let Some(handle) = HANDLE.get() else { return String::new() };
     for state in crate::domain::JobState::ALL {
-        let n = jobs_by_state.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+        let n = jobs_by_state.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
         gauge!(JOBS, "state" => state.as_str()).set(n as f64);
     }
     let created = CREATED.load(Ordering::Relaxed);

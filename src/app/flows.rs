@@ -2,7 +2,8 @@
 
 use anyhow::anyhow;
 
-use super::{CommandResult, Failure, connect_studio};
+use super::studio::connect_studio;
+use super::{CommandResult, Failure};
 use crate::cli::FlowsCommand;
 use crate::config::Config;
 use crate::flows::{self, Deployed, Lock};
@@ -85,7 +86,7 @@ async fn revisions(config: &Config, name: &str) -> CommandResult {
 }
 
 async fn diff(config: &Config, name: &str, env_file: Option<&std::path::Path>) -> CommandResult {
-    let vars = flows::variables(env_file).map_err(Failure::input)?;
+    let vars = flows::variables(config.flow_variables(), env_file).map_err(Failure::input)?;
     let local = flows::load(&config.flows, name, &vars).map_err(Failure::input)?;
     let studio = connect_studio(config).await?;
     let sid = deployed_sid(config, &studio.account_sid, name)?;
@@ -164,8 +165,7 @@ async fn pull(config: &Config, names: Vec<String>, all: bool, force: bool) -> Co
         let definition = flow.definition.unwrap_or_default();
         let text = serde_json::to_string_pretty(&definition).unwrap_or_default() + "\n";
         std::fs::write(&file, &text).map_err(|e| Failure::input(anyhow!("{}: {e}", file.display())))?;
-        use sha2::{Digest, Sha256};
-        let hash = Sha256::digest(definition.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let hash = crate::domain::sha256_hex(definition.to_string().as_bytes());
         lock.set(&account, &name, Deployed { sid: sid.clone(), revision: flow.revision.unwrap_or(1), hash });
         lock.write(&config.flows).map_err(Failure::input)?;
         println!("{}: pulled {sid} revision {}", file.display(), flow.revision.unwrap_or(1));
@@ -195,7 +195,7 @@ fn print_refusal(file: &str, error: &StudioError) {
 
 async fn validate(config: &Config, names: Vec<String>, env_file: Option<&std::path::Path>) -> CommandResult {
     let names = chosen(config, names)?;
-    let vars = flows::variables(env_file).map_err(Failure::input)?;
+    let vars = flows::variables(config.flow_variables(), env_file).map_err(Failure::input)?;
     let mut loaded = Vec::new();
     let mut problems = 0;
     for name in &names {
@@ -231,7 +231,7 @@ async fn deploy(
     env_file: Option<&std::path::Path>,
 ) -> CommandResult {
     let names = chosen(config, names)?;
-    let vars = flows::variables(env_file).map_err(Failure::input)?;
+    let vars = flows::variables(config.flow_variables(), env_file).map_err(Failure::input)?;
     let studio = connect_studio(config).await?;
     let account = studio.account_sid.clone();
     let mut lock = Lock::read(&config.flows).map_err(Failure::input)?;

@@ -3,7 +3,6 @@
 use std::io::Write;
 
 use anyhow::anyhow;
-use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{CommandResult, Failure, folders, open_store};
@@ -11,23 +10,17 @@ use crate::campaign::{self, Campaign};
 use crate::config::Config;
 use crate::domain::JobState;
 use crate::schedule::{Clock, SystemClock, next_fire, parse_cron};
-use crate::store::{JobRow, Store};
+use crate::store::Store;
+use crate::views;
 
-pub(crate) fn time(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
-
-fn opt_time(ms: Option<i64>) -> String {
-    ms.map(time).unwrap_or_default()
-}
+/// Jobs read from the ledger per page while a report streams.
+const REPORT_PAGE: u32 = 1_000;
 
 /// `--dry-run`: counts, first rows, due times; nothing is called or written.
 pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
-    let dry = crate::import::dry_run(campaign, 5, SystemClock.now()).map_err(Failure::input)?;
+    let dry = crate::runs::dry_run(campaign, 5, SystemClock.now()).map_err(Failure::input)?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "dry run of {} ({}): nothing will be sent", campaign.name, campaign.kind.as_str());
+    let _ = writeln!(out, "dry run of {} ({}): nothing will be sent", campaign.name, campaign.kind);
     let _ = writeln!(
         out,
         "{} rows: {} would be sent, {} rejected, {} duplicates",
@@ -54,11 +47,11 @@ pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
             spec.line,
             spec.phone,
             due,
-            serde_json::Value::Object(spec.parameters.clone())
+            spec.parameters.as_json()
         );
     }
-    for (r, kind) in dry.refused.iter().take(20) {
-        let _ = writeln!(out, "{}:{}: {kind}: {}", campaign.contacts.display(), r.line, r.reason);
+    for (r, outcome) in dry.refused.iter().take(20) {
+        let _ = writeln!(out, "{}:{}: {outcome}: {}", campaign.contacts.display(), r.line, r.reason);
     }
     if dry.refused.len() > 20 {
         let _ = writeln!(out, "… and {} more refused rows", dry.refused.len() - 20);
@@ -67,14 +60,13 @@ pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
 }
 
 /// Prints up to `limit` rejected or duplicate rows of a run's import.
-pub(super) fn print_import_rows(store: &Store, run_id: i64, limit: usize) {
-    let Ok(rows) = store.import_rows(run_id) else {
+pub(super) async fn print_refused_rows(store: &Store, run_id: i64, limit: usize) {
+    let Ok(rows) = store.refused_rows(run_id).await else {
         return;
     };
-    let run = store.get_run(run_id).ok();
-    let source = run.map(|r| r.campaign).unwrap_or_default();
-    for (line, _phone, outcome, reason) in rows.iter().take(limit) {
-        eprintln!("{source}: contacts line {line}: {outcome}: {reason}");
+    let source = store.get_run(run_id).await.map(|r| r.campaign).unwrap_or_default();
+    for row in rows.iter().take(limit) {
+        eprintln!("{source}: contacts line {}: {}: {}", row.line, row.outcome, row.reason);
     }
     if rows.len() > limit {
         eprintln!("… and {} more; `flowcast report {run_id}` lists them all", rows.len() - limit);
@@ -82,8 +74,8 @@ pub(super) fn print_import_rows(store: &Store, run_id: i64, limit: usize) {
 }
 
 /// `flowcast status [CAMPAIGN] [--json]`
-pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> CommandResult {
-    let store = open_store(config)?;
+pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -> CommandResult {
+    let store = open_store(config).await?;
     let loaded = campaign::load_folder(&folders(config))
         .map_err(|e| Failure::input(anyhow!("campaigns folder {}: {e}", config.campaigns.display())))?;
     let now = SystemClock.now();
@@ -102,24 +94,9 @@ pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> Comm
         .map(|(p, e)| json!({ "file": p.display().to_string(), "status": "refused", "errors": e.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>() }))
         .collect();
     let mut runs = Vec::new();
-    for run in store.list_runs(only, 50).map_err(Failure::input)? {
-        let counts = store.run_counts(run.id).map_err(Failure::input)?;
-        let total = counts.total();
-        let settled = total - counts.open();
-        runs.push(json!({
-            "id": run.id,
-            "campaign": run.campaign,
-            "trigger": run.trigger,
-            "state": run.state,
-            "reason": run.state_reason,
-            "created_at": time(run.created_at),
-            "finished_at": run.finished_at.map(time),
-            "rows": run.rows_total,
-            "rejected": run.rejected,
-            "duplicates": run.duplicates,
-            "jobs": counts.0,
-            "progress": if total > 0 { settled as f64 / total as f64 } else { 1.0 },
-        }));
+    for run in store.list_runs(only, 50).await.map_err(Failure::input)? {
+        let counts = store.run_counts(run.id).await.map_err(Failure::input)?;
+        runs.push(views::run(&run, &counts));
     }
     if as_json {
         let body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs });
@@ -161,7 +138,7 @@ pub(super) fn status(config: &Config, only: Option<&str>, as_json: bool) -> Comm
         let jobs = r["jobs"].as_object().cloned().unwrap_or_default();
         let counts: Vec<String> = JobState::ALL
             .iter()
-            .filter_map(|s| jobs.get(s.as_str()).and_then(|v| v.as_i64()).map(|n| format!("{} {n}", s.as_str())))
+            .filter_map(|s| jobs.get(s.as_str()).and_then(|v| v.as_i64()).map(|n| format!("{s} {n}")))
             .collect();
         let _ = writeln!(
             out,
@@ -188,93 +165,68 @@ pub(crate) fn csv_safe(cell: &str) -> String {
 }
 
 /// `flowcast report RUN [--format csv|json]`: one row per job, then the import's
-/// rejected and duplicate rows, streamed.
-pub(super) fn report(config: &Config, run_id: i64, as_json: bool) -> CommandResult {
-    let store = open_store(config)?;
-    let run = store.get_run(run_id).map_err(Failure::input)?;
+/// rejected and duplicate rows, streamed page by page from the ledger.
+pub(super) async fn report(config: &Config, run_id: i64, as_json: bool) -> CommandResult {
+    let store = open_store(config).await?;
+    let run = store.get_run(run_id).await.map_err(Failure::input)?;
+    let refused = store.refused_rows(run_id).await.map_err(Failure::input)?;
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let header = [
-        "run",
-        "job",
-        "line",
-        "phone",
-        "state",
-        "reason",
-        "execution_sid",
-        "attempts",
-        "due_at",
-        "sent_at",
-        "finished_at",
-        "last_error",
-        "execution_ended_at",
-        "ended_reason",
-    ];
-    let cells = |j: &JobRow| -> Vec<String> {
-        vec![
-            j.run_id.to_string(),
-            j.id.to_string(),
-            j.line.to_string(),
-            j.phone.clone(),
-            j.state.clone(),
-            j.reason.clone().unwrap_or_default(),
-            j.execution_sid.clone().unwrap_or_default(),
-            j.attempts.to_string(),
-            time(j.due_at),
-            opt_time(j.sent_at),
-            opt_time(j.finished_at),
-            j.last_error.clone().unwrap_or_default(),
-            opt_time(j.execution_ended_at),
-            j.ended_reason.clone().unwrap_or_default(),
-        ]
-    };
     let io = |e: std::io::Error| Failure::input(anyhow!("writing the report: {e}"));
+    let mut after = 0;
     if as_json {
         // JSON lines would be easier to stream, but a report is one document: an
         // array written element by element.
+        let mut out = std::io::BufWriter::new(stdout.lock());
         out.write_all(b"[").map_err(io)?;
         let mut first = true;
-        store
-            .for_each_job(run_id, |j| {
-                if !first {
-                    out.write_all(b",")?;
-                }
-                first = false;
-                let value = json!({
-                    "run": j.run_id, "job": j.id, "line": j.line, "phone": j.phone, "state": j.state,
-                    "reason": j.reason, "execution_sid": j.execution_sid, "attempts": j.attempts,
-                    "due_at": time(j.due_at), "expires_at": j.expires_at.map(time), "sent_at": j.sent_at.map(time),
-                    "finished_at": j.finished_at.map(time), "last_error": j.last_error,
-                    "execution_ended_at": j.execution_ended_at.map(time), "ended_reason": j.ended_reason,
-                });
-                out.write_all(b"\n")?;
-                serde_json::to_writer(&mut out, &value)?;
-                Ok(())
-            })
-            .map_err(Failure::input)?;
-        for (line, phone, outcome, reason) in store.import_rows(run_id).map_err(Failure::input)? {
+        let mut element = |out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>, value: serde_json::Value| {
             if !first {
-                out.write_all(b",").map_err(io)?;
+                out.write_all(b",")?;
             }
             first = false;
-            let value =
-                json!({ "run": run.id, "job": null, "line": line, "phone": phone, "state": outcome, "reason": reason });
-            out.write_all(b"\n").map_err(io)?;
-            serde_json::to_writer(&mut out, &value).map_err(|e| io(e.into()))?;
+            out.write_all(b"\n")?;
+            serde_json::to_writer(&mut *out, &value)?;
+            Ok::<(), std::io::Error>(())
+        };
+        loop {
+            let page = store.jobs_page(run_id, None, after, REPORT_PAGE).await.map_err(Failure::input)?;
+            for j in &page {
+                element(&mut out, views::job(j)).map_err(io)?;
+            }
+            match page.last() {
+                Some(last) if page.len() == REPORT_PAGE as usize => after = last.id,
+                _ => break,
+            }
+        }
+        for row in refused {
+            let value = json!({ "run": run.id, "job": null, "line": row.line, "phone": row.raw_phone, "state": row.outcome, "reason": row.reason });
+            element(&mut out, value).map_err(io)?;
         }
         out.write_all(b"\n]\n").map_err(io)?;
+        out.flush().map_err(io)?;
     } else {
-        let mut w = csv::Writer::from_writer(out);
-        w.write_record(header).map_err(|e| io(e.into()))?;
-        store
-            .for_each_job(run_id, |j| {
-                w.write_record(cells(&j).iter().map(|c| csv_safe(c))).map_err(std::io::Error::from)
-            })
-            .map_err(Failure::input)?;
-        for (line, phone, outcome, reason) in store.import_rows(run_id).map_err(Failure::input)? {
-            let row = [run.id.to_string(), String::new(), line.to_string(), phone, outcome, reason];
-            let mut full: Vec<String> = row.to_vec();
-            full.resize(header.len(), String::new());
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(stdout.lock()));
+        w.write_record(views::REPORT_COLUMNS).map_err(|e| io(e.into()))?;
+        loop {
+            let page = store.jobs_page(run_id, None, after, REPORT_PAGE).await.map_err(Failure::input)?;
+            for j in &page {
+                w.write_record(views::job_cells(j).iter().map(|c| csv_safe(c))).map_err(|e| io(e.into()))?;
+            }
+            match page.last() {
+                Some(last) if page.len() == REPORT_PAGE as usize => after = last.id,
+                _ => break,
+            }
+        }
+        for row in refused {
+            let mut full = vec![
+                run.id.to_string(),
+                String::new(),
+                row.line.to_string(),
+                row.raw_phone,
+                row.outcome.to_string(),
+                row.reason,
+            ];
+            full.resize(views::REPORT_COLUMNS.len(), String::new());
             w.write_record(full.iter().map(|c| csv_safe(c))).map_err(|e| io(e.into()))?;
         }
         w.flush().map_err(io)?;

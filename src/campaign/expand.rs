@@ -6,21 +6,11 @@ use serde_json::{Map, Value};
 
 use super::{Campaign, ParamValue};
 use crate::contacts::Contact;
-use crate::domain::Phone;
+use crate::domain::{JobSpec, Parameters};
 
-/// What the ledger stores for one contact of one run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobSpec {
-    pub line: u64,
-    pub phone: Phone,
-    pub zone: chrono_tz::Tz,
-    /// The Execution's Parameters, without flowcast's own `flowcast` key (which
-    /// needs the job id, known only once the job is stored).
-    pub parameters: Map<String, Value>,
-    /// When to send: `send_at` (or the run's start), moved into the send window.
-    pub due_at: Option<DateTime<Utc>>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
+/// The Parameters key flowcast adds to every Execution; a CSV column of that
+/// name is not passed on (flowcast's own key would replace it anyway).
+const RESERVED: &str = "flowcast";
 
 /// Renders `contact` for `campaign` in a run starting at `now`; the error is the
 /// reason the row is rejected.
@@ -42,7 +32,7 @@ pub fn expand(campaign: &Campaign, contact: &Contact, now: DateTime<Utc>) -> Res
         }
         None => contact
             .fields()
-            .filter(|(name, _)| *name != campaign.phone_column)
+            .filter(|(name, _)| *name != campaign.phone_column && *name != RESERVED)
             .map(|(name, value)| (name.to_string(), Value::String(value.to_string())))
             .collect(),
     };
@@ -57,5 +47,12 @@ pub fn expand(campaign: &Campaign, contact: &Contact, now: DateTime<Utc>) -> Res
         Some(t) => Some(t.render(lookup, contact.zone).map_err(|e| format!("expires: {e}"))?),
         None => None,
     };
-    Ok(JobSpec { line: contact.line, phone: contact.phone.clone(), zone: contact.zone, parameters, due_at, expires_at })
+    Ok(JobSpec {
+        line: contact.line,
+        phone: contact.phone.clone(),
+        zone: contact.zone,
+        parameters: Parameters::from_map(&parameters),
+        due_at,
+        expires_at,
+    })
 }

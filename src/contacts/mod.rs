@@ -16,7 +16,7 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use phonenumber::country::Id;
 
-use crate::domain::Phone;
+use crate::domain::{Phone, Rejection};
 
 /// The column that may carry each contact's IANA time zone.
 pub const TIMEZONE_COLUMN: &str = "timezone";
@@ -61,15 +61,6 @@ impl Contact {
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
         self.header.iter().map(String::as_str).zip(self.values.iter().map(String::as_str))
     }
-}
-
-/// A row the import refused, with why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub line: u64,
-    /// The phone as written, when the row had one (for the report).
-    pub raw_phone: String,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone)]

@@ -17,16 +17,16 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ConflictPolicy, FlowSid, RunState, SendWindow};
+use crate::domain::{ConflictPolicy, FlowSid, JobOutcome, ReasonKind, RunState, SendWindow};
 use crate::schedule::Clock;
 use crate::store::{RunCounts, RunRow, SettledJob, Store, StoreError};
+use crate::studio::{StudioApi, TwilioError};
 
 /// Settled outcomes are committed together once this many are waiting, or once
 /// the oldest has waited this long (and always before the loop waits or decides
 /// anything from the ledger).
 const FLUSH_AT: usize = 256;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
-use crate::studio::{StudioApi, TwilioError};
 
 pub use limits::{Pacer, RateLimits};
 pub use process::Processed;
@@ -119,8 +119,6 @@ pub enum RunEnd {
 pub enum DispatchError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("run {run}: {message}")]
-    BadRun { run: i64, message: String },
 }
 
 /// What every job of one run shares.
@@ -136,32 +134,16 @@ pub(crate) struct RunContext {
 }
 
 impl RunContext {
-    fn from_row(run: &RunRow) -> Result<Self, DispatchError> {
-        let bad = |message: String| DispatchError::BadRun { run: run.id, message };
-        let flow = FlowSid::parse(&run.flow_sid).map_err(|e| bad(e.to_string()))?;
-        let policy = match run.on_conflict.as_str() {
-            "skip" => ConflictPolicy::Skip,
-            "end" => ConflictPolicy::End,
-            "wait" => ConflictPolicy::Wait {
-                max_wait: Duration::from_millis(run.max_wait_ms.unwrap_or(3_600_000).max(0) as u64),
-            },
-            other => return Err(bad(format!("unknown on_conflict {other:?} in the ledger"))),
-        };
-        let time =
-            |t: &str| chrono::NaiveTime::parse_from_str(t, "%H:%M").map_err(|e| bad(format!("send window {t:?}: {e}")));
-        let window = match (&run.window_start, &run.window_end) {
-            (Some(start), Some(end)) => Some(SendWindow { start: time(start)?, end: time(end)? }),
-            _ => None,
-        };
-        Ok(RunContext {
+    fn from_row(run: &RunRow) -> Self {
+        RunContext {
             run_id: run.id,
             campaign: run.campaign.clone(),
-            flow,
-            from: run.from_addr.clone(),
-            policy,
+            flow: run.flow.clone(),
+            from: run.from.clone(),
+            policy: run.policy,
             campaign_rate: run.rate,
-            window,
-        })
+            window: run.window,
+        }
     }
 }
 
@@ -249,11 +231,11 @@ impl<S: StudioApi> Dispatcher<S> {
     }
 
     async fn run(&self, run_id: i64, stop_when_idle: bool) -> Result<RunEnd, DispatchError> {
-        let run = self.store.get_run(run_id)?;
-        let ctx = Arc::new(RunContext::from_row(&run)?);
+        let run = self.store.get_run(run_id).await?;
+        let ctx = Arc::new(RunContext::from_row(&run));
         // A job left `dispatching` by a process that died is ambiguous: back to
         // pending, to be reconciled with Studio before anything is resent.
-        let recovered = self.store.recover_dispatching(run_id, self.now_ms())?;
+        let recovered = self.store.recover_dispatching(run_id, self.now_ms()).await?;
         if recovered > 0 {
             tracing::warn!(
                 run = run_id,
@@ -276,14 +258,14 @@ impl<S: StudioApi> Dispatcher<S> {
                 self.settle(done, &mut stop, &mut breaker, &mut settled);
             }
             if settled.len() >= FLUSH_AT || (!settled.is_empty() && last_flush.elapsed() >= FLUSH_EVERY) {
-                self.flush(&mut settled)?;
+                self.flush(&mut settled).await?;
                 last_flush = std::time::Instant::now();
             }
             if stop.is_some() || self.shutdown.is_cancelled() {
                 break;
             }
             let free = slots.available_permits();
-            if free > 0 && self.store.next_due_at(run_id)?.is_some_and(|due| due <= self.now_ms()) {
+            if free > 0 && self.store.next_due_at(run_id).await?.is_some_and(|due| due <= self.now_ms()) {
                 // Take a send token first and claim after, so that a job is
                 // `dispatching` only while its request is about to go out: a pause
                 // or a crash then finds almost nothing in flight.
@@ -295,7 +277,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 while tokens < free && self.limits.try_acquire(&ctx.campaign, ctx.campaign_rate) {
                     tokens += 1;
                 }
-                let claimed = self.store.claim_due(run_id, self.now_ms(), tokens, reconciling)?;
+                let claimed = self.store.claim_due(run_id, self.now_ms(), tokens, reconciling).await?;
                 if claimed.is_empty() && reconciling && tasks.is_empty() {
                     reconciling = false;
                     continue;
@@ -318,17 +300,17 @@ impl<S: StudioApi> Dispatcher<S> {
             }
             // Before deciding anything from the ledger, or waiting, record what
             // has settled.
-            self.flush(&mut settled)?;
+            self.flush(&mut settled).await?;
             if tasks.is_empty() {
-                let run = self.store.get_run(run_id)?;
-                match run.state.parse::<RunState>() {
-                    Ok(RunState::Paused) => return Ok(RunEnd::Paused(run.state_reason)),
-                    Ok(RunState::Cancelled) => return Ok(RunEnd::Cancelled),
-                    Ok(RunState::Finished) => return Ok(RunEnd::Finished(self.store.run_counts(run_id)?)),
-                    _ => {}
+                let run = self.store.get_run(run_id).await?;
+                match run.state {
+                    RunState::Paused => return Ok(RunEnd::Paused(run.state_reason)),
+                    RunState::Cancelled => return Ok(RunEnd::Cancelled),
+                    RunState::Finished => return Ok(RunEnd::Finished(self.store.run_counts(run_id).await?)),
+                    RunState::Active | RunState::Expanding => {}
                 }
-                let expanding = run.state == RunState::Expanding.as_str();
-                match self.store.next_due_at(run_id)? {
+                let expanding = run.state == RunState::Expanding;
+                match self.store.next_due_at(run_id).await? {
                     // Its CSV is still being read: more jobs are coming.
                     None if expanding && stop_when_idle => return Ok(RunEnd::Idle { next_due_at: self.now_ms() }),
                     None if expanding => {
@@ -339,8 +321,8 @@ impl<S: StudioApi> Dispatcher<S> {
                         }
                     }
                     None => {
-                        self.store.finish_run_if_done(run_id, self.now_ms())?;
-                        return Ok(RunEnd::Finished(self.store.run_counts(run_id)?));
+                        self.store.finish_run_if_done(run_id, self.now_ms()).await?;
+                        return Ok(RunEnd::Finished(self.store.run_counts(run_id).await?));
                     }
                     Some(due) if stop_when_idle && due > self.now_ms() => {
                         return Ok(RunEnd::Idle { next_due_at: due });
@@ -355,7 +337,7 @@ impl<S: StudioApi> Dispatcher<S> {
                     }
                 }
             } else {
-                let wait = match self.store.next_due_at(run_id)? {
+                let wait = match self.store.next_due_at(run_id).await? {
                     Some(due) if free > 0 => Duration::from_millis((due - self.now_ms()).max(1) as u64),
                     _ => self.settings.idle_poll,
                 };
@@ -391,10 +373,20 @@ impl<S: StudioApi> Dispatcher<S> {
                 }
             }
         }
-        self.flush(&mut settled)?;
+        self.flush(&mut settled).await?;
         match stop {
             Some(reason) => {
-                self.store.set_run_state(run_id, RunState::Paused, Some(&reason.to_string()), self.now_ms())?;
+                // Paused with the reason, unless a user paused or cancelled it first.
+                let why = reason.to_string();
+                crate::runs::move_run(
+                    &self.store,
+                    run_id,
+                    RunState::Paused,
+                    &why,
+                    self.now_ms(),
+                    RunState::is_dispatchable,
+                )
+                .await?;
                 Ok(RunEnd::Stopped(reason))
             }
             None => Ok(RunEnd::Interrupted),
@@ -402,13 +394,12 @@ impl<S: StudioApi> Dispatcher<S> {
     }
 
     /// Commits the settled outcomes and pending audit records in one transaction.
-    fn flush(&self, settled: &mut Vec<SettledJob>) -> Result<(), DispatchError> {
+    async fn flush(&self, settled: &mut Vec<SettledJob>) -> Result<(), DispatchError> {
         let calls = std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()));
         if settled.is_empty() && calls.is_empty() {
             return Ok(());
         }
-        self.store.record_outcomes(settled, &calls)?;
-        settled.clear();
+        self.store.record_outcomes(std::mem::take(settled), calls).await?;
         Ok(())
     }
 
@@ -452,11 +443,10 @@ impl Breaker {
         Breaker { streak, seen: 0 }
     }
 
-    fn record(&mut self, outcome: &crate::store::JobOutcome) -> Option<StopReason> {
-        use crate::store::JobOutcome;
+    fn record(&mut self, outcome: &JobOutcome) -> Option<StopReason> {
         let transient = match outcome {
             JobOutcome::Retry { throttled: false, last_error: Some(e), conflict: None, .. } => Some(e),
-            JobOutcome::Failed { reason, last_error: Some(e) } if reason == "transient" => Some(e),
+            JobOutcome::Failed { reason, last_error: Some(e) } if reason.kind == ReasonKind::Transient => Some(e),
             // Throttling, waiting and windows say nothing about Studio's health.
             JobOutcome::Retry { .. } | JobOutcome::Release => return None,
             _ => None,

@@ -1,14 +1,10 @@
-//! One attempt at one job: reconcile an earlier ambiguous attempt, wait out an
-//! active Execution, create, settle a 409 by the campaign's policy, and record
-//! the outcome.
-
-use std::time::Duration;
-
-use serde_json::{Value, json};
+//! One attempt at one job: reconcile an earlier ambiguous attempt, look again
+//! at the Execution a waiting job waits on, create, and carry out the step the
+//! campaign's conflict policy decides on a 409.
 
 use super::{Dispatcher, RunContext, StopReason};
-use crate::domain::{ConflictPolicy, backoff_delay};
-use crate::store::{ClaimedJob, JobOutcome, StudioCall};
+use crate::domain::{ConflictFacts, ConflictStep, JobOutcome, JobReason, ReasonKind, backoff_delay};
+use crate::store::{ClaimedJob, StudioCall};
 use crate::studio::{CreateRequest, ListFilter, StudioApi, StudioError};
 use crate::telemetry;
 
@@ -32,9 +28,22 @@ impl<S: StudioApi> Dispatcher<S> {
     pub(crate) async fn process(&self, ctx: &RunContext, job: ClaimedJob) -> Processed {
         let mut sent = 0;
         let (outcome, stop) = self.decide(ctx, &job, &mut sent).await;
-        tracing::debug!(job = job.id, run = ctx.run_id, phone = %mask(&job.phone), outcome = ?outcome, "job attempt settled");
+        tracing::debug!(job = job.id, run = ctx.run_id, phone = %job.phone.masked(), outcome = ?outcome, "job attempt settled");
         // Recorded by the run loop, in a batch with others (one commit for many).
         Processed { job_id: job.id, outcome, stop, attempts_sent: sent, at: self.now_ms() }
+    }
+
+    /// The facts of a conflict with `active`, for the campaign's policy.
+    fn facts<'a>(&self, job: &ClaimedJob, active: Option<&'a str>, own: bool, round: u32) -> ConflictFacts<'a> {
+        ConflictFacts {
+            active,
+            own,
+            round,
+            max_rounds: self.settings.max_end_rounds,
+            waiting_since: job.conflict_since,
+            now_ms: self.now_ms(),
+            poll: self.settings.wait_poll,
+        }
     }
 
     /// Decides the job's outcome. `sent` counts the creates Studio processed or
@@ -54,33 +63,34 @@ impl<S: StudioApi> Dispatcher<S> {
             }
         }
 
-        // A wait-policy job waiting on someone else's Execution checks it first,
-        // without spending a create.
-        if let (ConflictPolicy::Wait { max_wait }, Some(active)) = (ctx.policy, job.conflict_sid.as_deref()) {
-            let since = job.conflict_since.unwrap_or(now);
+        // A job waiting on someone else's Execution looks at it first, without
+        // spending a create.
+        if let Some(active) = job.conflict_sid.as_deref() {
             match self.studio.fetch_execution(&ctx.flow, active).await {
                 Ok(e) if e.is_active() => {
-                    return (self.keep_waiting(job, active, since, max_wait), None);
+                    let step = ctx.policy.decide(&self.facts(job, Some(active), false, 0));
+                    if let Some(outcome) = self.settle_step(ctx, job, step) {
+                        return (outcome, None);
+                    }
                 }
                 Ok(_) | Err(StudioError::NotFound(_)) => {}
                 Err(e) => return self.after_error(ctx, job, e),
             }
         }
 
-        let parameters = match with_flowcast_key(&job.parameters, ctx, job.id) {
+        let parameters = match job.parameters.with_flowcast_key(&ctx.campaign, ctx.run_id, job.id) {
             Ok(p) => p,
             Err(e) => {
-                return (
-                    JobOutcome::Failed { reason: format!("invalid parameters in the ledger: {e}"), last_error: None },
-                    None,
-                );
+                let reason = JobReason::with_detail(ReasonKind::Invalid, e.to_string());
+                return (JobOutcome::Failed { reason, last_error: None }, None);
             }
         };
-        let request = CreateRequest { to: job.phone.clone(), from: ctx.from.clone(), parameters };
+        let request = CreateRequest { to: job.phone.as_str().to_string(), from: ctx.from.clone(), parameters };
 
-        for round in 0..=self.settings.max_end_rounds {
+        let mut round = 0;
+        loop {
             // The run loop took the first create's token before claiming the job;
-            // a create after ending someone else's Execution needs its own.
+            // a create after a conflict needs its own.
             if round > 0 {
                 tokio::select! {
                     _ = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate) => {}
@@ -91,20 +101,12 @@ impl<S: StudioApi> Dispatcher<S> {
             // Checked again right before sending: waiting for the rate limiter may
             // have carried the job past the end of its window.
             if let Some(opens) = self.outside_window(ctx, job) {
-                let outcome = JobOutcome::Retry {
-                    due_at: opens,
-                    failures: job.failures,
-                    throttled: false,
-                    ambiguous_since: None,
-                    conflict: job.conflict_sid.clone().zip(job.conflict_since),
-                    last_error: None,
-                };
-                return (outcome, None);
+                return (self.retry_at(job, opens), None);
             }
             // A pause or cancel issued while this job waited for its turn wins.
-            match self.store.run_state(ctx.run_id) {
-                Ok(state) if state == "active" || state == "expanding" => {}
-                Ok(state) if state == "cancelled" => return (JobOutcome::Cancelled, None),
+            match self.store.run_state(ctx.run_id).await {
+                Ok(state) if state.is_dispatchable() => {}
+                Ok(crate::domain::RunState::Cancelled) => return (JobOutcome::Cancelled, None),
                 Ok(_) => return (JobOutcome::Release, None),
                 Err(e) => {
                     tracing::error!(run = ctx.run_id, error = %e, "cannot read the run's state; not sending");
@@ -133,7 +135,8 @@ impl<S: StudioApi> Dispatcher<S> {
                 Err(e) => return self.after_error(ctx, job, e),
             };
 
-            // 409: find the active Execution when the body does not name it.
+            // 409: find the active Execution when the body does not name it, and
+            // whether it is our own (an earlier attempt whose answer was lost).
             let active = match active_sid {
                 Some(sid) => Some(sid),
                 None => match self.find_active_execution(ctx, job).await {
@@ -141,31 +144,20 @@ impl<S: StudioApi> Dispatcher<S> {
                     Err(e) => return self.after_error(ctx, job, e),
                 },
             };
-            let Some(active) = active else {
-                // It ended between the 409 and the listing: create again.
-                tracing::debug!(job = job.id, %error, "409 without an active execution to be found; retrying the create");
-                continue;
+            let own = match &active {
+                Some(sid) => match self.is_own_execution(ctx, job, sid).await {
+                    Ok(own) => own,
+                    Err(e) => return self.after_error(ctx, job, e),
+                },
+                None => false,
             };
-            // The active Execution may be our own, from an earlier attempt whose
-            // answer was lost: then the job is done.
-            match self.is_own_execution(ctx, job, &active).await {
-                Ok(true) => {
-                    telemetry::conflict(ctx.policy.name(), "adopted");
-                    return (JobOutcome::Sent { sid: active }, None);
+            let step = ctx.policy.decide(&self.facts(job, active.as_deref(), own, round));
+            round += 1;
+            match step {
+                ConflictStep::CreateAgain => {
+                    tracing::debug!(job = job.id, %error, "409 without an active execution to be found; creating again");
                 }
-                Ok(false) => {}
-                Err(e) => return self.after_error(ctx, job, e),
-            }
-            match ctx.policy {
-                ConflictPolicy::Skip => {
-                    telemetry::conflict("skip", "skipped");
-                    return (JobOutcome::Skipped { reason: "conflict".into(), sid: Some(active) }, None);
-                }
-                ConflictPolicy::Wait { max_wait } => {
-                    let since = job.conflict_since.unwrap_or(self.now_ms());
-                    return (self.keep_waiting(job, &active, since, max_wait), None);
-                }
-                ConflictPolicy::End => {
+                ConflictStep::EndThenCreate(active) => {
                     let ended = self.studio.end_execution(&ctx.flow, &active).await;
                     self.audit(
                         ctx,
@@ -176,52 +168,79 @@ impl<S: StudioApi> Dispatcher<S> {
                         Some(format!("ended {active} (on_conflict = \"end\") to send job {}", job.id)),
                     );
                     match ended {
-                        Ok(_) | Err(StudioError::NotFound(_)) => {
-                            telemetry::conflict("end", "ended");
-                            continue;
-                        }
+                        Ok(_) | Err(StudioError::NotFound(_)) => telemetry::conflict(ctx.policy.name(), "ended"),
                         Err(e) => return self.after_error(ctx, job, e),
                     }
                 }
+                step => {
+                    let outcome = self.settle_step(ctx, job, step).expect("only create-again steps loop");
+                    return (outcome, None);
+                }
             }
         }
-        let reason = format!(
-            "conflict: the contact was still in an active Execution after {} attempts to end it",
-            self.settings.max_end_rounds
-        );
-        (JobOutcome::Failed { reason, last_error: None }, None)
+    }
+
+    /// The outcome of a step that ends this attempt; `None` for the steps that
+    /// go on to create (the caller carries those out).
+    fn settle_step(&self, ctx: &RunContext, job: &ClaimedJob, step: ConflictStep) -> Option<JobOutcome> {
+        let policy = ctx.policy.name();
+        let outcome = match step {
+            ConflictStep::CreateAgain | ConflictStep::EndThenCreate(_) => return None,
+            ConflictStep::Adopt(sid) => {
+                telemetry::conflict(policy, "adopted");
+                JobOutcome::Sent { sid }
+            }
+            ConflictStep::Skip(sid) => {
+                telemetry::conflict(policy, "skipped");
+                JobOutcome::Skipped { reason: JobReason::new(ReasonKind::Conflict), sid: Some(sid) }
+            }
+            ConflictStep::WaitUntil { sid, since, due_at } => {
+                telemetry::conflict(policy, "waiting");
+                JobOutcome::Retry {
+                    due_at,
+                    failures: job.failures,
+                    throttled: false,
+                    ambiguous_since: None,
+                    conflict: Some((sid, since)),
+                    last_error: None,
+                }
+            }
+            ConflictStep::TimedOut { sid } => {
+                telemetry::conflict(policy, "timeout");
+                JobOutcome::Failed {
+                    reason: JobReason::new(ReasonKind::ConflictTimeout),
+                    last_error: Some(format!("execution {sid} was still active after max_wait")),
+                }
+            }
+            ConflictStep::GiveUp { rounds } => JobOutcome::Failed {
+                reason: JobReason::with_detail(
+                    ReasonKind::Conflict,
+                    format!("the contact was still in an active Execution after {rounds} rounds"),
+                ),
+                last_error: None,
+            },
+        };
+        Some(outcome)
+    }
+
+    /// Back to `pending` until `due_at`, keeping what the job carries.
+    fn retry_at(&self, job: &ClaimedJob, due_at: i64) -> JobOutcome {
+        JobOutcome::Retry {
+            due_at,
+            failures: job.failures,
+            throttled: false,
+            ambiguous_since: None,
+            conflict: job.conflict_sid.clone().zip(job.conflict_since),
+            last_error: None,
+        }
     }
 
     /// When the job's send window is closed now, the instant it next opens.
     fn outside_window(&self, ctx: &RunContext, job: &ClaimedJob) -> Option<i64> {
         let window = ctx.window?;
-        let zone: chrono_tz::Tz = job.zone.parse().unwrap_or(chrono_tz::UTC);
         let now = self.clock.now();
-        let opens = window.next_open(now, zone);
+        let opens = window.next_open(now, job.zone);
         (opens > now).then(|| opens.timestamp_millis())
-    }
-
-    /// A wait-policy job keeps waiting, or fails once `max_wait` has passed.
-    fn keep_waiting(&self, job: &ClaimedJob, active: &str, since: i64, max_wait: Duration) -> JobOutcome {
-        let now = self.now_ms();
-        let deadline = since + max_wait.as_millis() as i64;
-        if now >= deadline {
-            telemetry::conflict("wait", "timeout");
-            return JobOutcome::Failed {
-                reason: "conflict_timeout".into(),
-                last_error: Some(format!("execution {active} was still active after max_wait")),
-            };
-        }
-        telemetry::conflict("wait", "waiting");
-        let next = (now + self.settings.wait_poll.as_millis() as i64).min(deadline);
-        JobOutcome::Retry {
-            due_at: next,
-            failures: job.failures,
-            throttled: false,
-            ambiguous_since: None,
-            conflict: Some((active.to_string(), since)),
-            last_error: None,
-        }
     }
 
     /// Maps a Studio error (other than 409) to the job's outcome and, for
@@ -248,7 +267,8 @@ impl<S: StudioApi> Dispatcher<S> {
                 let failures = job.failures + 1;
                 telemetry::retry(if ambiguous { "ambiguous" } else { "transient" });
                 if failures >= i64::from(self.settings.max_failures) {
-                    let outcome = JobOutcome::Failed { reason: "transient".into(), last_error: Some(message) };
+                    let outcome =
+                        JobOutcome::Failed { reason: JobReason::new(ReasonKind::Transient), last_error: Some(message) };
                     return (outcome, None);
                 }
                 let mut delay = backoff_delay(
@@ -279,10 +299,11 @@ impl<S: StudioApi> Dispatcher<S> {
                 (outcome, None)
             }
             StudioError::Invalid(e) => {
-                let reason = match e.code {
-                    Some(code) => format!("invalid: Twilio error {code}: {}", e.message),
-                    None => format!("invalid: HTTP {}: {}", e.status, e.message),
+                let detail = match e.code {
+                    Some(code) => format!("Twilio error {code}: {}", e.message),
+                    None => format!("HTTP {}: {}", e.status, e.message),
                 };
+                let reason = JobReason::with_detail(ReasonKind::Invalid, detail);
                 (JobOutcome::Failed { reason, last_error: Some(e.to_string()) }, None)
             }
             StudioError::Unauthorized(e) => (JobOutcome::Release, Some(StopReason::Unauthorized(e))),
@@ -411,18 +432,4 @@ impl<S: StudioApi> Dispatcher<S> {
         // Written with the next batch of outcomes.
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(call);
     }
-}
-
-/// Adds flowcast's own key so that any Execution it made can be recognised.
-fn with_flowcast_key(parameters: &str, ctx: &RunContext, job_id: i64) -> Result<String, serde_json::Error> {
-    let mut value: Value = serde_json::from_str(parameters)?;
-    if let Value::Object(map) = &mut value {
-        map.insert("flowcast".into(), json!({ "campaign": ctx.campaign, "run": ctx.run_id, "job": job_id }));
-    }
-    Ok(value.to_string())
-}
-
-/// Hides all but the last two digits of a phone number in logs.
-pub(crate) fn mask(phone: &str) -> String {
-    crate::domain::Phone::from_e164(phone.to_string()).masked()
 }

@@ -1,100 +1,197 @@
-//! Job and run states, as the SPEC names them.
+//! Job and run states, the transitions a user may ask of a run, what started
+//! a run, what a campaign is for, and why a job ended as it did.
 
-use std::fmt;
-use std::str::FromStr;
+use super::text::text_enum;
 
-/// A job's place in its life: `pending` → `dispatching` → `sent`, or one of the
-/// terminal states, each recorded with a reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum JobState {
-    Pending,
-    Dispatching,
-    Sent,
-    Skipped,
-    Failed,
-    Expired,
-    Cancelled,
+text_enum! {
+    /// A job's place in its life: `pending` → `dispatching` → `sent`, or one of
+    /// the terminal states, each recorded with a reason.
+    pub enum JobState("job state") {
+        Pending = "pending",
+        Dispatching = "dispatching",
+        Sent = "sent",
+        Skipped = "skipped",
+        Failed = "failed",
+        Expired = "expired",
+        Cancelled = "cancelled",
+    }
 }
 
 impl JobState {
-    pub const ALL: [JobState; 7] = [
-        JobState::Pending,
-        JobState::Dispatching,
-        JobState::Sent,
-        JobState::Skipped,
-        JobState::Failed,
-        JobState::Expired,
-        JobState::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Pending => "pending",
-            JobState::Dispatching => "dispatching",
-            JobState::Sent => "sent",
-            JobState::Skipped => "skipped",
-            JobState::Failed => "failed",
-            JobState::Expired => "expired",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-
     /// A terminal job is never touched by the dispatcher again.
     pub fn is_terminal(self) -> bool {
         !matches!(self, JobState::Pending | JobState::Dispatching)
     }
 }
 
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// A run's control state. `expanding` while its CSV is being imported;
+    /// `active` while it has work; `paused` by a user or by a stop condition (bad
+    /// credentials); `cancelled`; `finished` when every job is terminal.
+    pub enum RunState("run state") {
+        Expanding = "expanding",
+        Active = "active",
+        Paused = "paused",
+        Cancelled = "cancelled",
+        Finished = "finished",
     }
-}
-
-impl FromStr for JobState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| format!("unknown job state {s:?}"))
-    }
-}
-
-/// A run's control state. `expanding` while its CSV is being imported; `active`
-/// while it has work; `paused` by a user or by a stop condition (bad credentials);
-/// `cancelled`; `finished` when every job is terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    Expanding,
-    Active,
-    Paused,
-    Cancelled,
-    Finished,
 }
 
 impl RunState {
-    pub fn as_str(self) -> &'static str {
+    /// Jobs of a run in this state may be claimed and sent (an expanding run
+    /// sends while its CSV is still being read).
+    pub fn is_dispatchable(self) -> bool {
+        matches!(self, RunState::Active | RunState::Expanding)
+    }
+
+    /// Finished and cancelled runs never change again.
+    pub fn is_over(self) -> bool {
+        matches!(self, RunState::Finished | RunState::Cancelled)
+    }
+}
+
+text_enum! {
+    /// What a user may ask of a run, from the command line or over HTTP.
+    pub enum RunAction("action") {
+        Pause = "pause",
+        Resume = "resume",
+        Cancel = "cancel",
+    }
+}
+
+/// A run cannot make the transition asked of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {run} is {from}; it cannot be {verb}")]
+pub struct NotAllowed {
+    pub run: i64,
+    pub from: RunState,
+    pub verb: &'static str,
+}
+
+impl RunAction {
+    /// The state a run in `from` moves to, or why it cannot. `imported` says
+    /// whether the run's CSV has been read to the end: a run paused while
+    /// importing resumes importing, and its import makes it active when done.
+    pub fn target(self, run: i64, from: RunState, imported: bool) -> Result<RunState, NotAllowed> {
+        let to = match (self, from) {
+            (RunAction::Pause, RunState::Active | RunState::Expanding | RunState::Paused) => RunState::Paused,
+            (RunAction::Resume, RunState::Paused | RunState::Active | RunState::Expanding) => {
+                if imported {
+                    RunState::Active
+                } else {
+                    RunState::Expanding
+                }
+            }
+            (RunAction::Cancel, state) if state != RunState::Finished => RunState::Cancelled,
+            _ => return Err(NotAllowed { run, from, verb: self.past_tense() }),
+        };
+        Ok(to)
+    }
+
+    pub fn past_tense(self) -> &'static str {
         match self {
-            RunState::Expanding => "expanding",
-            RunState::Active => "active",
-            RunState::Paused => "paused",
-            RunState::Cancelled => "cancelled",
-            RunState::Finished => "finished",
+            RunAction::Pause => "paused",
+            RunAction::Resume => "resumed",
+            RunAction::Cancel => "cancelled",
+        }
+    }
+
+    /// The reason recorded with the new state.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            RunAction::Pause => Some("paused by user"),
+            RunAction::Cancel => Some("cancelled by user"),
+            RunAction::Resume => None,
         }
     }
 }
 
-impl fmt::Display for RunState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// What started a run.
+    pub enum Trigger("trigger") {
+        /// `flowcast run`, or a start over HTTP.
+        Manual = "manual",
+        /// A cron tick.
+        Schedule = "schedule",
+        /// A one-off campaign file seen with new content.
+        File = "file",
     }
 }
 
-impl FromStr for RunState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [RunState::Expanding, RunState::Active, RunState::Paused, RunState::Cancelled, RunState::Finished]
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown run state {s:?}"))
+text_enum! {
+    /// What a campaign is for. The kinds share one engine; the kind is for
+    /// people (status, dashboards) and for choosing sensible examples.
+    pub enum CampaignKind("kind") {
+        Reminder = "reminder",
+        DeliveryNotice = "delivery-notice",
+        Survey = "survey",
+    }
+}
+
+text_enum! {
+    /// The keyword of a job's reason: the first word of its text, the part
+    /// reports are grouped and filtered by.
+    pub enum ReasonKind("reason") {
+        /// The contact was in someone else's active Execution (skip policy, or
+        /// the end policy gave up).
+        Conflict = "conflict",
+        /// The wait policy's `max_wait` passed with the contact still busy.
+        ConflictTimeout = "conflict_timeout",
+        /// Transient failures (5xx, timeouts) used up the retries.
+        Transient = "transient",
+        /// Studio refused the request itself (a 4xx other than 409/429/401/403/404).
+        Invalid = "invalid",
+        /// The job's `expires` passed before it was sent.
+        Expired = "expired",
+        /// The run was cancelled before this job was sent.
+        RunCancelled = "run cancelled",
+    }
+}
+
+/// Why a job ended as it did: a keyword, optionally followed by details
+/// (`invalid: Twilio error 21211: Invalid 'To' Phone Number`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobReason {
+    pub kind: ReasonKind,
+    pub detail: Option<String>,
+}
+
+impl JobReason {
+    pub fn new(kind: ReasonKind) -> Self {
+        JobReason { kind, detail: None }
+    }
+
+    pub fn with_detail(kind: ReasonKind, detail: impl Into<String>) -> Self {
+        JobReason { kind, detail: Some(detail.into()) }
+    }
+
+    /// Reads the text form back: the keyword, then `: ` and the details.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        for kind in ReasonKind::ALL.iter().copied() {
+            let keyword = kind.as_str();
+            if text == keyword {
+                return Ok(JobReason::new(kind));
+            }
+            if let Some(detail) = text.strip_prefix(keyword).and_then(|rest| rest.strip_prefix(": ")) {
+                return Ok(JobReason::with_detail(kind, detail));
+            }
+        }
+        Err(format!("unknown job reason {text:?}"))
+    }
+}
+
+impl std::fmt::Display for JobReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{}: {detail}", self.kind),
+            None => f.write_str(self.kind.as_str()),
+        }
+    }
+}
+
+impl serde::Serialize for JobReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -105,9 +202,50 @@ mod tests {
     #[test]
     fn states_round_trip_through_their_names() {
         for state in JobState::ALL {
-            assert_eq!(state.as_str().parse::<JobState>().unwrap(), state);
+            assert_eq!(state.as_str().parse::<JobState>().unwrap(), *state);
+        }
+        for state in RunState::ALL {
+            assert_eq!(state.as_str().parse::<RunState>().unwrap(), *state);
         }
         assert!(JobState::Sent.is_terminal());
         assert!(!JobState::Dispatching.is_terminal());
+        let err = "sending".parse::<JobState>().unwrap_err();
+        assert_eq!(
+            err,
+            "job state \"sending\" must be one of pending, dispatching, sent, skipped, failed, expired, cancelled"
+        );
+    }
+
+    #[test]
+    fn run_actions_allow_only_their_transitions() {
+        use RunAction::*;
+        use RunState::*;
+        let table = [
+            (Pause, Active, true, Ok(Paused)),
+            (Pause, Expanding, false, Ok(Paused)),
+            (Pause, Finished, true, Err("run 7 is finished; it cannot be paused")),
+            (Pause, Cancelled, true, Err("run 7 is cancelled; it cannot be paused")),
+            (Resume, Paused, true, Ok(Active)),
+            (Resume, Paused, false, Ok(Expanding)),
+            (Resume, Finished, true, Err("run 7 is finished; it cannot be resumed")),
+            (Cancel, Paused, true, Ok(Cancelled)),
+            (Cancel, Expanding, false, Ok(Cancelled)),
+            (Cancel, Finished, true, Err("run 7 is finished; it cannot be cancelled")),
+        ];
+        for (action, from, imported, expected) in table {
+            let got = action.target(7, from, imported).map_err(|e| e.to_string());
+            assert_eq!(got, expected.map_err(String::from), "{action} from {from}");
+        }
+    }
+
+    #[test]
+    fn reasons_keep_their_keyword_and_details() {
+        let invalid = JobReason::with_detail(ReasonKind::Invalid, "Twilio error 21211: Invalid 'To' Phone Number");
+        assert_eq!(invalid.to_string(), "invalid: Twilio error 21211: Invalid 'To' Phone Number");
+        assert_eq!(JobReason::parse(&invalid.to_string()).unwrap(), invalid);
+        assert_eq!(JobReason::parse("conflict_timeout").unwrap().kind, ReasonKind::ConflictTimeout);
+        assert_eq!(JobReason::parse("conflict").unwrap().kind, ReasonKind::Conflict);
+        assert_eq!(JobReason::parse("run cancelled").unwrap(), JobReason::new(ReasonKind::RunCancelled));
+        assert!(JobReason::parse("conflicting").is_err());
     }
 }

@@ -2,21 +2,29 @@
 //!
 //! Everything here is built by parsing, so a value that exists is valid: a
 //! [`Phone`] is E.164, a [`FlowSid`] has Studio's shape, a [`ConflictPolicy`]
-//! carries its own bound. The edges (store, studio, dispatch) only move these
-//! values around.
+//! carries its own bound. Each state, policy, trigger, kind and reason has
+//! exactly one text form, defined here; the edges (store, studio, dispatch,
+//! HTTP, reports) only move these values around.
 
+mod contact;
+mod digest;
 mod duration;
 mod job;
+mod outcome;
 mod phone;
 mod policy;
 mod sid;
 mod template;
+mod text;
 mod window;
 
+pub use contact::{ImportRow, JobSpec, NotAnObject, Parameters, Rejection, RowOutcome};
+pub use digest::{Sha256Hex, hex, sha256_hex};
 pub use duration::{format_duration, parse_duration};
-pub use job::{JobState, RunState};
+pub use job::{CampaignKind, JobReason, JobState, NotAllowed, ReasonKind, RunAction, RunState, Trigger};
+pub use outcome::JobOutcome;
 pub use phone::{Phone, PhoneError, parse_region};
-pub use policy::{ConflictPolicy, backoff_delay};
+pub use policy::{ConflictFacts, ConflictPolicy, ConflictStep, DEFAULT_MAX_WAIT, backoff_delay};
 pub use sid::{ExecutionSid, FlowSid, SidError, find_execution_sid};
 pub use template::{Template, TemplateError, TimeTemplate, parse_instant};
 pub use window::SendWindow;

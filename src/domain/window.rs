@@ -11,7 +11,31 @@ pub struct SendWindow {
     pub end: NaiveTime,
 }
 
+/// How a window's times are written: `08:00`.
+const HH_MM: &str = "%H:%M";
+
 impl SendWindow {
+    /// Reads a window from its `HH:MM` start and end; an empty window (start =
+    /// end) is refused.
+    pub fn parse(start: &str, end: &str) -> Result<Self, String> {
+        let time = |t: &str| NaiveTime::parse_from_str(t.trim(), HH_MM).ok();
+        match (time(start), time(end)) {
+            (Some(start), Some(end)) if start != end => Ok(SendWindow { start, end }),
+            (Some(_), Some(_)) => Err("send_window start and end are equal; the window would be empty".into()),
+            _ => Err("send_window start and end must be HH:MM times (e.g. \"08:00\")".into()),
+        }
+    }
+
+    /// The start as written (`08:00`).
+    pub fn start_text(&self) -> String {
+        self.start.format(HH_MM).to_string()
+    }
+
+    /// The end as written (`21:00`).
+    pub fn end_text(&self) -> String {
+        self.end.format(HH_MM).to_string()
+    }
+
     /// Whether local time `t` is inside the window.
     pub fn contains(&self, t: NaiveTime) -> bool {
         if self.start < self.end { self.start <= t && t < self.end } else { t >= self.start || t < self.end }
@@ -62,10 +86,15 @@ mod tests {
     use super::*;
 
     fn window(start: &str, end: &str) -> SendWindow {
-        SendWindow {
-            start: NaiveTime::parse_from_str(start, "%H:%M").unwrap(),
-            end: NaiveTime::parse_from_str(end, "%H:%M").unwrap(),
-        }
+        SendWindow::parse(start, end).unwrap()
+    }
+
+    #[test]
+    fn windows_read_and_write_hh_mm() {
+        let w = window("08:00", "21:30");
+        assert_eq!((w.start_text(), w.end_text()), ("08:00".to_string(), "21:30".to_string()));
+        assert!(SendWindow::parse("8am", "21:00").unwrap_err().contains("HH:MM"));
+        assert!(SendWindow::parse("08:00", "08:00").unwrap_err().contains("equal"));
     }
 
     fn utc(s: &str) -> DateTime<Utc> {

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::campaign::{Campaign, FlowRef};
+use crate::domain::{FlowSid, sha256_hex};
+
 /// Studio refuses request bodies over 1 MB; flowcast refuses them first.
 pub const MAX_BODY_BYTES: usize = 1_000_000;
 
@@ -36,10 +39,14 @@ pub struct FlowDefinition {
     pub hash: String,
 }
 
-/// Variables for `${VAR}`: the process environment, overridden by an env file
-/// (`KEY=value` lines; `#` comments and blank lines ignored).
-pub fn variables(env_file: Option<&Path>) -> Result<HashMap<String, String>, FlowError> {
-    let mut vars: HashMap<String, String> = std::env::vars().collect();
+/// Variables for `${VAR}`: `environment` (the process's, from the config),
+/// overridden by an env file (`KEY=value` lines; `#` comments and blank lines
+/// ignored).
+pub fn variables(
+    environment: HashMap<String, String>,
+    env_file: Option<&Path>,
+) -> Result<HashMap<String, String>, FlowError> {
+    let mut vars = environment;
     if let Some(path) = env_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| FlowError::Read { file: path.display().to_string(), message: e.to_string() })?;
@@ -143,8 +150,7 @@ pub fn load(flows: &Path, name: &str, vars: &HashMap<String, String>) -> Result<
     if size > MAX_BODY_BYTES {
         return Err(FlowError::TooLarge { file: shown, size });
     }
-    use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let hash = sha256_hex(json.as_bytes());
     Ok(FlowDefinition { name: name.to_string(), file, json, value, hash })
 }
 
@@ -276,6 +282,48 @@ impl Lock {
 
     pub fn set(&mut self, account: &str, name: &str, deployed: Deployed) {
         self.0.entry(account.to_string()).or_default().insert(name.to_string(), deployed);
+    }
+}
+
+/// How a campaign's Flow SID is found when the campaign names a flow file
+/// instead of a SID.
+pub trait FlowResolver: Send + Sync + 'static {
+    fn resolve(&self, campaign: &Campaign) -> Result<FlowSid, String>;
+}
+
+/// Resolves flow names through the lock file, for one account.
+pub struct LockFileResolver {
+    pub flows: PathBuf,
+    pub account_sid: String,
+}
+
+impl FlowResolver for LockFileResolver {
+    fn resolve(&self, campaign: &Campaign) -> Result<FlowSid, String> {
+        let name = match &campaign.flow {
+            FlowRef::Sid(sid) => return Ok(sid.clone()),
+            FlowRef::Name(name) => name,
+        };
+        let lock = Lock::read(&self.flows).map_err(|e| e.to_string())?;
+        let deployed = lock.get(&self.account_sid, name).ok_or_else(|| {
+            format!(
+                "flow {name:?} is not deployed for account {} (no entry in {}); deploy it first",
+                self.account_sid,
+                Lock::path(&self.flows).display()
+            )
+        })?;
+        FlowSid::parse(&deployed.sid).map_err(|e| format!("{}: {name}: {e}", Lock::path(&self.flows).display()))
+    }
+}
+
+/// Resolves only Flow SIDs; flow names need `flows deploy`.
+pub struct SidOnly;
+
+impl FlowResolver for SidOnly {
+    fn resolve(&self, campaign: &Campaign) -> Result<FlowSid, String> {
+        match &campaign.flow {
+            FlowRef::Sid(s) => Ok(s.clone()),
+            FlowRef::Name(n) => Err(format!("flow {n:?} is not deployed")),
+        }
     }
 }
 

@@ -15,10 +15,13 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::Service;
-use super::control::{Action, ControlError, control_run};
 use super::webhook;
+use crate::config::Secret;
+use crate::domain::{JobState, RunAction};
+use crate::runs::ControlError;
 use crate::store::StoreError;
 use crate::studio::StudioApi;
+use crate::views;
 
 /// The dashboard: one self-contained page, compiled into the binary.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -29,9 +32,9 @@ pub struct HttpConfig {
     /// When set, everything but `/healthz` and the webhook needs it, as
     /// `Authorization: Bearer TOKEN` (or as the password of Basic auth, which
     /// browsers send by themselves once asked).
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// The auth token that Twilio signs Event Streams deliveries with.
-    pub webhook_token: Option<String>,
+    pub webhook_token: Option<Secret>,
     /// The public base URL Twilio posts to (`FLOWCAST_PUBLIC_URL`), e.g.
     /// `https://flowcast.example.com`; signatures are over this URL.
     pub public_url: Option<String>,
@@ -87,7 +90,7 @@ async fn require_token<S: StudioApi>(State(state): St<S>, request: Request, next
         } else {
             String::new()
         };
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        if !constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
             let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
             response
                 .headers_mut()
@@ -107,24 +110,37 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Runs ledger work off the async threads.
-async fn with_store<S: StudioApi, T: Send + 'static>(
-    state: &Arc<HttpState<S>>,
-    f: impl FnOnce(&Service<S>) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Response> {
-    let service = Arc::clone(&state.service);
-    match tokio::task::spawn_blocking(move || f(&service)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(StoreError::RunNotFound(id))) => Err(error(StatusCode::NOT_FOUND, format!("run {id} not found"))),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+/// A ledger error as an answer: 404 for an unknown run, else 500.
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::RunNotFound(id) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Keyset paging from a query: `after` (the last id seen) and `limit`
+/// (clamped to `1..=max`, `default` when absent).
+struct Page {
+    after: i64,
+    limit: u32,
+}
+
+impl Page {
+    fn from_query(q: &HashMap<String, String>, default: u32, max: u32) -> Self {
+        let after = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(default).clamp(1, max);
+        Page { after, limit }
+    }
+
+    /// The `after` of the next page, when this one was full.
+    fn next_after(&self, ids: impl DoubleEndedIterator<Item = i64> + ExactSizeIterator) -> Option<i64> {
+        let full = ids.len() as u32 == self.limit;
+        ids.last().filter(|_| full)
     }
 }
 
 async fn healthz<S: StudioApi>(State(state): St<S>) -> Response {
-    let store = state.service.store.clone();
-    let writable = tokio::task::spawn_blocking(move || store.is_writable()).await.unwrap_or(false);
-    if writable {
+    if state.service.store.is_writable().await {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "ledger not writable\n").into_response()
@@ -136,108 +152,82 @@ async fn dashboard() -> Html<&'static str> {
 }
 
 async fn metrics<S: StudioApi>(State(state): St<S>) -> Response {
-    match with_store(&state, |svc| svc.store.jobs_by_state()).await {
+    match state.service.store.jobs_by_state().await {
         Ok(by_state) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             crate::telemetry::render(&by_state),
         )
             .into_response(),
-        Err(r) => r,
+        Err(e) => store_error(e),
     }
-}
-
-fn time(ms: Option<i64>) -> Value {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
-        .unwrap_or(Value::Null)
 }
 
 async fn campaigns<S: StudioApi>(State(state): St<S>) -> Response {
-    let result = with_store(&state, |svc| {
-        let rows = svc.store.list_campaigns()?;
-        let refused = svc.refused();
-        let mut out = Vec::new();
-        for c in svc.campaigns() {
-            let row = rows.iter().find(|r| r.name == c.name);
-            let next = row.and_then(|r| r.next_fire_at);
-            let problems: Vec<String> = refused
-                .iter()
-                .filter(|(p, _)| *p == c.source)
-                .flat_map(|(_, e)| e.diagnostics.iter().map(ToString::to_string))
-                .collect();
-            let mut summary = c.summary(next.and_then(chrono::DateTime::from_timestamp_millis));
-            summary["status"] = json!(if !problems.is_empty() {
-                "refused-edit"
-            } else if c.enabled {
-                "enabled"
-            } else {
-                "disabled"
-            });
-            summary["errors"] = json!(problems);
-            out.push(summary);
-        }
-        let in_force: Vec<_> = svc.campaigns().into_iter().map(|c| c.source).collect();
-        for (file, e) in refused.into_iter().filter(|(p, _)| !in_force.contains(p)) {
-            out.push(json!({
-                "name": null,
-                "file": file.display().to_string(),
-                "status": "refused",
-                "errors": e.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            }));
-        }
-        Ok(out)
-    })
-    .await;
-    match result {
-        Ok(list) => json_body(StatusCode::OK, json!({ "campaigns": list })),
-        Err(r) => r,
+    let svc = &state.service;
+    let rows = match svc.store.list_campaigns().await {
+        Ok(rows) => rows,
+        Err(e) => return store_error(e),
+    };
+    let refused = svc.refused();
+    let mut out = Vec::new();
+    let in_force = svc.campaigns();
+    for c in &in_force {
+        let next = rows.iter().find(|r| r.name == c.name).and_then(|r| r.next_fire_at);
+        let problems: Vec<String> = refused
+            .iter()
+            .filter(|(p, _)| *p == c.source)
+            .flat_map(|(_, e)| e.diagnostics.iter().map(ToString::to_string))
+            .collect();
+        let mut summary = c.summary(next.and_then(chrono::DateTime::from_timestamp_millis));
+        summary["status"] = json!(if !problems.is_empty() {
+            "refused-edit"
+        } else if c.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        });
+        summary["errors"] = json!(problems);
+        out.push(summary);
     }
-}
-
-fn run_json(run: &crate::store::RunRow, counts: &crate::store::RunCounts) -> Value {
-    let mut body = serde_json::to_value(run).unwrap_or_default();
-    let total = counts.total();
-    body["jobs"] = serde_json::to_value(&counts.0).unwrap_or_default();
-    body["total"] = json!(total);
-    body["progress"] = json!(if total > 0 { (total - counts.open()) as f64 / total as f64 } else { 1.0 });
-    body["created"] = time(Some(run.created_at));
-    body["finished"] = time(run.finished_at);
-    body
+    for (file, e) in refused.into_iter().filter(|(p, _)| !in_force.iter().any(|c| c.source == *p)) {
+        out.push(json!({
+            "name": null,
+            "file": file.display().to_string(),
+            "status": "refused",
+            "errors": e.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }));
+    }
+    json_body(StatusCode::OK, json!({ "campaigns": out }))
 }
 
 async fn runs<S: StudioApi>(State(state): St<S>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let campaign = q.get("campaign").cloned();
+    let store = &state.service.store;
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50u32).clamp(1, 500);
-    let result = with_store(&state, move |svc| {
-        let mut out = Vec::new();
-        for run in svc.store.list_runs(campaign.as_deref(), limit)? {
-            let counts = svc.store.run_counts(run.id)?;
-            out.push(run_json(&run, &counts));
+    let list = match store.list_runs(q.get("campaign").map(String::as_str), limit).await {
+        Ok(list) => list,
+        Err(e) => return store_error(e),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for run in list {
+        match store.run_counts(run.id).await {
+            Ok(counts) => out.push(views::run(&run, &counts)),
+            Err(e) => return store_error(e),
         }
-        Ok(out)
-    })
-    .await;
-    match result {
-        Ok(list) => json_body(StatusCode::OK, json!({ "runs": list })),
-        Err(r) => r,
     }
+    json_body(StatusCode::OK, json!({ "runs": out }))
 }
 
 async fn get_run<S: StudioApi>(State(state): St<S>, Path(id): Path<i64>) -> Response {
-    match with_store(&state, move |svc| Ok(run_json(&svc.store.get_run(id)?, &svc.store.run_counts(id)?))).await {
-        Ok(body) => json_body(StatusCode::OK, body),
-        Err(r) => r,
+    let store = &state.service.store;
+    let run = match store.get_run(id).await {
+        Ok(run) => run,
+        Err(e) => return store_error(e),
+    };
+    match store.run_counts(id).await {
+        Ok(counts) => json_body(StatusCode::OK, views::run(&run, &counts)),
+        Err(e) => store_error(e),
     }
-}
-
-fn job_json(j: &crate::store::JobRow) -> Value {
-    json!({
-        "id": j.id, "run": j.run_id, "line": j.line, "phone": j.phone, "state": j.state, "reason": j.reason,
-        "execution_sid": j.execution_sid, "attempts": j.attempts, "due_at": time(Some(j.due_at)),
-        "expires_at": time(j.expires_at), "sent_at": time(j.sent_at), "finished_at": time(j.finished_at),
-        "last_error": j.last_error, "execution_ended_at": time(j.execution_ended_at), "ended_reason": j.ended_reason,
-    })
 }
 
 async fn jobs<S: StudioApi>(
@@ -245,60 +235,48 @@ async fn jobs<S: StudioApi>(
     Path(id): Path<i64>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let filter = q.get("state").cloned();
-    if let Some(s) = &filter
-        && s.parse::<crate::domain::JobState>().is_err()
-    {
-        return error(StatusCode::BAD_REQUEST, format!("unknown state {s:?}"));
+    let filter = match q.get("state").map(|s| s.parse::<JobState>()).transpose() {
+        Ok(filter) => filter,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let page = Page::from_query(&q, 100, 1000);
+    let store = &state.service.store;
+    if let Err(e) = store.get_run(id).await {
+        return store_error(e);
     }
-    let after = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0i64);
-    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100u32).clamp(1, 1000);
-    let result = with_store(&state, move |svc| {
-        svc.store.get_run(id)?;
-        svc.store.jobs_page(id, filter.as_deref(), after, limit)
-    })
-    .await;
-    match result {
-        Ok(page) => {
-            let next = (page.len() as u32 == limit).then(|| page.last().map(|j| j.id)).flatten();
+    match store.jobs_page(id, filter, page.after, page.limit).await {
+        Ok(list) => {
+            let next = page.next_after(list.iter().map(|j| j.id));
             json_body(
                 StatusCode::OK,
-                json!({ "jobs": page.iter().map(job_json).collect::<Vec<_>>(), "next_after": next }),
+                json!({ "jobs": list.iter().map(views::job).collect::<Vec<_>>(), "next_after": next }),
             )
         }
-        Err(r) => r,
+        Err(e) => store_error(e),
     }
 }
 
 async fn problems<S: StudioApi>(State(state): St<S>, Query(q): Query<HashMap<String, String>>) -> Response {
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(20u32).clamp(1, 200);
-    match with_store(&state, move |svc| svc.store.recent_problems(limit)).await {
-        Ok(list) => json_body(StatusCode::OK, json!({ "jobs": list.iter().map(job_json).collect::<Vec<_>>() })),
-        Err(r) => r,
+    match state.service.store.recent_problems(limit).await {
+        Ok(list) => json_body(StatusCode::OK, json!({ "jobs": list.iter().map(views::job).collect::<Vec<_>>() })),
+        Err(e) => store_error(e),
     }
 }
 
 async fn control<S: StudioApi>(State(state): St<S>, Path((id, action)): Path<(i64, String)>) -> Response {
-    let Some(action) = Action::parse(&action) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown action {action:?}; use pause, resume or cancel"));
+    let Ok(action) = action.parse::<RunAction>() else {
+        return error(StatusCode::NOT_FOUND, format!("unknown action {action:?}; use {}", RunAction::choices()));
     };
-    let service = Arc::clone(&state.service);
-    let result = tokio::task::spawn_blocking(move || {
-        let now = service.dispatcher_now_ms();
-        control_run(&service.store, id, action, now)
-    })
-    .await;
-    match result {
-        Ok(Ok((from, to))) => {
-            state.service.wake.notify_one();
-            json_body(StatusCode::OK, json!({ "id": id, "previous": from, "state": to.as_str() }))
+    let service = &state.service;
+    match crate::runs::control(&service.store, id, action, service.now_ms()).await {
+        Ok(t) => {
+            service.wake.notify_one();
+            json_body(StatusCode::OK, json!({ "id": id, "previous": t.from, "state": t.to }))
         }
-        Ok(Err(ControlError::Store(StoreError::RunNotFound(_)))) => {
-            error(StatusCode::NOT_FOUND, format!("run {id} not found"))
-        }
-        Ok(Err(e @ ControlError::NotAllowed { .. })) => error(StatusCode::CONFLICT, e.to_string()),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(ControlError::Store(e)) => store_error(e),
+        Err(e @ ControlError::NotAllowed(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ ControlError::Contended(_)) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }
 
@@ -327,7 +305,7 @@ async fn studio_webhook<S: StudioApi>(
         }
     };
     let url = format!("{base}{path_and_query}");
-    if !webhook::signature_is_valid(token, &url, signature) {
+    if !webhook::signature_is_valid(token.expose(), &url, signature) {
         return forbidden("bad signature");
     }
     if !webhook::body_hash_is_valid(uri.query().unwrap_or(""), &body) {
@@ -337,29 +315,18 @@ async fn studio_webhook<S: StudioApi>(
         Ok(parsed) => parsed,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let now = state.service.dispatcher_now_ms();
+    let now = state.service.now_ms();
     let ended_count = ended.len();
-    let result = with_store(&state, move |svc| {
-        let mut woken = 0;
-        for e in &ended {
-            let (_, w) = svc.store.record_execution_end(
-                &e.execution_sid,
-                e.ended_at.unwrap_or(now),
-                e.ended_reason.as_deref(),
-                now,
-            )?;
-            woken += w;
+    let mut woken = 0;
+    for e in &ended {
+        let at = e.ended_at.unwrap_or(now);
+        match state.service.store.record_execution_end(&e.execution_sid, at, e.ended_reason.as_deref(), now).await {
+            Ok((_, w)) => woken += w,
+            Err(e) => return store_error(e),
         }
-        Ok(woken)
-    })
-    .await;
-    match result {
-        Ok(woken) => {
-            if woken > 0 {
-                state.service.dispatcher.wake_all();
-            }
-            json_body(StatusCode::OK, json!({ "accepted": count, "ended": ended_count, "woken": woken }))
-        }
-        Err(r) => r,
     }
+    if woken > 0 {
+        state.service.dispatcher.wake_all();
+    }
+    json_body(StatusCode::OK, json!({ "accepted": count, "ended": ended_count, "woken": woken }))
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::campaign::{Campaign, CampaignError, Diagnostic, Folders, content_hash, load_one};
+use crate::campaign::{
+    Campaign, CampaignError, Diagnostic, Folders, content_hash, list_campaign_files, load_one, name_taken,
+};
 
 /// What a scan found.
 #[derive(Debug)]
@@ -26,7 +28,7 @@ fn stamp(path: &Path) -> Stamp {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     /// The campaign file's and its CSV's modification time and size when last read.
     file_stamp: Stamp,
@@ -36,7 +38,7 @@ struct Entry {
 }
 
 /// Every campaign file seen, by path.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     entries: BTreeMap<PathBuf, Entry>,
     /// Files whose current content is refused, with why.
@@ -58,17 +60,13 @@ impl Registry {
     /// Reads every new or changed file in the folder and reports what changed.
     pub fn scan(&mut self, folders: &Folders) -> Vec<ScanChange> {
         let mut changes = Vec::new();
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(&folders.campaigns) {
-            Ok(dir) => dir
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-                .collect(),
+        let files = match list_campaign_files(&folders.campaigns) {
+            Ok(files) => files,
             Err(e) => {
                 tracing::error!(folder = %folders.campaigns.display(), error = %e, "cannot read the campaigns folder");
                 return changes;
             }
         };
-        files.sort();
 
         self.refused.retain(|p, _| files.contains(p));
         for (path, entry) in std::mem::take(&mut self.entries) {
@@ -96,9 +94,7 @@ impl Registry {
                     .filter(|(p, _)| **p != file)
                     .find_map(|(p, e)| e.valid.as_ref().filter(|(v, _)| v.name == c.name).map(|_| p.clone()));
                 match taken {
-                    Some(other) => {
-                        Err(single(&file, format!("campaign name {:?} is already used by {}", c.name, other.display())))
-                    }
+                    Some(other) => Err(name_taken(&file, &c.name, &other)),
                     None => Ok(c),
                 }
             });

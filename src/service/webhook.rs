@@ -9,7 +9,6 @@ use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha1::Sha1;
-use sha2::{Digest, Sha256};
 
 /// Whether `signature` (the header, base64) is Twilio's signature of `url`.
 pub fn signature_is_valid(auth_token: &str, url: &str, signature: &str) -> bool {
@@ -33,7 +32,7 @@ pub fn sign(auth_token: &str, url: &str) -> String {
 
 /// The hex SHA-256 of a body, as Twilio puts in `bodySHA256`.
 pub fn body_sha256(body: &[u8]) -> String {
-    Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::sha256_hex(body)
 }
 
 /// Whether the query's `bodySHA256` matches the body.

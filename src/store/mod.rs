@@ -1,27 +1,28 @@
-//! The only SQL in flowcast: the SQLite ledger of runs, jobs, import rows and
-//! Studio calls.
+//! The ledger: runs, jobs, import rows, campaigns and the audit record of
+//! Studio calls. The only SQL in flowcast lives under this module.
 //!
-//! The ledger is one SQLite file in WAL mode. Every change a dispatcher makes is
-//! guarded by the job's id and expected state, so a stale worker can never
-//! overwrite a newer outcome. No transaction is ever held across a network call:
-//! a claim commits `dispatching` first, Studio is called, then the outcome is
-//! committed.
+//! [`Store`] is the one way in: async methods that take and return domain
+//! types. The backend's blocking work runs on tokio's blocking pool, never on a
+//! runtime worker, so a long import batch never stalls the dispatcher's timers
+//! or the HTTP API. Every change a dispatcher makes is guarded by the job's id
+//! and expected state, so a stale worker can never overwrite a newer outcome,
+//! and no transaction is ever held across a network call: a claim commits
+//! `dispatching` first, Studio is called, then the outcome is committed.
 
-mod campaigns;
-mod jobs;
-mod lock;
-mod runs;
+mod sqlite;
+mod types;
 
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rusqlite::Connection;
-use rusqlite_migration::{M, Migrations};
+use crate::domain::{ImportRow, JobState, RunState};
 
-pub use campaigns::CampaignRow;
-pub use jobs::{BatchCounts, CallSummary, ClaimedJob, ImportItem, JobOutcome, JobRow, SettledJob, StudioCall};
-pub use lock::{LedgerLock, LockError};
-pub use runs::{NewRun, RunCounts, RunRow};
+pub use sqlite::lock::LockError;
+pub use types::{
+    BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, RefusedRow, RunCounts, RunRow, SettledJob,
+    StudioCall,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,74 +36,306 @@ pub enum StoreError {
     RunNotFound(i64),
     #[error("ledger: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("ledger: the background task failed: {0}")]
+    Task(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("../../migrations/0001_ledger.sql")),
-        M::up(include_str!("../../migrations/0002_campaigns.sql")),
-        M::up(include_str!("../../migrations/0003_operator_view.sql")),
-        M::up(include_str!("../../migrations/0004_streaming_import.sql")),
-    ])
+/// Where the ledger lives, as `--db` / `FLOWCAST_DB` give it: a file path, or
+/// `sqlite://PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ledger {
+    Sqlite(PathBuf),
+}
+
+impl Ledger {
+    /// Reads a ledger address. A bare path is a SQLite file.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("the ledger address is empty; give a file path or sqlite://PATH".into());
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Err("PostgreSQL ledgers are not supported by this build; give a file path or sqlite://PATH".into());
+        }
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, e.g. sqlite://flowcast.db".into());
+            }
+            return Ok(Ledger::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(format!("unknown ledger scheme {scheme:?}; give a file path or sqlite://PATH"));
+        }
+        Ok(Ledger::Sqlite(PathBuf::from(text)))
+    }
+}
+
+impl fmt::Display for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ledger::Sqlite(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Held while this process may dispatch from the ledger; dropping it lets
+/// another process take over.
+#[derive(Debug)]
+pub struct DispatchLock {
+    _lock: sqlite::lock::LedgerLock,
 }
 
 /// A handle on the ledger; cheap to clone, safe to share between tasks.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    db: Arc<sqlite::Sqlite>,
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the ledger at `path`.
-    pub fn open(path: &Path) -> Result<Self> {
-        let shown = path.display().to_string();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
-                path: shown.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+    /// Opens (creating and migrating if needed) the ledger.
+    pub async fn open(ledger: &Ledger) -> Result<Self> {
+        match ledger {
+            Ledger::Sqlite(path) => {
+                let path = path.clone();
+                let db = blocking(move || sqlite::Sqlite::open(&path)).await?;
+                Ok(Store { db: Arc::new(db) })
+            }
         }
-        let mut conn = Connection::open(path).map_err(|source| StoreError::Open { path: shown.clone(), source })?;
-        Self::configure(&mut conn).map_err(|source| StoreError::Open { path: shown.clone(), source })?;
-        migrations().to_latest(&mut conn).map_err(|source| StoreError::Migrate { path: shown, source })?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
     }
 
-    fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
-        // WAL lets readers (status, report) run while a dispatcher writes.
-        // synchronous=NORMAL in WAL mode keeps every committed transaction across a
-        // process crash (the WAL is written before commit returns); only an OS
-        // crash or power loss can drop the last few commits, never corrupt the file.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // A large run's unique (run, phone) index takes random inserts; with
-        // SQLite's default 2 MB page cache they miss the cache and the import
-        // crawls. 64 MB keeps a million-row index hot and stays within the
-        // memory budget.
-        conn.pragma_update(None, "cache_size", -65_536)?;
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(())
+    /// Opens a SQLite ledger at `path` (tests and benchmarks).
+    pub async fn open_path(path: &Path) -> Result<Self> {
+        Self::open(&Ledger::Sqlite(path.to_path_buf())).await
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A poisoned lock means a panic mid-statement; SQLite rolled back the
-        // statement, so the connection itself is still consistent.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Claims the right to dispatch from this ledger, saying `what` holds it
+    /// (e.g. "flowcast serve"); a second process is refused with the holder.
+    pub async fn lock_for_dispatch(&self, what: &str) -> Result<DispatchLock> {
+        let path = self.db.path().to_path_buf();
+        let what = what.to_string();
+        let lock = blocking(move || Ok(sqlite::lock::LedgerLock::acquire(&path, &what)?)).await?;
+        Ok(DispatchLock { _lock: lock })
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = Arc::clone(&self.db);
+        blocking(move || f(&mut db.writer())).await
+    }
+
+    /// Runs `f` with the reader connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = Arc::clone(&self.db);
+        blocking(move || f(&db.reader())).await
     }
 
     /// `true` when the ledger accepts a write (for health checks).
-    pub fn is_writable(&self) -> bool {
-        self.conn().execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok()
+    pub async fn is_writable(&self) -> bool {
+        let db = Arc::clone(&self.db);
+        blocking(move || Ok(db.is_writable())).await.unwrap_or(false)
     }
 
-    /// `PRAGMA integrity_check` → `ok` on a healthy file.
-    pub fn integrity_check(&self) -> Result<String> {
-        Ok(self.conn().query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    /// The backend's own consistency check: `ok` on a healthy ledger.
+    pub async fn integrity_check(&self) -> Result<String> {
+        let db = Arc::clone(&self.db);
+        blocking(move || db.integrity_check()).await
     }
+
+    // Runs.
+
+    /// Records a new run in state `expanding`. `None` if the campaign already
+    /// has a run with this key (the same tick or content never makes two runs).
+    pub async fn create_run(&self, run: NewRun, now: i64) -> Result<Option<i64>> {
+        self.write(move |c| sqlite::runs::create_run(c, &run, now)).await
+    }
+
+    /// Just a run's state (checked before every create, so kept cheap).
+    pub async fn run_state(&self, id: i64) -> Result<RunState> {
+        self.read(move |c| sqlite::runs::run_state(c, id)).await
+    }
+
+    pub async fn get_run(&self, id: i64) -> Result<RunRow> {
+        self.read(move |c| sqlite::runs::get_run(c, id)).await
+    }
+
+    /// Runs, newest first, optionally of one campaign.
+    pub async fn list_runs(&self, campaign: Option<&str>, limit: u32) -> Result<Vec<RunRow>> {
+        let campaign = campaign.map(str::to_string);
+        self.read(move |c| sqlite::runs::list_runs(c, campaign.as_deref(), limit)).await
+    }
+
+    /// Runs that still have work: not finished and not cancelled.
+    pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>> {
+        self.read(sqlite::runs::unfinished_runs).await
+    }
+
+    /// Import finished: the run is `active` (unless a user paused or cancelled
+    /// it meanwhile).
+    pub async fn finish_expansion(&self, id: i64, now: i64) -> Result<()> {
+        self.write(move |c| sqlite::runs::finish_expansion(c, id, now)).await
+    }
+
+    /// Where an interrupted import resumes: the last CSV line it committed.
+    pub async fn import_line(&self, id: i64) -> Result<u64> {
+        self.read(move |c| sqlite::runs::import_line(c, id)).await
+    }
+
+    /// Moves run `id` from `from` to `to`, with a reason, only if it is still
+    /// in `from`. `false`: it was not (another actor changed it first); the
+    /// caller reads the state again and decides anew. Cancelling also cancels
+    /// the run's pending jobs in the same transaction.
+    pub async fn set_run_state(
+        &self,
+        id: i64,
+        from: RunState,
+        to: RunState,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let reason = reason.map(str::to_string);
+        self.write(move |c| sqlite::runs::set_run_state(c, id, from, to, reason.as_deref(), now)).await
+    }
+
+    /// Marks the run finished when no job is open; returns whether it did.
+    pub async fn finish_run_if_done(&self, id: i64, now: i64) -> Result<bool> {
+        self.write(move |c| sqlite::runs::finish_run_if_done(c, id, now)).await
+    }
+
+    pub async fn run_counts(&self, id: i64) -> Result<RunCounts> {
+        self.read(move |c| sqlite::runs::run_counts(c, id)).await
+    }
+
+    // Jobs.
+
+    /// Writes a batch of imported rows in one transaction, with the run's
+    /// counts and the last CSV line the batch covers.
+    pub async fn import_batch(
+        &self,
+        run_id: i64,
+        rows: Vec<ImportRow>,
+        last_line: u64,
+        default_due: i64,
+        now: i64,
+    ) -> Result<BatchCounts> {
+        self.write(move |c| sqlite::jobs::import_batch(c, run_id, &rows, last_line, default_due, now)).await
+    }
+
+    /// Claims up to `limit` due pending jobs of a run, marking them
+    /// `dispatching` with the attempt's start time, in one committed statement.
+    /// With `only_ambiguous`, only jobs whose last attempt's fate is unknown.
+    pub async fn claim_due(
+        &self,
+        run_id: i64,
+        now: i64,
+        limit: usize,
+        only_ambiguous: bool,
+    ) -> Result<Vec<ClaimedJob>> {
+        self.write(move |c| sqlite::jobs::claim_due(c, run_id, now, limit, only_ambiguous)).await
+    }
+
+    /// Records attempt outcomes and Studio calls in one transaction; returns
+    /// how many outcomes applied (a job that changed state meanwhile is left).
+    pub async fn record_outcomes(&self, outcomes: Vec<SettledJob>, calls: Vec<StudioCall>) -> Result<usize> {
+        if outcomes.is_empty() && calls.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |c| sqlite::jobs::record_outcomes(c, &outcomes, &calls)).await
+    }
+
+    /// Jobs left `dispatching` by a process that died: back to `pending`,
+    /// marked ambiguous, so Studio is asked before any resend.
+    pub async fn recover_dispatching(&self, run_id: i64, now: i64) -> Result<usize> {
+        self.write(move |c| sqlite::jobs::recover_dispatching(c, run_id, now)).await
+    }
+
+    /// The earliest due time among a run's pending jobs.
+    pub async fn next_due_at(&self, run_id: i64) -> Result<Option<i64>> {
+        self.read(move |c| sqlite::jobs::next_due_at(c, run_id)).await
+    }
+
+    /// One page of a run's jobs in id order after job id `after`, optionally in
+    /// one state (keyset paging: stable while the run changes).
+    pub async fn jobs_page(&self, run_id: i64, state: Option<JobState>, after: i64, limit: u32) -> Result<Vec<JobRow>> {
+        self.read(move |c| sqlite::jobs::jobs_page(c, run_id, state, after, limit)).await
+    }
+
+    /// The latest jobs that ended failed, skipped or expired, across runs.
+    pub async fn recent_problems(&self, limit: u32) -> Result<Vec<JobRow>> {
+        self.read(move |c| sqlite::jobs::recent_problems(c, limit)).await
+    }
+
+    /// Jobs per state across every run (for metrics).
+    pub async fn jobs_by_state(&self) -> Result<Vec<(JobState, i64)>> {
+        self.read(sqlite::jobs::jobs_by_state).await
+    }
+
+    /// Studio says Execution `sid` ended: record it on its job and make every
+    /// job waiting on it due now. Returns (jobs recorded, jobs woken).
+    pub async fn record_execution_end(
+        &self,
+        sid: &str,
+        ended_at: i64,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<(usize, usize)> {
+        let sid = sid.to_string();
+        let reason = reason.map(str::to_string);
+        self.write(move |c| sqlite::jobs::record_execution_end(c, &sid, ended_at, reason.as_deref(), now)).await
+    }
+
+    /// The rows an import refused or found duplicated, in file order.
+    pub async fn refused_rows(&self, run_id: i64) -> Result<Vec<RefusedRow>> {
+        self.read(move |c| sqlite::jobs::refused_rows(c, run_id)).await
+    }
+
+    /// The audit trail of one job, oldest first.
+    pub async fn calls_for_job(&self, job_id: i64) -> Result<Vec<CallSummary>> {
+        self.read(move |c| sqlite::jobs::calls_for_job(c, job_id)).await
+    }
+
+    // Campaigns.
+
+    /// Records the campaign's current file, keeping its schedule's progress
+    /// unless the schedule or zone changed.
+    pub async fn upsert_campaign(&self, row: CampaignRow, now: i64) -> Result<()> {
+        self.write(move |c| sqlite::campaigns::upsert_campaign(c, &row, now)).await
+    }
+
+    pub async fn get_campaign(&self, name: &str) -> Result<Option<CampaignRow>> {
+        let name = name.to_string();
+        self.read(move |c| sqlite::campaigns::get_campaign(c, &name)).await
+    }
+
+    pub async fn list_campaigns(&self) -> Result<Vec<CampaignRow>> {
+        self.read(sqlite::campaigns::list_campaigns).await
+    }
+
+    /// Records that every tick up to `last_tick_at` is handled, and the next one.
+    pub async fn set_ticks(&self, name: &str, last_tick_at: i64, next_fire_at: Option<i64>) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |c| sqlite::campaigns::set_ticks(c, &name, last_tick_at, next_fire_at)).await
+    }
+
+    /// The campaign's file is gone: it fires no new runs.
+    pub async fn mark_campaign_removed(&self, name: &str, now: i64) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |c| sqlite::campaigns::mark_campaign_removed(c, &name, now)).await
+    }
+}
+
+/// Runs blocking ledger work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 #[cfg(test)]
@@ -110,20 +343,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn migrations_are_valid() {
-        migrations().validate().expect("migrations apply to an empty database");
-    }
-
-    #[test]
-    fn a_new_ledger_is_created_in_wal_mode_and_reopens() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/flowcast.db");
-        let store = Store::open(&path).unwrap();
-        let mode: String = store.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-        assert_eq!(mode, "wal");
-        assert!(store.is_writable());
-        drop(store);
-        let again = Store::open(&path).unwrap();
-        assert_eq!(again.integrity_check().unwrap(), "ok");
+    fn ledger_addresses_are_paths_or_sqlite_urls() {
+        assert_eq!(Ledger::parse("flowcast.db").unwrap(), Ledger::Sqlite("flowcast.db".into()));
+        assert_eq!(Ledger::parse("sqlite:///var/lib/f.db").unwrap(), Ledger::Sqlite("/var/lib/f.db".into()));
+        assert!(Ledger::parse("postgres://localhost/x").unwrap_err().contains("PostgreSQL"));
+        assert!(Ledger::parse("mysql://x").unwrap_err().contains("unknown ledger scheme \"mysql\""));
+        assert!(Ledger::parse(" ").is_err());
     }
 }

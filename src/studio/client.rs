@@ -23,19 +23,6 @@ impl Credentials {
     pub fn new(username: impl Into<String>, secret: impl Into<String>) -> Self {
         Credentials { username: username.into(), secret: secret.into() }
     }
-
-    /// API key credentials when `TWILIO_API_KEY`/`TWILIO_API_SECRET` are set,
-    /// else `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN`.
-    pub fn from_env() -> Option<Self> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        if let (Some(key), Some(secret)) = (var("TWILIO_API_KEY"), var("TWILIO_API_SECRET")) {
-            return Some(Credentials::new(key, secret));
-        }
-        if let (Some(sid), Some(token)) = (var("TWILIO_ACCOUNT_SID"), var("TWILIO_AUTH_TOKEN")) {
-            return Some(Credentials::new(sid, token));
-        }
-        None
-    }
 }
 
 impl fmt::Debug for Credentials {
@@ -44,15 +31,9 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// The base URL as Twilio's helper libraries build it: `FLOWCAST_STUDIO_URL` wins;
-/// else `https://studio.{edge}.{region}.twilio.com` from `TWILIO_EDGE` and
-/// `TWILIO_REGION` (an edge alone implies region `us1`).
-pub fn base_url_from_env(override_url: Option<&str>) -> String {
-    let var = |k: &str| std::env::var(k).ok();
-    base_url(override_url, var("TWILIO_EDGE").as_deref(), var("TWILIO_REGION").as_deref())
-}
-
-/// [`base_url_from_env`] without the environment.
+/// The base URL as Twilio's helper libraries build it: an override (the
+/// configured studio URL) wins; else `https://studio.{edge}.{region}.twilio.com`
+/// (an edge alone implies region `us1`).
 pub fn base_url(override_url: Option<&str>, edge: Option<&str>, region: Option<&str>) -> String {
     if let Some(url) = override_url.map(str::trim).filter(|u| !u.is_empty()) {
         return url.trim_end_matches('/').to_string();

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::domain::{ExecutionSid, FlowSid};
 
-pub use client::{Credentials, HttpStudio, StudioConfig, base_url, base_url_from_env};
+pub use client::{Credentials, HttpStudio, StudioConfig, base_url};
 pub use flows::{FlowInfo, FlowRevision};
 
 /// An Execution as Studio describes it (the fields flowcast uses).

@@ -182,17 +182,17 @@ async fn pause_and_cancel_control_a_run() {
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(4)));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     let out = app.flowcast(&["pause", &run.to_string()], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(app.store().get_run(run).unwrap().state, "paused");
+    assert_eq!(app.store().await.get_run(run).await.unwrap().state, flowcast::domain::RunState::Paused);
     // A paused run claims nothing.
-    assert!(app.store().claim_due(run, i64::MAX, 10, false).unwrap().is_empty());
+    assert!(app.store().await.claim_due(run, i64::MAX, 10, false).await.unwrap().is_empty());
 
     let out = app.flowcast(&["cancel", &run.to_string()], &[]).await;
     assert_eq!(out.status.code(), Some(0));
-    let counts = app.store().run_counts(run).unwrap();
+    let counts = app.store().await.run_counts(run).await.unwrap();
     assert_eq!(counts.get(flowcast::domain::JobState::Cancelled), 4);
 
     let out = app.flowcast(&["pause", &run.to_string()], &[]).await;

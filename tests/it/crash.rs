@@ -51,7 +51,7 @@ async fn killing_the_dispatcher_at_random_moments_never_loses_or_doubles_a_conta
 
     let mut kills = 0;
     for round in 0..6 {
-        let started = !app.store().list_runs(None, 1).unwrap().is_empty();
+        let started = !app.store().await.list_runs(None, 1).await.unwrap().is_empty();
         let args: &[&str] = if started { &["resume"] } else { &["run", "c"] };
         let mut child = app.spawn_flowcast(args, &env);
         let after = Duration::from_millis(rng.random_range(50..1200));
@@ -73,11 +73,11 @@ async fn killing_the_dispatcher_at_random_moments_never_loses_or_doubles_a_conta
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     eprintln!("killed {kills} times; {} faults injected", sim.faults_injected());
 
-    let runs = app.store().list_runs(None, 10).unwrap();
+    let runs = app.store().await.list_runs(None, 10).await.unwrap();
     assert_eq!(runs.len(), 1, "one run, resumed");
     let run = &runs[0];
-    assert_eq!(run.state, "finished");
+    assert_eq!(run.state, flowcast::domain::RunState::Finished);
     assert_eq!((run.rows_total, run.imported, run.rejected), (2025, 2000, 25));
-    assert_exactly_once(&app, run.id, &sim, &valid);
-    assert_eq!(app.store().integrity_check().unwrap(), "ok");
+    assert_exactly_once(&app, run.id, &sim, &valid).await;
+    assert_eq!(app.store().await.integrity_check().await.unwrap(), "ok");
 }

@@ -14,15 +14,8 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-fn jobs(app: &TestApp, run: i64) -> Vec<JobRow> {
-    let mut rows = Vec::new();
-    app.store()
-        .for_each_job(run, |j| {
-            rows.push(j);
-            Ok(())
-        })
-        .unwrap();
-    rows
+async fn jobs(app: &TestApp, run: i64) -> Vec<JobRow> {
+    app.jobs(run).await
 }
 
 fn sim_config(lifetime: Option<Duration>) -> SimConfig {
@@ -36,7 +29,7 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
     let numbers = phones(1000);
     app.write("big.csv", contacts_csv(&numbers));
     app.write("big.toml", campaign_toml("big.csv", ""));
-    let run = app.start_run("big.toml");
+    let run = app.start_run("big.toml").await;
 
     let end = app.dispatch(run, &sim.url()).await;
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
@@ -46,14 +39,14 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
     let to: HashSet<&str> = executions.iter().map(|e| e.to.as_str()).collect();
     assert_eq!(to.len(), 1000, "one Execution per contact");
     assert_eq!(to, numbers.iter().map(String::as_str).collect());
-    let rows = jobs(&app, run);
+    let rows = jobs(&app, run).await;
     let by_sid: HashMap<&str, &JobRow> = rows.iter().map(|j| (j.execution_sid.as_deref().unwrap(), j)).collect();
     for e in &executions {
         assert!(e.to.starts_with("+1201555") && e.to.len() == 12, "E.164: {}", e.to);
         assert_eq!(e.from, "+15017122661");
         let job = by_sid[e.sid.as_str()];
-        assert_eq!(job.state, "sent");
-        assert_eq!(job.phone, e.to);
+        assert_eq!(job.state, flowcast::domain::JobState::Sent);
+        assert_eq!(job.phone.as_str(), e.to);
         let index: usize = numbers.iter().position(|n| *n == e.to).unwrap();
         assert_eq!(e.parameters["name"], json!(format!("Name{index}")));
         assert_eq!(e.parameters["clinic"], json!("Main St"));
@@ -69,18 +62,18 @@ async fn skip_policy_creates_nothing_for_active_contacts_and_records_the_active_
     let busy: Vec<String> = numbers[..2].iter().map(|p| sim.start_foreign_execution(FLOW, p)).collect();
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"skip\""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     app.dispatch(run, &sim.url()).await;
 
-    let rows = jobs(&app, run);
+    let rows = jobs(&app, run).await;
     for (i, job) in rows.iter().enumerate() {
         if i < 2 {
-            assert_eq!(job.state, "skipped");
-            assert_eq!(job.reason.as_deref(), Some("conflict"));
+            assert_eq!(job.state, flowcast::domain::JobState::Skipped);
+            assert_eq!(job.reason.as_ref().map(ToString::to_string).as_deref(), Some("conflict"));
             assert_eq!(job.execution_sid.as_deref(), Some(busy[i].as_str()));
         } else {
-            assert_eq!(job.state, "sent");
+            assert_eq!(job.state, flowcast::domain::JobState::Sent);
         }
     }
     let executions = sim.executions();
@@ -99,7 +92,7 @@ async fn end_policy_ends_each_active_execution_then_creates_its_own() {
     let busy: Vec<String> = numbers[..2].iter().map(|p| sim.start_foreign_execution(FLOW, p)).collect();
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"end\""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     app.dispatch(run, &sim.url()).await;
 
@@ -109,12 +102,12 @@ async fn end_policy_ends_each_active_execution_then_creates_its_own() {
         assert_eq!(e.status, "ended");
         assert!(e.ended_by_request, "flowcast ended it");
     }
-    let rows = jobs(&app, run);
-    assert!(rows.iter().all(|j| j.state == "sent"), "{rows:?}");
+    let rows = jobs(&app, run).await;
+    assert!(rows.iter().all(|j| j.state == flowcast::domain::JobState::Sent), "{rows:?}");
     for job in &rows[..2] {
         let ours = job.execution_sid.as_deref().unwrap();
         assert!(!busy.iter().any(|b| b == ours), "a new Execution, not the ended one");
-        let calls = app.store().calls_for_job(job.id).unwrap();
+        let calls = app.store().await.calls_for_job(job.id).await.unwrap();
         let ended = calls.iter().find(|c| c.operation == "end").expect("the end is recorded");
         assert!(ended.note.as_deref().unwrap().contains("on_conflict = \"end\""), "{ended:?}");
     }
@@ -130,12 +123,12 @@ async fn wait_policy_creates_after_the_active_execution_ends() {
     let busy = sim.start_foreign_execution(FLOW, &numbers[0]);
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"30s\""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     app.dispatch(run, &sim.url()).await;
 
-    let rows = jobs(&app, run);
-    assert!(rows.iter().all(|j| j.state == "sent"), "{rows:?}");
+    let rows = jobs(&app, run).await;
+    assert!(rows.iter().all(|j| j.state == flowcast::domain::JobState::Sent), "{rows:?}");
     let executions = sim.executions();
     let foreign = executions.iter().find(|e| e.sid == busy).unwrap();
     assert!(!foreign.ended_by_request, "wait never ends someone else's Execution");
@@ -152,14 +145,14 @@ async fn wait_policy_past_max_wait_fails_with_conflict_timeout() {
     sim.start_foreign_execution(FLOW, &numbers[1]);
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"1s\""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     app.dispatch(run, &sim.url()).await;
 
-    let rows = jobs(&app, run);
-    assert_eq!(rows[0].state, "sent");
-    assert_eq!(rows[1].state, "failed");
-    assert_eq!(rows[1].reason.as_deref(), Some("conflict_timeout"));
+    let rows = jobs(&app, run).await;
+    assert_eq!(rows[0].state, flowcast::domain::JobState::Sent);
+    assert_eq!(rows[1].state, flowcast::domain::JobState::Failed);
+    assert_eq!(rows[1].reason.as_ref().map(ToString::to_string).as_deref(), Some("conflict_timeout"));
 }
 
 #[tokio::test]
@@ -174,14 +167,14 @@ async fn a_409_that_names_no_sid_is_resolved_by_listing_active_executions() {
     let busy = sim.start_foreign_execution(FLOW, &numbers[1]);
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"skip\""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     app.dispatch(run, &sim.url()).await;
 
-    let rows = jobs(&app, run);
-    assert_eq!(rows[1].state, "skipped");
+    let rows = jobs(&app, run).await;
+    assert_eq!(rows[1].state, flowcast::domain::JobState::Skipped);
     assert_eq!(rows[1].execution_sid.as_deref(), Some(busy.as_str()));
-    let calls = app.store().calls_for_job(rows[1].id).unwrap();
+    let calls = app.store().await.calls_for_job(rows[1].id).await.unwrap();
     assert!(calls.iter().any(|c| c.operation == "list"), "{calls:?}");
 }
 
@@ -192,8 +185,8 @@ async fn an_active_execution_carrying_our_own_job_key_is_adopted_not_skipped() {
     let numbers = phones(2);
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"skip\""));
-    let run = app.start_run("c.toml");
-    let first = jobs(&app, run)[0].id;
+    let run = app.start_run("c.toml").await;
+    let first = jobs(&app, run).await[0].id;
     // As if an earlier attempt's answer was lost: Studio has our Execution.
     let studio = http_studio(&sim.url());
     let flow = FlowSid::parse(FLOW).unwrap();
@@ -211,8 +204,8 @@ async fn an_active_execution_carrying_our_own_job_key_is_adopted_not_skipped() {
 
     app.dispatch(run, &sim.url()).await;
 
-    let rows = jobs(&app, run);
-    assert_eq!(rows[0].state, "sent");
+    let rows = jobs(&app, run).await;
+    assert_eq!(rows[0].state, flowcast::domain::JobState::Sent);
     assert_eq!(rows[0].execution_sid.as_deref(), Some(earlier.sid.as_str()));
     assert_eq!(sim.executions().iter().filter(|e| e.to == numbers[0]).count(), 1, "no second Execution");
 }
@@ -226,9 +219,9 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
     let numbers = phones(3);
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml");
-    let store = app.store();
-    let claimed = store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1, false).unwrap();
+    let run = app.start_run("c.toml").await;
+    let store = app.store().await;
+    let claimed = store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1, false).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let job = &claimed[0];
     let studio = http_studio(&sim.url());
@@ -237,7 +230,7 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
         .create_execution(
             &flow,
             &CreateRequest {
-                to: job.phone.clone(),
+                to: job.phone.as_str().to_string(),
                 from: "+15017122661".into(),
                 parameters: json!({ "flowcast": { "campaign": "c", "run": run, "job": job.id } }).to_string(),
             },
@@ -249,9 +242,9 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
 
     app.dispatch(run, &sim.url()).await;
 
-    let rows = jobs(&app, run);
+    let rows = jobs(&app, run).await;
     let adopted = rows.iter().find(|r| r.id == job.id).unwrap();
-    assert_eq!(adopted.state, "sent");
+    assert_eq!(adopted.state, flowcast::domain::JobState::Sent);
     assert_eq!(adopted.execution_sid.as_deref(), Some(created.sid.as_str()));
     assert_eq!(sim.executions().len(), 3, "exactly one Execution per contact");
 }
@@ -290,7 +283,7 @@ async fn transient_failures_are_retried_with_backoff_until_they_succeed() {
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(1)));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
     let studio = FailingCreates {
         inner: http_studio(&sim.url()),
         remaining: AtomicU32::new(2),
@@ -299,8 +292,8 @@ async fn transient_failures_are_retried_with_backoff_until_they_succeed() {
 
     app.dispatch_with(run, studio, 1000).await;
 
-    let rows = jobs(&app, run);
-    assert_eq!(rows[0].state, "sent");
+    let rows = jobs(&app, run).await;
+    assert_eq!(rows[0].state, flowcast::domain::JobState::Sent);
     assert_eq!(rows[0].attempts, 3);
     assert_eq!(rows[0].last_error.as_deref(), Some("HTTP 503"));
     assert_eq!(sim.executions().len(), 1);
@@ -312,7 +305,7 @@ async fn transient_failures_past_the_bound_fail_the_job_with_the_last_error() {
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(1)));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
     let studio = FailingCreates {
         inner: http_studio(&sim.url()),
         remaining: AtomicU32::new(100),
@@ -321,9 +314,9 @@ async fn transient_failures_past_the_bound_fail_the_job_with_the_last_error() {
 
     app.dispatch_with(run, studio, 1000).await;
 
-    let rows = jobs(&app, run);
-    assert_eq!(rows[0].state, "failed");
-    assert_eq!(rows[0].reason.as_deref(), Some("transient"));
+    let rows = jobs(&app, run).await;
+    assert_eq!(rows[0].state, flowcast::domain::JobState::Failed);
+    assert_eq!(rows[0].reason.as_ref().map(ToString::to_string).as_deref(), Some("transient"));
     assert_eq!(rows[0].last_error.as_deref(), Some("connection reset"));
     assert_eq!(rows[0].attempts, i64::from(fast_settings().max_failures));
     assert!(sim.executions().is_empty());
@@ -335,15 +328,15 @@ async fn throttling_backs_off_and_never_counts_as_an_attempt() {
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(12)));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     // The account rate is far above what the simulator accepts.
     let end = app.dispatch_with(run, http_studio(&sim.url()), 1000).await;
 
     assert!(matches!(end, RunEnd::Finished(_)));
     assert!(sim.throttled() > 0, "the simulator did answer 429");
-    let rows = jobs(&app, run);
-    assert!(rows.iter().all(|j| j.state == "sent" && j.attempts == 1), "{rows:?}");
+    let rows = jobs(&app, run).await;
+    assert!(rows.iter().all(|j| j.state == flowcast::domain::JobState::Sent && j.attempts == 1), "{rows:?}");
     assert_eq!(sim.executions().len(), 12);
 }
 
@@ -359,16 +352,16 @@ async fn refused_credentials_stop_the_run_and_leave_untouched_jobs_pending() {
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(20)));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     let end = app.dispatch(run, &sim.url()).await;
 
     let RunEnd::Stopped(reason) = end else { panic!("{end:?}") };
     assert!(reason.to_string().contains("refused the credentials"), "{reason}");
     assert!(!reason.to_string().contains(TOKEN), "the secret never appears in errors");
-    let counts = app.store().run_counts(run).unwrap();
+    let counts = app.store().await.run_counts(run).await.unwrap();
     assert_eq!(counts.get(flowcast::domain::JobState::Pending), 20, "{counts:?}");
-    let stored = app.store().get_run(run).unwrap();
-    assert_eq!(stored.state, "paused");
+    let stored = app.store().await.get_run(run).await.unwrap();
+    assert_eq!(stored.state, flowcast::domain::RunState::Paused);
     assert!(sim.executions().is_empty());
 }

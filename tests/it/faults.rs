@@ -32,7 +32,7 @@ async fn run_under(faults: Faults, lifetime: Option<Duration>, contacts: usize) 
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(contacts)));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"skip\""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
     let end = app.dispatch_with_settings(run, impatient_client(&sim.url()), 2000, patient()).await;
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
     (app, sim, run)
@@ -44,7 +44,7 @@ async fn errors_before_and_after_committing_never_lose_or_double_a_contact() {
     let faults = Faults { seed, error_before: 0.1, error_after: 0.1, ..Faults::default() };
     let (app, sim, run) = run_under(faults, None, 150).await;
     assert!(sim.faults_injected() > 0);
-    assert_exactly_once(&app, run, &sim, &phones(150));
+    assert_exactly_once(&app, run, &sim, &phones(150)).await;
 }
 
 #[tokio::test]
@@ -53,7 +53,7 @@ async fn connections_dropped_after_committing_are_reconciled() {
     let faults = Faults { seed, drop_after: 0.15, ..Faults::default() };
     let (app, sim, run) = run_under(faults, None, 150).await;
     assert!(sim.faults_injected() > 0);
-    assert_exactly_once(&app, run, &sim, &phones(150));
+    assert_exactly_once(&app, run, &sim, &phones(150)).await;
 }
 
 #[tokio::test]
@@ -62,7 +62,7 @@ async fn answers_slower_than_the_timeout_are_reconciled() {
     let faults = Faults { seed, slow_after: 0.1, slow_delay: Duration::from_millis(800), ..Faults::default() };
     let (app, sim, run) = run_under(faults, None, 120).await;
     assert!(sim.faults_injected() > 0);
-    assert_exactly_once(&app, run, &sim, &phones(120));
+    assert_exactly_once(&app, run, &sim, &phones(120)).await;
 }
 
 #[tokio::test]
@@ -71,13 +71,10 @@ async fn throttle_bursts_delay_but_never_fail_or_count_as_attempts() {
     let faults = Faults { seed, throttle_burst: 0.02, burst_len: 5, ..Faults::default() };
     let (app, sim, run) = run_under(faults, None, 150).await;
     assert!(sim.throttled() > 0);
-    assert_exactly_once(&app, run, &sim, &phones(150));
-    app.store()
-        .for_each_job(run, |j| {
-            assert_eq!(j.attempts, 1, "{j:?}");
-            Ok(())
-        })
-        .unwrap();
+    assert_exactly_once(&app, run, &sim, &phones(150)).await;
+    for j in app.jobs(run).await {
+        assert_eq!(j.attempts, 1, "{j:?}");
+    }
 }
 
 #[tokio::test]
@@ -88,7 +85,7 @@ async fn executions_that_end_at_once_are_still_found_after_an_ambiguous_answer()
     let faults = Faults { seed, error_after: 0.15, drop_after: 0.1, ..Faults::default() };
     let (app, sim, run) = run_under(faults, Some(Duration::ZERO), 150).await;
     assert!(sim.faults_injected() > 0);
-    assert_exactly_once(&app, run, &sim, &phones(150));
+    assert_exactly_once(&app, run, &sim, &phones(150)).await;
 }
 
 #[tokio::test]
@@ -105,7 +102,7 @@ async fn every_fault_at_once() {
         burst_len: 3,
     };
     let (app, sim, run) = run_under(faults, Some(Duration::from_millis(100)), 200).await;
-    assert_exactly_once(&app, run, &sim, &phones(200));
+    assert_exactly_once(&app, run, &sim, &phones(200)).await;
 }
 
 #[tokio::test]
@@ -121,27 +118,28 @@ async fn a_streak_of_transient_failures_opens_the_circuit_and_resume_continues()
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(30)));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
     let settings = DispatchSettings { breaker_streak: 5, max_failures: 30, ..fast_settings() };
 
     let end = app.dispatch_with_settings(run, http_studio(&sim.url()), 2000, settings.clone()).await;
 
     let RunEnd::Stopped(reason) = end else { panic!("{end:?}") };
     assert!(reason.to_string().contains("5 transient failures in a row"), "{reason}");
-    let paused = app.store().get_run(run).unwrap();
-    assert_eq!(paused.state, "paused");
+    let paused = app.store().await.get_run(run).await.unwrap();
+    assert_eq!(paused.state, flowcast::domain::RunState::Paused);
     assert!(paused.state_reason.unwrap().contains("circuit breaker"));
 
     // Studio recovers; resume finishes the run with nothing lost or doubled.
     sim.set_config(SimConfig { lifetime: None, ..SimConfig::default() });
-    flowcast::service::control::control_run(
-        &app.store(),
+    flowcast::runs::control(
+        &app.store().await,
         run,
-        flowcast::service::control::Action::Resume,
+        flowcast::domain::RunAction::Resume,
         chrono::Utc::now().timestamp_millis(),
     )
+    .await
     .unwrap();
     let end = app.dispatch_with_settings(run, http_studio(&sim.url()), 2000, settings).await;
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
-    assert_exactly_once(&app, run, &sim, &phones(30));
+    assert_exactly_once(&app, run, &sim, &phones(30)).await;
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use flowcast::campaign::{Campaign, Folders, load_one};
 use flowcast::dispatch::{DispatchSettings, Dispatcher, RateLimits, RunEnd};
-use flowcast::domain::FlowSid;
-use flowcast::import::{import_run, new_run};
+use flowcast::domain::{FlowSid, JobState, Trigger};
+use flowcast::runs::{import_run, new_run};
 use flowcast::schedule::SystemClock;
-use flowcast::store::Store;
+use flowcast::store::{JobRow, Store};
 use flowcast::studio::{Credentials, HttpStudio, StudioApi, StudioConfig};
 
 pub const FLOW: &str = "FW0123456789abcdef0123456789abcdef";
@@ -47,8 +47,23 @@ impl TestApp {
         Folders { campaigns: self.campaigns.clone(), flows: self.flows.clone() }
     }
 
-    pub fn store(&self) -> Store {
-        Store::open(&self.db).expect("the ledger opens")
+    pub async fn store(&self) -> Store {
+        Store::open_path(&self.db).await.expect("the ledger opens")
+    }
+
+    /// Every job of a run, in id order.
+    pub async fn jobs(&self, run: i64) -> Vec<JobRow> {
+        let store = self.store().await;
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map_or(0, |j: &JobRow| j.id);
+            let page = store.jobs_page(run, None, after, 1000).await.unwrap();
+            let done = page.len() < 1000;
+            all.extend(page);
+            if done {
+                return all;
+            }
+        }
     }
 
     pub fn campaign(&self, file: &str) -> Campaign {
@@ -56,14 +71,14 @@ impl TestApp {
     }
 
     /// Creates and imports a run of the campaign in `file`; returns its id.
-    pub fn start_run(&self, file: &str) -> i64 {
-        self.start_run_at(file, chrono::Utc::now())
+    pub async fn start_run(&self, file: &str) -> i64 {
+        self.start_run_at(file, chrono::Utc::now()).await
     }
 
     /// As [`start_run`](Self::start_run), as if it were `now`.
-    pub fn start_run_at(&self, file: &str, now: chrono::DateTime<chrono::Utc>) -> i64 {
+    pub async fn start_run_at(&self, file: &str, now: chrono::DateTime<chrono::Utc>) -> i64 {
         let campaign = self.campaign(file);
-        let store = self.store();
+        let store = self.store().await;
         let flow = match &campaign.flow {
             flowcast::campaign::FlowRef::Sid(s) => s.clone(),
             _ => FlowSid::parse(FLOW).unwrap(),
@@ -71,12 +86,12 @@ impl TestApp {
         let run = new_run(
             &campaign,
             &flow,
-            "manual",
+            Trigger::Manual,
             format!("test:{}", now.timestamp_nanos_opt().unwrap()),
             now.timestamp_millis(),
         );
-        let id = store.create_run(&run, now.timestamp_millis()).unwrap().expect("a new run");
-        import_run(&store, &campaign, id, now.timestamp_millis(), |_| {}).unwrap();
+        let id = store.create_run(run, now.timestamp_millis()).await.unwrap().expect("a new run");
+        import_run(&store, &campaign, id, now.timestamp_millis(), async |_| {}).await.unwrap();
         id
     }
 
@@ -94,7 +109,7 @@ impl TestApp {
         settings: DispatchSettings,
     ) -> RunEnd {
         let dispatcher = Dispatcher::new(
-            self.store(),
+            self.store().await,
             Arc::new(studio),
             Arc::new(SystemClock),
             settings,
@@ -107,9 +122,9 @@ impl TestApp {
     }
 
     /// A dispatcher for the Studio at `url` on a clock the test controls.
-    pub fn dispatcher_on(&self, url: &str, clock: Arc<dyn flowcast::schedule::Clock>) -> Dispatcher<HttpStudio> {
+    pub async fn dispatcher_on(&self, url: &str, clock: Arc<dyn flowcast::schedule::Clock>) -> Dispatcher<HttpStudio> {
         Dispatcher::new(
-            self.store(),
+            self.store().await,
             Arc::new(http_studio(url)),
             clock,
             fast_settings(),
@@ -239,7 +254,12 @@ pub fn seed(test: &str) -> u64 {
 /// Asserts the simulator's own record holds exactly one Execution per phone in
 /// `valid` and none for anyone else, and that every job of the run is `sent`
 /// with the SID the simulator gave that contact.
-pub fn assert_exactly_once(app: &TestApp, run: i64, sim: &flowcast::studio::simulator::Simulator, valid: &[String]) {
+pub async fn assert_exactly_once(
+    app: &TestApp,
+    run: i64,
+    sim: &flowcast::studio::simulator::Simulator,
+    valid: &[String],
+) {
     use std::collections::HashMap;
     let mut by_phone: HashMap<String, Vec<String>> = HashMap::new();
     for e in sim.executions() {
@@ -252,18 +272,14 @@ pub fn assert_exactly_once(app: &TestApp, run: i64, sim: &flowcast::studio::simu
     let mut got: Vec<&String> = by_phone.keys().collect();
     got.sort();
     assert_eq!(got, expected, "exactly the valid contacts got an Execution");
-    let mut jobs = 0;
-    app.store()
-        .for_each_job(run, |j| {
-            jobs += 1;
-            assert_eq!(j.state, "sent", "{j:?}");
-            assert_eq!(
-                j.execution_sid.as_deref(),
-                Some(by_phone[&j.phone][0].as_str()),
-                "the ledger's SID is Studio's: {j:?}"
-            );
-            Ok(())
-        })
-        .unwrap();
-    assert_eq!(jobs, valid.len());
+    let jobs = app.jobs(run).await;
+    for j in &jobs {
+        assert_eq!(j.state, JobState::Sent, "{j:?}");
+        assert_eq!(
+            j.execution_sid.as_deref(),
+            Some(by_phone[j.phone.as_str()][0].as_str()),
+            "the ledger's SID is Studio's: {j:?}"
+        );
+    }
+    assert_eq!(jobs.len(), valid.len());
 }

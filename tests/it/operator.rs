@@ -66,12 +66,13 @@ async fn campaigns_runs_and_jobs_are_served_as_json_with_paging_and_a_state_filt
     let served = Served::start(&app, &sim.url()).await;
     app.write("c.csv", contacts_csv(&phones(25)));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    assert!(eventually(Duration::from_secs(10), || sim.executions().len() == 25).await, "{}", served.log());
+    assert!(eventually(Duration::from_secs(10), async || sim.executions().len() == 25).await, "{}", served.log());
     let client = reqwest::Client::new();
     let base = &served.url;
-    let finished =
-        eventually(Duration::from_secs(10), || app.store().get_run(1).map(|r| r.state == "finished").unwrap_or(false))
-            .await;
+    let finished = eventually(Duration::from_secs(10), async || {
+        app.store().await.get_run(1).await.map(|r| r.state == flowcast::domain::RunState::Finished).unwrap_or(false)
+    })
+    .await;
     assert!(finished);
 
     let (_, campaigns) = get(&client, &format!("{base}/api/campaigns")).await;
@@ -125,7 +126,7 @@ async fn metrics_expose_every_family_in_prometheus_text() {
     app.write("c.csv", contacts_csv(&phones(3)));
     app.write("every-second.toml", campaign_toml("c.csv", "schedule = \"* * * * * *\""));
     let served = Served::start(&app, &sim.url()).await;
-    assert!(eventually(Duration::from_secs(15), || sim.executions().len() >= 3).await, "{}", served.log());
+    assert!(eventually(Duration::from_secs(15), async || sim.executions().len() >= 3).await, "{}", served.log());
     let text = reqwest::get(format!("{}/metrics", served.url)).await.unwrap().text().await.unwrap();
     for family in flowcast::telemetry::FAMILIES {
         assert!(
@@ -179,10 +180,16 @@ async fn the_webhook_accepts_only_twilio_signed_deliveries_and_records_ended_exe
     let served = Served::start_with(&app, &sim.url(), &[("FLOWCAST_PUBLIC_URL", PUBLIC)]).await;
     app.write("c.csv", contacts_csv(&phones(2)));
     app.write("c.toml", campaign_toml("c.csv", ""));
-    assert!(eventually(Duration::from_secs(10), || sim.executions().len() == 2).await);
+    assert!(eventually(Duration::from_secs(10), async || sim.executions().len() == 2).await);
     assert!(
-        eventually(Duration::from_secs(10), || app.store().get_run(1).map(|r| r.state == "finished").unwrap_or(false))
+        eventually(Duration::from_secs(10), async || app
+            .store()
             .await
+            .get_run(1)
+            .await
+            .map(|r| r.state == flowcast::domain::RunState::Finished)
+            .unwrap_or(false))
+        .await
     );
     let ours = sim.executions()[0].sid.clone();
     let body = ended_event(&ours, "FLOW_END");
@@ -220,16 +227,7 @@ async fn the_webhook_accepts_only_twilio_signed_deliveries_and_records_ended_exe
     // An Execution flowcast never made is ignored.
     assert_eq!(deliver(&served, TOKEN, &ended_event("FNffffffffffffffffffffffffffffffff", "FLOW_END")).await, 200);
 
-    let mut found = None;
-    app.store()
-        .for_each_job(1, |j| {
-            if j.execution_sid.as_deref() == Some(ours.as_str()) {
-                found = Some(j);
-            }
-            Ok(())
-        })
-        .unwrap();
-    let job = found.unwrap();
+    let job = app.jobs(1).await.into_iter().find(|j| j.execution_sid.as_deref() == Some(ours.as_str())).unwrap();
     assert_eq!(job.ended_reason.as_deref(), Some("FLOW_END"), "the first delivery wins");
     assert!(job.execution_ended_at.is_some());
     let (code, log) = served.terminate().await;
@@ -249,11 +247,11 @@ async fn an_ended_event_wakes_the_jobs_waiting_on_that_execution() {
     let busy = sim.start_foreign_execution(FLOW, &numbers[0]);
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"2h\""));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
     // Polling alone would look at the active Execution again only in an hour.
     let settings = DispatchSettings { wait_poll: Duration::from_secs(3600), ..fast_settings() };
     let dispatcher = Dispatcher::new(
-        app.store(),
+        app.store().await,
         Arc::new(http_studio(&sim.url())),
         Arc::new(flowcast::schedule::SystemClock),
         settings,
@@ -265,7 +263,7 @@ async fn an_ended_event_wakes_the_jobs_waiting_on_that_execution() {
 
     sim.finish_execution(&busy);
     let now = chrono::Utc::now().timestamp_millis();
-    let (recorded, woken) = app.store().record_execution_end(&busy, now, Some("FLOW_END"), now).unwrap();
+    let (recorded, woken) = app.store().await.record_execution_end(&busy, now, Some("FLOW_END"), now).await.unwrap();
 
     assert_eq!((recorded, woken), (0, 1), "not our Execution, but one of our jobs waits on it");
     let end = dispatcher.run_until_idle(run).await.unwrap();

@@ -13,7 +13,7 @@ async fn a_campaign_rate_of_20_spreads_100_contacts_over_at_least_four_and_a_hal
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(100)));
     app.write("c.toml", campaign_toml("c.csv", "rate = 20"));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     let started = Instant::now();
     app.dispatch_with(run, http_studio(&sim.url()), 1000).await;
@@ -29,7 +29,7 @@ async fn an_account_rate_below_the_campaign_rate_wins() {
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(30)));
     app.write("c.toml", campaign_toml("c.csv", "rate = 100"));
-    let run = app.start_run("c.toml");
+    let run = app.start_run("c.toml").await;
 
     let started = Instant::now();
     app.dispatch_with(run, http_studio(&sim.url()), 10).await;
@@ -53,11 +53,11 @@ async fn a_small_run_is_not_starved_by_a_big_one_sharing_the_account_rate() {
     let small_phones: Vec<String> = (0..10).map(|i| format!("+1201555{:04}", 9000 + i)).collect();
     app.write("small.csv", contacts_csv(&small_phones));
     app.write("small.toml", campaign_toml("small.csv", ""));
-    let big = app.start_run("big.toml");
-    let small = app.start_run("small.toml");
+    let big = app.start_run("big.toml").await;
+    let small = app.start_run("small.toml").await;
     // One dispatcher, so both runs share one account limiter (40/s).
     let dispatcher = Arc::new(flowcast::dispatch::Dispatcher::new(
-        app.store(),
+        app.store().await,
         Arc::new(http_studio(&sim.url())),
         Arc::new(SystemClock),
         fast_settings(),

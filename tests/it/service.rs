@@ -5,24 +5,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowcast::dispatch::RunEnd;
-use flowcast::import::{import_run, new_run};
+use flowcast::domain::RunAction as Action;
+use flowcast::domain::Trigger;
+use flowcast::runs::control as control_run;
+use flowcast::runs::{import_run, new_run};
 use flowcast::schedule::SystemClock;
-use flowcast::service::control::{Action, control_run};
 use flowcast::studio::simulator::{SimConfig, Simulator};
 use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::*;
 
 /// Polls `check` every 50 ms until it holds or `within` passes.
-pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
-        if check() {
+        if check().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    check()
+    check().await
 }
 
 pub fn free_port() -> u16 {
@@ -116,13 +118,15 @@ async fn serve_picks_up_a_dropped_file_keeps_the_old_version_on_a_bad_edit_and_s
     // A one-off campaign dropped into the folder is run, once.
     app.write("drop.csv", contacts_csv(&phones(5)));
     app.write("drop.toml", campaign_toml("drop.csv", ""));
-    assert!(eventually(Duration::from_secs(10), || sim.executions().len() == 5).await, "{}", served.log());
+    assert!(eventually(Duration::from_secs(10), async || sim.executions().len() == 5).await, "{}", served.log());
 
     // An edit with a mistake is refused with file:line, the old version kept.
     app.write("drop.toml", campaign_toml("drop.csv", "timezone = \"Atlantis/Capital\""));
     assert!(
-        eventually(Duration::from_secs(10), || served.log().contains("drop.toml:5: timezone \"Atlantis/Capital\""))
-            .await,
+        eventually(Duration::from_secs(10), async || served
+            .log()
+            .contains("drop.toml:5: timezone \"Atlantis/Capital\""))
+        .await,
         "{}",
         served.log()
     );
@@ -135,7 +139,7 @@ async fn serve_picks_up_a_dropped_file_keeps_the_old_version_on_a_bad_edit_and_s
     assert!(stderr(&second).contains("in use by another flowcast process (flowcast serve"), "{}", stderr(&second));
 
     std::fs::remove_file(app.campaigns.join("drop.toml")).unwrap();
-    assert!(eventually(Duration::from_secs(10), || served.log().contains("campaign file removed")).await);
+    assert!(eventually(Duration::from_secs(10), async || served.log().contains("campaign file removed")).await);
 
     let (code, log) = served.terminate().await;
     assert_eq!(code, Some(0), "{log}");
@@ -150,7 +154,7 @@ async fn runs_are_paused_resumed_and_cancelled_over_http() {
     let served = Served::start(&app, &sim.url()).await;
     app.write("c.csv", contacts_csv(&phones(60)));
     app.write("c.toml", campaign_toml("c.csv", "rate = 10"));
-    assert!(eventually(Duration::from_secs(10), || !sim.executions().is_empty()).await, "{}", served.log());
+    assert!(eventually(Duration::from_secs(10), async || !sim.executions().is_empty()).await, "{}", served.log());
     let client = reqwest::Client::new();
 
     let paused: serde_json::Value =
@@ -176,7 +180,7 @@ async fn runs_are_paused_resumed_and_cancelled_over_http() {
 
     let resumed = client.post(format!("{}/api/runs/1/resume", served.url)).send().await.unwrap();
     assert_eq!(resumed.status(), 200);
-    assert!(eventually(Duration::from_secs(20), || sim.executions().len() == 60).await, "{}", served.log());
+    assert!(eventually(Duration::from_secs(20), async || sim.executions().len() == 60).await, "{}", served.log());
 
     let run: serde_json::Value = client.get(&run_url).send().await.unwrap().json().await.unwrap();
     assert_eq!(run["id"], 1);
@@ -199,22 +203,27 @@ async fn a_cancel_issued_while_a_run_is_still_importing_wins() {
     app.write("c.csv", contacts_csv(&phones(9000)));
     app.write("c.toml", campaign_toml("c.csv", ""));
     let campaign = app.campaign("c.toml");
-    let store = app.store();
+    let store = app.store().await;
     let now = chrono::Utc::now();
     let flow = flowcast::domain::FlowSid::parse(FLOW).unwrap();
     let run = store
-        .create_run(&new_run(&campaign, &flow, "manual", "x".into(), now.timestamp_millis()), now.timestamp_millis())
+        .create_run(
+            new_run(&campaign, &flow, Trigger::Manual, "x".into(), now.timestamp_millis()),
+            now.timestamp_millis(),
+        )
+        .await
         .unwrap()
         .unwrap();
 
     // The user cancels as soon as the first batch is written.
     let mut cancelled = false;
-    let counts = import_run(&store, &campaign, run, now.timestamp_millis(), |_| {
+    let counts = import_run(&store, &campaign, run, now.timestamp_millis(), async |_| {
         if !cancelled {
-            control_run(&store, run, Action::Cancel, now.timestamp_millis()).unwrap();
+            control_run(&store, run, Action::Cancel, now.timestamp_millis()).await.unwrap();
             cancelled = true;
         }
     })
+    .await
     .unwrap();
     assert!(counts.imported < 9000, "the import stopped early: {counts:?}");
 
@@ -222,9 +231,9 @@ async fn a_cancel_issued_while_a_run_is_still_importing_wins() {
 
     assert!(matches!(end, RunEnd::Cancelled), "{end:?}");
     assert!(sim.executions().is_empty(), "no job of a cancelled run is sent");
-    let counts = store.run_counts(run).unwrap();
+    let counts = store.run_counts(run).await.unwrap();
     assert_eq!(counts.open(), 0, "no job is left pending: {counts:?}");
-    assert_eq!(store.get_run(run).unwrap().state, "cancelled");
+    assert_eq!(store.get_run(run).await.unwrap().state, flowcast::domain::RunState::Cancelled);
 }
 
 #[tokio::test]
@@ -233,22 +242,22 @@ async fn a_pause_during_dispatch_stops_sending_and_resume_finishes_without_resen
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(40)));
     app.write("c.toml", campaign_toml("c.csv", "rate = 20"));
-    let run = app.start_run("c.toml");
-    let dispatcher = Arc::new(app.dispatcher_on(&sim.url(), Arc::new(SystemClock)));
+    let run = app.start_run("c.toml").await;
+    let dispatcher = Arc::new(app.dispatcher_on(&sim.url(), Arc::new(SystemClock)).await);
     let task = {
         let d = Arc::clone(&dispatcher);
         tokio::spawn(async move { d.run_to_end(run).await.unwrap() })
     };
-    assert!(eventually(Duration::from_secs(10), || sim.executions().len() >= 5).await);
+    assert!(eventually(Duration::from_secs(10), async || sim.executions().len() >= 5).await);
 
-    control_run(&app.store(), run, Action::Pause, chrono::Utc::now().timestamp_millis()).unwrap();
+    control_run(&app.store().await, run, Action::Pause, chrono::Utc::now().timestamp_millis()).await.unwrap();
     let end = task.await.unwrap();
     assert!(matches!(end, RunEnd::Paused(_)), "{end:?}");
     let sent_before = sim.executions().len();
     assert!(sent_before < 40);
-    assert_eq!(app.store().run_counts(run).unwrap().get(flowcast::domain::JobState::Dispatching), 0);
+    assert_eq!(app.store().await.run_counts(run).await.unwrap().get(flowcast::domain::JobState::Dispatching), 0);
 
-    control_run(&app.store(), run, Action::Resume, chrono::Utc::now().timestamp_millis()).unwrap();
+    control_run(&app.store().await, run, Action::Resume, chrono::Utc::now().timestamp_millis()).await.unwrap();
     let end = dispatcher.run_to_end(run).await.unwrap();
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
     let to: std::collections::HashSet<String> = sim.executions().into_iter().map(|e| e.to).collect();
@@ -261,19 +270,19 @@ async fn shutdown_stops_claiming_and_records_requests_in_flight() {
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&phones(40)));
     app.write("c.toml", campaign_toml("c.csv", "rate = 20"));
-    let run = app.start_run("c.toml");
-    let dispatcher = Arc::new(app.dispatcher_on(&sim.url(), Arc::new(SystemClock)));
+    let run = app.start_run("c.toml").await;
+    let dispatcher = Arc::new(app.dispatcher_on(&sim.url(), Arc::new(SystemClock)).await);
     let task = {
         let d = Arc::clone(&dispatcher);
         tokio::spawn(async move { d.run_to_end(run).await.unwrap() })
     };
-    assert!(eventually(Duration::from_secs(10), || sim.executions().len() >= 5).await);
+    assert!(eventually(Duration::from_secs(10), async || sim.executions().len() >= 5).await);
 
     dispatcher.shutdown_token().cancel();
     let end = task.await.unwrap();
 
     assert!(matches!(end, RunEnd::Interrupted), "{end:?}");
-    let counts = app.store().run_counts(run).unwrap();
+    let counts = app.store().await.run_counts(run).await.unwrap();
     assert_eq!(counts.get(flowcast::domain::JobState::Dispatching), 0, "every request in flight was recorded");
     assert_eq!(counts.get(flowcast::domain::JobState::Sent) as usize, sim.executions().len());
     assert!(counts.get(flowcast::domain::JobState::Pending) > 0);

@@ -19,15 +19,8 @@ fn ms(s: &str) -> i64 {
     utc(s).timestamp_millis()
 }
 
-fn jobs_by_phone(app: &TestApp, run: i64) -> std::collections::HashMap<String, JobRow> {
-    let mut rows = std::collections::HashMap::new();
-    app.store()
-        .for_each_job(run, |j| {
-            rows.insert(j.phone.clone(), j);
-            Ok(())
-        })
-        .unwrap();
-    rows
+async fn jobs_by_phone(app: &TestApp, run: i64) -> std::collections::HashMap<String, JobRow> {
+    app.jobs(run).await.into_iter().map(|j| (j.phone.as_str().to_string(), j)).collect()
 }
 
 #[tokio::test]
@@ -44,12 +37,12 @@ async fn jobs_wait_for_the_send_window_in_each_contacts_own_zone() {
     app.write("c.toml", campaign_toml("c.csv", "send_window = { start = \"09:00\", end = \"17:00\" }"));
     // 12:00 UTC: 08:00 in New York (too early), 14:00 in Berlin, 21:00 in Tokyo (too late).
     let clock = Arc::new(ManualClock::new(utc("2026-07-01T12:00:00Z")));
-    let run = app.start_run_at("c.toml", utc("2026-07-01T12:00:00Z"));
-    let jobs = jobs_by_phone(&app, run);
+    let run = app.start_run_at("c.toml", utc("2026-07-01T12:00:00Z")).await;
+    let jobs = jobs_by_phone(&app, run).await;
     assert_eq!(jobs["+12015550002"].due_at, ms("2026-07-01T12:00:00Z"));
     assert_eq!(jobs["+12015550001"].due_at, ms("2026-07-01T13:00:00Z"), "09:00 EDT");
     assert_eq!(jobs["+12015550003"].due_at, ms("2026-07-02T00:00:00Z"), "09:00 JST the next day");
-    let dispatcher = app.dispatcher_on(&sim.url(), clock.clone());
+    let dispatcher = app.dispatcher_on(&sim.url(), clock.clone()).await;
 
     let end = dispatcher.run_until_idle(run).await.unwrap();
     assert!(matches!(end, RunEnd::Idle { next_due_at } if next_due_at == ms("2026-07-01T13:00:00Z")), "{end:?}");
@@ -64,14 +57,14 @@ async fn jobs_wait_for_the_send_window_in_each_contacts_own_zone() {
     let end = dispatcher.run_until_idle(run).await.unwrap();
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
 
-    let jobs = jobs_by_phone(&app, run);
+    let jobs = jobs_by_phone(&app, run).await;
     for (phone, zone) in [
         ("+12015550001", chrono_tz::America::New_York),
         ("+12015550002", chrono_tz::Europe::Berlin),
         ("+12015550003", chrono_tz::Asia::Tokyo),
     ] {
         let job = &jobs[phone];
-        assert_eq!(job.state, "sent");
+        assert_eq!(job.state, flowcast::domain::JobState::Sent);
         let local = DateTime::from_timestamp_millis(job.sent_at.unwrap()).unwrap().with_timezone(&zone);
         assert!((9..17).contains(&local.hour()), "{phone} sent at {local}, outside 09:00-17:00");
     }
@@ -85,15 +78,15 @@ async fn a_job_due_when_its_window_has_closed_waits_for_the_next_opening() {
     app.write("c.toml", campaign_toml("c.csv", "send_window = { start = \"09:00\", end = \"17:00\" }"));
     // Imported inside the window (10:00 Berlin), but dispatch only gets to it at
     // 18:00 Berlin: it must not be sent then.
-    let run = app.start_run_at("c.toml", utc("2026-07-01T08:00:00Z"));
+    let run = app.start_run_at("c.toml", utc("2026-07-01T08:00:00Z")).await;
     let clock = Arc::new(ManualClock::new(utc("2026-07-01T16:00:00Z")));
-    let dispatcher = app.dispatcher_on(&sim.url(), clock.clone());
+    let dispatcher = app.dispatcher_on(&sim.url(), clock.clone()).await;
 
     let end = dispatcher.run_until_idle(run).await.unwrap();
 
     assert!(matches!(end, RunEnd::Idle { next_due_at } if next_due_at == ms("2026-07-02T07:00:00Z")), "{end:?}");
     assert!(sim.executions().is_empty(), "nothing is sent outside the window");
-    assert_eq!(jobs_by_phone(&app, run)["+12015550001"].attempts, 0);
+    assert_eq!(jobs_by_phone(&app, run).await["+12015550001"].attempts, 0);
 }
 
 #[tokio::test]
@@ -116,28 +109,28 @@ async fn send_at_defers_each_contact_and_expired_jobs_are_never_sent() {
         ),
     );
     let clock = Arc::new(ManualClock::new(utc("2026-07-01T12:00:00Z")));
-    let run = app.start_run_at("c.toml", utc("2026-07-01T12:00:00Z"));
-    let dispatcher = app.dispatcher_on(&sim.url(), clock.clone());
+    let run = app.start_run_at("c.toml", utc("2026-07-01T12:00:00Z")).await;
+    let dispatcher = app.dispatcher_on(&sim.url(), clock.clone()).await;
 
     dispatcher.run_until_idle(run).await.unwrap();
-    let jobs = jobs_by_phone(&app, run);
-    assert_eq!(jobs["+12015550001"].state, "expired", "its appointment has passed");
-    assert_eq!(jobs["+12015550002"].state, "sent", "send_at is past, expiry ahead");
-    assert_eq!(jobs["+12015550003"].state, "pending");
+    let jobs = jobs_by_phone(&app, run).await;
+    assert_eq!(jobs["+12015550001"].state, flowcast::domain::JobState::Expired, "its appointment has passed");
+    assert_eq!(jobs["+12015550002"].state, flowcast::domain::JobState::Sent, "send_at is past, expiry ahead");
+    assert_eq!(jobs["+12015550003"].state, flowcast::domain::JobState::Pending);
     assert_eq!(jobs["+12015550003"].due_at, ms("2026-07-01T18:00:00Z"));
     // 08:00 is before the window: moved to 09:00.
     assert_eq!(jobs["+12015550004"].due_at, ms("2026-07-02T09:00:00Z"));
 
     clock.set(utc("2026-07-01T18:00:00Z"));
     dispatcher.run_until_idle(run).await.unwrap();
-    assert_eq!(jobs_by_phone(&app, run)["+12015550003"].state, "sent");
+    assert_eq!(jobs_by_phone(&app, run).await["+12015550003"].state, flowcast::domain::JobState::Sent);
 
     // The service was down until after the last appointment.
     clock.set(utc("2026-07-02T10:30:00Z"));
     let end = dispatcher.run_until_idle(run).await.unwrap();
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
-    let jobs = jobs_by_phone(&app, run);
-    assert_eq!(jobs["+12015550004"].state, "expired");
+    let jobs = jobs_by_phone(&app, run).await;
+    assert_eq!(jobs["+12015550004"].state, flowcast::domain::JobState::Expired);
     let sent: Vec<String> = sim.executions().into_iter().map(|e| e.to).collect();
     assert_eq!(sent, ["+12015550002", "+12015550003"]);
 }

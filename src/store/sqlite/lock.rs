@@ -1,7 +1,10 @@
-//! One dispatching process per ledger: `serve`, `run` and `resume` hold an
-//! exclusive lock on `<ledger>.lock` while they work, so two processes can never
-//! claim and send the same jobs. The OS releases the lock when the process
-//! exits, however it exits.
+//! One dispatching process per SQLite ledger: `serve`, `run` and `resume` hold
+//! an exclusive lock on `<ledger>.lock` while they work, so two processes can
+//! never claim and send the same jobs. The OS releases the lock when the
+//! process exits, however it exits.
+//!
+//! The lock file sits beside the ledger's real path (symbolic links and `..`
+//! resolved), so two names for one file take one lock.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -21,13 +24,13 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct LedgerLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl LedgerLock {
     /// Takes the lock for `ledger`, saying `what` holds it (e.g. "flowcast serve").
     pub fn acquire(ledger: &Path, what: &str) -> Result<Self, LockError> {
-        let path = PathBuf::from(format!("{}.lock", ledger.display()));
+        let real = ledger.canonicalize().unwrap_or_else(|_| ledger.to_path_buf());
+        let path = PathBuf::from(format!("{}.lock", real.display()));
         let io = |source| LockError::Io { path: path.display().to_string(), source };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
@@ -50,11 +53,7 @@ impl LedgerLock {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         write!(file, "{what}, pid {}", std::process::id()).map_err(io)?;
         file.flush().map_err(io)?;
-        Ok(LedgerLock { _file: file, path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(LedgerLock { _file: file })
     }
 }
 

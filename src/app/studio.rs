@@ -1,0 +1,103 @@
+//! Which Studio the commands talk to: the in-process simulator, or Twilio (or
+//! `FLOWCAST_STUDIO_URL`) with the configured credentials; and the dispatcher
+//! and flow resolver built over it.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+
+use super::{CommandResult, Failure};
+use crate::config::Config;
+use crate::dispatch::{DispatchSettings, Dispatcher, RateLimits};
+use crate::domain::parse_duration;
+use crate::flows::LockFileResolver;
+use crate::schedule::SystemClock;
+use crate::store::Store;
+use crate::studio::simulator::{SimConfig, Simulator};
+use crate::studio::{Credentials, HttpStudio, StudioConfig, base_url};
+
+/// The account the simulator answers for; the example lock file maps flows
+/// for it.
+const SIMULATOR_ACCOUNT: &str = "AC00000000000000000000000000000000";
+
+/// Studio as configured, with the account it acts for.
+pub(super) struct StudioHandle {
+    pub client: HttpStudio,
+    pub account_sid: String,
+    _simulator: Option<Simulator>,
+}
+
+pub(super) async fn connect_studio(config: &Config) -> Result<StudioHandle, Failure> {
+    let (base, credentials, account_sid, simulator) = if config.simulate {
+        let sim = Simulator::start(SimConfig::default())
+            .await
+            .context("starting the Studio simulator")
+            .map_err(Failure::studio)?;
+        tracing::info!(url = %sim.url(), "using the built-in Studio simulator");
+        (sim.url(), Credentials::new(SIMULATOR_ACCOUNT, "simulator"), SIMULATOR_ACCOUNT.to_string(), Some(sim))
+    } else {
+        let (username, secret) = config.twilio.basic_auth().ok_or_else(|| {
+            Failure::studio(anyhow!(
+                "no Twilio credentials: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET), or use --simulate"
+            ))
+        })?;
+        let base =
+            base_url(config.studio_url.as_deref(), config.twilio.edge.as_deref(), config.twilio.region.as_deref());
+        // Flow names resolve per account; with an API key the account is the
+        // one named by TWILIO_ACCOUNT_SID.
+        let account = config.twilio.account_sid.clone().unwrap_or_else(|| username.clone());
+        (base, Credentials::new(username, secret.expose()), account, None)
+    };
+    let client = HttpStudio::new(StudioConfig {
+        base_url: base,
+        credentials,
+        timeout: config.request_timeout,
+        connect_timeout: Duration::from_secs(5),
+    })
+    .context("building the HTTP client")
+    .map_err(Failure::studio)?;
+    Ok(StudioHandle { client, account_sid, _simulator: simulator })
+}
+
+/// Resolves campaigns' flow names through the lock file, for this account.
+pub(super) fn resolver(config: &Config, studio: &StudioHandle) -> LockFileResolver {
+    LockFileResolver { flows: config.flows.clone(), account_sid: studio.account_sid.clone() }
+}
+
+pub(super) fn dispatcher(config: &Config, store: &Store, studio: &StudioHandle) -> Dispatcher<HttpStudio> {
+    let settings = DispatchSettings {
+        concurrency: config.concurrency,
+        max_failures: config.max_failures,
+        breaker_streak: config.circuit_breaker,
+        ambiguous_settle: config.request_timeout,
+        ..DispatchSettings::default()
+    };
+    Dispatcher::new(
+        store.clone(),
+        Arc::new(studio.client.clone()),
+        Arc::new(SystemClock),
+        settings,
+        Arc::new(RateLimits::new(config.rate)),
+    )
+}
+
+/// `flowcast simulator`
+pub(super) async fn simulator(listen: &str, lifetime: &str, rate_cap: Option<u32>) -> CommandResult {
+    let addr = listen.parse().with_context(|| format!("--listen {listen:?}")).map_err(Failure::input)?;
+    let lifetime = parse_duration(lifetime).map_err(|e| Failure::input(anyhow!("--lifetime: {e}")))?;
+    let config = SimConfig { lifetime: (!lifetime.is_zero()).then_some(lifetime), rate_cap, ..SimConfig::default() };
+    let sim = Simulator::start_on(addr, config)
+        .await
+        .with_context(|| format!("listening on {listen}"))
+        .map_err(Failure::input)?;
+    println!("Studio simulator listening on {}", sim.url());
+    println!(
+        "point flowcast at it with FLOWCAST_STUDIO_URL={} and any TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN",
+        sim.url()
+    );
+    let _ = std::io::stdout().flush();
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C").map_err(Failure::input)?;
+    Ok(0)
+}

@@ -1,0 +1,20 @@
+//! The run lifecycle, one way for every caller: the command line, `serve` and
+//! the HTTP API start, import, pause, resume and cancel runs through these
+//! functions and nothing else.
+//!
+//! - [`start`] freezes the campaign's settings into a new run (one per key:
+//!   the same tick or file content never makes two runs) and [`Imports`]
+//!   streams its CSV into jobs while the dispatcher already sends; a failed
+//!   import cancels the run, so nothing half-read is ever finished silently.
+//! - [`control`] applies a user's pause, resume or cancel with the transitions
+//!   [`RunAction`](crate::domain::RunAction) allows, as a guarded update that
+//!   loses no race: if another actor moved the run first, the rule is applied
+//!   again to the state it is in now.
+
+mod control;
+mod import;
+mod start;
+
+pub use control::{ControlError, Transition, control, move_run};
+pub use import::{BATCH_ROWS, DryRun, ImportCounts, ImportError, dry_run, import_run};
+pub use start::{Imports, new_run, start};

@@ -1,0 +1,363 @@
+//! Jobs: import in batched transactions, claim by due time, outcomes guarded by
+//! id and state, and the audit record of Studio calls.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{corrupt, parsed};
+use crate::domain::{ImportRow, JobOutcome, JobReason, JobState, Parameters, Phone, RowOutcome};
+use crate::store::{BatchCounts, CallSummary, ClaimedJob, JobRow, RefusedRow, Result, SettledJob, StudioCall};
+
+const JOB_COLUMNS: &str = "id, run_id, line, phone, state, reason, execution_sid, attempts, due_at, expires_at, \
+     sent_at, finished_at, last_error, execution_ended_at, ended_reason";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let reason: Option<String> = r.get(5)?;
+    Ok(JobRow {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        line: r.get(2)?,
+        phone: Phone::from_e164(r.get(3)?),
+        state: parsed(r, 4)?,
+        reason: reason.map(|t| JobReason::parse(&t).map_err(|e| corrupt(5, e))).transpose()?,
+        execution_sid: r.get(6)?,
+        attempts: r.get(7)?,
+        due_at: r.get(8)?,
+        expires_at: r.get(9)?,
+        sent_at: r.get(10)?,
+        finished_at: r.get(11)?,
+        last_error: r.get(12)?,
+        execution_ended_at: r.get(13)?,
+        ended_reason: r.get(14)?,
+    })
+}
+
+/// Writes a batch of imported rows in one transaction. A phone already in the
+/// run is a duplicate: the first row stays, this one is recorded as such.
+///
+/// The run's counts and `import_line` (the last CSV line this batch covers)
+/// are updated in the same transaction, so a resumed import starts after it.
+pub fn import_batch(
+    conn: &mut Connection,
+    run_id: i64,
+    items: &[ImportRow],
+    last_line: u64,
+    default_due: i64,
+    now: i64,
+) -> Result<BatchCounts> {
+    let tx = conn.transaction()?;
+    let mut counts = BatchCounts::default();
+    {
+        let mut insert_job = tx.prepare_cached(
+            "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+        )?;
+        let mut insert_row = tx.prepare_cached(
+            "INSERT INTO import_rows (run_id, line, raw_phone, outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for item in items {
+            match item {
+                ImportRow::Job(spec) => {
+                    let due = spec.due_at.map_or(default_due, |t| t.timestamp_millis());
+                    let inserted = insert_job.execute(params![
+                        run_id,
+                        spec.phone.as_str(),
+                        spec.line as i64,
+                        spec.zone.name(),
+                        spec.parameters.as_json(),
+                        due,
+                        spec.expires_at.map(|t| t.timestamp_millis()),
+                        now
+                    ])?;
+                    if inserted == 1 {
+                        counts.imported += 1;
+                    } else {
+                        counts.duplicates += 1;
+                        insert_row.execute(params![
+                            run_id,
+                            spec.line as i64,
+                            spec.phone.as_str(),
+                            RowOutcome::Duplicate.as_str(),
+                            format!("duplicate phone {}; the first row with it is kept", spec.phone)
+                        ])?;
+                    }
+                }
+                ImportRow::Rejected(r) => {
+                    counts.rejected += 1;
+                    insert_row.execute(params![
+                        run_id,
+                        r.line as i64,
+                        r.raw_phone,
+                        RowOutcome::Rejected.as_str(),
+                        r.reason
+                    ])?;
+                }
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE runs SET rows_total = rows_total + ?2, imported = imported + ?3, rejected = rejected + ?4, \
+         duplicates = duplicates + ?5, import_line = MAX(import_line, ?6) WHERE id = ?1",
+        params![
+            run_id,
+            counts.imported + counts.rejected + counts.duplicates,
+            counts.imported,
+            counts.rejected,
+            counts.duplicates,
+            last_line as i64
+        ],
+    )?;
+    tx.commit()?;
+    Ok(counts)
+}
+
+/// Claims up to `limit` due pending jobs of a run, earliest due first, marking
+/// them `dispatching` with the attempt's start time, in one committed statement.
+///
+/// With `only_ambiguous`, only jobs whose last attempt's outcome is unknown
+/// are claimed (recovery reconciles those first).
+pub fn claim_due(
+    conn: &Connection,
+    run_id: i64,
+    now: i64,
+    limit: usize,
+    only_ambiguous: bool,
+) -> Result<Vec<ClaimedJob>> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?2, updated_at = ?2 \
+         WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
+                      AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
+                      ORDER BY due_at, id LIMIT ?3) \
+           AND (SELECT state FROM runs WHERE id = ?1) IN ('active', 'expanding') \
+         RETURNING id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
+                   attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
+    )?;
+    let mut jobs: Vec<ClaimedJob> = stmt
+        .query_map(params![run_id, now, limit as i64, only_ambiguous], |r| {
+            let zone: String = r.get(3)?;
+            Ok(ClaimedJob {
+                id: r.get(0)?,
+                run_id: r.get(1)?,
+                phone: Phone::from_e164(r.get(2)?),
+                // The zone was a valid IANA name when the job was imported; a
+                // name a newer tz database dropped falls back to UTC.
+                zone: zone.parse().unwrap_or(chrono_tz::UTC),
+                parameters: Parameters::from_ledger(r.get(4)?),
+                attempts: r.get(5)?,
+                failures: r.get(6)?,
+                throttles: r.get(7)?,
+                expires_at: r.get(8)?,
+                attempt_started_at: r.get(9)?,
+                ambiguous_since: r.get(10)?,
+                conflict_sid: r.get(11)?,
+                conflict_since: r.get(12)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    // RETURNING gives rows in no promised order; dispatch them by id.
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
+}
+
+/// Records a batch of attempt outcomes and Studio calls in one transaction
+/// (one commit instead of two per job). Until it commits, the jobs stay
+/// `dispatching`; a crash before then leaves them to reconciliation, never to
+/// a blind resend. Returns how many outcomes applied.
+pub fn record_outcomes(conn: &mut Connection, outcomes: &[SettledJob], calls: &[StudioCall]) -> Result<usize> {
+    if outcomes.is_empty() && calls.is_empty() {
+        return Ok(0);
+    }
+    let tx = conn.transaction()?;
+    let mut applied = 0;
+    for o in outcomes {
+        if apply_outcome(&tx, o.job_id, &o.outcome, o.attempts_sent, o.at)? {
+            applied += 1;
+        } else {
+            tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
+        }
+    }
+    for call in calls {
+        insert_call(&tx, call)?;
+    }
+    tx.commit()?;
+    Ok(applied)
+}
+
+fn apply_outcome(conn: &Connection, job_id: i64, outcome: &JobOutcome, attempts_sent: i64, now: i64) -> Result<bool> {
+    let changed = match outcome {
+        JobOutcome::Sent { sid } => conn.execute(
+            "UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = ?2, attempts = attempts + ?3, \
+                 ambiguous_since = NULL, conflict_sid = NULL, sent_at = ?4, finished_at = ?4, updated_at = ?4 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, sid, attempts_sent, now],
+        )?,
+        JobOutcome::Skipped { reason, sid } => conn.execute(
+            "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
+                 ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, reason.to_string(), sid, attempts_sent, now],
+        )?,
+        JobOutcome::Failed { reason, last_error } => conn.execute(
+            "UPDATE jobs SET state = 'failed', reason = ?2, last_error = COALESCE(?3, last_error), \
+                 attempts = attempts + ?4, ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, reason.to_string(), last_error, attempts_sent, now],
+        )?,
+        JobOutcome::Expired => conn.execute(
+            "UPDATE jobs SET state = 'expired', reason = 'expired', attempts = attempts + ?2, \
+                 finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, attempts_sent, now],
+        )?,
+        JobOutcome::Retry { due_at, failures, throttled, ambiguous_since, conflict, last_error } => conn.execute(
+            "UPDATE jobs SET state = 'pending', due_at = ?2, failures = ?3, throttles = throttles + ?4, \
+                 ambiguous_since = ?5, conflict_sid = ?6, conflict_since = ?7, last_error = COALESCE(?8, last_error), \
+                 attempts = attempts + ?9, updated_at = ?10 WHERE id = ?1 AND state = 'dispatching'",
+            params![
+                job_id,
+                due_at,
+                failures,
+                i64::from(*throttled),
+                ambiguous_since,
+                conflict.as_ref().map(|c| c.0.as_str()),
+                conflict.as_ref().map(|c| c.1),
+                last_error,
+                attempts_sent,
+                now
+            ],
+        )?,
+        JobOutcome::Cancelled => conn.execute(
+            "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', attempts = attempts + ?2, \
+                 finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, attempts_sent, now],
+        )?,
+        JobOutcome::Release => conn.execute(
+            "UPDATE jobs SET state = 'pending', attempts = attempts + ?2, updated_at = ?3 \
+                 WHERE id = ?1 AND state = 'dispatching'",
+            params![job_id, attempts_sent, now],
+        )?,
+    };
+    Ok(changed == 1)
+}
+
+/// Jobs left `dispatching` by a process that died: back to `pending`, marked
+/// ambiguous from their attempt's start, so Studio is asked before any resend.
+pub fn recover_dispatching(conn: &Connection, run_id: i64, now: i64) -> Result<usize> {
+    Ok(conn.execute(
+        "UPDATE jobs SET state = 'pending', ambiguous_since = COALESCE(ambiguous_since, attempt_started_at, ?2), \
+         due_at = MIN(due_at, ?2), updated_at = ?2 WHERE run_id = ?1 AND state = 'dispatching'",
+        params![run_id, now],
+    )?)
+}
+
+/// The earliest due time among a run's pending jobs.
+pub fn next_due_at(conn: &Connection, run_id: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending'")?
+        .query_row([run_id], |r| r.get::<_, Option<i64>>(0))
+        .optional()?
+        .flatten())
+}
+
+/// One page of a run's jobs in id order, after job id `after`, optionally in
+/// one state (keyset paging: stable while the run changes).
+pub fn jobs_page(
+    conn: &Connection,
+    run_id: i64,
+    state: Option<JobState>,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3 \
+         ORDER BY id LIMIT ?4"
+    ))?;
+    let rows = stmt
+        .query_map(params![run_id, state.map(JobState::as_str), after, limit], job_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// The latest jobs that ended failed, skipped or expired, across runs.
+pub fn recent_problems(conn: &Connection, limit: u32) -> Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('failed', 'skipped', 'expired') \
+         ORDER BY finished_at DESC, id DESC LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map(params![limit], job_from_row)?.collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Jobs per state across every run (for metrics).
+pub fn jobs_by_state(conn: &Connection) -> Result<Vec<(JobState, i64)>> {
+    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+    let rows = stmt.query_map([], |r| Ok((parsed(r, 0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Studio says Execution `sid` ended: record it on the job it belongs to, and
+/// make every `wait`-policy job blocked on it due now. Repeated or late
+/// deliveries change nothing further. Returns (jobs recorded, jobs woken).
+pub fn record_execution_end(
+    conn: &mut Connection,
+    sid: &str,
+    ended_at: i64,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(usize, usize)> {
+    let tx = conn.transaction()?;
+    let recorded = tx.execute(
+        "UPDATE jobs SET execution_ended_at = COALESCE(execution_ended_at, ?2), \
+         ended_reason = COALESCE(ended_reason, ?3), updated_at = ?4 \
+         WHERE execution_sid = ?1 AND state = 'sent'",
+        params![sid, ended_at, reason, now],
+    )?;
+    let woken = tx.execute(
+        "UPDATE jobs SET due_at = MIN(due_at, ?2), updated_at = ?2 WHERE conflict_sid = ?1 AND state = 'pending'",
+        params![sid, now],
+    )?;
+    tx.commit()?;
+    Ok((recorded, woken))
+}
+
+/// The rows an import refused or found duplicated, in file order.
+pub fn refused_rows(conn: &Connection, run_id: i64) -> Result<Vec<RefusedRow>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT line, raw_phone, outcome, reason FROM import_rows WHERE run_id = ?1 ORDER BY line")?;
+    let rows = stmt
+        .query_map([run_id], |r| {
+            Ok(RefusedRow { line: r.get(0)?, raw_phone: r.get(1)?, outcome: parsed(r, 2)?, reason: r.get(3)? })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// The audit trail of one job, oldest first.
+pub fn calls_for_job(conn: &Connection, job_id: i64) -> Result<Vec<CallSummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT operation, outcome, execution_sid, note FROM studio_calls WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([job_id], |r| {
+            Ok(CallSummary { operation: r.get(0)?, outcome: r.get(1)?, execution_sid: r.get(2)?, note: r.get(3)? })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+fn insert_call(conn: &Connection, call: &StudioCall) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO studio_calls (run_id, job_id, at, operation, request, http_status, response, outcome, execution_sid, note) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        call.run_id,
+        call.job_id,
+        call.at,
+        call.operation,
+        call.request,
+        call.http_status,
+        call.response,
+        call.outcome,
+        call.execution_sid,
+        call.note
+    ])?;
+    Ok(())
+}

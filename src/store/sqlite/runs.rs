@@ -1,0 +1,195 @@
+//! Runs: one firing of a campaign, with its frozen settings and import counts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{corrupt, millis, parsed};
+use crate::domain::{ConflictPolicy, FlowSid, JobState, RunState, SendWindow};
+use crate::store::{NewRun, Result, RunCounts, RunRow, StoreError};
+
+const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
+     max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
+     created_at, expanded_at, finished_at";
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    let flow: String = r.get(5)?;
+    let flow = FlowSid::parse(&flow).map_err(|e| corrupt(5, e.to_string()))?;
+    let max_wait: Option<i64> = r.get(8)?;
+    let on_conflict: String = r.get(7)?;
+    let policy = ConflictPolicy::from_parts(&on_conflict, max_wait.map(|ms| Duration::from_millis(ms.max(0) as u64)))
+        .map_err(|e| corrupt(7, e))?;
+    let window = match (r.get::<_, Option<String>>(10)?, r.get::<_, Option<String>>(11)?) {
+        (Some(start), Some(end)) => Some(SendWindow::parse(&start, &end).map_err(|e| corrupt(10, e))?),
+        _ => None,
+    };
+    Ok(RunRow {
+        id: r.get(0)?,
+        campaign: r.get(1)?,
+        kind: parsed(r, 2)?,
+        trigger: parsed(r, 3)?,
+        scheduled_at: r.get(4)?,
+        flow,
+        from: r.get(6)?,
+        policy,
+        rate: r.get(9)?,
+        window,
+        state: parsed(r, 12)?,
+        state_reason: r.get(13)?,
+        rows_total: r.get(14)?,
+        imported: r.get(15)?,
+        rejected: r.get(16)?,
+        duplicates: r.get(17)?,
+        created_at: r.get(18)?,
+        expanded_at: r.get(19)?,
+        finished_at: r.get(20)?,
+    })
+}
+
+/// Records a new run in state `expanding`. `None` if the campaign already has a
+/// run with this key (the same tick or content never makes two runs).
+pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i64>> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO runs (campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, \
+         from_addr, on_conflict, max_wait_ms, rate, window_start, window_end, state, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            run.campaign,
+            run.kind.as_str(),
+            run.trigger.as_str(),
+            run.run_key,
+            run.scheduled_at,
+            run.source,
+            run.flow.as_str(),
+            run.from,
+            run.policy.name(),
+            run.policy.max_wait().map(millis),
+            run.rate,
+            run.window.map(|w| w.start_text()),
+            run.window.map(|w| w.end_text()),
+            RunState::Expanding.as_str(),
+            now
+        ],
+    )?;
+    Ok((inserted == 1).then(|| conn.last_insert_rowid()))
+}
+
+/// Just a run's state (checked before every create, so kept cheap).
+pub fn run_state(conn: &Connection, id: i64) -> Result<RunState> {
+    let state: String = conn
+        .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::RunNotFound(id))?;
+    state.parse().map_err(StoreError::Corrupt)
+}
+
+pub fn get_run(conn: &Connection, id: i64) -> Result<RunRow> {
+    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))?
+        .query_row([id], run_from_row)
+        .optional()?
+        .ok_or(StoreError::RunNotFound(id))
+}
+
+/// Runs, newest first, optionally of one campaign.
+pub fn list_runs(conn: &Connection, campaign: Option<&str>, limit: u32) -> Result<Vec<RunRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR campaign = ?1) ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![campaign, limit], run_from_row)?.collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Runs that still have work: not finished and not cancelled.
+pub fn unfinished_runs(conn: &Connection) -> Result<Vec<RunRow>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE state NOT IN (?1, ?2) ORDER BY id"))?;
+    let rows = stmt
+        .query_map(params![RunState::Finished.as_str(), RunState::Cancelled.as_str()], run_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Import finished: the run is `active` (unless a user paused or cancelled it
+/// meanwhile). Its jobs were claimable while it was `expanding`.
+pub fn finish_expansion(conn: &mut Connection, id: i64, now: i64) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE runs SET expanded_at = ?2, state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END \
+         WHERE id = ?1",
+        params![id, now],
+    )?;
+    // Jobs written by a batch that raced a cancel are cancelled too.
+    tx.execute(
+        "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', updated_at = ?2, finished_at = ?2 \
+         WHERE run_id = ?1 AND state = 'pending' AND (SELECT state FROM runs WHERE id = ?1) = 'cancelled'",
+        params![id, now],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Where an interrupted import resumes: the last CSV line it committed.
+pub fn import_line(conn: &Connection, id: i64) -> Result<u64> {
+    let line: i64 = conn
+        .query_row("SELECT import_line FROM runs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::RunNotFound(id))?;
+    Ok(line.max(1) as u64)
+}
+
+/// Moves a run from `from` to `to` with a reason, only if it is still in
+/// `from`; returns whether it was (`false`: someone else changed it first).
+pub fn set_run_state(
+    conn: &mut Connection,
+    id: i64,
+    from: RunState,
+    to: RunState,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<bool> {
+    let tx = conn.transaction()?;
+    let finished = to.is_over().then_some(now);
+    let changed = tx.execute(
+        "UPDATE runs SET state = ?3, state_reason = ?4, finished_at = COALESCE(?5, finished_at) \
+         WHERE id = ?1 AND state = ?2",
+        params![id, from.as_str(), to.as_str(), reason, finished],
+    )?;
+    if changed == 0 {
+        // Tell a run that is not there from one that moved on.
+        run_state(&tx, id)?;
+        return Ok(false);
+    }
+    if to == RunState::Cancelled {
+        // Jobs not yet handed to Studio never will be. A job in `dispatching`
+        // has a request in flight; its outcome is recorded when it returns.
+        tx.execute(
+            "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', updated_at = ?2, finished_at = ?2 \
+             WHERE run_id = ?1 AND state = 'pending'",
+            params![id, now],
+        )?;
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Marks the run finished when no job is open; returns whether it did.
+pub fn finish_run_if_done(conn: &Connection, id: i64, now: i64) -> Result<bool> {
+    let changed = conn.execute(
+        "UPDATE runs SET state = 'finished', finished_at = ?2 WHERE id = ?1 AND state = 'active' \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND state IN ('pending', 'dispatching'))",
+        params![id, now],
+    )?;
+    Ok(changed == 1)
+}
+
+pub fn run_counts(conn: &Connection, id: i64) -> Result<RunCounts> {
+    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state")?;
+    let mut counts = BTreeMap::new();
+    for row in stmt.query_map([id], |r| Ok((parsed::<JobState>(r, 0)?, r.get::<_, i64>(1)?)))? {
+        let (state, n) = row?;
+        counts.insert(state, n);
+    }
+    Ok(RunCounts(counts))
+}

@@ -1,0 +1,180 @@
+//! What the ledger takes and gives: rows built from domain types, the same
+//! whichever database keeps them.
+
+use std::collections::BTreeMap;
+
+use chrono_tz::Tz;
+
+use crate::domain::{
+    CampaignKind, ConflictPolicy, FlowSid, JobOutcome, JobReason, JobState, Parameters, Phone, RowOutcome, RunState,
+    SendWindow, Trigger,
+};
+
+/// What a new run records about its campaign, frozen when the run starts so
+/// that a resume after an edit behaves like the run that was started.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub campaign: String,
+    pub kind: CampaignKind,
+    pub trigger: Trigger,
+    /// What makes the run unique for its campaign: the tick, the content hash,
+    /// or the moment of a manual start.
+    pub run_key: String,
+    pub scheduled_at: i64,
+    pub source: String,
+    pub flow: FlowSid,
+    pub from: String,
+    pub policy: ConflictPolicy,
+    pub rate: Option<u32>,
+    pub window: Option<SendWindow>,
+}
+
+/// A run as the ledger has it.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub id: i64,
+    pub campaign: String,
+    pub kind: CampaignKind,
+    pub trigger: Trigger,
+    pub scheduled_at: i64,
+    pub flow: FlowSid,
+    pub from: String,
+    pub policy: ConflictPolicy,
+    pub rate: Option<u32>,
+    pub window: Option<SendWindow>,
+    pub state: RunState,
+    pub state_reason: Option<String>,
+    pub rows_total: i64,
+    pub imported: i64,
+    pub rejected: i64,
+    pub duplicates: i64,
+    pub created_at: i64,
+    /// Set when the import is complete.
+    pub expanded_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// Jobs per state for one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunCounts(pub BTreeMap<JobState, i64>);
+
+impl RunCounts {
+    pub fn get(&self, state: JobState) -> i64 {
+        self.0.get(&state).copied().unwrap_or(0)
+    }
+
+    /// Jobs still to be settled.
+    pub fn open(&self) -> i64 {
+        self.get(JobState::Pending) + self.get(JobState::Dispatching)
+    }
+
+    pub fn total(&self) -> i64 {
+        self.0.values().sum()
+    }
+}
+
+/// A job as reports show it.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub line: i64,
+    pub phone: Phone,
+    pub state: JobState,
+    pub reason: Option<JobReason>,
+    pub execution_sid: Option<String>,
+    pub attempts: i64,
+    pub due_at: i64,
+    pub expires_at: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub last_error: Option<String>,
+    /// When Studio reported the Execution ended (Event Streams), and why.
+    pub execution_ended_at: Option<i64>,
+    pub ended_reason: Option<String>,
+}
+
+/// A job claimed for dispatch: already `dispatching` and committed.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub run_id: i64,
+    pub phone: Phone,
+    /// The contact's zone (for send windows).
+    pub zone: Tz,
+    pub parameters: Parameters,
+    pub attempts: i64,
+    pub failures: i64,
+    pub throttles: i64,
+    pub expires_at: Option<i64>,
+    pub attempt_started_at: i64,
+    pub ambiguous_since: Option<i64>,
+    pub conflict_sid: Option<String>,
+    pub conflict_since: Option<i64>,
+}
+
+/// One attempt's outcome, waiting to be recorded.
+#[derive(Debug, Clone)]
+pub struct SettledJob {
+    pub job_id: i64,
+    pub outcome: JobOutcome,
+    pub attempts_sent: i64,
+    pub at: i64,
+}
+
+/// One call to Studio, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct StudioCall {
+    pub run_id: Option<i64>,
+    pub job_id: Option<i64>,
+    pub at: i64,
+    pub operation: &'static str,
+    pub request: String,
+    pub http_status: Option<u16>,
+    pub response: Option<String>,
+    pub outcome: String,
+    pub execution_sid: Option<String>,
+    pub note: Option<String>,
+}
+
+/// One audit record, as tests and reports read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSummary {
+    pub operation: String,
+    pub outcome: String,
+    pub execution_sid: Option<String>,
+    pub note: Option<String>,
+}
+
+/// Import counts of one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub imported: i64,
+    pub rejected: i64,
+    pub duplicates: i64,
+}
+
+/// What an import refused or found duplicated, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedRow {
+    pub line: i64,
+    pub raw_phone: String,
+    pub outcome: RowOutcome,
+    pub reason: String,
+}
+
+/// A campaign as the service last saw it, and its schedule's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignRow {
+    pub name: String,
+    pub kind: CampaignKind,
+    pub source: String,
+    pub content_hash: String,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub enabled: bool,
+    pub last_tick_at: Option<i64>,
+    pub next_fire_at: Option<i64>,
+    pub removed_at: Option<i64>,
+    pub updated_at: i64,
+}
