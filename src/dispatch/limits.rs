@@ -79,6 +79,8 @@ impl Pacer {
 /// The limits shared by every run a process dispatches.
 pub struct RateLimits {
     account: Pacer,
+    /// Account-wide send slots handed out so far.
+    granted: std::sync::atomic::AtomicU64,
     campaigns: Mutex<HashMap<(String, u32), Arc<Pacer>>>,
     /// After a 429, no create goes out before this instant.
     held_until: Mutex<Option<Instant>>,
@@ -88,6 +90,7 @@ impl RateLimits {
     pub fn new(account_per_second: u32) -> Self {
         RateLimits {
             account: Pacer::new(account_per_second),
+            granted: std::sync::atomic::AtomicU64::new(0),
             campaigns: Mutex::new(HashMap::new()),
             held_until: Mutex::new(None),
         }
@@ -115,6 +118,13 @@ impl RateLimits {
             pacer.until_ready().await;
         }
         self.account.until_ready().await;
+        self.granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Account-wide send slots handed out so far (each is a create that was
+    /// allowed to go).
+    pub fn granted(&self) -> u64 {
+        self.granted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes a slot now if both limits allow it, without waiting.
@@ -128,7 +138,11 @@ impl RateLimits {
         {
             return false;
         }
-        self.account.try_acquire()
+        let taken = self.account.try_acquire();
+        if taken {
+            self.granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        taken
     }
 
     fn campaign_pacer(&self, campaign: &str, rate: Option<u32>) -> Option<Arc<Pacer>> {

@@ -28,6 +28,11 @@ use crate::studio::{StudioApi, TwilioError};
 const FLUSH_AT: usize = 256;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
+/// How often jobs whose `expires` passed unclaimed are settled in bulk (and
+/// always before a run is declared finished). They are never claimed, so they
+/// never hold a send slot; the sweep only records their end.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
 pub use limits::{Pacer, RateLimits};
 pub use process::Processed;
 
@@ -250,6 +255,8 @@ impl<S: StudioApi> Dispatcher<S> {
         // Outcomes waiting to be committed in one transaction.
         let mut settled: Vec<SettledJob> = Vec::new();
         let mut last_flush = std::time::Instant::now();
+        let mut last_sweep = std::time::Instant::now();
+        self.sweep_expired(run_id).await?;
         // Jobs found mid-dispatch are reconciled before anything new is sent.
         let mut reconciling = recovered > 0;
 
@@ -265,7 +272,8 @@ impl<S: StudioApi> Dispatcher<S> {
                 break;
             }
             let free = slots.available_permits();
-            if free > 0 && self.store.next_due_at(run_id).await?.is_some_and(|due| due <= self.now_ms()) {
+            let now = self.now_ms();
+            if free > 0 && self.store.next_due_at(run_id, now).await?.is_some_and(|due| due <= now) {
                 // Take a send token first and claim after, so that a job is
                 // `dispatching` only while its request is about to go out: a pause
                 // or a crash then finds almost nothing in flight.
@@ -301,6 +309,10 @@ impl<S: StudioApi> Dispatcher<S> {
             // Before deciding anything from the ledger, or waiting, record what
             // has settled.
             self.flush(&mut settled).await?;
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                self.sweep_expired(run_id).await?;
+                last_sweep = std::time::Instant::now();
+            }
             if tasks.is_empty() {
                 let run = self.store.get_run(run_id).await?;
                 match run.state {
@@ -310,7 +322,7 @@ impl<S: StudioApi> Dispatcher<S> {
                     RunState::Active | RunState::Expanding => {}
                 }
                 let expanding = run.state == RunState::Expanding;
-                match self.store.next_due_at(run_id).await? {
+                match self.store.next_due_at(run_id, self.now_ms()).await? {
                     // Its CSV is still being read: more jobs are coming.
                     None if expanding && stop_when_idle => return Ok(RunEnd::Idle { next_due_at: self.now_ms() }),
                     None if expanding => {
@@ -321,6 +333,8 @@ impl<S: StudioApi> Dispatcher<S> {
                         }
                     }
                     None => {
+                        // What is left pending has expired: settle it, then finish.
+                        self.sweep_expired(run_id).await?;
                         self.store.finish_run_if_done(run_id, self.now_ms()).await?;
                         return Ok(RunEnd::Finished(self.store.run_counts(run_id).await?));
                     }
@@ -337,7 +351,7 @@ impl<S: StudioApi> Dispatcher<S> {
                     }
                 }
             } else {
-                let wait = match self.store.next_due_at(run_id).await? {
+                let wait = match self.store.next_due_at(run_id, self.now_ms()).await? {
                     Some(due) if free > 0 => Duration::from_millis((due - self.now_ms()).max(1) as u64),
                     _ => self.settings.idle_poll,
                 };
@@ -393,6 +407,15 @@ impl<S: StudioApi> Dispatcher<S> {
         }
     }
 
+    /// Settles the run's pending jobs whose `expires` has passed, in bulk.
+    async fn sweep_expired(&self, run_id: i64) -> Result<usize, DispatchError> {
+        let expired = self.store.expire_overdue(run_id, self.now_ms()).await?;
+        if expired > 0 {
+            tracing::info!(run = run_id, jobs = expired, "jobs expired before they could be sent");
+        }
+        Ok(expired)
+    }
+
     /// Commits the settled outcomes and pending audit records in one transaction.
     async fn flush(&self, settled: &mut Vec<SettledJob>) -> Result<(), DispatchError> {
         let calls = std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()));
@@ -421,7 +444,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 if let Some(reason) = processed.stop {
                     stop.get_or_insert(reason);
                 } else if let Some(reason) = breaker.record(&processed.outcome) {
-                    tracing::error!("{reason}");
+                    tracing::error!("{}", crate::domain::mask_phones_in(&reason.to_string()));
                     stop.get_or_insert(reason);
                 }
             }

@@ -3,7 +3,7 @@
 //! campaign's conflict policy decides on a 409.
 
 use super::{Dispatcher, RunContext, StopReason};
-use crate::domain::{ConflictFacts, ConflictStep, JobOutcome, JobReason, ReasonKind, backoff_delay};
+use crate::domain::{ConflictFacts, ConflictStep, JobOutcome, JobReason, ReasonKind, backoff_delay, mask_phones_in};
 use crate::store::{ClaimedJob, StudioCall};
 use crate::studio::{CreateRequest, ListFilter, StudioApi, StudioError};
 use crate::telemetry;
@@ -28,7 +28,13 @@ impl<S: StudioApi> Dispatcher<S> {
     pub(crate) async fn process(&self, ctx: &RunContext, job: ClaimedJob) -> Processed {
         let mut sent = 0;
         let (outcome, stop) = self.decide(ctx, &job, &mut sent).await;
-        tracing::debug!(job = job.id, run = ctx.run_id, phone = %job.phone.masked(), outcome = ?outcome, "job attempt settled");
+        tracing::debug!(
+            job = job.id,
+            run = ctx.run_id,
+            phone = %job.phone.masked(),
+            outcome = %mask_phones_in(&format!("{outcome:?}")),
+            "job attempt settled"
+        );
         // Recorded by the run loop, in a batch with others (one commit for many).
         Processed { job_id: job.id, outcome, stop, attempts_sent: sent, at: self.now_ms() }
     }
@@ -155,7 +161,11 @@ impl<S: StudioApi> Dispatcher<S> {
             round += 1;
             match step {
                 ConflictStep::CreateAgain => {
-                    tracing::debug!(job = job.id, %error, "409 without an active execution to be found; creating again");
+                    tracing::debug!(
+                        job = job.id,
+                        error = %mask_phones_in(&error.to_string()),
+                        "409 without an active execution to be found; creating again"
+                    );
                 }
                 ConflictStep::EndThenCreate(active) => {
                     let ended = self.studio.end_execution(&ctx.flow, &active).await;

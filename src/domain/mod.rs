@@ -23,7 +23,7 @@ pub use digest::{Sha256Hex, hex, sha256_hex};
 pub use duration::{format_duration, parse_duration};
 pub use job::{CampaignKind, JobReason, JobState, NotAllowed, ReasonKind, RunAction, RunState, Trigger};
 pub use outcome::JobOutcome;
-pub use phone::{Phone, PhoneError, parse_region};
+pub use phone::{Phone, PhoneError, mask_phones_in, parse_region};
 pub use policy::{ConflictFacts, ConflictPolicy, ConflictStep, DEFAULT_MAX_WAIT, backoff_delay};
 pub use sid::{ExecutionSid, FlowSid, SidError, find_execution_sid};
 pub use template::{Template, TemplateError, TimeTemplate, parse_instant};

@@ -64,6 +64,28 @@ impl fmt::Display for Phone {
     }
 }
 
+/// `text` with every E.164-looking number (`+` and 7 to 15 digits) masked as
+/// [`Phone::masked`] does, for log lines that carry text from elsewhere (a
+/// Studio error message may quote the number it refused).
+pub fn mask_phones_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('+') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if (7..=15).contains(&digits) {
+            out.push_str(&Phone(format!("+{}", &after[..digits])).masked());
+        } else {
+            out.push('+');
+            out.push_str(&after[..digits]);
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses a two-letter region code such as `US` or `de`.
 pub fn parse_region(code: &str) -> Option<Id> {
     Id::from_str(&code.trim().to_ascii_uppercase()).ok()
@@ -93,5 +115,11 @@ mod tests {
     fn masking_keeps_only_the_last_two_digits() {
         let p = Phone::from_e164("+12015550123".into());
         assert_eq!(p.masked(), "+*********23");
+    }
+
+    #[test]
+    fn numbers_inside_other_text_are_masked_too() {
+        let text = "Twilio error 21211: The 'To' number +15005550001 is not valid; 1+1 = +2";
+        assert_eq!(mask_phones_in(text), "Twilio error 21211: The 'To' number +*********01 is not valid; 1+1 = +2");
     }
 }

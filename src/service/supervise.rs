@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Service, ServiceEvent};
 use crate::campaign::Campaign;
 use crate::dispatch::RunEnd;
-use crate::domain::{RunState, Trigger};
+use crate::domain::{RunState, Trigger, mask_phones_in};
 use crate::studio::StudioApi;
 
 impl<S: StudioApi> Service<S> {
@@ -97,7 +97,9 @@ impl<S: StudioApi> Service<S> {
                 let end = this.dispatcher.run_to_end(run.id).await;
                 match &end {
                     Ok(RunEnd::Finished(counts)) => tracing::info!(run = run.id, counts = ?counts.0, "run finished"),
-                    Ok(RunEnd::Stopped(reason)) => tracing::error!(run = run.id, "run stopped: {reason}"),
+                    Ok(RunEnd::Stopped(reason)) => {
+                        tracing::error!(run = run.id, "run stopped: {}", mask_phones_in(&reason.to_string()))
+                    }
                     Ok(other) => tracing::info!(run = run.id, end = ?other, "run dispatch ended"),
                     Err(e) => tracing::error!(run = run.id, error = %e, "run dispatch failed"),
                 }

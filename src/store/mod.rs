@@ -258,9 +258,15 @@ impl Store {
         self.write(move |c| sqlite::jobs::recover_dispatching(c, run_id, now)).await
     }
 
-    /// The earliest due time among a run's pending jobs.
-    pub async fn next_due_at(&self, run_id: i64) -> Result<Option<i64>> {
-        self.read(move |c| sqlite::jobs::next_due_at(c, run_id)).await
+    /// The earliest due time among a run's pending jobs not expired by `now`.
+    pub async fn next_due_at(&self, run_id: i64, now: i64) -> Result<Option<i64>> {
+        self.read(move |c| sqlite::jobs::next_due_at(c, run_id, now)).await
+    }
+
+    /// Settles a run's pending jobs whose `expires` has passed as `expired`, in
+    /// bulk; expired jobs are never claimed, so they take no send slot.
+    pub async fn expire_overdue(&self, run_id: i64, now: i64) -> Result<usize> {
+        self.write(move |c| sqlite::jobs::expire_overdue(c, run_id, now)).await
     }
 
     /// One page of a run's jobs in id order after job id `after`, optionally in
@@ -349,5 +355,20 @@ mod tests {
         assert!(Ledger::parse("postgres://localhost/x").unwrap_err().contains("PostgreSQL"));
         assert!(Ledger::parse("mysql://x").unwrap_err().contains("unknown ledger scheme \"mysql\""));
         assert!(Ledger::parse(" ").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_ledger_reached_through_a_symlink_is_locked_by_its_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("flowcast.db");
+        let alias = dir.path().join("alias.db");
+        let first = Store::open_path(&real).await.unwrap();
+        let _held = first.lock_for_dispatch("flowcast serve").await.unwrap();
+        std::os::unix::fs::symlink(&real, &alias).unwrap();
+        let second = Store::open_path(&alias).await.unwrap();
+        let err = second.lock_for_dispatch("flowcast run").await.unwrap_err().to_string();
+        assert!(err.contains("in use by another flowcast process (flowcast serve, pid"), "{err}");
+        let dotted = Store::open_path(&dir.path().join("sub/../flowcast.db")).await.unwrap();
+        assert!(dotted.lock_for_dispatch("flowcast resume").await.is_err(), "`..` names the same ledger");
     }
 }

@@ -138,6 +138,32 @@ async fn an_invalid_request_fails_the_job_with_twilios_code_and_message() {
 }
 
 #[tokio::test]
+async fn a_phone_quoted_in_studios_error_text_is_masked_in_debug_logs() {
+    let mut server = mockito::Server::new_async().await;
+    let _m = server
+        .mock("POST", format!("/v2/Flows/{FLOW}/Executions").as_str())
+        .with_status(400)
+        .with_body(
+            r#"{"code": 21211, "message": "The 'To' number +12015550000 is not a valid phone number.", "status": 400}"#,
+        )
+        .create_async()
+        .await;
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(1)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let url = server.url();
+    let mut env = creds(&url);
+    env.push(("FLOWCAST_LOG", "flowcast=debug"));
+
+    let out = app.flowcast(&["run", "c"], &env).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("job attempt settled"), "debug lines are on: {log}");
+    assert!(!log.contains("+12015550000"), "the number never appears in full: {log}");
+}
+
+#[tokio::test]
 async fn status_and_report_show_the_runs_outcome() {
     let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
     let busy = sim.start_foreign_execution(FLOW, "+12015550001");

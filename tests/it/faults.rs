@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use flowcast::dispatch::{DispatchSettings, RunEnd};
-use flowcast::studio::simulator::{Faults, SimConfig, Simulator};
+use flowcast::studio::simulator::{FaultKind, Faults, SimConfig, Simulator};
 use flowcast::studio::{Credentials, HttpStudio, StudioConfig};
 
 use crate::helpers::*;
@@ -43,7 +43,7 @@ async fn errors_before_and_after_committing_never_lose_or_double_a_contact() {
     let seed = seed("errors_before_and_after");
     let faults = Faults { seed, error_before: 0.1, error_after: 0.1, ..Faults::default() };
     let (app, sim, run) = run_under(faults, None, 150).await;
-    assert!(sim.faults_injected() > 0);
+    assert!(sim.injected(FaultKind::ErrorBefore) > 0 && sim.injected(FaultKind::ErrorAfter) > 0);
     assert_exactly_once(&app, run, &sim, &phones(150)).await;
 }
 
@@ -52,7 +52,7 @@ async fn connections_dropped_after_committing_are_reconciled() {
     let seed = seed("dropped_connections");
     let faults = Faults { seed, drop_after: 0.15, ..Faults::default() };
     let (app, sim, run) = run_under(faults, None, 150).await;
-    assert!(sim.faults_injected() > 0);
+    assert!(sim.injected(FaultKind::DropAfter) > 0);
     assert_exactly_once(&app, run, &sim, &phones(150)).await;
 }
 
@@ -61,7 +61,7 @@ async fn answers_slower_than_the_timeout_are_reconciled() {
     let seed = seed("slow_answers");
     let faults = Faults { seed, slow_after: 0.1, slow_delay: Duration::from_millis(800), ..Faults::default() };
     let (app, sim, run) = run_under(faults, None, 120).await;
-    assert!(sim.faults_injected() > 0);
+    assert!(sim.injected(FaultKind::SlowAfter) > 0);
     assert_exactly_once(&app, run, &sim, &phones(120)).await;
 }
 
@@ -84,7 +84,7 @@ async fn executions_that_end_at_once_are_still_found_after_an_ambiguous_answer()
     let seed = seed("ended_at_once");
     let faults = Faults { seed, error_after: 0.15, drop_after: 0.1, ..Faults::default() };
     let (app, sim, run) = run_under(faults, Some(Duration::ZERO), 150).await;
-    assert!(sim.faults_injected() > 0);
+    assert!(sim.injected(FaultKind::ErrorAfter) > 0 && sim.injected(FaultKind::DropAfter) > 0);
     assert_exactly_once(&app, run, &sim, &phones(150)).await;
 }
 
@@ -102,6 +102,15 @@ async fn every_fault_at_once() {
         burst_len: 3,
     };
     let (app, sim, run) = run_under(faults, Some(Duration::from_millis(100)), 200).await;
+    for kind in [
+        FaultKind::ErrorBefore,
+        FaultKind::ErrorAfter,
+        FaultKind::DropAfter,
+        FaultKind::SlowAfter,
+        FaultKind::ThrottleBurst,
+    ] {
+        assert!(sim.injected(kind) > 0, "{kind:?} was injected");
+    }
     assert_exactly_once(&app, run, &sim, &phones(200)).await;
 }
 

@@ -134,3 +134,37 @@ async fn send_at_defers_each_contact_and_expired_jobs_are_never_sent() {
     let sent: Vec<String> = sim.executions().into_iter().map(|e| e.to).collect();
     assert_eq!(sent, ["+12015550002", "+12015550003"]);
 }
+
+#[tokio::test]
+async fn expired_jobs_end_in_bulk_without_taking_a_send_slot() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    let mut csv = String::from("phone,first_name,appointment_at\n");
+    for (i, p) in phones(100).iter().enumerate() {
+        csv.push_str(&format!("{p},Name{i},2020-01-01T09:00:00Z\n"));
+    }
+    csv.push_str("+12015559999,Fresh,2099-01-01T09:00:00Z\n");
+    app.write("c.csv", csv);
+    app.write("c.toml", campaign_toml("c.csv", "expires = \"{{appointment_at}}\""));
+    let run = app.start_run("c.toml").await;
+    // 10/s: were each expired job to take a slot first, these 100 would hold the
+    // account's limiter for ten seconds.
+    let limits = Arc::new(flowcast::dispatch::RateLimits::new(10));
+    let dispatcher = flowcast::dispatch::Dispatcher::new(
+        app.store().await,
+        Arc::new(http_studio(&sim.url())),
+        Arc::new(flowcast::schedule::SystemClock),
+        fast_settings(),
+        Arc::clone(&limits),
+    );
+
+    let end = dispatcher.run_to_end(run).await.unwrap();
+
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+    let jobs = app.jobs(run).await;
+    let expired = jobs.iter().filter(|j| j.state == flowcast::domain::JobState::Expired).count();
+    assert_eq!(expired, 100);
+    assert!(jobs.iter().filter(|j| j.state == flowcast::domain::JobState::Expired).all(|j| j.attempts == 0));
+    assert_eq!(sim.executions().len(), 1, "only the contact whose expiry is ahead");
+    assert_eq!(limits.granted(), 1, "one send slot, for the one create");
+}

@@ -125,6 +125,7 @@ pub fn claim_due(
     let mut stmt = conn.prepare_cached(
         "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?2, updated_at = ?2 \
          WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
+                      AND (expires_at IS NULL OR expires_at > ?2) \
                       AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
                       ORDER BY due_at, id LIMIT ?3) \
            AND (SELECT state FROM runs WHERE id = ?1) IN ('active', 'expanding') \
@@ -247,13 +248,28 @@ pub fn recover_dispatching(conn: &Connection, run_id: i64, now: i64) -> Result<u
     )?)
 }
 
-/// The earliest due time among a run's pending jobs.
-pub fn next_due_at(conn: &Connection, run_id: i64) -> Result<Option<i64>> {
+/// The earliest due time among a run's pending jobs that have not expired by
+/// `now` (expired ones are never claimed; [`expire_overdue`] settles them).
+pub fn next_due_at(conn: &Connection, run_id: i64, now: i64) -> Result<Option<i64>> {
     Ok(conn
-        .prepare_cached("SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending'")?
-        .query_row([run_id], |r| r.get::<_, Option<i64>>(0))
+        .prepare_cached(
+            "SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending' \
+             AND (expires_at IS NULL OR expires_at > ?2)",
+        )?
+        .query_row(params![run_id, now], |r| r.get::<_, Option<i64>>(0))
         .optional()?
         .flatten())
+}
+
+/// Settles every pending job of a run whose `expires` has passed as `expired`,
+/// in one statement: expired jobs never take a send slot. Returns how many.
+pub fn expire_overdue(conn: &Connection, run_id: i64, now: i64) -> Result<usize> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'expired', reason = 'expired', finished_at = ?2, updated_at = ?2 \
+             WHERE run_id = ?1 AND state = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?2",
+        )?
+        .execute(params![run_id, now])?)
 }
 
 /// One page of a run's jobs in id order, after job id `after`, optionally in

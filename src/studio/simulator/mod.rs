@@ -42,7 +42,7 @@ mod executions;
 mod faults;
 mod flows;
 
-pub use faults::Faults;
+pub use faults::{FaultKind, Faults};
 
 use flows::SimFlow;
 
@@ -99,6 +99,7 @@ struct SimState {
     throttled: u64,
     conflicts: u64,
     faults_injected: u64,
+    injected_by_kind: [u64; FaultKind::COUNT],
     burst_left: u32,
     flows: HashMap<String, SimFlow>,
     rng: Option<rand::rngs::StdRng>,
@@ -169,6 +170,11 @@ impl Simulator {
     /// Faults injected so far (each 500, dropped connection, slow answer or 429 of a burst).
     pub fn faults_injected(&self) -> u64 {
         lock(&self.shared.state).faults_injected
+    }
+
+    /// How many faults of `kind` were injected (a throttle burst counts once).
+    pub fn injected(&self, kind: FaultKind) -> u64 {
+        lock(&self.shared.state).injected_by_kind[kind.index()]
     }
 
     /// 409s answered so far.
