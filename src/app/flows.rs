@@ -163,7 +163,24 @@ async fn pull(config: &Config, names: Vec<String>, all: bool, force: bool) -> Co
         }
         let flow = with_retries(false, || studio.client.fetch_flow(&sid)).await.map_err(Failure::studio)?;
         let definition = flow.definition.unwrap_or_default();
-        let text = serde_json::to_string_pretty(&definition).unwrap_or_default() + "\n";
+        // A local file's ${VAR}s stay wherever Studio holds what they resolve
+        // to; the file is meant for every account, not just this one.
+        let local =
+            std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let written = match &local {
+            Some(template) => {
+                let (kept, replaced) = flows::keep_placeholders(template, &definition);
+                for path in replaced {
+                    println!(
+                        "{}: {path}: Studio's value differs from the ${{VAR}} placeholder; written as Studio has it",
+                        file.display()
+                    );
+                }
+                kept
+            }
+            None => definition.clone(),
+        };
+        let text = serde_json::to_string_pretty(&written).unwrap_or_default() + "\n";
         std::fs::write(&file, &text).map_err(|e| Failure::input(anyhow!("{}: {e}", file.display())))?;
         let hash = crate::domain::sha256_hex(definition.to_string().as_bytes());
         lock.set(&account, &name, Deployed { sid: sid.clone(), revision: flow.revision.unwrap_or(1), hash });

@@ -111,6 +111,21 @@ pub fn check_shape(file: &str, value: &Value) -> Result<(), FlowError> {
             return Err(shape(format!("state name {name:?} is used twice")));
         }
     }
+    // A transition to a widget that does not exist would strand every
+    // Execution that takes it; an empty `next` is Studio's "end here".
+    for state in states {
+        let transitions = state["transitions"].as_array().map(Vec::as_slice).unwrap_or_default();
+        for t in transitions {
+            let next = t["next"].as_str().unwrap_or_default();
+            if !next.is_empty() && !names.contains(next) {
+                let from = state["name"].as_str().unwrap_or_default();
+                let event = t["event"].as_str().unwrap_or("?");
+                return Err(shape(format!(
+                    "state {from:?}: transition {event:?} goes to {next:?}, which is not a state"
+                )));
+            }
+        }
+    }
     let initial = obj
         .get("initial_state")
         .and_then(Value::as_str)
@@ -285,6 +300,79 @@ impl Lock {
     }
 }
 
+/// Studio's definition of a pulled Flow, with the `${VAR}` placeholders of the
+/// local `template` kept wherever Studio's value is what the placeholder would
+/// have produced (so a pull does not bake one account's values into a file
+/// meant for every account). Returns the definition and the JSON paths where a
+/// placeholder had to give way to a different value.
+pub fn keep_placeholders(template: &Value, deployed: &Value) -> (Value, Vec<String>) {
+    let mut replaced = Vec::new();
+    let kept = keep_at(template, deployed, String::new(), &mut replaced);
+    (kept, replaced)
+}
+
+fn keep_at(template: &Value, deployed: &Value, path: String, replaced: &mut Vec<String>) -> Value {
+    match (template, deployed) {
+        (Value::String(t), Value::String(d)) if t.contains("${") => {
+            if matches_placeholders(t, d) {
+                Value::String(t.clone())
+            } else {
+                replaced.push(if path.is_empty() { "/".into() } else { path });
+                deployed.clone()
+            }
+        }
+        (Value::Object(t), Value::Object(d)) => Value::Object(
+            d.iter()
+                .map(|(k, v)| {
+                    let value = match t.get(k) {
+                        Some(tv) => keep_at(tv, v, format!("{path}/{k}"), replaced),
+                        None => v.clone(),
+                    };
+                    (k.clone(), value)
+                })
+                .collect(),
+        ),
+        (Value::Array(t), Value::Array(d)) => Value::Array(
+            d.iter()
+                .enumerate()
+                .map(|(i, v)| match t.get(i) {
+                    Some(tv) => keep_at(tv, v, format!("{path}/{i}"), replaced),
+                    None => v.clone(),
+                })
+                .collect(),
+        ),
+        _ => deployed.clone(),
+    }
+}
+
+/// Whether `value` is what `template` gives for some values of its `${VAR}`s:
+/// the literal parts, in order, with anything between them.
+fn matches_placeholders(template: &str, value: &str) -> bool {
+    let mut literals = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        literals.push(&rest[..start]);
+        match rest[start..].find('}') {
+            Some(end) => rest = &rest[start + end + 1..],
+            None => return template == value,
+        }
+    }
+    let last = rest;
+    let Some((first, middle)) = literals.split_first() else {
+        return template == value;
+    };
+    let Some(mut remaining) = value.strip_prefix(first) else {
+        return false;
+    };
+    for literal in middle {
+        match remaining.find(literal) {
+            Some(at) => remaining = &remaining[at + literal.len()..],
+            None => return false,
+        }
+    }
+    remaining.ends_with(last)
+}
+
 /// How a campaign's Flow SID is found when the campaign names a flow file
 /// instead of a SID.
 pub trait FlowResolver: Send + Sync + 'static {
@@ -357,6 +445,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_keeps_the_placeholders_that_studios_values_match() {
+        let template = serde_json::json!({"states": [{"properties": {
+            "body": "Hi from ${CLINIC} at ${PHONE}", "url": "${BASE}/hook", "plain": "x"}}]});
+        let deployed = serde_json::json!({"states": [{"properties": {
+            "body": "Hi from Main St at +1 555", "url": "https://other.example/moved", "plain": "y", "new": 1}}]});
+        let (kept, replaced) = keep_placeholders(&template, &deployed);
+        assert_eq!(kept["states"][0]["properties"]["body"], "Hi from ${CLINIC} at ${PHONE}");
+        assert_eq!(kept["states"][0]["properties"]["url"], "https://other.example/moved");
+        assert_eq!(kept["states"][0]["properties"]["plain"], "y");
+        assert_eq!(kept["states"][0]["properties"]["new"], 1);
+        assert_eq!(replaced, ["/states/0/properties/url"]);
+        assert!(matches_placeholders("${A}", "anything"));
+        assert!(!matches_placeholders("a-${B}-c", "a-b-d"));
+    }
+
+    #[test]
     fn pulled_names_are_slugs_made_unique() {
         let mut taken = HashSet::new();
         assert_eq!(file_name_for("Appointment Reminder (v2)", &taken), "appointment-reminder-v2");
@@ -374,5 +478,12 @@ mod tests {
         let mut twice = ok.clone();
         twice["states"] = serde_json::json!([{"name": "A", "type": "x"}, {"name": "A", "type": "y"}]);
         assert!(check_shape("f", &twice).unwrap_err().to_string().contains("used twice"));
+        let mut dangling = ok.clone();
+        dangling["states"][0]["transitions"] = serde_json::json!([{"event": "incomingRequest", "next": "nowhere"}]);
+        let err = check_shape("f", &dangling).unwrap_err().to_string();
+        assert!(err.contains("transition \"incomingRequest\" goes to \"nowhere\", which is not a state"), "{err}");
+        let mut ends = ok.clone();
+        ends["states"][0]["transitions"] = serde_json::json!([{"event": "incomingRequest", "next": ""}]);
+        assert!(check_shape("f", &ends).is_ok(), "an empty next ends the Flow");
     }
 }

@@ -365,3 +365,42 @@ async fn flow_commands_retry_a_throttled_call() {
     throttled.assert_async().await;
     ok.assert_async().await;
 }
+
+#[tokio::test]
+async fn pull_force_keeps_the_placeholders_a_definition_was_deployed_with() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let app = TestApp::new();
+    let url = sim.url();
+    let env = studio_env(&url, ACCOUNT);
+    std::fs::write(app.flows.join("reminder.json"), definition("Hello from ${CLINIC}")).unwrap();
+    let vars = app.dir.path().join("clinic.env");
+    std::fs::write(&vars, "CLINIC=Main St\n").unwrap();
+    let deployed = app.flowcast(&["flows", "deploy", "--env-file", vars.to_str().unwrap()], &env).await;
+    assert_eq!(deployed.status.code(), Some(0), "{}{}", stdout(&deployed), stderr(&deployed));
+
+    let out = app.flowcast(&["flows", "pull", "reminder", "--force"], &env).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let pulled: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(app.flows.join("reminder.json")).unwrap()).unwrap();
+    assert_eq!(pulled["states"][1]["properties"]["body"], "Hello from ${CLINIC}", "not the resolved value");
+}
+
+#[tokio::test]
+async fn a_transition_to_a_widget_that_does_not_exist_is_refused() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let app = TestApp::new();
+    let url = sim.url();
+    let mut flow: serde_json::Value = serde_json::from_str(&definition("hi")).unwrap();
+    flow["states"][1]["transitions"] = json!([{"event": "sent", "next": "nowhere"}]);
+    std::fs::write(app.flows.join("reminder.json"), flow.to_string()).unwrap();
+
+    let out = app.flowcast(&["flows", "validate"], &studio_env(&url, ACCOUNT)).await;
+
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("goes to \"nowhere\", which is not a state"), "{text}");
+    // Studio (here, the simulator) refuses it too, when asked directly.
+    let refused = http_studio(&url).validate_flow("x", "published", &flow.to_string()).await.unwrap_err();
+    assert!(refused.to_string().contains("Invalid Flow Definition"), "{refused}");
+}

@@ -72,6 +72,17 @@ fn check_definition(form: &[(String, String)]) -> Result<Value, Response> {
             errors.push(json!({ "message": "state has no type", "property_path": format!("#/states/{i}") }));
         }
     }
+    for (i, state) in states.iter().enumerate() {
+        for (j, t) in state["transitions"].as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+            let next = t["next"].as_str().unwrap_or("");
+            if !next.is_empty() && !states.iter().any(|s| s["name"].as_str() == Some(next)) {
+                errors.push(json!({
+                    "message": format!("transition to {next:?}, which is not a widget of this flow"),
+                    "property_path": format!("#/states/{i}/transitions/{j}/next"),
+                }));
+            }
+        }
+    }
     let initial = definition["initial_state"].as_str().unwrap_or("");
     if !states.iter().any(|s| s["name"].as_str() == Some(initial)) {
         errors.push(json!({ "message": format!("initial_state {initial:?} is not a state"), "property_path": "#/initial_state" }));
