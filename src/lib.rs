@@ -13,7 +13,9 @@
 //!    ledger, behind async methods that take and return [`domain`] types.
 //! 5. [`dispatch`] claims due jobs, holds the account-wide and per-campaign rates,
 //!    calls Studio through [`studio`] (the only HTTP to Twilio), settles 409
-//!    conflicts by the policy's pure decision, and records each outcome.
+//!    conflicts by the policy's pure decision, and records each outcome;
+//!    [`collect`] reads each Execution back afterwards (status, the widget it
+//!    ended in, the campaign's outcome fields).
 //! 6. [`service`] is `flowcast serve`: the folder watcher, [`schedule`]d ticks,
 //!    one dispatch task per run, and the HTTP API; [`views`] are the JSON shapes
 //!    of runs and jobs that it, `status` and `report` share.
@@ -27,6 +29,7 @@
 pub mod app;
 pub mod campaign;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod contacts;
 pub mod dispatch;

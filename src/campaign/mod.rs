@@ -14,7 +14,7 @@ use chrono_tz::Tz;
 use phonenumber::country::Id;
 
 use crate::contacts::ReadOptions;
-use crate::domain::{CampaignKind, ConflictPolicy, FlowSid, SendWindow, Template, TimeTemplate};
+use crate::domain::{CampaignKind, ConflictPolicy, FlowSid, OutcomeField, SendWindow, Template, TimeTemplate};
 
 pub use expand::expand;
 pub use load::{LoadedFolder, content_hash, list_campaign_files, load_files, load_folder, load_one, name_taken};
@@ -86,6 +86,8 @@ pub struct Campaign {
     pub enabled: bool,
     /// `None`: pass every CSV column except the phone column.
     pub parameters: Option<BTreeMap<String, ParamValue>>,
+    /// What to read back from each Execution (`[outcomes]`).
+    pub outcomes: Vec<OutcomeField>,
     /// The file this came from.
     pub source: PathBuf,
 }

@@ -319,6 +319,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         expires: expires.map(|(t, _)| t),
         enabled: raw.enabled.unwrap_or(true),
         parameters: parameters.map(|m| m.into_iter().map(|(k, (v, _))| (k, v)).collect()),
+        outcomes: Vec::new(),
         source: file.to_path_buf(),
     })
 }

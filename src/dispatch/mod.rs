@@ -63,6 +63,9 @@ pub struct DispatchSettings {
     /// Consecutive transient failures across a run's jobs that pause the run
     /// (the circuit opens); 0 never opens it.
     pub breaker_streak: u32,
+    /// How long after a create its Execution is first read back for the
+    /// outcome (sooner when Studio reports it ended).
+    pub outcome_after: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -79,6 +82,7 @@ impl Default for DispatchSettings {
             shutdown_grace: Duration::from_secs(30),
             ambiguous_settle: Duration::from_secs(15),
             breaker_streak: 20,
+            outcome_after: Duration::from_secs(300),
         }
     }
 }
@@ -205,6 +209,11 @@ impl<S: StudioApi> Dispatcher<S> {
             wake: Arc::new(tokio::sync::Notify::new()),
             calls: Arc::new(std::sync::Mutex::new(Vec::new())),
         }
+    }
+
+    /// The Studio this dispatcher calls.
+    pub fn studio(&self) -> Arc<S> {
+        Arc::clone(&self.studio)
     }
 
     /// Makes every idle run loop look for due jobs now.
@@ -422,7 +431,7 @@ impl<S: StudioApi> Dispatcher<S> {
         if settled.is_empty() && calls.is_empty() {
             return Ok(());
         }
-        self.store.record_outcomes(std::mem::take(settled), calls).await?;
+        self.store.record_outcomes(std::mem::take(settled), calls, self.settings.outcome_after).await?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 mod contact;
 mod digest;
 mod duration;
+mod fields;
 mod job;
 mod outcome;
 mod phone;
@@ -21,6 +22,9 @@ mod window;
 pub use contact::{ImportRow, JobSpec, NotAnObject, Parameters, Rejection, RowOutcome};
 pub use digest::{Sha256Hex, hex, sha256_hex};
 pub use duration::{format_duration, parse_duration};
+pub use fields::{
+    BUILT_IN_FIELDS, CollectedOutcome, FieldSummary, OutcomeField, OutcomeState, OutcomeType, StepSeen, ended_in,
+};
 pub use job::{CampaignKind, JobReason, JobState, NotAllowed, ReasonKind, RunAction, RunState, Trigger};
 pub use outcome::JobOutcome;
 pub use phone::{Phone, PhoneError, mask_phones_in, parse_region};

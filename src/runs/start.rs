@@ -25,6 +25,7 @@ pub fn new_run(campaign: &Campaign, flow: &FlowSid, trigger: Trigger, run_key: S
         policy: campaign.on_conflict,
         rate: campaign.rate,
         window: campaign.send_window,
+        outcomes: campaign.outcomes.clone(),
     }
 }
 

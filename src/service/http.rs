@@ -328,5 +328,9 @@ async fn studio_webhook<S: StudioApi>(
     if woken > 0 {
         state.service.dispatcher.wake_all();
     }
+    if ended_count > 0 {
+        // Their outcomes can be read back now.
+        state.service.collector.wake();
+    }
     json_body(StatusCode::OK, json!({ "accepted": count, "ended": ended_count, "woken": woken }))
 }

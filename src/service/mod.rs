@@ -27,6 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::campaign::{Campaign, CampaignError, Folders};
+use crate::collect::{CollectSettings, Collector};
 use crate::dispatch::Dispatcher;
 use crate::flows::FlowResolver;
 use crate::runs::Imports;
@@ -46,6 +47,8 @@ pub struct ServiceSettings {
     /// How long file events must be quiet before a rescan (a file written in
     /// several steps is read once, complete).
     pub debounce: Duration,
+    /// How outcomes are read back.
+    pub collect: CollectSettings,
 }
 
 impl Default for ServiceSettings {
@@ -54,6 +57,7 @@ impl Default for ServiceSettings {
             catch_up: Duration::from_secs(3600),
             rescan_every: Duration::from_secs(5),
             debounce: Duration::from_millis(300),
+            collect: CollectSettings::default(),
         }
     }
 }
@@ -72,6 +76,8 @@ pub enum ServiceEvent {
 pub struct Service<S: StudioApi> {
     pub store: Store,
     pub dispatcher: Dispatcher<S>,
+    /// Reads outcomes back while the service runs.
+    pub collector: Arc<Collector<S>>,
     clock: Arc<dyn Clock>,
     folders: Folders,
     settings: ServiceSettings,
@@ -93,9 +99,12 @@ impl<S: StudioApi> Service<S> {
         settings: ServiceSettings,
         resolver: Box<dyn FlowResolver>,
     ) -> Self {
+        let collector =
+            Arc::new(Collector::new(store.clone(), dispatcher.studio(), Arc::clone(&clock), settings.collect.clone()));
         Service {
             store,
             dispatcher,
+            collector,
             clock,
             folders,
             settings,

@@ -114,6 +114,7 @@ impl<S: StudioApi> Service<S> {
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<()>(16);
         let _watcher = watch_folder(&self.folders.campaigns, events_tx);
         let mut tasks = tokio::task::JoinSet::new();
+        let collecting = tokio::spawn(Arc::clone(&self.collector).run(shutdown.clone()));
         self.recover_imports().await;
         self.scan().await;
         let mut last_scan = tokio::time::Instant::now();
@@ -149,6 +150,7 @@ impl<S: StudioApi> Service<S> {
         // within the grace period, then end.
         self.dispatcher.shutdown_token().cancel();
         while tasks.join_next().await.is_some() {}
+        let _ = collecting.await;
     }
 }
 

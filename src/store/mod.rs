@@ -16,12 +16,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::domain::{ImportRow, JobState, RunState};
+use crate::domain::{CollectedOutcome, ImportRow, JobState, OutcomeState, RunState};
 
 pub use sqlite::lock::LockError;
 pub use types::{
-    BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, RefusedRow, RunCounts, RunRow, SettledJob,
-    StudioCall,
+    BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, OutcomeJob, RefusedRow, RunCounts, RunRow,
+    SettledJob, StudioCall,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -245,11 +245,60 @@ impl Store {
 
     /// Records attempt outcomes and Studio calls in one transaction; returns
     /// how many outcomes applied (a job that changed state meanwhile is left).
-    pub async fn record_outcomes(&self, outcomes: Vec<SettledJob>, calls: Vec<StudioCall>) -> Result<usize> {
+    /// A job sent is due to be read back `outcome_after` later.
+    pub async fn record_outcomes(
+        &self,
+        outcomes: Vec<SettledJob>,
+        calls: Vec<StudioCall>,
+        outcome_after: std::time::Duration,
+    ) -> Result<usize> {
         if outcomes.is_empty() && calls.is_empty() {
             return Ok(0);
         }
-        self.write(move |c| sqlite::jobs::record_outcomes(c, &outcomes, &calls)).await
+        let after = sqlite::millis(outcome_after);
+        self.write(move |c| sqlite::jobs::record_outcomes(c, &outcomes, &calls, after)).await
+    }
+
+    // Outcomes.
+
+    /// Sent jobs whose outcome is open and due by `now` (with `all`, due or
+    /// not), optionally of one run, earliest due first.
+    pub async fn due_outcomes(&self, run: Option<i64>, now: i64, limit: u32, all: bool) -> Result<Vec<OutcomeJob>> {
+        self.read(move |c| sqlite::jobs::due_outcomes(c, run, now, limit, all)).await
+    }
+
+    /// How many sent jobs' outcomes are still open, optionally of one run.
+    pub async fn open_outcomes(&self, run: Option<i64>) -> Result<i64> {
+        self.read(move |c| sqlite::jobs::open_outcomes(c, run)).await
+    }
+
+    /// When the next open outcome is due, optionally of one run.
+    pub async fn next_outcome_due(&self, run: Option<i64>) -> Result<Option<i64>> {
+        self.read(move |c| sqlite::jobs::next_outcome_due(c, run)).await
+    }
+
+    /// Records what was read back from a job's Execution; `false` when the
+    /// outcome was no longer open.
+    pub async fn record_collected(
+        &self,
+        job_id: i64,
+        state: OutcomeState,
+        collected: CollectedOutcome,
+        now: i64,
+    ) -> Result<bool> {
+        self.write(move |c| sqlite::jobs::record_collected(c, job_id, state, &collected, now)).await
+    }
+
+    /// Asks about a job's Execution again at `due_at`.
+    pub async fn reschedule_outcome(&self, job_id: i64, due_at: i64, now: i64) -> Result<()> {
+        self.write(move |c| sqlite::jobs::reschedule_outcome(c, job_id, due_at, now)).await
+    }
+
+    /// How often each value of outcome field `name` was given in a run (JSON
+    /// text; `None`: no answer).
+    pub async fn outcome_counts(&self, run_id: i64, name: &str) -> Result<Vec<(Option<String>, i64)>> {
+        let name = name.to_string();
+        self.read(move |c| sqlite::jobs::outcome_counts(c, run_id, &name)).await
     }
 
     /// Jobs left `dispatching` by a process that died: back to `pending`,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 
 use crate::domain::{
-    CampaignKind, ConflictPolicy, FlowSid, JobOutcome, JobReason, JobState, Parameters, Phone, RowOutcome, RunState,
-    SendWindow, Trigger,
+    CampaignKind, ConflictPolicy, FlowSid, JobOutcome, JobReason, JobState, OutcomeField, OutcomeState, Parameters,
+    Phone, RowOutcome, RunState, SendWindow, Trigger,
 };
 
 /// What a new run records about its campaign, frozen when the run starts so
@@ -27,6 +27,8 @@ pub struct NewRun {
     pub policy: ConflictPolicy,
     pub rate: Option<u32>,
     pub window: Option<SendWindow>,
+    /// What to read back from each Execution.
+    pub outcomes: Vec<OutcomeField>,
 }
 
 /// A run as the ledger has it.
@@ -42,6 +44,7 @@ pub struct RunRow {
     pub policy: ConflictPolicy,
     pub rate: Option<u32>,
     pub window: Option<SendWindow>,
+    pub outcomes: Vec<OutcomeField>,
     pub state: RunState,
     pub state_reason: Option<String>,
     pub rows_total: i64,
@@ -92,6 +95,24 @@ pub struct JobRow {
     /// When Studio reported the Execution ended (Event Streams), and why.
     pub execution_ended_at: Option<i64>,
     pub ended_reason: Option<String>,
+    /// Whether the Execution has been read back (`None`: never sent).
+    pub outcome_state: Option<OutcomeState>,
+    /// Studio's Execution status when it was read back.
+    pub execution_status: Option<String>,
+    pub ended_in: Option<String>,
+    /// Outcome field → value, and field → why a value is kept as text.
+    pub outcome: serde_json::Map<String, serde_json::Value>,
+    pub outcome_notes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A sent job whose outcome is to be read back.
+#[derive(Debug, Clone)]
+pub struct OutcomeJob {
+    pub id: i64,
+    pub run_id: i64,
+    pub execution_sid: String,
+    pub sent_at: i64,
+    pub polls: i64,
 }
 
 /// A job claimed for dispatch: already `dispatching` and committed.

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::client::ListMeta;
-use super::{CreateRequest, Execution, HttpStudio, ListFilter, StudioApi, StudioResult};
+use super::{CreateRequest, Execution, HttpStudio, ListFilter, Step, StudioApi, StudioResult};
 use crate::domain::FlowSid;
 
 #[derive(Deserialize)]
@@ -15,6 +15,26 @@ struct ListPage {
     #[serde(default)]
     meta: Option<ListMeta>,
 }
+
+#[derive(Deserialize)]
+struct StepPage {
+    #[serde(default)]
+    steps: Vec<Step>,
+    #[serde(default)]
+    meta: Option<ListMeta>,
+}
+
+/// A context document: `{"context": {...}, ...}`.
+#[derive(Deserialize)]
+struct ContextBody {
+    #[serde(default)]
+    context: serde_json::Value,
+}
+
+/// Pages followed at most: Studio pages hold up to 1,000 rows, so this is far
+/// past any real list, and a server that loops its `next_page_url` cannot hold
+/// flowcast forever.
+const MAX_PAGES: usize = 10_000;
 
 /// Date filters as Studio reads them: RFC 3339, whole seconds, `Z`.
 fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -57,8 +77,7 @@ impl StudioApi for HttpStudio {
         let mut page: ListPage = self
             .send("list", self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions"))).query(&query), false)
             .await?;
-        // Bounded: Studio pages are ≤1000 rows; 10,000 pages is far past any real list.
-        for _ in 0..10_000 {
+        for _ in 0..MAX_PAGES {
             found.append(&mut page.executions);
             let Some(next) = page.meta.and_then(|m| m.next_page_url).filter(|n| !n.is_empty()) else {
                 break;
@@ -73,14 +92,29 @@ impl StudioApi for HttpStudio {
     }
 
     async fn execution_context(&self, flow: &FlowSid, sid: &str) -> StudioResult<serde_json::Value> {
-        #[derive(Deserialize)]
-        struct ContextBody {
-            #[serde(default)]
-            context: serde_json::Value,
-        }
         let body: ContextBody = self
             .send("context", self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}/Context"))), false)
             .await?;
+        Ok(body.context)
+    }
+
+    async fn list_steps(&self, flow: &FlowSid, execution: &str) -> StudioResult<Vec<Step>> {
+        let url = self.url(&format!("/v2/Flows/{flow}/Executions/{execution}/Steps"));
+        let mut page: StepPage = self.send("steps", self.client.get(url).query(&[("PageSize", "1000")]), false).await?;
+        let mut found = Vec::new();
+        for _ in 0..MAX_PAGES {
+            found.append(&mut page.steps);
+            let Some(next) = page.meta.and_then(|m| m.next_page_url).filter(|n| !n.is_empty()) else {
+                break;
+            };
+            page = self.send("steps", self.client.get(self.next_page(&next)), false).await?;
+        }
+        Ok(found)
+    }
+
+    async fn step_context(&self, flow: &FlowSid, execution: &str, step: &str) -> StudioResult<serde_json::Value> {
+        let url = self.url(&format!("/v2/Flows/{flow}/Executions/{execution}/Steps/{step}/Context"));
+        let body: ContextBody = self.send("step_context", self.client.get(url), false).await?;
         Ok(body.context)
     }
 }

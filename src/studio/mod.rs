@@ -43,6 +43,21 @@ impl Execution {
     }
 }
 
+/// One Step of an Execution: a transition from one widget to the next. The
+/// last Step of an ended Execution transitions to `Ended`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct Step {
+    pub sid: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub transitioned_from: Option<String>,
+    #[serde(default)]
+    pub transitioned_to: Option<String>,
+    #[serde(default)]
+    pub date_created: Option<String>,
+}
+
 /// What a create sends: `To`, `From`, and `Parameters` as a JSON string.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -227,6 +242,18 @@ pub trait StudioApi: Send + Sync + 'static {
         &self,
         flow: &FlowSid,
         sid: &str,
+    ) -> impl Future<Output = StudioResult<serde_json::Value>> + Send;
+
+    /// Every Step of an Execution, following `meta.next_page_url`, in the
+    /// order Studio gives them (it promises none).
+    fn list_steps(&self, flow: &FlowSid, execution: &str) -> impl Future<Output = StudioResult<Vec<Step>>> + Send;
+
+    /// One Step's context (what the widget saw and produced).
+    fn step_context(
+        &self,
+        flow: &FlowSid,
+        execution: &str,
+        step: &str,
     ) -> impl Future<Output = StudioResult<serde_json::Value>> + Send;
 }
 

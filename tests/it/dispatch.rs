@@ -9,7 +9,7 @@ use flowcast::dispatch::RunEnd;
 use flowcast::domain::FlowSid;
 use flowcast::store::JobRow;
 use flowcast::studio::simulator::{SimConfig, Simulator};
-use flowcast::studio::{CreateRequest, Execution, HttpStudio, ListFilter, StudioApi, StudioError, StudioResult};
+use flowcast::studio::{CreateRequest, Execution, HttpStudio, ListFilter, Step, StudioApi, StudioError, StudioResult};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -274,6 +274,12 @@ impl StudioApi for FailingCreates {
     }
     async fn execution_context(&self, flow: &FlowSid, sid: &str) -> StudioResult<serde_json::Value> {
         self.inner.execution_context(flow, sid).await
+    }
+    async fn list_steps(&self, flow: &FlowSid, execution: &str) -> StudioResult<Vec<Step>> {
+        self.inner.list_steps(flow, execution).await
+    }
+    async fn step_context(&self, flow: &FlowSid, execution: &str, step: &str) -> StudioResult<serde_json::Value> {
+        self.inner.step_context(flow, execution, step).await
     }
 }
 

@@ -198,6 +198,7 @@ pub fn fast_settings() -> DispatchSettings {
         shutdown_grace: Duration::from_secs(5),
         ambiguous_settle: Duration::from_millis(50),
         breaker_streak: 50,
+        outcome_after: Duration::from_secs(300),
     }
 }
 

@@ -223,3 +223,61 @@ async fn list_sends_its_filters_and_follows_next_page_url_on_the_configured_host
     second.assert_async().await;
     assert_eq!(all.len(), 2);
 }
+
+#[tokio::test]
+async fn steps_are_listed_across_pages_and_a_steps_context_is_read() {
+    let mut server = mockito::Server::new_async().await;
+    let base = format!("/v2/Flows/{FLOW}/Executions/{SID}/Steps");
+    let step = |sid: &str, from: &str, to: &str| {
+        json!({ "sid": sid, "account_sid": ACCOUNT, "flow_sid": FLOW, "execution_sid": SID, "parent_step_sid": null,
+                "name": from, "context": {}, "transitioned_from": from, "transitioned_to": to, "type": "x",
+                "date_created": "2026-11-28T01:00:00Z", "date_updated": null, "url": "u", "links": {} })
+    };
+    let first = server
+        .mock("GET", base.as_str())
+        .match_header("authorization", basic_auth().as_str())
+        .match_query(Matcher::UrlEncoded("PageSize".into(), "1000".into()))
+        .with_body(
+            json!({ "steps": [step("FT00000000000000000000000000000001", "Trigger", "ask")],
+                    "meta": { "key": "steps", "next_page_url": format!("https://studio.twilio.com{base}?PageSize=1000&Page=1&PageToken=PT1") } })
+            .to_string(),
+        )
+        .create_async()
+        .await;
+    let second = server
+        .mock("GET", base.as_str())
+        .match_query(Matcher::UrlEncoded("PageToken".into(), "PT1".into()))
+        .with_body(
+            json!({ "steps": [step("FT00000000000000000000000000000002", "ask", "Ended")],
+                    "meta": { "key": "steps", "next_page_url": null } })
+            .to_string(),
+        )
+        .create_async()
+        .await;
+    let context = server
+        .mock("GET", format!("{base}/FT00000000000000000000000000000002/Context").as_str())
+        .with_body(json!({ "context": { "widgets": { "ask": { "inbound": { "Body": "9" } } } }, "step_sid": "FT00000000000000000000000000000002" }).to_string())
+        .create_async()
+        .await;
+    let studio = http_studio(&server.url());
+
+    let steps = studio.list_steps(&flow(), SID).await.unwrap();
+    let ctx = studio.step_context(&flow(), SID, "FT00000000000000000000000000000002").await.unwrap();
+
+    first.assert_async().await;
+    second.assert_async().await;
+    context.assert_async().await;
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[1].transitioned_to.as_deref(), Some("Ended"));
+    assert_eq!(ctx["widgets"]["ask"]["inbound"]["Body"], "9");
+    let gone = server
+        .mock("GET", format!("/v2/Flows/{FLOW}/Executions/FN0123456789abcdef0123456789abcdee/Steps").as_str())
+        .match_query(Matcher::Any)
+        .with_status(404)
+        .with_body(r#"{"code": 20404, "message": "not found", "status": 404}"#)
+        .create_async()
+        .await;
+    let err = studio.list_steps(&flow(), "FN0123456789abcdef0123456789abcdee").await.unwrap_err();
+    gone.assert_async().await;
+    assert_eq!(err.class(), "not_found");
+}

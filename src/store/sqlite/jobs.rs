@@ -4,11 +4,25 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{corrupt, parsed};
-use crate::domain::{ImportRow, JobOutcome, JobReason, JobState, Parameters, Phone, RowOutcome};
-use crate::store::{BatchCounts, CallSummary, ClaimedJob, JobRow, RefusedRow, Result, SettledJob, StudioCall};
+use crate::domain::{
+    CollectedOutcome, ImportRow, JobOutcome, JobReason, JobState, OutcomeState, Parameters, Phone, RowOutcome,
+};
+use crate::store::{
+    BatchCounts, CallSummary, ClaimedJob, JobRow, OutcomeJob, RefusedRow, Result, SettledJob, StudioCall,
+};
 
 const JOB_COLUMNS: &str = "id, run_id, line, phone, state, reason, execution_sid, attempts, due_at, expires_at, \
-     sent_at, finished_at, last_error, execution_ended_at, ended_reason";
+     sent_at, finished_at, last_error, execution_ended_at, ended_reason, outcome_state, execution_status, ended_in, \
+     outcome, outcome_notes";
+
+/// A JSON object column (`NULL` reads as empty).
+fn object(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Map<String, serde_json::Value>> {
+    let text: Option<String> = r.get(idx)?;
+    match text {
+        None => Ok(serde_json::Map::new()),
+        Some(text) => serde_json::from_str(&text).map_err(|e| corrupt(idx, e.to_string())),
+    }
+}
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let reason: Option<String> = r.get(5)?;
@@ -28,6 +42,11 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         last_error: r.get(12)?,
         execution_ended_at: r.get(13)?,
         ended_reason: r.get(14)?,
+        outcome_state: r.get::<_, Option<String>>(15)?.map(|t| t.parse().map_err(|e| corrupt(15, e))).transpose()?,
+        execution_status: r.get(16)?,
+        ended_in: r.get(17)?,
+        outcome: object(r, 18)?,
+        outcome_notes: object(r, 19)?,
     })
 }
 
@@ -163,14 +182,21 @@ pub fn claim_due(
 /// (one commit instead of two per job). Until it commits, the jobs stay
 /// `dispatching`; a crash before then leaves them to reconciliation, never to
 /// a blind resend. Returns how many outcomes applied.
-pub fn record_outcomes(conn: &mut Connection, outcomes: &[SettledJob], calls: &[StudioCall]) -> Result<usize> {
+///
+/// A job that is sent is due to be read back `outcome_after_ms` later.
+pub fn record_outcomes(
+    conn: &mut Connection,
+    outcomes: &[SettledJob],
+    calls: &[StudioCall],
+    outcome_after_ms: i64,
+) -> Result<usize> {
     if outcomes.is_empty() && calls.is_empty() {
         return Ok(0);
     }
     let tx = conn.transaction()?;
     let mut applied = 0;
     for o in outcomes {
-        if apply_outcome(&tx, o.job_id, &o.outcome, o.attempts_sent, o.at)? {
+        if apply_outcome(&tx, o.job_id, &o.outcome, o.attempts_sent, o.at, outcome_after_ms)? {
             applied += 1;
         } else {
             tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
@@ -183,13 +209,21 @@ pub fn record_outcomes(conn: &mut Connection, outcomes: &[SettledJob], calls: &[
     Ok(applied)
 }
 
-fn apply_outcome(conn: &Connection, job_id: i64, outcome: &JobOutcome, attempts_sent: i64, now: i64) -> Result<bool> {
+fn apply_outcome(
+    conn: &Connection,
+    job_id: i64,
+    outcome: &JobOutcome,
+    attempts_sent: i64,
+    now: i64,
+    outcome_after_ms: i64,
+) -> Result<bool> {
     let changed = match outcome {
         JobOutcome::Sent { sid } => conn.execute(
             "UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = ?2, attempts = attempts + ?3, \
-                 ambiguous_since = NULL, conflict_sid = NULL, sent_at = ?4, finished_at = ?4, updated_at = ?4 \
+                 ambiguous_since = NULL, conflict_sid = NULL, sent_at = ?4, finished_at = ?4, updated_at = ?4, \
+                 outcome_state = 'open', outcome_due_at = ?4 + ?5 \
                  WHERE id = ?1 AND state = 'dispatching'",
-            params![job_id, sid, attempts_sent, now],
+            params![job_id, sid, attempts_sent, now, outcome_after_ms],
         )?,
         JobOutcome::Skipped { reason, sid } => conn.execute(
             "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
@@ -319,9 +353,12 @@ pub fn record_execution_end(
     now: i64,
 ) -> Result<(usize, usize)> {
     let tx = conn.transaction()?;
+    // An ended Execution's outcome can be read at once.
     let recorded = tx.execute(
         "UPDATE jobs SET execution_ended_at = COALESCE(execution_ended_at, ?2), \
-         ended_reason = COALESCE(ended_reason, ?3), updated_at = ?4 \
+         ended_reason = COALESCE(ended_reason, ?3), updated_at = ?4, \
+         outcome_due_at = CASE WHEN outcome_state = 'open' THEN MIN(COALESCE(outcome_due_at, ?4), ?4) \
+                               ELSE outcome_due_at END \
          WHERE execution_sid = ?1 AND state = 'sent'",
         params![sid, ended_at, reason, now],
     )?;
@@ -331,6 +368,109 @@ pub fn record_execution_end(
     )?;
     tx.commit()?;
     Ok((recorded, woken))
+}
+
+/// Sent jobs whose outcome is open and due by `now` (with `all`, due or not),
+/// optionally of one run, earliest due first.
+pub fn due_outcomes(conn: &Connection, run: Option<i64>, now: i64, limit: u32, all: bool) -> Result<Vec<OutcomeJob>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, run_id, execution_sid, sent_at, outcome_polls FROM jobs \
+         WHERE outcome_state = 'open' AND (?1 IS NULL OR run_id = ?1) AND (?3 OR outcome_due_at <= ?2) \
+           AND execution_sid IS NOT NULL \
+         ORDER BY outcome_due_at, id LIMIT ?4",
+    )?;
+    let rows = stmt
+        .query_map(params![run, now, all, limit], |r| {
+            Ok(OutcomeJob {
+                id: r.get(0)?,
+                run_id: r.get(1)?,
+                execution_sid: r.get(2)?,
+                sent_at: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                polls: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// How many sent jobs' outcomes are still open, optionally of one run.
+pub fn open_outcomes(conn: &Connection, run: Option<i64>) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM jobs WHERE outcome_state = 'open' AND (?1 IS NULL OR run_id = ?1)")?
+        .query_row(params![run], |r| r.get(0))?)
+}
+
+/// The earliest time an open outcome is due, optionally of one run.
+pub fn next_outcome_due(conn: &Connection, run: Option<i64>) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT MIN(outcome_due_at) FROM jobs WHERE outcome_state = 'open' AND (?1 IS NULL OR run_id = ?1)",
+        )?
+        .query_row(params![run], |r| r.get(0))?)
+}
+
+/// Records what was read back from a job's Execution, ending its outcome as
+/// `state` (known, or unknown when given up on).
+pub fn record_collected(
+    conn: &Connection,
+    job_id: i64,
+    state: OutcomeState,
+    collected: &CollectedOutcome,
+    now: i64,
+) -> Result<bool> {
+    let changed = conn.prepare_cached(
+        "UPDATE jobs SET outcome_state = ?2, execution_status = ?3, ended_in = ?4, outcome = ?5, outcome_notes = ?6, \
+             outcome_due_at = NULL, outcome_polls = outcome_polls + 1, updated_at = ?7 \
+         WHERE id = ?1 AND outcome_state = 'open'",
+    )?
+    .execute(params![
+        job_id,
+        state.as_str(),
+        collected.status,
+        collected.ended_in,
+        serde_json::Value::Object(collected.values.clone()).to_string(),
+        (!collected.notes.is_empty()).then(|| serde_json::Value::Object(collected.notes.clone()).to_string()),
+        now
+    ])?;
+    Ok(changed == 1)
+}
+
+/// Asks about a job's Execution again at `due_at` (it was still running, or
+/// Studio could not answer).
+pub fn reschedule_outcome(conn: &Connection, job_id: i64, due_at: i64, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET outcome_due_at = ?2, outcome_polls = outcome_polls + 1, updated_at = ?3 \
+         WHERE id = ?1 AND outcome_state = 'open'",
+    )?
+    .execute(params![job_id, due_at, now])?;
+    Ok(())
+}
+
+/// How often each value of outcome field `name` was given in a run, among jobs
+/// whose outcome was read back or given up on (`None`: no answer). Values are
+/// JSON text.
+pub fn outcome_counts(conn: &Connection, run_id: i64, name: &str) -> Result<Vec<(Option<String>, i64)>> {
+    // A JSON path with the key quoted, so any field name is one key.
+    let path = format!("$.{}", serde_json::Value::String(name.to_string()));
+    let mut stmt = conn.prepare_cached(
+        "SELECT json_extract(outcome, ?2) AS v, COUNT(*) FROM jobs \
+         WHERE run_id = ?1 AND outcome_state IN ('known', 'unknown') GROUP BY v",
+    )?;
+    let rows = stmt
+        .query_map(params![run_id, path], |r| {
+            let value = match r.get_ref(0)? {
+                rusqlite::types::ValueRef::Null => None,
+                rusqlite::types::ValueRef::Integer(n) => Some(n.to_string()),
+                rusqlite::types::ValueRef::Real(f) => Some(f.to_string()),
+                rusqlite::types::ValueRef::Text(t) => {
+                    Some(serde_json::Value::String(String::from_utf8_lossy(t).into_owned()).to_string())
+                }
+                rusqlite::types::ValueRef::Blob(_) => None,
+            };
+            Ok((value, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
 }
 
 /// The rows an import refused or found duplicated, in file order.

@@ -28,6 +28,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0003_operator_view.sql")),
         M::up(include_str!("../../../migrations/0004_streaming_import.sql")),
         M::up(include_str!("../../../migrations/0005_expiry.sql")),
+        M::up(include_str!("../../../migrations/0006_outcomes.sql")),
     ])
 }
 

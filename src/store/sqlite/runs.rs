@@ -11,7 +11,7 @@ use crate::store::{NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
      max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
-     created_at, expanded_at, finished_at";
+     created_at, expanded_at, finished_at, outcome_fields";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     let flow: String = r.get(5)?;
@@ -24,6 +24,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         (Some(start), Some(end)) => Some(SendWindow::parse(&start, &end).map_err(|e| corrupt(10, e))?),
         _ => None,
     };
+    let outcomes: String = r.get(21)?;
+    let outcomes = serde_json::from_str(&outcomes).map_err(|e| corrupt(21, format!("outcome fields: {e}")))?;
     Ok(RunRow {
         id: r.get(0)?,
         campaign: r.get(1)?,
@@ -35,6 +37,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         policy,
         rate: r.get(9)?,
         window,
+        outcomes,
         state: parsed(r, 12)?,
         state_reason: r.get(13)?,
         rows_total: r.get(14)?,
@@ -52,8 +55,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i64>> {
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO runs (campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, \
-         from_addr, on_conflict, max_wait_ms, rate, window_start, window_end, state, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         from_addr, on_conflict, max_wait_ms, rate, window_start, window_end, state, created_at, outcome_fields) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             run.campaign,
             run.kind.as_str(),
@@ -69,7 +72,8 @@ pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i6
             run.window.map(|w| w.start_text()),
             run.window.map(|w| w.end_text()),
             RunState::Expanding.as_str(),
-            now
+            now,
+            serde_json::to_string(&run.outcomes).expect("outcome fields serialise")
         ],
     )?;
     Ok((inserted == 1).then(|| conn.last_insert_rowid()))
