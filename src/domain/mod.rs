@@ -20,7 +20,7 @@ mod window;
 
 pub use contact::{ImportRow, JobSpec, NotAnObject, Parameters, Rejection, RowOutcome};
 pub use digest::{Sha256Hex, hex, sha256_hex};
-pub use duration::{format_duration, parse_duration};
+pub use duration::{format_duration, parse_duration, parse_duration_at_most};
 pub use job::{CampaignKind, JobReason, JobState, NotAllowed, ReasonKind, RunAction, RunState, Trigger};
 pub use outcome::JobOutcome;
 pub use phone::{Phone, PhoneError, parse_region};
