@@ -79,7 +79,10 @@ impl TwilioEnv {
 pub struct Config {
     pub db: Ledger,
     pub campaigns: PathBuf,
+    /// The flows folder: as given, else [`default_flows`] of the campaigns folder.
     pub flows: PathBuf,
+    /// Whether `flows` was given (`--flows`, `FLOWCAST_FLOWS`) rather than derived.
+    flows_given: bool,
     pub studio_url: Option<String>,
     pub simulate: bool,
     /// Account-wide creates per second.
@@ -162,7 +165,8 @@ impl Config {
         Ok(Config {
             db,
             campaigns: overrides.campaigns.clone().unwrap_or_else(|| PathBuf::from("campaigns")),
-            flows: overrides.flows.clone().unwrap_or_else(|| PathBuf::from("flows")),
+            flows: overrides.flows.clone().unwrap_or_else(|| default_flows(overrides.campaigns.as_deref())),
+            flows_given: overrides.flows.is_some(),
             studio_url: env("FLOWCAST_STUDIO_URL").or(file.studio_url),
             simulate: overrides.simulate || simulate_env || file.simulate.unwrap_or(false),
             rate: rate as u32,
@@ -197,10 +201,33 @@ impl Config {
         })
     }
 
+    /// The flows folder for campaign files in `campaigns`: the one given, else
+    /// the default for that folder.
+    pub fn flows_for(&self, campaigns: &Path) -> PathBuf {
+        if self.flows_given { self.flows.clone() } else { default_flows(Some(campaigns)) }
+    }
+
     /// The process environment, for the `${VAR}` placeholders of flow
     /// definitions (which may name any variable the deployer sets).
     pub fn flow_variables(&self) -> HashMap<String, String> {
         std::env::vars().collect()
+    }
+}
+
+/// The flows folder when none is given: `flows` beside the campaigns folder
+/// (`<campaigns>/../flows`) when a campaigns folder is given and that folder
+/// exists, so `--campaigns some/dir` finds `some/flows` from any working
+/// directory; else `./flows`.
+pub fn default_flows(campaigns: Option<&Path>) -> PathBuf {
+    campaigns.map(sibling_flows).filter(|flows| flows.is_dir()).unwrap_or_else(|| PathBuf::from("flows"))
+}
+
+/// `<campaigns>/../flows`, written without `..` when the folder's name is
+/// known (`some/dir` gives `some/flows`), since paths appear in messages.
+fn sibling_flows(campaigns: &Path) -> PathBuf {
+    match campaigns.components().next_back() {
+        Some(std::path::Component::Normal(_)) => campaigns.parent().unwrap_or(Path::new("")).join("flows"),
+        _ => campaigns.join("..").join("flows"),
     }
 }
 
@@ -210,4 +237,20 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         let line = e.span().map_or(1, |s| text[..s.start].matches('\n').count() + 1);
         ConfigError(format!("{}:{line}: {}", path.display(), e.message().trim()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flows_folder_defaults_to_the_campaigns_folders_sibling_when_it_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let campaigns = tmp.path().join("campaigns");
+        std::fs::create_dir(&campaigns).unwrap();
+        assert_eq!(default_flows(Some(&campaigns)), PathBuf::from("flows"), "no sibling: ./flows");
+        std::fs::create_dir(tmp.path().join("flows")).unwrap();
+        assert_eq!(default_flows(Some(&campaigns)), tmp.path().join("flows"));
+        assert_eq!(default_flows(None), PathBuf::from("flows"));
+    }
 }

@@ -21,10 +21,17 @@ pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
     let dry = crate::runs::dry_run(campaign, 5, SystemClock.now()).map_err(Failure::input)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "dry run of {} ({}): nothing will be sent", campaign.name, campaign.kind);
+    for w in &campaign.warnings {
+        let _ = writeln!(out, "{}:{}: warning: {}", w.file.display(), w.line, w.message);
+    }
+    let expiring = if dry.would_expire > 0 { format!(", {} would expire", dry.would_expire) } else { String::new() };
     let _ = writeln!(
         out,
-        "{} rows: {} would be sent, {} rejected, {} duplicates",
-        dry.counts.rows, dry.counts.imported, dry.counts.rejected, dry.counts.duplicates
+        "{} rows: {} would be sent{expiring}, {} rejected, {} duplicates",
+        dry.counts.rows,
+        dry.counts.imported - dry.would_expire,
+        dry.counts.rejected,
+        dry.counts.duplicates
     );
     let flow = match &campaign.flow {
         campaign::FlowRef::Sid(s) => s.to_string(),

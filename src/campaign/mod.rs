@@ -17,7 +17,10 @@ use crate::contacts::ReadOptions;
 use crate::domain::{CampaignKind, ConflictPolicy, FlowSid, OutcomeField, SendWindow, Template, TimeTemplate};
 
 pub use expand::expand;
-pub use load::{LoadedFolder, content_hash, list_campaign_files, load_files, load_folder, load_one, name_taken};
+pub use load::{
+    LoadedFolder, MAX_CAMPAIGN_FILE_BYTES, content_hash, list_campaign_files, load_files, load_folder, load_one,
+    name_taken,
+};
 pub use parse::{is_valid_name, parse_campaign};
 
 /// One problem in an input file, printed as `file:line: message`.
@@ -90,6 +93,8 @@ pub struct Campaign {
     pub outcomes: Vec<OutcomeField>,
     /// The file this came from.
     pub source: PathBuf,
+    /// Mistakes that do not stop the campaign from running.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Campaign {

@@ -5,25 +5,62 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono_tz::Tz;
 use serde::Deserialize;
+use serde::de::Error as _;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::{Campaign, CampaignError, Diagnostic, FlowRef, Folders, ParamValue, Sender};
 use crate::contacts;
 use crate::domain::{
-    CampaignKind, ConflictPolicy, FlowSid, Phone, SendWindow, Template, TimeTemplate, parse_duration, parse_region,
+    CampaignKind, ConflictPolicy, FlowSid, Phone, SendWindow, Template, TimeTemplate, parse_duration_at_most,
+    parse_region,
 };
 
+/// The longest a job may wait for a busy contact. A wait of weeks is already a
+/// campaign stuck in the ledger; past this it is a typo.
+const MAX_WAIT_LIMIT: Duration = Duration::from_secs(30 * 86_400);
+
+/// The keys of a campaign file, in the order messages list them.
+const FIELDS: &[&str] = &[
+    "name",
+    "kind",
+    "flow",
+    "from",
+    "contacts",
+    "schedule",
+    "timezone",
+    "on_conflict",
+    "max_wait",
+    "rate",
+    "default_region",
+    "phone_column",
+    "send_window",
+    "send_at",
+    "expires",
+    "enabled",
+    "parameters",
+];
+
+/// The keys of `send_window`.
+const WINDOW_FIELDS: &[&str] = &["start", "end"];
+
+/// The keys a file must have.
+const REQUIRED: &[&str] = &["kind", "flow", "from", "contacts"];
+
+/// A campaign file's known keys, typed. Unknown keys are found (all of them)
+/// before this is read, and the required ones are optional here so that a
+/// missing one is reported next to every other mistake.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCampaign {
     name: Option<Spanned<String>>,
-    kind: Spanned<String>,
-    flow: Spanned<String>,
-    from: Spanned<String>,
-    contacts: Spanned<String>,
+    kind: Option<Spanned<String>>,
+    flow: Option<Spanned<String>>,
+    from: Option<Spanned<String>>,
+    contacts: Option<Spanned<String>>,
     schedule: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
     on_conflict: Option<Spanned<String>>,
@@ -39,7 +76,6 @@ struct RawCampaign {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawWindow {
     start: String,
     end: String,
@@ -50,6 +86,7 @@ struct Problems<'a> {
     file: &'a Path,
     text: &'a str,
     found: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl<'a> Problems<'a> {
@@ -66,6 +103,89 @@ impl<'a> Problems<'a> {
     fn at_line(&mut self, line: u64, message: impl Into<String>) {
         self.found.push(Diagnostic { file: self.file.to_path_buf(), line, message: message.into() });
     }
+
+    fn warn(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        let line = self.line_of(span.start);
+        self.warnings.push(Diagnostic { file: self.file.to_path_buf(), line, message: message.into() });
+    }
+}
+
+/// serde's own wording for an unknown key, so every unknown key reads the
+/// same as the first one always has.
+fn unknown_key(key: &str, expected: &'static [&'static str]) -> String {
+    serde::de::value::Error::unknown_field(key, expected).to_string()
+}
+
+/// Reads the file's known keys. Every unknown key (at the top and inside
+/// `send_window`) and every key whose value has the wrong type is reported;
+/// the rest are kept, so the checks that follow still see them. `None` only
+/// when the text is not TOML at all.
+fn read_raw(text: &str, p: &mut Problems) -> Option<RawCampaign> {
+    let document = match DeTable::parse(text) {
+        Ok(document) => document,
+        Err(e) => {
+            let line = e.span().map_or(1, |s| p.line_of(s.start));
+            p.at_line(line, e.message().trim().to_string());
+            return None;
+        }
+    };
+    let whole = document.span();
+    let mut missing = Vec::new();
+    for key in REQUIRED {
+        if !document.get_ref().contains_key(*key) {
+            missing.push(*key);
+        }
+    }
+    let mut unknown = Vec::new();
+    let mut known = DeTable::new();
+    for (key, mut value) in document.into_inner() {
+        if !FIELDS.contains(&key.get_ref().as_ref()) {
+            unknown.push((key.span(), unknown_key(key.get_ref(), FIELDS)));
+            continue;
+        }
+        if key.get_ref() == "send_window"
+            && let DeValue::Table(window) = value.get_mut()
+        {
+            let strangers: Vec<_> =
+                window.keys().filter(|k| !WINDOW_FIELDS.contains(&k.get_ref().as_ref())).cloned().collect();
+            for k in strangers {
+                window.remove(k.get_ref().as_ref());
+                unknown.push((k.span(), unknown_key(k.get_ref(), WINDOW_FIELDS)));
+            }
+        }
+        known.insert(key, value);
+    }
+    unknown.sort_by_key(|(span, _)| span.start);
+    for (span, message) in unknown {
+        p.at(span, message);
+    }
+    for key in missing {
+        p.at_line(1, format!("missing field `{key}`"));
+    }
+    // serde stops at the first value of the wrong type: report it, set that
+    // key aside, and read again, until the rest reads cleanly.
+    loop {
+        let root = Spanned::new(whole.clone(), DeValue::Table(known.clone()));
+        match RawCampaign::deserialize(ValueDeserializer::from(root)) {
+            Ok(raw) => return Some(raw),
+            Err(e) => {
+                let line = e.span().map_or(1, |s| p.line_of(s.start));
+                p.at_line(line, e.message().trim().to_string());
+                let culprit = e.span().and_then(|s| {
+                    known
+                        .iter()
+                        .find(|(k, v)| k.span() == s || (v.span().start <= s.start && s.end <= v.span().end))
+                        .map(|(k, _)| k.get_ref().to_string())
+                });
+                match culprit {
+                    Some(key) => {
+                        known.remove(key.as_str());
+                    }
+                    None => return None,
+                }
+            }
+        }
+    }
 }
 
 /// The campaign name rule: `[a-z0-9-]+`.
@@ -76,14 +196,9 @@ pub fn is_valid_name(name: &str) -> bool {
 /// Parses and checks one campaign file's text. `file` is used in messages and to
 /// resolve `contacts`; the CSV header is read to check template columns.
 pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Campaign, CampaignError> {
-    let mut p = Problems { file, text, found: Vec::new() };
-    let raw: RawCampaign = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let line = e.span().map_or(1, |s| p.line_of(s.start));
-            p.at_line(line, e.message().trim().to_string());
-            return Err(CampaignError { diagnostics: p.found });
-        }
+    let mut p = Problems { file, text, found: Vec::new(), warnings: Vec::new() };
+    let Some(raw) = read_raw(text, &mut p) else {
+        return Err(CampaignError { diagnostics: p.found });
     };
 
     let name = match &raw.name {
@@ -105,36 +220,16 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         }
     };
 
-    let kind = raw.kind.get_ref().parse::<CampaignKind>().unwrap_or_else(|e| {
-        p.at(raw.kind.span(), e);
-        CampaignKind::Reminder
+    let kind = raw.kind.as_ref().map_or(CampaignKind::Reminder, |kind| {
+        kind.get_ref().parse::<CampaignKind>().unwrap_or_else(|e| {
+            p.at(kind.span(), e);
+            CampaignKind::Reminder
+        })
     });
 
-    let flow = parse_flow(&raw.flow, folders, &mut p);
+    let flow = raw.flow.as_ref().and_then(|flow| parse_flow(flow, folders, &mut p));
 
-    let from_text = raw.from.get_ref().trim();
-    let from = if let Some(hex) = from_text.strip_prefix("MG") {
-        if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            Sender(from_text.to_string())
-        } else {
-            p.at(raw.from.span(), format!("from {from_text:?} is not a Messaging Service SID (MG + 32 hex digits)"));
-            Sender(String::new())
-        }
-    } else if !from_text.starts_with('+') {
-        p.at(
-            raw.from.span(),
-            format!("from {from_text:?} must be an E.164 number (+15017122661) or a Messaging Service SID (MG…)"),
-        );
-        Sender(String::new())
-    } else {
-        match Phone::parse(from_text, None) {
-            Ok(phone) => Sender(phone.as_str().to_string()),
-            Err(e) => {
-                p.at(raw.from.span(), format!("from: {e}"));
-                Sender(String::new())
-            }
-        }
-    };
+    let from = raw.from.as_ref().map_or(Sender(String::new()), |from| parse_from(from, &mut p));
 
     let timezone = match &raw.timezone {
         Some(tz) => Tz::from_str(tz.get_ref().trim()).unwrap_or_else(|_| {
@@ -145,6 +240,19 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
     };
 
     let schedule = raw.schedule.as_ref().and_then(|s| match crate::schedule::parse_cron(s.get_ref()) {
+        // A line that parses but never comes round would leave the campaign
+        // waiting forever, looking like a one-off that never ran.
+        Ok(cron) if crate::schedule::first_fire_within_horizon(&cron, timezone, chrono::Utc::now()).is_none() => {
+            p.at(
+                s.span(),
+                format!(
+                    "schedule: {:?} has no fire time in the next {} years; check its day and month",
+                    s.get_ref().trim(),
+                    crate::schedule::FIRE_HORIZON_YEARS
+                ),
+            );
+            None
+        }
         Ok(_) => Some(s.get_ref().trim().to_string()),
         Err(e) => {
             p.at(s.span(), format!("schedule: {e}"));
@@ -153,7 +261,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
     });
 
     let max_wait = match &raw.max_wait {
-        Some(m) => match parse_duration(m.get_ref()) {
+        Some(m) => match parse_duration_at_most(m.get_ref(), MAX_WAIT_LIMIT) {
             Ok(d) if d.is_zero() => {
                 p.at(m.span(), "max_wait must be longer than 0s");
                 None
@@ -173,8 +281,9 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
             ConflictPolicy::Skip
         }),
     };
+    // Harmless (the bound is simply unused), so it does not refuse the file.
     if let (Some(m), false) = (&raw.max_wait, matches!(on_conflict, ConflictPolicy::Wait { .. })) {
-        p.at(m.span(), "max_wait only applies with on_conflict = \"wait\"");
+        p.warn(m.span(), "max_wait only applies with on_conflict = \"wait\"; it is ignored");
     }
 
     let rate = raw.rate.as_ref().and_then(|r| match u32::try_from(*r.get_ref()) {
@@ -251,13 +360,13 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
 
     // The contacts path must exist and stay inside the campaigns folder, and every
     // column a template names must be in its header.
-    let contacts = resolve_contacts(file, &raw.contacts, folders, &mut p);
-    if let Some(path) = &contacts {
+    let contacts = raw.contacts.as_ref().and_then(|c| resolve_contacts(file, c, folders, &mut p));
+    if let (Some(path), Some(raw_contacts)) = (&contacts, &raw.contacts) {
         match contacts::read_header(path) {
             Ok(header) => {
                 let has = |c: &str| header.iter().any(|h| h == c);
                 if !has(&phone_column) {
-                    let span = raw.phone_column.as_ref().map_or(raw.contacts.span(), |c| c.span());
+                    let span = raw.phone_column.as_ref().map_or(raw_contacts.span(), |c| c.span());
                     p.at(
                         span,
                         format!(
@@ -295,7 +404,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
                     }
                 }
             }
-            Err(e) => p.at(raw.contacts.span(), e.to_string()),
+            Err(e) => p.at(raw_contacts.span(), e.to_string()),
         }
     }
 
@@ -321,7 +430,34 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         parameters: parameters.map(|m| m.into_iter().map(|(k, (v, _))| (k, v)).collect()),
         outcomes: Vec::new(),
         source: file.to_path_buf(),
+        warnings: p.warnings,
     })
+}
+
+fn parse_from(raw: &Spanned<String>, p: &mut Problems) -> Sender {
+    let from_text = raw.get_ref().trim();
+    if let Some(hex) = from_text.strip_prefix("MG") {
+        if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            Sender(from_text.to_string())
+        } else {
+            p.at(raw.span(), format!("from {from_text:?} is not a Messaging Service SID (MG + 32 hex digits)"));
+            Sender(String::new())
+        }
+    } else if !from_text.starts_with('+') {
+        p.at(
+            raw.span(),
+            format!("from {from_text:?} must be an E.164 number (+15017122661) or a Messaging Service SID (MG…)"),
+        );
+        Sender(String::new())
+    } else {
+        match Phone::parse(from_text, None) {
+            Ok(phone) => Sender(phone.as_str().to_string()),
+            Err(e) => {
+                p.at(raw.span(), format!("from: {e}"));
+                Sender(String::new())
+            }
+        }
+    }
 }
 
 fn parse_flow(raw: &Spanned<String>, folders: &Folders, p: &mut Problems) -> Option<FlowRef> {
@@ -491,12 +627,103 @@ floor       = 3
         assert!(err.contains("s.toml:6: parameter \"flowcast\" is reserved"), "{err}");
     }
 
+    /// A valid survey campaign's first four lines; tests append what they check.
+    const SURVEY: &str = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\ncontacts = \"appointments.csv\"\n";
+
+    fn lines_and_messages(err: &CampaignError) -> Vec<(u64, String)> {
+        err.diagnostics.iter().map(|d| (d.line, d.message.clone())).collect()
+    }
+
     #[test]
-    fn max_wait_without_the_wait_policy_is_a_mistake() {
+    fn max_wait_without_the_wait_policy_is_a_warning_and_the_campaign_loads() {
         let dir = dir_with_csv("phone\n+12015550123\n");
-        let body = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\ncontacts = \"appointments.csv\"\non_conflict = \"skip\"\nmax_wait = \"1h\"\n";
-        let err = parse(&dir, "s.toml", body).unwrap_err().to_string();
-        assert!(err.contains("s.toml:6: max_wait only applies"), "{err}");
+        let body = format!("{SURVEY}on_conflict = \"skip\"\nmax_wait = \"1h\"\n");
+        let c = parse(&dir, "s.toml", &body).unwrap_or_else(|e| panic!("refused: {e}"));
+        assert_eq!(c.on_conflict, ConflictPolicy::Skip);
+        let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].ends_with("s.toml:6: max_wait only applies with on_conflict = \"wait\"; it is ignored"));
+    }
+
+    #[test]
+    fn a_campaign_without_mistakes_has_no_warnings() {
+        let dir = dir_with_csv("phone,first_name,appointment_at\n+12015550123,Ada,2030-01-02 10:00\n");
+        assert!(parse(&dir, "x.toml", FULL_EXAMPLE).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn max_wait_beyond_thirty_days_is_refused_with_its_line_and_the_limit() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        for max_wait in ["18446744073709551615s", "31d", "30d 1s"] {
+            let body = format!("{SURVEY}on_conflict = \"wait\"\nmax_wait = \"{max_wait}\"\n");
+            let err = parse(&dir, "s.toml", &body).unwrap_err();
+            assert_eq!(
+                lines_and_messages(&err),
+                [(6, format!("max_wait: duration \"{max_wait}\" is longer than 30d, the limit"))]
+            );
+        }
+        let body = format!("{SURVEY}on_conflict = \"wait\"\nmax_wait = \"30d\"\n");
+        let c = parse(&dir, "s.toml", &body).unwrap();
+        assert_eq!(c.on_conflict, ConflictPolicy::Wait { max_wait: Duration::from_secs(30 * 86_400) });
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_the_files_other_mistakes() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = format!(
+            "{SURVEY}colour = \"blue\"\ntimezone = \"Mars/Olympus\"\nsize = 3\nrate = \"fast\"\nsend_window = {{ start = \"08:00\", end = \"21:00\", middle = \"12:00\" }}\n"
+        );
+        let err = parse(&dir, "s.toml", &body).unwrap_err();
+        let found = lines_and_messages(&err);
+        let lines: Vec<u64> = found.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [5, 7, 9, 8, 6], "{err}");
+        assert!(found[0].1.starts_with("unknown field `colour`, expected one of `name`, `kind`"), "{err}");
+        assert!(found[1].1.starts_with("unknown field `size`"), "{err}");
+        assert_eq!(found[2].1, "unknown field `middle`, expected `start` or `end`");
+        assert!(found[3].1.starts_with("invalid type: string \"fast\""), "{err}");
+        assert!(found[4].1.starts_with("timezone \"Mars/Olympus\""), "{err}");
+    }
+
+    #[test]
+    fn a_missing_required_key_is_reported_with_the_files_other_mistakes() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = "flow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"12345\"\ncontacts = \"appointments.csv\"\nshape = \"round\"\n";
+        let err = parse(&dir, "s.toml", body).unwrap_err();
+        let found = lines_and_messages(&err);
+        assert_eq!(found.len(), 3, "{err}");
+        assert_eq!(found[0].0, 4);
+        assert!(found[0].1.starts_with("unknown field `shape`"), "{err}");
+        assert_eq!(found[1], (1, "missing field `kind`".to_string()));
+        assert_eq!(found[2].0, 2);
+        assert!(found[2].1.starts_with("from \"12345\" must be an E.164 number"), "{err}");
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused_with_its_line_and_the_bound() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = format!("{SURVEY}schedule = \"0 0 30 2 *\"\n");
+        let err = parse(&dir, "s.toml", &body).unwrap_err();
+        assert_eq!(
+            lines_and_messages(&err),
+            [(
+                5,
+                "schedule: \"0 0 30 2 *\" has no fire time in the next 10 years; check its day and month".to_string()
+            )]
+        );
+        // 29 February comes round at least once in any ten years.
+        let body = format!("{SURVEY}schedule = \"0 0 29 2 *\"\n");
+        assert_eq!(parse(&dir, "s.toml", &body).unwrap().schedule.as_deref(), Some("0 0 29 2 *"));
+    }
+
+    #[test]
+    fn a_send_window_whose_ends_are_equal_is_refused_at_its_line() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let body = format!("{SURVEY}send_window = {{ start = \"08:00\", end = \"08:00\" }}\n");
+        let err = parse(&dir, "s.toml", &body).unwrap_err();
+        assert_eq!(
+            lines_and_messages(&err),
+            [(5, "send_window start and end are equal; the window would be empty".to_string())]
+        );
     }
 
     #[test]

@@ -3,12 +3,26 @@
 
 use std::time::Duration;
 
-/// Parses `30s`, `15m`, `2h`, `1d` and sums of them (`1d 2h`, `1h30m`).
+/// The longest duration any setting may name: a hundred years (36,500 days).
+/// Far past any real wait or offset, and small enough that every caller can
+/// turn it into milliseconds or add it to a date without overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// Parses `30s`, `15m`, `2h`, `1d` and sums of them (`1d 2h`, `1h30m`), up to
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_at_most(text, MAX_DURATION)
+}
+
+/// As [`parse_duration`], refusing anything longer than `limit` (and naming it).
+pub fn parse_duration_at_most(text: &str, limit: Duration) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err("empty duration; write e.g. 30s, 15m, 2h, 1d or 1d 2h".into());
     }
+    let limit_secs = limit.min(MAX_DURATION).as_secs();
+    let too_long =
+        || format!("duration {text:?} is longer than {}, the limit", format_duration(limit.min(MAX_DURATION)));
     let mut total: u64 = 0;
     let mut digits = String::new();
     let mut saw_unit = false;
@@ -32,11 +46,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             if digits.is_empty() {
                 return Err(format!("duration {text:?}: unit {ch:?} has no number before it"));
             }
-            let n: u64 = digits.parse().map_err(|_| format!("duration {text:?}: number too large"))?;
+            // A number too long for u64 is past any limit too.
+            let n: u64 = digits.parse().map_err(|_| too_long())?;
             total = n
                 .checked_mul(unit)
                 .and_then(|s| total.checked_add(s))
-                .ok_or_else(|| format!("duration {text:?}: too large"))?;
+                .filter(|t| *t <= limit_secs)
+                .ok_or_else(too_long)?;
             digits.clear();
             saw_unit = true;
         }
@@ -85,6 +101,23 @@ mod tests {
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
         assert!(parse_duration("2w").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("h").unwrap_err().contains("no number"));
+    }
+
+    #[test]
+    fn a_duration_too_large_to_hold_is_refused_with_the_limit() {
+        for text in ["18446744073709551615s", "99999999999999999999999s", "36501d", "36500d 1s"] {
+            let err = parse_duration(text).unwrap_err();
+            assert_eq!(err, format!("duration {text:?} is longer than 36500d, the limit"));
+        }
+        assert_eq!(parse_duration("36500d").unwrap(), Duration::from_secs(36_500 * 86_400));
+    }
+
+    #[test]
+    fn a_bounded_duration_names_its_own_limit() {
+        let month = Duration::from_secs(30 * 86_400);
+        assert_eq!(parse_duration_at_most("30d", month).unwrap(), month);
+        let err = parse_duration_at_most("30d 1s", month).unwrap_err();
+        assert_eq!(err, "duration \"30d 1s\" is longer than 30d, the limit");
     }
 
     #[test]

@@ -51,13 +51,11 @@ impl SendWindow {
             return at;
         }
         // Outside the window, the next opening is today's if it is still ahead,
-        // else tomorrow's.
-        let mut date = local.date_naive();
-        if local.time() >= self.start {
-            date = date.succ_opt().unwrap_or(date);
-        }
-        let open = opening(date, self.start, zone);
-        if open > at { open } else { opening(date.succ_opt().unwrap_or(date), self.start, zone) }
+        // else tomorrow's. Today's can be "now" only when a daylight-saving gap
+        // moved it onto a time past the window's end: that day has no window.
+        let today = local.date_naive();
+        let open = opening(today, self.start, zone);
+        if open > at { open } else { opening(today.succ_opt().unwrap_or(today), self.start, zone) }
     }
 }
 
@@ -135,6 +133,59 @@ mod tests {
         let ny = chrono_tz::America::New_York;
         // 2026-03-08 02:30 does not exist in New York; 03:00 EDT (07:00 UTC) is next.
         assert_eq!(w.next_open(utc("2026-03-08T05:00:00Z"), ny), utc("2026-03-08T07:00:00Z"));
+    }
+
+    fn local(hh_mm: &str) -> NaiveTime {
+        NaiveTime::parse_from_str(hh_mm, HH_MM).unwrap()
+    }
+
+    #[test]
+    fn a_job_due_exactly_at_the_windows_start_is_inside() {
+        let w = window("08:00", "21:00");
+        assert!(w.contains(local("08:00")));
+        let at = utc("2026-07-01T08:00:00Z");
+        assert_eq!(w.next_open(at, chrono_tz::UTC), at);
+    }
+
+    #[test]
+    fn a_job_due_exactly_at_the_windows_end_waits_for_the_next_opening() {
+        let w = window("08:00", "21:00");
+        assert!(w.contains(local("20:59")));
+        assert!(!w.contains(local("21:00")));
+        assert_eq!(w.next_open(utc("2026-07-01T21:00:00Z"), chrono_tz::UTC), utc("2026-07-02T08:00:00Z"));
+    }
+
+    #[test]
+    fn a_window_that_wraps_midnight_also_closes_exactly_at_its_end() {
+        let w = window("22:00", "06:00");
+        assert!(w.contains(local("22:00")));
+        assert!(!w.contains(local("06:00")));
+        assert_eq!(w.next_open(utc("2026-07-01T06:00:00Z"), chrono_tz::UTC), utc("2026-07-01T22:00:00Z"));
+    }
+
+    #[test]
+    fn equal_start_and_end_are_refused_when_read() {
+        let err = SendWindow::parse("08:00", "08:00").unwrap_err();
+        assert_eq!(err, "send_window start and end are equal; the window would be empty");
+    }
+
+    #[test]
+    fn a_window_built_in_code_with_equal_ends_is_open_all_day() {
+        // Files cannot say this (it is refused above); code that builds a window
+        // directly gets a whole day rather than nothing.
+        let w = SendWindow { start: local("08:00"), end: local("08:00") };
+        for t in ["00:00", "07:59", "08:00", "12:00", "23:59"] {
+            assert!(w.contains(local(t)), "{t}");
+        }
+    }
+
+    #[test]
+    fn a_window_swallowed_by_a_spring_forward_gap_opens_the_next_day() {
+        // On 2026-03-08 New York skips from 02:00 to 03:00, so 02:30-03:00 never
+        // happens that day; 03:00 EDT (07:00 UTC) is just past its end.
+        let w = window("02:30", "03:00");
+        let ny = chrono_tz::America::New_York;
+        assert_eq!(w.next_open(utc("2026-03-08T07:00:00Z"), ny), utc("2026-03-09T06:30:00Z"));
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub struct DryRun {
     pub refused: Vec<(Rejection, RowOutcome)>,
     pub earliest_due: Option<chrono::DateTime<chrono::Utc>>,
     pub latest_due: Option<chrono::DateTime<chrono::Utc>>,
+    /// Imported jobs that would expire unsent: due (or, with a send window,
+    /// let out) at or after their `expires` time.
+    pub would_expire: i64,
 }
 
 /// Expands a campaign without writing anything, for `--dry-run` and `validate`.
@@ -190,6 +193,11 @@ pub fn dry_run(campaign: &Campaign, keep_first: usize, now: DateTime<Utc>) -> Re
                     continue;
                 }
                 out.counts.imported += 1;
+                // The dispatcher expires a job whose expiry is at or before the
+                // moment it is claimed, which is its due time at the earliest.
+                if spec.expires_at.is_some_and(|expires| expires <= spec.due_at.unwrap_or(now)) {
+                    out.would_expire += 1;
+                }
                 if let Some(due) = spec.due_at {
                     out.earliest_due = Some(out.earliest_due.map_or(due, |d| d.min(due)));
                     out.latest_due = Some(out.latest_due.map_or(due, |d| d.max(due)));

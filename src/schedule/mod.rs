@@ -136,6 +136,19 @@ pub fn next_fire(cron: &Cron, zone: Tz, after: DateTime<Utc>) -> Option<DateTime
     cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
 }
 
+/// How far ahead a schedule must fire at least once to be accepted. The rarest
+/// line that is not a mistake, 29 February, can be eight years apart (2096 to
+/// 2104, since 2100 is not a leap year); a line with nothing in ten years names
+/// a day its month never has, or a combination too rare to be meant.
+pub const FIRE_HORIZON_YEARS: u32 = 10;
+
+/// The first fire time after `from`, if there is one within
+/// [`FIRE_HORIZON_YEARS`].
+pub fn first_fire_within_horizon(cron: &Cron, zone: Tz, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let horizon = from.checked_add_months(chrono::Months::new(12 * FIRE_HORIZON_YEARS))?;
+    next_fire(cron, zone, from).filter(|t| *t <= horizon)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +161,32 @@ mod tests {
         let err = parse_cron("0 9 * *").unwrap_err();
         assert!(err.contains("4 fields"), "{err}");
         assert!(parse_cron("0 25 * * *").is_err());
+    }
+
+    #[test]
+    fn a_line_that_names_a_day_no_month_has_never_fires() {
+        let cron = parse_cron("0 0 30 2 *").unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(first_fire_within_horizon(&cron, chrono_tz::UTC, now), None);
+    }
+
+    #[test]
+    fn a_line_whose_next_fire_time_is_beyond_the_horizon_has_none_within_it() {
+        // 29 February that is also a Monday ("+" asks for both): 2044, eighteen
+        // years after 2026.
+        let cron = parse_cron("0 0 29 2 +Mon").unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(next_fire(&cron, chrono_tz::UTC, now), Some(Utc.with_ymd_and_hms(2044, 2, 29, 0, 0, 0).unwrap()));
+        assert_eq!(first_fire_within_horizon(&cron, chrono_tz::UTC, now), None);
+    }
+
+    #[test]
+    fn leap_day_schedules_fire_within_the_horizon_even_across_a_century() {
+        // 2100 is not a leap year: after 2096 the next 29 February is in 2104.
+        let cron = parse_cron("0 0 29 2 *").unwrap();
+        let after_2096 = Utc.with_ymd_and_hms(2096, 3, 1, 0, 0, 0).unwrap();
+        let first = first_fire_within_horizon(&cron, chrono_tz::UTC, after_2096);
+        assert_eq!(first, Some(Utc.with_ymd_and_hms(2104, 2, 29, 0, 0, 0).unwrap()));
     }
 
     #[test]

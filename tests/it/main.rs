@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod campaign_input;
 mod commands;
 mod crash;
 mod dashboard;
