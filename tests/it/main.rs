@@ -5,6 +5,7 @@ mod helpers;
 
 mod commands;
 mod crash;
+mod csv_input;
 mod dashboard;
 mod dispatch;
 mod faults;
