@@ -6,6 +6,7 @@ mod helpers;
 mod campaign_input;
 mod commands;
 mod crash;
+mod csv_input;
 mod dashboard;
 mod dispatch;
 mod faults;
