@@ -16,8 +16,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::{Campaign, CampaignError, Diagnostic, FlowRef, Folders, ParamValue, Sender};
 use crate::contacts;
 use crate::domain::{
-    CampaignKind, ConflictPolicy, FlowSid, Phone, SendWindow, Template, TimeTemplate, parse_duration_at_most,
-    parse_region,
+    CampaignKind, ConflictPolicy, FlowSid, OutcomeField, OutcomeType, Phone, SendWindow, Template, TimeTemplate,
+    parse_duration_at_most, parse_region,
 };
 
 /// The longest a job may wait for a busy contact. A wait of weeks is already a
@@ -43,6 +43,7 @@ const FIELDS: &[&str] = &[
     "expires",
     "enabled",
     "parameters",
+    "outcomes",
 ];
 
 /// The keys of `send_window`.
@@ -73,6 +74,7 @@ struct RawCampaign {
     expires: Option<Spanned<String>>,
     enabled: Option<bool>,
     parameters: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    outcomes: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,7 +284,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         }),
     };
     // Harmless (the bound is simply unused), so it does not refuse the file.
-    if let (Some(m), false) = (&raw.max_wait, matches!(on_conflict, ConflictPolicy::Wait { .. })) {
+    if let (Some(m), None) = (&raw.max_wait, on_conflict.max_wait()) {
         p.warn(m.span(), "max_wait only applies with on_conflict = \"wait\"; it is ignored");
     }
 
@@ -358,6 +360,8 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         parameters = Some(map);
     }
 
+    let outcomes = raw.outcomes.as_ref().map(|table| parse_outcomes(table, &mut p)).unwrap_or_default();
+
     // The contacts path must exist and stay inside the campaigns folder, and every
     // column a template names must be in its header.
     let contacts = raw.contacts.as_ref().and_then(|c| resolve_contacts(file, c, folders, &mut p));
@@ -428,10 +432,55 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         expires: expires.map(|(t, _)| t),
         enabled: raw.enabled.unwrap_or(true),
         parameters: parameters.map(|m| m.into_iter().map(|(k, (v, _))| (k, v)).collect()),
-        outcomes: Vec::new(),
+        outcomes,
         source: file.to_path_buf(),
         warnings: p.warnings,
     })
+}
+
+/// `[outcomes]`: `NAME = "PATH"`, or `NAME = { path = "PATH", type = T }`.
+fn parse_outcomes(table: &BTreeMap<Spanned<String>, Spanned<toml::Value>>, p: &mut Problems) -> Vec<OutcomeField> {
+    let mut fields = Vec::new();
+    for (name, value) in table {
+        let (path, kind) = match value.get_ref() {
+            toml::Value::String(path) => (path.clone(), OutcomeType::String),
+            toml::Value::Table(t) => {
+                let strangers: Vec<&String> = t.keys().filter(|k| *k != "path" && *k != "type").collect();
+                if !strangers.is_empty() {
+                    p.at(
+                        value.span(),
+                        format!("outcomes.{}: unknown key {:?}; use path and type", name.get_ref(), strangers[0]),
+                    );
+                    continue;
+                }
+                let Some(path) = t.get("path").and_then(toml::Value::as_str) else {
+                    p.at(value.span(), format!("outcomes.{}: path (a string) is required", name.get_ref()));
+                    continue;
+                };
+                let kind = match t.get("type").map(|v| v.as_str().unwrap_or_default().parse::<OutcomeType>()) {
+                    None => OutcomeType::String,
+                    Some(Ok(kind)) => kind,
+                    Some(Err(e)) => {
+                        p.at(value.span(), format!("outcomes.{}: {e}", name.get_ref()));
+                        continue;
+                    }
+                };
+                (path.to_string(), kind)
+            }
+            _ => {
+                p.at(
+                    value.span(),
+                    format!("outcomes.{}: write a path string or {{ path = \"…\", type = \"…\" }}", name.get_ref()),
+                );
+                continue;
+            }
+        };
+        match OutcomeField::new(name.get_ref(), &path, kind) {
+            Ok(field) => fields.push(field),
+            Err(e) => p.at(name.span(), format!("outcomes: {e}")),
+        }
+    }
+    fields
 }
 
 fn parse_from(raw: &Spanned<String>, p: &mut Problems) -> Sender {
@@ -724,6 +773,32 @@ floor       = 3
             lines_and_messages(&err),
             [(5, "send_window start and end are equal; the window would be empty".to_string())]
         );
+    }
+
+    #[test]
+    fn outcome_fields_are_read_with_their_types_and_bad_ones_named_at_their_line() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let head = "kind = \"survey\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\ncontacts = \"appointments.csv\"\n";
+        let good = format!(
+            "{head}[outcomes]\nreply = \"widgets.ask.inbound.Body\"\nscore = {{ path = \"flow.variables.score\", type = \"nps\" }}\n"
+        );
+        let c = parse(&dir, "s.toml", &good).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.outcomes.len(), 2);
+        let score = c.outcomes.iter().find(|f| f.name == "score").unwrap();
+        assert_eq!((score.path.as_str(), score.kind), ("flow.variables.score", OutcomeType::Nps));
+        let bad = format!(
+            "{head}[outcomes]\nreply = \"widgets..Body\"\nscore = {{ path = \"x\", type = \"percent\" }}\nstatus = \"flow.x\"\n"
+        );
+        let err = parse(&dir, "s.toml", &bad).unwrap_err();
+        let got = lines_and_messages(&err);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].0 == 6 && got[0].1.contains("dot-separated"), "{got:?}");
+        assert!(
+            got[1].0 == 7
+                && got[1].1.contains("outcome type \"percent\" must be one of string, integer, number, boolean, nps"),
+            "{got:?}"
+        );
+        assert!(got[2].0 == 8 && got[2].1.contains("built in"), "{got:?}");
     }
 
     #[test]

@@ -30,6 +30,9 @@ impl<S: StudioApi> Service<S> {
             match change {
                 ScanChange::Loaded { campaign, hash, previous } => {
                     tracing::info!(campaign = %campaign.name, file = %campaign.source.display(), changed = previous.is_some(), "campaign loaded");
+                    for warning in &campaign.warnings {
+                        tracing::warn!("{warning}");
+                    }
                     let row = CampaignRow {
                         name: campaign.name.clone(),
                         kind: campaign.kind,
