@@ -88,6 +88,8 @@ pub struct Config {
     /// Account-wide creates per second.
     pub rate: u32,
     pub concurrency: usize,
+    /// `host:port` for `serve`; the host may be a name (`localhost:8080`),
+    /// resolved when `serve` starts.
     pub listen: String,
     pub catch_up: Duration,
     /// The tracing filter: `FLOWCAST_LOG`, the file's `log`, then `RUST_LOG`.

@@ -10,11 +10,17 @@ use super::{CommandResult, Failure, folders, lock_ledger, open_store, shutdown_s
 use crate::config::Config;
 use crate::flows::FlowResolver;
 use crate::schedule::SystemClock;
-use crate::service::{HttpConfig, Service, ServiceSettings, router};
+use crate::service::{HttpConfig, Service, ServiceSettings, serve_http};
 
 pub(super) async fn serve(config: &Config) -> CommandResult {
-    let listen: std::net::SocketAddr =
-        config.listen.parse().with_context(|| format!("listen address {:?}", config.listen)).map_err(Failure::input)?;
+    // A name such as `localhost:8080` is resolved; the first address is the
+    // one bound, and the one whose reach decides whether a token is needed.
+    let listen = tokio::net::lookup_host(config.listen.as_str())
+        .await
+        .with_context(|| format!("listen address {:?}", config.listen))
+        .map_err(Failure::input)?
+        .next()
+        .ok_or_else(|| Failure::input(anyhow!("listen address {:?} resolves to no address", config.listen)))?;
     if !listen.ip().is_loopback() && config.admin_token.is_none() {
         return Err(Failure::input(anyhow!(
             "refusing to listen on {listen} without FLOWCAST_ADMIN_TOKEN: the API would be open to the network"
@@ -38,17 +44,28 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
         .await
         .with_context(|| format!("listening on {listen}"))
         .map_err(Failure::input)?;
+    if config.twilio.auth_token.is_some() && config.public_url.is_none() {
+        tracing::warn!(
+            "FLOWCAST_PUBLIC_URL is not set: webhook signatures are checked against http://{{Host}}/webhooks/studio, \
+             so behind TLS termination or a proxy every genuine Twilio delivery gets 403; set it to the base URL \
+             Twilio posts to"
+        );
+    }
     let shutdown = tokio_util::sync::CancellationToken::new();
     let http = {
         let http_config = HttpConfig {
             admin_token: config.admin_token.clone(),
             webhook_token: config.twilio.auth_token.clone(),
             public_url: config.public_url.clone(),
+            listen: Some(config.listen.clone()),
+            ..HttpConfig::default()
         };
-        let app = router(Arc::clone(&service), http_config);
+        let service = Arc::clone(&service);
         let token = shutdown.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(async move { token.cancelled().await }).await;
+            if let Err(e) = serve_http(listener, service, http_config, token).await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
         })
     };
     tracing::info!(listen = %listen, campaigns = %config.campaigns.display(), ledger = %config.db, "flowcast serve started");

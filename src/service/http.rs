@@ -1,21 +1,32 @@
 //! The service's HTTP surface: health, metrics, the JSON API, the dashboard
 //! page, run control, and the Event Streams webhook.
+//!
+//! Every refusal and error the API answers has one shape:
+//! `{"error": {"code": "not_found", "message": "run 7 not found"}}`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, OriginalUri, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::Service;
-use super::webhook;
+use super::guard::{Refusal, ServedHosts};
+use super::listen;
+use super::webhook::{self, SignatureAlgorithm};
 use crate::config::Secret;
 use crate::domain::{JobState, RunAction};
 use crate::runs::ControlError;
@@ -26,8 +37,34 @@ use crate::views;
 /// The dashboard: one self-contained page, compiled into the binary.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// The dashboard's Content-Security-Policy: nothing but its own inline script
+/// and style (by hash, so an injected script or style never runs), requests to
+/// this origin only, and no framing (against clickjacking of its buttons).
+static DASHBOARD_CSP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; base-uri 'none'; \
+         form-action 'none'; frame-ancestors 'none'",
+        csp_hash(inline_element(DASHBOARD, "script")),
+        csp_hash(inline_element(DASHBOARD, "style")),
+    )
+});
+
+/// The text of the page's `<tag>…</tag>` element, exactly as a browser hashes
+/// it for a CSP source.
+fn inline_element<'a>(page: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    let start = page.find(&open).map(|i| i + open.len()).expect("the dashboard has its inline element");
+    let end = page[start..].find(&format!("</{tag}>")).expect("the element is closed") + start;
+    &page[start..end]
+}
+
+fn csp_hash(text: &str) -> String {
+    use sha2::Digest;
+    format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(text.as_bytes())))
+}
+
 /// Settings of the HTTP surface.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// When set, everything but `/healthz` and the webhook needs it, as
     /// `Authorization: Bearer TOKEN` (or as the password of Basic auth, which
@@ -36,20 +73,74 @@ pub struct HttpConfig {
     /// The auth token that Twilio signs Event Streams deliveries with.
     pub webhook_token: Option<Secret>,
     /// The public base URL Twilio posts to (`FLOWCAST_PUBLIC_URL`), e.g.
-    /// `https://flowcast.example.com`; signatures are over this URL.
+    /// `https://flowcast.example.com`; signatures are over this URL, and its
+    /// host is one the API answers to.
     pub public_url: Option<String>,
+    /// The listen address as configured (`FLOWCAST_LISTEN`, e.g.
+    /// `localhost:8080`): a name the API answers to besides the loopback
+    /// names and the address bound.
+    pub listen: Option<String>,
+    /// How long a connection may take to deliver a request's head, counted
+    /// from when it starts waiting for one: it bounds slow senders,
+    /// connections that never send, and keep-alive connections left idle.
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is
+    /// closed (a stalled upload, a client that stopped reading). Longer than
+    /// `request_timeout`, so it never cuts off a request being worked on.
+    pub idle_timeout: Duration,
+    /// How long a request may take, body included, before it is answered 408.
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            admin_token: None,
+            webhook_token: None,
+            public_url: None,
+            listen: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 512,
+        }
+    }
 }
 
 struct HttpState<S: StudioApi> {
     service: Arc<Service<S>>,
     config: HttpConfig,
+    hosts: ServedHosts,
 }
 
 type St<S> = State<Arc<HttpState<S>>>;
 
-/// The service's routes.
-pub fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig) -> Router {
-    let state = Arc::new(HttpState { service, config });
+/// Serves the service's routes on `listener` until `shutdown`, with the
+/// connection limits of `config`; returns once every connection is closed.
+pub async fn serve<S: StudioApi>(
+    listener: TcpListener,
+    service: Arc<Service<S>>,
+    config: HttpConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let limits = listen::Limits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+    };
+    let app = router(service, config, listener.local_addr()?);
+    listen::serve(listener, app, limits, shutdown).await;
+    Ok(())
+}
+
+/// The service's routes, for a server bound to `bound`.
+fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: SocketAddr) -> Router {
+    let hosts = ServedHosts::new(bound, config.listen.as_deref(), config.public_url.as_deref());
+    let request_timeout = config.request_timeout;
+    let state = Arc::new(HttpState { service, config, hosts });
+    // Layers added later run first: the Host and Origin checks, then the token.
     let guarded = Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics::<S>))
@@ -59,11 +150,17 @@ pub fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig) -> Rou
         .route("/api/runs/{id}/jobs", get(jobs::<S>))
         .route("/api/runs/{id}/{action}", post(control::<S>))
         .route("/api/problems", get(problems::<S>))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_token::<S>));
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_token::<S>))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_served_origin::<S>));
+    // Health probes address the machine by whatever name or IP they have and
+    // learn nothing but "ok"; the webhook is posted by Twilio under the public
+    // host and guarded by its signature.
     Router::new()
         .route("/healthz", get(healthz::<S>))
         .route("/webhooks/studio", post(studio_webhook::<S>))
         .merge(guarded)
+        .fallback(async || error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
+        .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .with_state(state)
 }
 
@@ -71,34 +168,75 @@ fn json_body(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json_body(status, json!({ "error": message.into() }))
+/// The API's one error shape.
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    json_body(status, json!({ "error": { "code": code, "message": message.into() } }))
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Answers 408 to a request not complete in time (a body that stops
+/// arriving, most likely) and closes its connection, whose unread body would
+/// otherwise be taken for the next request.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request was not complete within {} s", limit.as_secs_f64()),
+            );
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+async fn require_served_origin<S: StudioApi>(State(state): St<S>, request: Request, next: Next) -> Response {
+    match state.hosts.check(request.method(), request.uri(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let (code, message) = match refusal {
+                Refusal::Host(message) => ("host_not_served", message),
+                Refusal::CrossSite(message) => ("cross_site", message),
+            };
+            tracing::warn!(reason = %message, "request refused");
+            error(StatusCode::FORBIDDEN, code, message)
+        }
+    }
 }
 
 async fn require_token<S: StudioApi>(State(state): St<S>, request: Request, next: Next) -> Response {
     if let Some(expected) = &state.config.admin_token {
         let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let given = if let Some(bearer) = header.strip_prefix("Bearer ") {
-            bearer.to_string()
-        } else if let Some(basic) = header.strip_prefix("Basic ") {
-            base64::engine::general_purpose::STANDARD
-                .decode(basic.trim())
-                .ok()
-                .and_then(|d| String::from_utf8(d).ok())
-                .and_then(|d| d.split_once(':').map(|(_, password)| password.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let given = presented_token(header).unwrap_or_default();
         if !constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
-            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+            let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin token");
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"flowcast\""));
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"flowcast\""));
             return response;
         }
     }
     next.run(request).await
+}
+
+/// The token in an `Authorization` header: a Bearer token, or the password of
+/// Basic auth. Scheme names are case-insensitive (`bearer` is `Bearer`).
+fn presented_token(header: &str) -> Option<String> {
+    let (scheme, credentials) = header.trim().split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(credentials.to_string())
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(credentials).ok()?).ok()?;
+        decoded.split_once(':').map(|(_, password)| password.to_string())
+    } else {
+        None
+    }
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much
@@ -113,8 +251,57 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// A ledger error as an answer: 404 for an unknown run, else 500.
 fn store_error(e: StoreError) -> Response {
     match e {
-        StoreError::RunNotFound(id) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
-        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        StoreError::RunNotFound(id) => error(StatusCode::NOT_FOUND, "not_found", format!("run {id} not found")),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// Path parameters whose refusal (`/api/runs/abc`) is answered in the API's
+/// error shape rather than as plain text.
+struct ApiPath<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = if status.is_client_error() { "bad_request" } else { "internal" };
+                Err(error(status, code, rejection.body_text()))
+            }
+        }
+    }
+}
+
+/// A request's query parameters.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn new(query: Option<String>) -> Self {
+        Params(form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// A whole-number parameter, `default` when absent; when it is not a
+    /// whole number in range, a message naming it, for a 400.
+    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| format!("query parameter {name}: {text:?} is not a whole number in range")),
+        }
+    }
+
+    /// `limit`, clamped to `1..=max`, `default` when absent.
+    fn limit(&self, default: u32, max: u32) -> Result<u32, String> {
+        Ok(self.number("limit", default)?.clamp(1, max))
     }
 }
 
@@ -126,10 +313,8 @@ struct Page {
 }
 
 impl Page {
-    fn from_query(q: &HashMap<String, String>, default: u32, max: u32) -> Self {
-        let after = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(default).clamp(1, max);
-        Page { after, limit }
+    fn from_query(q: &Params, default: u32, max: u32) -> Result<Self, String> {
+        Ok(Page { after: q.number("after", 0)?, limit: q.limit(default, max)? })
     }
 
     /// The `after` of the next page, when this one was full.
@@ -147,8 +332,16 @@ async fn healthz<S: StudioApi>(State(state): St<S>) -> Response {
     }
 }
 
-async fn dashboard() -> Html<&'static str> {
-    Html(DASHBOARD)
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP.as_str()),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn metrics<S: StudioApi>(State(state): St<S>) -> Response {
@@ -201,10 +394,14 @@ async fn campaigns<S: StudioApi>(State(state): St<S>) -> Response {
     json_body(StatusCode::OK, json!({ "campaigns": out }))
 }
 
-async fn runs<S: StudioApi>(State(state): St<S>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn runs<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) -> Response {
     let store = &state.service.store;
-    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50u32).clamp(1, 500);
-    let list = match store.list_runs(q.get("campaign").map(String::as_str), limit).await {
+    let q = Params::new(query);
+    let limit = match q.limit(50, 500) {
+        Ok(limit) => limit,
+        Err(message) => return bad_request(message),
+    };
+    let list = match store.list_runs(q.get("campaign"), limit).await {
         Ok(list) => list,
         Err(e) => return store_error(e),
     };
@@ -218,7 +415,7 @@ async fn runs<S: StudioApi>(State(state): St<S>, Query(q): Query<HashMap<String,
     json_body(StatusCode::OK, json!({ "runs": out }))
 }
 
-async fn get_run<S: StudioApi>(State(state): St<S>, Path(id): Path<i64>) -> Response {
+async fn get_run<S: StudioApi>(State(state): St<S>, ApiPath(id): ApiPath<i64>) -> Response {
     let store = &state.service.store;
     let run = match store.get_run(id).await {
         Ok(run) => run,
@@ -230,16 +427,16 @@ async fn get_run<S: StudioApi>(State(state): St<S>, Path(id): Path<i64>) -> Resp
     }
 }
 
-async fn jobs<S: StudioApi>(
-    State(state): St<S>,
-    Path(id): Path<i64>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn jobs<S: StudioApi>(State(state): St<S>, ApiPath(id): ApiPath<i64>, RawQuery(query): RawQuery) -> Response {
+    let q = Params::new(query);
     let filter = match q.get("state").map(|s| s.parse::<JobState>()).transpose() {
         Ok(filter) => filter,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return bad_request(format!("query parameter state: {e}")),
     };
-    let page = Page::from_query(&q, 100, 1000);
+    let page = match Page::from_query(&q, 100, 1000) {
+        Ok(page) => page,
+        Err(message) => return bad_request(message),
+    };
     let store = &state.service.store;
     if let Err(e) = store.get_run(id).await {
         return store_error(e);
@@ -256,17 +453,24 @@ async fn jobs<S: StudioApi>(
     }
 }
 
-async fn problems<S: StudioApi>(State(state): St<S>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(20u32).clamp(1, 200);
+async fn problems<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) -> Response {
+    let limit = match Params::new(query).limit(20, 200) {
+        Ok(limit) => limit,
+        Err(message) => return bad_request(message),
+    };
     match state.service.store.recent_problems(limit).await {
         Ok(list) => json_body(StatusCode::OK, json!({ "jobs": list.iter().map(views::job).collect::<Vec<_>>() })),
         Err(e) => store_error(e),
     }
 }
 
-async fn control<S: StudioApi>(State(state): St<S>, Path((id, action)): Path<(i64, String)>) -> Response {
+async fn control<S: StudioApi>(State(state): St<S>, ApiPath((id, action)): ApiPath<(i64, String)>) -> Response {
     let Ok(action) = action.parse::<RunAction>() else {
-        return error(StatusCode::NOT_FOUND, format!("unknown action {action:?}; use {}", RunAction::choices()));
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown action {action:?}; use {}", RunAction::choices()),
+        );
     };
     let service = &state.service;
     match crate::runs::control(&service.store, id, action, service.now_ms()).await {
@@ -275,8 +479,8 @@ async fn control<S: StudioApi>(State(state): St<S>, Path((id, action)): Path<(i6
             json_body(StatusCode::OK, json!({ "id": id, "previous": t.from, "state": t.to }))
         }
         Err(ControlError::Store(e)) => store_error(e),
-        Err(e @ ControlError::NotAllowed(_)) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ ControlError::Contended(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ ControlError::NotAllowed(_)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
+        Err(e @ ControlError::Contended(_)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
     }
 }
 
@@ -288,7 +492,7 @@ async fn studio_webhook<S: StudioApi>(
 ) -> Response {
     let forbidden = |why: &str| {
         tracing::warn!(reason = why, "webhook refused");
-        error(StatusCode::FORBIDDEN, why)
+        error(StatusCode::FORBIDDEN, "forbidden", why)
     };
     let Some(token) = &state.config.webhook_token else {
         return forbidden("no auth token configured to check signatures (set TWILIO_AUTH_TOKEN)");
@@ -304,8 +508,12 @@ async fn studio_webhook<S: StudioApi>(
             format!("http://{host}")
         }
     };
+    let settings = headers.get(webhook::SIGNATURE_SETTINGS_HEADER).map(|v| v.to_str().unwrap_or_default());
+    let Some(algorithm) = SignatureAlgorithm::from_settings(settings) else {
+        return forbidden("X-Twilio-Webhooks-Signature-Settings names no supported algorithm (HMAC_SHA1, HMAC_SHA256)");
+    };
     let url = format!("{base}{path_and_query}");
-    if !webhook::signature_is_valid(token.expose(), &url, signature) {
+    if !webhook::signature_is_valid(algorithm, token.expose(), &url, signature) {
         return forbidden("bad signature");
     }
     if !webhook::body_hash_is_valid(uri.query().unwrap_or(""), &body) {
@@ -313,7 +521,7 @@ async fn studio_webhook<S: StudioApi>(
     }
     let (count, ended) = match webhook::parse_events(&body) {
         Ok(parsed) => parsed,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return bad_request(e),
     };
     let now = state.service.now_ms();
     let ended_count = ended.len();

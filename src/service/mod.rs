@@ -11,9 +11,13 @@
 //! - [`supervise`]: every active run is dispatched by its own task; all share
 //!   the account rate and the in-flight bound. Runs start and import through
 //!   [`crate::runs`], like everywhere else.
-//! - [`http`]: the API, dashboard, metrics and webhook.
+//! - [`http`]: the API, dashboard, metrics and webhook, behind the Host and
+//!   Origin checks of [`guard`], served with the connection limits of
+//!   [`listen`].
 
+mod guard;
 mod http;
+mod listen;
 mod registry;
 mod scan;
 mod schedules;
@@ -35,7 +39,7 @@ use crate::schedule::Clock;
 use crate::store::Store;
 use crate::studio::StudioApi;
 
-pub use http::{HttpConfig, router};
+pub use http::{HttpConfig, serve as serve_http};
 pub use registry::{Registry, ScanChange};
 
 /// Service settings.

@@ -1,33 +1,143 @@
 //! The Twilio Event Streams sink: `POST /webhooks/studio`.
 //!
-//! Twilio signs each delivery with `X-Twilio-Signature`: base64 of HMAC-SHA1,
-//! keyed with the account's auth token, over the full URL it posted to. For JSON
-//! bodies that URL carries a `bodySHA256` query parameter, the hex SHA-256 of the
-//! raw body, which is checked too. Anything unsigned or mis-signed gets 403.
+//! Twilio signs each delivery with `X-Twilio-Signature`: base64 of an HMAC,
+//! keyed with the account's auth token, over the full URL it posted to. The
+//! HMAC is SHA-1 unless the delivery carries `X-Twilio-Webhooks-Signature-Settings`
+//! (e.g. `key=KS…,algorithm=HMAC_SHA256`), which names the algorithm. For
+//! JSON bodies that URL carries a `bodySHA256` query parameter, the hex
+//! SHA-256 of the raw body, which is checked too. Anything unsigned or
+//! mis-signed gets 403.
+//!
+//! Twilio does not always sign the URL in the same form: sometimes with the
+//! port, sometimes without. Its own validators (twilio-python's
+//! `RequestValidator.validate`, twilio-node's `validateRequest`) accept a
+//! signature over the URL without its port or with it (the scheme's default
+//! when none is written); so does this one.
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha1::Sha1;
+use sha2::Sha256;
 
-/// Whether `signature` (the header, base64) is Twilio's signature of `url`.
-pub fn signature_is_valid(auth_token: &str, url: &str, signature: &str) -> bool {
+/// The header that names the signature's algorithm when it is not HMAC-SHA1.
+pub const SIGNATURE_SETTINGS_HEADER: &str = "x-twilio-webhooks-signature-settings";
+
+/// The HMAC a signature is made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureAlgorithm {
+    HmacSha1,
+    HmacSha256,
+}
+
+impl SignatureAlgorithm {
+    /// The algorithm a delivery was signed with, from its
+    /// `X-Twilio-Webhooks-Signature-Settings` header (comma-separated
+    /// `name=value` pairs, `algorithm=HMAC_SHA256` among them); HMAC-SHA1
+    /// without the header. None for an algorithm this does not know, which
+    /// must be refused rather than guessed.
+    pub fn from_settings(settings: Option<&str>) -> Option<SignatureAlgorithm> {
+        let Some(settings) = settings else {
+            return Some(SignatureAlgorithm::HmacSha1);
+        };
+        let named = settings
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("algorithm"))
+            .map(|(_, value)| value.trim())?;
+        if named.eq_ignore_ascii_case("HMAC_SHA256") {
+            Some(SignatureAlgorithm::HmacSha256)
+        } else if named.eq_ignore_ascii_case("HMAC_SHA1") {
+            Some(SignatureAlgorithm::HmacSha1)
+        } else {
+            None
+        }
+    }
+
+    fn mac(self, key: &str, data: &str) -> Vec<u8> {
+        // HMAC accepts keys of any length.
+        match self {
+            SignatureAlgorithm::HmacSha1 => {
+                let mut mac = Hmac::<Sha1>::new_from_slice(key.as_bytes()).expect("any key length");
+                mac.update(data.as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+            SignatureAlgorithm::HmacSha256 => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+                mac.update(data.as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+
+    fn verifies(self, key: &str, data: &str, given: &[u8]) -> bool {
+        // verify_slice compares in constant time.
+        match self {
+            SignatureAlgorithm::HmacSha1 => Hmac::<Sha1>::new_from_slice(key.as_bytes()).is_ok_and(|mut mac| {
+                mac.update(data.as_bytes());
+                mac.verify_slice(given).is_ok()
+            }),
+            SignatureAlgorithm::HmacSha256 => Hmac::<Sha256>::new_from_slice(key.as_bytes()).is_ok_and(|mut mac| {
+                mac.update(data.as_bytes());
+                mac.verify_slice(given).is_ok()
+            }),
+        }
+    }
+}
+
+/// Whether `signature` (the header, base64) is Twilio's signature of `url`
+/// with `algorithm`, in either of the URL's forms ([`signed_url_forms`]).
+pub fn signature_is_valid(algorithm: SignatureAlgorithm, auth_token: &str, url: &str, signature: &str) -> bool {
     let Ok(given) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
         return false;
     };
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()) else {
-        return false;
-    };
-    mac.update(url.as_bytes());
-    // verify_slice compares in constant time.
-    mac.verify_slice(&given).is_ok()
+    signed_url_forms(url).iter().any(|form| algorithm.verifies(auth_token, form, &given))
 }
 
-/// Signs `url` as Twilio does (for tests and for documentation).
+/// The forms of `url` Twilio may have signed: without a port, and with one
+/// (the one written, else the scheme's default: 443 for https, 80 for http).
+/// Everything else in the URL is kept byte for byte.
+pub fn signed_url_forms(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return vec![url.to_string()];
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, host_port) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    // An IPv6 host is in brackets and has colons of its own.
+    let host_end = if host_port.starts_with('[') { host_port.find(']').map_or(0, |i| i + 1) } else { 0 };
+    let (host, port) = match host_port[host_end..].rfind(':').map(|i| i + host_end) {
+        Some(colon) if host_port[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            (&host_port[..colon], Some(&host_port[colon + 1..]))
+        }
+        _ => (host_port, None),
+    };
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        Some("443")
+    } else if scheme.eq_ignore_ascii_case("http") {
+        Some("80")
+    } else {
+        None
+    };
+    let without = format!("{scheme}://{userinfo}{host}{tail}");
+    match port.filter(|p| !p.is_empty()).or(default) {
+        Some(port) => vec![without, format!("{scheme}://{userinfo}{host}:{port}{tail}")],
+        None => vec![without],
+    }
+}
+
+/// Signs `url` with HMAC-SHA1, as Twilio does by default (for tests and for
+/// documentation).
 pub fn sign(auth_token: &str, url: &str) -> String {
-    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(url.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    sign_with(SignatureAlgorithm::HmacSha1, auth_token, url)
+}
+
+/// Signs `url` with `algorithm`, as Twilio does (for tests and documentation).
+pub fn sign_with(algorithm: SignatureAlgorithm, auth_token: &str, url: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(algorithm.mac(auth_token, url))
 }
 
 /// The hex SHA-256 of a body, as Twilio puts in `bodySHA256`.
@@ -96,10 +206,12 @@ mod tests {
         let body = br#"[{"type":"com.twilio.studio.flow.execution.ended"}]"#;
         let url = format!("https://example.com/webhooks/studio?bodySHA256={}", body_sha256(body));
         let signature = sign(token, &url);
-        assert!(signature_is_valid(token, &url, &signature));
-        assert!(!signature_is_valid("other", &url, &signature));
-        assert!(!signature_is_valid(token, &url.replace("https", "http"), &signature));
-        assert!(!signature_is_valid(token, &url, "not base64!"));
+        let sha1 = SignatureAlgorithm::HmacSha1;
+        assert!(signature_is_valid(sha1, token, &url, &signature));
+        assert!(!signature_is_valid(sha1, "other", &url, &signature));
+        assert!(!signature_is_valid(sha1, token, &url.replace("https", "http"), &signature));
+        assert!(!signature_is_valid(sha1, token, &url, "not base64!"));
+        assert!(!signature_is_valid(SignatureAlgorithm::HmacSha256, token, &url, &signature));
         assert!(body_hash_is_valid(url.split_once('?').unwrap().1, body));
         assert!(!body_hash_is_valid(url.split_once('?').unwrap().1, b"[]"));
         assert!(!body_hash_is_valid("", body));
@@ -124,6 +236,37 @@ mod tests {
             data.push_str(v);
         }
         assert_eq!(sign("12345", &data), "GvWf1cFY/Q7PnoempGyD5oXAezc=");
+    }
+
+    #[test]
+    fn a_url_is_tried_without_its_port_and_with_it_or_its_schemes_default() {
+        let forms = |url: &str| signed_url_forms(url);
+        assert_eq!(forms("https://a.example/x?q=1"), ["https://a.example/x?q=1", "https://a.example:443/x?q=1"]);
+        assert_eq!(forms("https://a.example:443/x"), ["https://a.example/x", "https://a.example:443/x"]);
+        assert_eq!(forms("http://a.example"), ["http://a.example", "http://a.example:80"]);
+        assert_eq!(forms("https://a.example:8443/x"), ["https://a.example/x", "https://a.example:8443/x"]);
+        assert_eq!(forms("http://[::1]:8080/x"), ["http://[::1]/x", "http://[::1]:8080/x"]);
+        assert_eq!(forms("http://[::1]/x"), ["http://[::1]/x", "http://[::1]:80/x"]);
+        assert_eq!(forms("https://u:p@a.example/x"), ["https://u:p@a.example/x", "https://u:p@a.example:443/x"]);
+        // The query is kept as sent, even where it holds a colon.
+        assert_eq!(forms("https://a.example/x?t=1:2")[1], "https://a.example:443/x?t=1:2");
+    }
+
+    #[test]
+    fn the_signature_settings_header_names_the_algorithm() {
+        let algorithm = |h: Option<&str>| SignatureAlgorithm::from_settings(h);
+        assert_eq!(algorithm(None), Some(SignatureAlgorithm::HmacSha1));
+        assert_eq!(algorithm(Some("key=KS1,algorithm=HMAC_SHA256")), Some(SignatureAlgorithm::HmacSha256));
+        assert_eq!(algorithm(Some(" algorithm = hmac_sha256 , key=KS1")), Some(SignatureAlgorithm::HmacSha256));
+        assert_eq!(algorithm(Some("key=KS1,algorithm=HMAC_SHA1")), Some(SignatureAlgorithm::HmacSha1));
+        assert_eq!(algorithm(Some("key=KS1,algorithm=HMAC_MD5")), None);
+        assert_eq!(algorithm(Some("key=KS1")), None, "a header that names no algorithm is not guessed at");
+        // A known HMAC-SHA256 test vector (RFC 4231, test case 2).
+        let tag = SignatureAlgorithm::HmacSha256.mac("Jefe", "what do ya want for nothing?");
+        assert_eq!(
+            tag.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

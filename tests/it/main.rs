@@ -11,6 +11,7 @@ mod dashboard;
 mod dispatch;
 mod faults;
 mod flows;
+mod http_safety;
 mod import;
 mod operator;
 mod rates;
