@@ -62,6 +62,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "csv")]
         format: ReportFormat,
     },
+    /// Read outcomes back from Studio now (every sent job whose outcome is open).
+    Collect {
+        /// Only this run's jobs.
+        run: Option<i64>,
+        /// Keep collecting until every outcome is known or this long has passed (e.g. 10m).
+        #[arg(long, default_value = "0s")]
+        wait: String,
+    },
     /// Pause a run: nothing more is sent until it is resumed.
     Pause { run: i64 },
     /// Cancel a run: its pending jobs are never sent.

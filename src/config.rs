@@ -27,6 +27,9 @@ struct FileConfig {
     request_timeout: Option<String>,
     max_failures: Option<u32>,
     circuit_breaker: Option<u32>,
+    outcome_after: Option<String>,
+    outcome_timeout: Option<String>,
+    read_rate: Option<u32>,
 }
 
 /// A value that must never reach logs, errors or reports.
@@ -100,6 +103,12 @@ pub struct Config {
     pub max_failures: u32,
     /// Consecutive transient failures that pause a run; 0: never.
     pub circuit_breaker: u32,
+    /// First read of an Execution's outcome, this long after its create.
+    pub outcome_after: Duration,
+    /// Give up reading an Execution still running this long after its create.
+    pub outcome_timeout: Duration,
+    /// Studio reads per second, apart from creates.
+    pub read_rate: u32,
     pub twilio: TwilioEnv,
     /// `FLOWCAST_ADMIN_TOKEN`: guards the HTTP API.
     pub admin_token: Option<Secret>,
@@ -156,6 +165,10 @@ impl Config {
         if !(1..=10_000).contains(&rate) {
             return Err(ConfigError(format!("rate {rate} must be 1 to 10000 executions per second")));
         }
+        let read_rate = number("FLOWCAST_READ_RATE", env("FLOWCAST_READ_RATE"), file.read_rate.map(u64::from), 20)?;
+        if !(1..=10_000).contains(&read_rate) {
+            return Err(ConfigError(format!("read_rate {read_rate} must be 1 to 10000 reads per second")));
+        }
         let concurrency =
             number("FLOWCAST_CONCURRENCY", env("FLOWCAST_CONCURRENCY"), file.concurrency.map(|c| c as u64), 16)?;
         if !(1..=1024).contains(&concurrency) {
@@ -190,6 +203,9 @@ impl Config {
                 file.circuit_breaker.map(u64::from),
                 20,
             )? as u32,
+            outcome_after: duration("outcome_after", env("FLOWCAST_OUTCOME_AFTER"), file.outcome_after, "5m")?,
+            outcome_timeout: duration("outcome_timeout", env("FLOWCAST_OUTCOME_TIMEOUT"), file.outcome_timeout, "7d")?,
+            read_rate: read_rate as u32,
             twilio: TwilioEnv {
                 account_sid: env("TWILIO_ACCOUNT_SID"),
                 auth_token: env("TWILIO_AUTH_TOKEN").map(Secret),

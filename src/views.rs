@@ -5,6 +5,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
+use std::collections::BTreeMap;
+
+use crate::domain::{FieldSummary, OutcomeField};
 use crate::store::{JobRow, RunCounts, RunRow};
 
 /// A Unix-milliseconds instant as RFC 3339 (UTC, whole seconds).
@@ -17,8 +20,9 @@ pub fn opt_time(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, |ms| Value::String(time(ms)))
 }
 
-/// A run with its counts per job state and its progress.
-pub fn run(run: &RunRow, counts: &RunCounts) -> Value {
+/// A run with its counts per job state, its progress, and each outcome
+/// field's summary.
+pub fn run(run: &RunRow, counts: &RunCounts, outcomes: &BTreeMap<String, FieldSummary>) -> Value {
     let total = counts.total();
     let jobs: serde_json::Map<String, Value> =
         counts.0.iter().map(|(state, n)| (state.as_str().to_string(), json!(n))).collect();
@@ -51,6 +55,8 @@ pub fn run(run: &RunRow, counts: &RunCounts) -> Value {
         "jobs": jobs,
         "total": total,
         "progress": if total > 0 { (total - counts.open()) as f64 / total as f64 } else { 1.0 },
+        "outcome_fields": run.outcomes,
+        "outcomes": outcomes,
     })
 }
 
@@ -73,31 +79,41 @@ pub fn job(j: &JobRow) -> Value {
         "last_error": j.last_error,
         "execution_ended_at": opt_time(j.execution_ended_at),
         "ended_reason": j.ended_reason,
+        "outcome_state": j.outcome_state,
+        "status": j.execution_status,
+        "ended_in": j.ended_in,
+        "outcome": if j.outcome.is_empty() { Value::Null } else { Value::Object(j.outcome.clone()) },
+        "outcome_notes": if j.outcome_notes.is_empty() { Value::Null } else { Value::Object(j.outcome_notes.clone()) },
     })
 }
 
-/// The CSV columns of a report, and one job's cells in that order.
-pub const REPORT_COLUMNS: [&str; 14] = [
-    "run",
-    "job",
-    "line",
-    "phone",
-    "state",
-    "reason",
-    "execution_sid",
-    "attempts",
-    "due_at",
-    "sent_at",
-    "finished_at",
-    "last_error",
-    "execution_ended_at",
-    "ended_reason",
-];
+/// The CSV columns of a report for a run with these outcome fields.
+pub fn report_columns(fields: &[OutcomeField]) -> Vec<String> {
+    const FIXED: [&str; 16] = [
+        "run",
+        "job",
+        "line",
+        "phone",
+        "state",
+        "reason",
+        "execution_sid",
+        "attempts",
+        "due_at",
+        "sent_at",
+        "finished_at",
+        "last_error",
+        "execution_ended_at",
+        "ended_reason",
+        "status",
+        "ended_in",
+    ];
+    FIXED.iter().map(|c| c.to_string()).chain(fields.iter().map(|f| format!("outcome.{}", f.name))).collect()
+}
 
-/// One job's report cells, in [`REPORT_COLUMNS`] order.
-pub fn job_cells(j: &JobRow) -> Vec<String> {
+/// One job's report cells, in [`report_columns`] order.
+pub fn job_cells(j: &JobRow, fields: &[OutcomeField]) -> Vec<String> {
     let opt = |ms: Option<i64>| ms.map(time).unwrap_or_default();
-    vec![
+    let mut cells = vec![
         j.run_id.to_string(),
         j.id.to_string(),
         j.line.to_string(),
@@ -112,5 +128,15 @@ pub fn job_cells(j: &JobRow) -> Vec<String> {
         j.last_error.clone().unwrap_or_default(),
         opt(j.execution_ended_at),
         j.ended_reason.clone().unwrap_or_default(),
-    ]
+        j.execution_status.clone().unwrap_or_default(),
+        j.ended_in.clone().unwrap_or_default(),
+    ];
+    for field in fields {
+        cells.push(match j.outcome.get(&field.name) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        });
+    }
+    cells
 }

@@ -8,6 +8,7 @@
 //! - `status`, `report` and `--dry-run` print from [`output`].
 //! - Studio (real or simulated) is chosen in [`studio`]; `flows` in [`flows`].
 
+mod collect;
 mod flows;
 mod output;
 mod run;
@@ -90,6 +91,7 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Resume { run } => run::resume(&config, run).await,
         Command::Status { campaign, json } => output::status(&config, campaign.as_deref(), json).await,
         Command::Report { run, format } => output::report(&config, run, format == ReportFormat::Json).await,
+        Command::Collect { run, wait } => collect::collect(&config, run, &wait).await,
         Command::Pause { run } => control(&config, run, RunAction::Pause).await,
         Command::Cancel { run } => control(&config, run, RunAction::Cancel).await,
         Command::Simulator { listen, lifetime, rate_cap } => studio::simulator(&listen, &lifetime, rate_cap).await,

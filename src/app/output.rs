@@ -103,7 +103,8 @@ pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -
     let mut runs = Vec::new();
     for run in store.list_runs(only, 50).await.map_err(Failure::input)? {
         let counts = store.run_counts(run.id).await.map_err(Failure::input)?;
-        runs.push(views::run(&run, &counts));
+        let outcomes = crate::runs::outcome_summaries(&store, &run).await.map_err(Failure::input)?;
+        runs.push(views::run(&run, &counts, &outcomes));
     }
     if as_json {
         let body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs });
@@ -157,8 +158,38 @@ pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -
             counts.join(", "),
             r["reason"].as_str().map(|s| format!("  ({s})")).unwrap_or_default()
         );
+        for (name, summary) in r["outcomes"].as_object().into_iter().flatten() {
+            let _ = writeln!(out, "         {name}: {}", outcome_line(summary));
+        }
     }
     Ok(0)
+}
+
+/// One outcome field's summary on one line: answers, the most common values,
+/// the mean and NPS where they apply, and how many gave no answer.
+fn outcome_line(summary: &serde_json::Value) -> String {
+    let mut values: Vec<(String, i64)> = summary["values"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(v, n)| (v.clone(), n.as_i64().unwrap_or_default()))
+        .collect();
+    let answers: i64 = values.iter().map(|(_, n)| n).sum();
+    values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut parts = vec![format!("{answers} answer(s)")];
+    if !values.is_empty() {
+        let top: Vec<String> = values.iter().take(5).map(|(v, n)| format!("{v} ×{n}")).collect();
+        let more = if values.len() > 5 { format!(", … {} more", values.len() - 5) } else { String::new() };
+        parts.push(format!("{}{more}", top.join(", ")));
+    }
+    if let Some(mean) = summary["mean"].as_f64() {
+        parts.push(format!("mean {mean:.2}"));
+    }
+    if let Some(nps) = summary["nps"].as_f64() {
+        parts.push(format!("NPS {nps:.0}"));
+    }
+    parts.push(format!("no answer {}", summary["no_answer"].as_i64().unwrap_or_default()));
+    parts.join("; ")
 }
 
 /// Neutralises a CSV cell that a spreadsheet would run as a formula. E.164
@@ -213,11 +244,13 @@ pub(super) async fn report(config: &Config, run_id: i64, as_json: bool) -> Comma
         out.flush().map_err(io)?;
     } else {
         let mut w = csv::Writer::from_writer(std::io::BufWriter::new(stdout.lock()));
-        w.write_record(views::REPORT_COLUMNS).map_err(|e| io(e.into()))?;
+        let columns = views::report_columns(&run.outcomes);
+        w.write_record(&columns).map_err(|e| io(e.into()))?;
         loop {
             let page = store.jobs_page(run_id, None, after, REPORT_PAGE).await.map_err(Failure::input)?;
             for j in &page {
-                w.write_record(views::job_cells(j).iter().map(|c| csv_safe(c))).map_err(|e| io(e.into()))?;
+                w.write_record(views::job_cells(j, &run.outcomes).iter().map(|c| csv_safe(c)))
+                    .map_err(|e| io(e.into()))?;
             }
             match page.last() {
                 Some(last) if page.len() == REPORT_PAGE as usize => after = last.id,
@@ -233,7 +266,7 @@ pub(super) async fn report(config: &Config, run_id: i64, as_json: bool) -> Comma
                 row.outcome.to_string(),
                 row.reason,
             ];
-            full.resize(views::REPORT_COLUMNS.len(), String::new());
+            full.resize(columns.len(), String::new());
             w.write_record(full.iter().map(|c| csv_safe(c))).map_err(|e| io(e.into()))?;
         }
         w.flush().map_err(io)?;

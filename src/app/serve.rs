@@ -31,7 +31,11 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
     crate::telemetry::install();
     let studio = connect_studio(config).await?;
     let dispatcher = dispatcher(config, &store, &studio);
-    let settings = ServiceSettings { catch_up: config.catch_up, ..ServiceSettings::default() };
+    let settings = ServiceSettings {
+        catch_up: config.catch_up,
+        collect: super::collect::settings(config),
+        ..ServiceSettings::default()
+    };
     let service = Arc::new(Service::new(
         store,
         dispatcher,

@@ -72,6 +72,7 @@ pub(super) fn dispatcher(config: &Config, store: &Store, studio: &StudioHandle) 
         max_failures: config.max_failures,
         breaker_streak: config.circuit_breaker,
         ambiguous_settle: config.request_timeout,
+        outcome_after: config.outcome_after,
         ..DispatchSettings::default()
     };
     Dispatcher::new(

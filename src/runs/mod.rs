@@ -13,8 +13,10 @@
 
 mod control;
 mod import;
+mod outcomes;
 mod start;
 
 pub use control::{ControlError, Transition, control, move_run};
 pub use import::{BATCH_ROWS, DryRun, ImportCounts, ImportError, dry_run, import_run};
+pub use outcomes::outcome_summaries;
 pub use start::{Imports, new_run, start};

@@ -407,12 +407,19 @@ async fn runs<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) -> R
     };
     let mut out = Vec::with_capacity(list.len());
     for run in list {
-        match store.run_counts(run.id).await {
-            Ok(counts) => out.push(views::run(&run, &counts)),
+        match run_view(store, &run).await {
+            Ok(view) => out.push(view),
             Err(e) => return store_error(e),
         }
     }
     json_body(StatusCode::OK, json!({ "runs": out }))
+}
+
+/// A run with its counts and outcome summaries.
+async fn run_view(store: &crate::store::Store, run: &crate::store::RunRow) -> Result<Value, StoreError> {
+    let counts = store.run_counts(run.id).await?;
+    let outcomes = crate::runs::outcome_summaries(store, run).await?;
+    Ok(views::run(run, &counts, &outcomes))
 }
 
 async fn get_run<S: StudioApi>(State(state): St<S>, ApiPath(id): ApiPath<i64>) -> Response {
@@ -421,8 +428,8 @@ async fn get_run<S: StudioApi>(State(state): St<S>, ApiPath(id): ApiPath<i64>) -
         Ok(run) => run,
         Err(e) => return store_error(e),
     };
-    match store.run_counts(id).await {
-        Ok(counts) => json_body(StatusCode::OK, views::run(&run, &counts)),
+    match run_view(store, &run).await {
+        Ok(view) => json_body(StatusCode::OK, view),
         Err(e) => store_error(e),
     }
 }

@@ -14,6 +14,7 @@ mod flows;
 mod http_safety;
 mod import;
 mod operator;
+mod outcomes;
 mod rates;
 mod schedule;
 mod service;

@@ -1,0 +1,156 @@
+//! Outcomes read back from Studio: every sent job's Execution, once it has
+//! ended, gives its status and the campaign's outcome fields (read from its
+//! Context) to the ledger, found by polling or by an Event Streams delivery,
+//! across restarts; reports and the API show them.
+
+use std::time::Duration;
+
+use flowcast::service::webhook::{body_sha256, sign};
+use flowcast::studio::simulator::{SimConfig, Simulator};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::service::{Served, eventually};
+
+const PUBLIC: &str = "https://flowcast.example.com";
+
+/// A campaign whose outcome fields read the Parameters back from the
+/// Execution's Context (the simulator keeps them as `flow.data`), so their
+/// expected values are the CSV's.
+fn campaign_with_outcomes(app: &TestApp, contacts: usize) {
+    let mut csv = String::from("phone,first_name,visits\n");
+    for (i, p) in phones(contacts).iter().enumerate() {
+        csv.push_str(&format!("{p},Name{i},{i}\n"));
+    }
+    app.write("c.csv", csv);
+    app.write(
+        "c.toml",
+        format!(
+            "kind = \"survey\"\nflow = \"{FLOW}\"\nfrom = \"+15017122661\"\ncontacts = \"c.csv\"\n\
+             [parameters]\nname = \"{{{{first_name}}}}\"\nvisits = \"{{{{visits}}}}\"\n\
+             [outcomes]\nname = \"flow.data.name\"\nvisits = {{ path = \"flow.data.visits\", type = \"integer\" }}\n\
+             missing = \"flow.variables.never_set\"\n"
+        ),
+    );
+}
+
+fn env(url: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("FLOWCAST_STUDIO_URL", url),
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("FLOWCAST_RATE", "500"),
+        // Polling would not ask for an hour: what `collect` reads, it reads
+        // because it asks at once.
+        ("FLOWCAST_OUTCOME_AFTER", "1h"),
+    ]
+}
+
+async fn report(app: &TestApp) -> Vec<Value> {
+    let out = app.flowcast(&["report", "1", "--format", "json"], &[]).await;
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array().unwrap().iter().filter(|r| !r["job"].is_null()).cloned().collect()
+}
+
+#[tokio::test]
+async fn collect_reads_each_ended_execution_back_and_leaves_running_ones_open_across_restarts() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    campaign_with_outcomes(&app, 6);
+    let url = sim.url();
+    let run = app.flowcast(&["run", "c"], &env(&url)).await;
+    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
+    let executions = sim.executions();
+    for e in &executions[..4] {
+        sim.finish_execution(&e.sid);
+    }
+
+    let first = app.flowcast(&["collect"], &env(&url)).await;
+
+    assert_eq!(first.status.code(), Some(0), "{}{}", stdout(&first), stderr(&first));
+    assert!(stdout(&first).contains("4 outcome(s) read back, 2 still open"), "{}", stdout(&first));
+    // A new process (a restart) picks up what is left.
+    for e in &executions[4..] {
+        sim.finish_execution(&e.sid);
+    }
+    let second = app.flowcast(&["collect", "1"], &env(&url)).await;
+    assert!(stdout(&second).contains("2 outcome(s) read back, 0 still open"), "{}", stdout(&second));
+
+    let rows = report(&app).await;
+    assert_eq!(rows.len(), 6);
+    for row in &rows {
+        let i: usize = phones(6).iter().position(|p| p == row["phone"].as_str().unwrap()).unwrap();
+        assert_eq!(row["outcome_state"], "known", "{row}");
+        assert_eq!(row["status"], "ended", "{row}");
+        assert_eq!(row["outcome"]["name"], json!(format!("Name{i}")), "{row}");
+        assert_eq!(row["outcome"]["visits"], json!(i), "typed as an integer: {row}");
+        assert_eq!(row["outcome"]["missing"], Value::Null, "an absent path is empty, not an error");
+    }
+    let csv = stdout(&app.flowcast(&["report", "1"], &[]).await);
+    let header = csv.lines().next().unwrap();
+    assert!(header.ends_with("status,ended_in,outcome.missing,outcome.name,outcome.visits"), "{header}");
+    let status = stdout(&app.flowcast(&["status"], &[]).await);
+    assert!(status.contains("visits: 6 answer(s)") && status.contains("mean 2.50"), "{status}");
+}
+
+async fn deliver_ended(served: &Served, sid: &str) -> u16 {
+    let body = json!([{
+        "specversion": "1.0",
+        "type": "com.twilio.studio.flow.execution.ended",
+        "source": "AB00000000000000000000000001",
+        "id": "NO00000000000000000000000001",
+        "data": { "execution_sid": sid, "account_sid": ACCOUNT, "flow_sid": FLOW, "status": "ended",
+                  "ended_reason": "FLOW_END", "date_updated": "2026-01-01T00:00:05.000Z" }
+    }])
+    .to_string();
+    let query = format!("bodySHA256={}", body_sha256(body.as_bytes()));
+    let signature = sign(TOKEN, &format!("{PUBLIC}/webhooks/studio?{query}"));
+    reqwest::Client::new()
+        .post(format!("{}/webhooks/studio?{query}", served.url))
+        .header("content-type", "application/json")
+        .header("x-twilio-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn serve_reads_an_execution_back_as_soon_as_event_streams_says_it_ended() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    campaign_with_outcomes(&app, 3);
+    let url = sim.url();
+    let served = Served::start_with(
+        &app,
+        &url,
+        &[("FLOWCAST_PUBLIC_URL", PUBLIC), ("FLOWCAST_OUTCOME_AFTER", "1h"), ("FLOWCAST_READ_RATE", "100")],
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(10), async || sim.executions().len() == 3).await, "{}", served.log());
+    let client = reqwest::Client::new();
+    let jobs_url = format!("{}/api/runs/1/jobs", served.url);
+    let jobs = async || -> Vec<Value> {
+        let body: Value = client.get(&jobs_url).send().await.unwrap().json().await.unwrap();
+        body["jobs"].as_array().cloned().unwrap_or_default()
+    };
+    let ended = sim.executions()[0].sid.clone();
+    sim.finish_execution(&ended);
+
+    assert_eq!(deliver_ended(&served, &ended).await, 200);
+
+    let read_back = eventually(Duration::from_secs(10), async || {
+        jobs().await.iter().any(|j| j["execution_sid"] == json!(ended) && j["outcome_state"] == "known")
+    })
+    .await;
+    assert!(read_back, "read back after the delivery: {:?}\n{}", jobs().await, served.log());
+    let open: Vec<Value> = jobs().await.into_iter().filter(|j| j["outcome_state"] == "open").collect();
+    assert_eq!(open.len(), 2, "the others are not due for an hour: {open:?}");
+    let run: Value = client.get(format!("{}/api/runs/1", served.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(run["outcomes"]["name"]["no_answer"], 0, "{run}");
+    assert_eq!(run["outcomes"]["name"]["values"].as_object().unwrap().len(), 1, "{run}");
+    let (code, _) = served.terminate().await;
+    assert_eq!(code, Some(0));
+}
