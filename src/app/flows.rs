@@ -215,9 +215,16 @@ async fn validate(config: &Config, names: Vec<String>, env_file: Option<&std::pa
     let vars = flows::variables(config.flow_variables(), env_file).map_err(Failure::input)?;
     let mut loaded = Vec::new();
     let mut problems = 0;
+    let mut warnings = 0;
     for name in &names {
         match flows::load(&config.flows, name, &vars) {
-            Ok(def) => loaded.push(def),
+            Ok(def) => {
+                for warning in flows::warnings(&def.file.display().to_string(), &def.value) {
+                    println!("{warning}");
+                    warnings += 1;
+                }
+                loaded.push(def)
+            }
             Err(e) => {
                 println!("{e}");
                 problems += 1;
@@ -236,7 +243,7 @@ async fn validate(config: &Config, names: Vec<String>, env_file: Option<&std::pa
             Err(e) => return Err(Failure::studio(anyhow!("{file}: Studio could not validate it: {e}"))),
         }
     }
-    println!("{} flow(s) checked: {} problem(s)", names.len(), problems);
+    println!("{} flow(s) checked: {} problem(s), {warnings} warning(s)", names.len(), problems);
     Ok(if problems == 0 { 0 } else { 1 })
 }
 

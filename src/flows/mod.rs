@@ -300,6 +300,37 @@ impl Lock {
     }
 }
 
+/// Twilio Messaging's default opt-out keywords: a contact who replies one of
+/// these is unsubscribed from every message of the sender, whatever the Flow
+/// meant by it.
+pub const OPT_OUT_KEYWORDS: [&str; 8] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"];
+
+/// Warnings about a definition that Studio would accept: a split that expects
+/// a reply which is one of Twilio's opt-out keywords (the contact who sends it
+/// is unsubscribed, not just routed down that branch).
+pub fn warnings(file: &str, value: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    for state in value["states"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        if state["type"].as_str() != Some("split-based-on") {
+            continue;
+        }
+        let name = state["name"].as_str().unwrap_or_default();
+        for t in state["transitions"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            for c in t["conditions"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let value = c["value"].as_str().unwrap_or_default();
+                for word in value.split(',').map(str::trim) {
+                    if let Some(keyword) = OPT_OUT_KEYWORDS.iter().find(|k| k.eq_ignore_ascii_case(word)) {
+                        found.push(format!(
+                            "{file}: warning: split {name:?} expects the reply {word:?}, one of Twilio's opt-out keywords: a contact who sends {keyword} is unsubscribed from every message of this sender; ask for another reply (e.g. 1 or 2)"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Studio's definition of a pulled Flow, with the `${VAR}` placeholders of the
 /// local `template` kept wherever Studio's value is what the placeholder would
 /// have produced (so a pull does not bake one account's values into a file
@@ -458,6 +489,16 @@ mod tests {
         assert_eq!(replaced, ["/states/0/properties/url"]);
         assert!(matches_placeholders("${A}", "anything"));
         assert!(!matches_placeholders("a-${B}-c", "a-b-d"));
+    }
+
+    #[test]
+    fn a_split_on_an_opt_out_keyword_is_warned_about() {
+        let flow = serde_json::json!({"states": [{"name": "split_reply", "type": "split-based-on", "transitions": [
+            {"event": "match", "next": "x", "conditions": [{"type": "matches_any_of", "value": "1, Confirm"}]},
+            {"event": "match", "next": "y", "conditions": [{"type": "matches_any_of", "value": "2,cancel"}]}]}]});
+        let found = warnings("f.json", &flow);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("split \"split_reply\" expects the reply \"cancel\""), "{found:?}");
     }
 
     #[test]

@@ -197,4 +197,5 @@ async fn the_shipped_flow_definitions_pass_flows_validate() {
     for name in ["appointment-reminder", "delivery-notice", "satisfaction-survey"] {
         assert!(text.contains(&format!("{name}.json: valid")), "{text}");
     }
+    assert!(text.contains("0 warning(s)"), "no example asks for an opt-out keyword: {text}");
 }
