@@ -70,6 +70,11 @@ pub enum Command {
         #[arg(long, default_value = "0s")]
         wait: String,
     },
+    /// The suppression list: who must not be contacted.
+    Suppress {
+        #[command(subcommand)]
+        command: SuppressCommand,
+    },
     /// Pause a run: nothing more is sent until it is resumed.
     Pause { run: i64 },
     /// Cancel a run: its pending jobs are never sent.
@@ -92,6 +97,37 @@ pub enum Command {
         #[arg(long)]
         rate_cap: Option<u32>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuppressCommand {
+    /// Suppress numbers (E.164): no campaign in the scope contacts them again.
+    Add {
+        #[arg(required = true)]
+        phones: Vec<String>,
+        /// all, a campaign kind (reminder, delivery-notice, survey) or a campaign name.
+        #[arg(long, default_value = "all")]
+        scope: String,
+        /// Why (kept with the entry and in skipped jobs' reasons).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift suppressions, in one scope or in every scope.
+    Remove {
+        #[arg(required = true)]
+        phones: Vec<String>,
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Every entry.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add the rows of a CSV (columns phone, and optionally scope and reason).
+    Import { file: PathBuf },
+    /// Every entry as CSV (the columns import reads).
+    Export,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use crate::domain::{FieldSummary, OutcomeField};
-use crate::store::{JobRow, RunCounts, RunRow};
+use crate::store::{JobRow, RunCounts, RunRow, Suppression};
 
 /// A Unix-milliseconds instant as RFC 3339 (UTC, whole seconds).
 pub fn time(ms: i64) -> String {
@@ -139,4 +139,16 @@ pub fn job_cells(j: &JobRow, fields: &[OutcomeField]) -> Vec<String> {
         });
     }
     cells
+}
+
+/// One entry of the suppression list.
+pub fn suppression(s: &Suppression) -> Value {
+    json!({
+        "id": s.id,
+        "phone": s.phone.as_str(),
+        "scope": s.scope.as_text(),
+        "reason": s.reason,
+        "source": s.source,
+        "created_at": time(s.created_at),
+    })
 }

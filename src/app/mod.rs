@@ -14,6 +14,7 @@ mod output;
 mod run;
 mod serve;
 mod studio;
+mod suppress;
 mod validate;
 
 use std::io::IsTerminal;
@@ -92,6 +93,7 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Status { campaign, json } => output::status(&config, campaign.as_deref(), json).await,
         Command::Report { run, format } => output::report(&config, run, format == ReportFormat::Json).await,
         Command::Collect { run, wait } => collect::collect(&config, run, &wait).await,
+        Command::Suppress { command } => suppress::command(&config, command).await,
         Command::Pause { run } => control(&config, run, RunAction::Pause).await,
         Command::Cancel { run } => control(&config, run, RunAction::Cancel).await,
         Command::Simulator { listen, lifetime, rate_cap } => studio::simulator(&listen, &lifetime, rate_cap).await,

@@ -109,10 +109,15 @@ impl<S: StudioApi> Dispatcher<S> {
             if let Some(opens) = self.outside_window(ctx, job) {
                 return (self.retry_at(job, opens), None);
             }
-            // A pause or cancel issued while this job waited for its turn wins.
-            match self.store.run_state(ctx.run_id).await {
-                Ok(state) if state.is_dispatchable() => {}
-                Ok(crate::domain::RunState::Cancelled) => return (JobOutcome::Cancelled, None),
+            // A pause or cancel issued while this job waited for its turn wins,
+            // and so does an opt-out that arrived since the job was imported.
+            match self.store.before_create(ctx.run_id, job.phone.as_str()).await {
+                Ok((_, Some(suppressed))) => {
+                    let reason = JobReason::with_detail(ReasonKind::Suppressed, suppressed.describe());
+                    return (JobOutcome::Skipped { reason, sid: None }, None);
+                }
+                Ok((state, None)) if state.is_dispatchable() => {}
+                Ok((crate::domain::RunState::Cancelled, None)) => return (JobOutcome::Cancelled, None),
                 Ok(_) => return (JobOutcome::Release, None),
                 Err(e) => {
                     tracing::error!(run = ctx.run_id, error = %e, "cannot read the run's state; not sending");

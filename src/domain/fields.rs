@@ -213,13 +213,16 @@ impl FieldSummary {
                 summary.no_answer += count;
                 continue;
             };
-            let shown = match serde_json::from_str::<Value>(value) {
-                Ok(Value::String(s)) => s,
-                _ => value.clone(),
+            // A value kept as text (the wrong type) is shown, but never counted
+            // as a number: "11" is no NPS score.
+            let (shown, number) = match serde_json::from_str::<Value>(value) {
+                Ok(Value::String(s)) => (s, None),
+                Ok(Value::Number(n)) => (n.to_string(), n.as_f64()),
+                _ => (value.clone(), None),
             };
-            *summary.values.entry(shown.clone()).or_insert(0) += count;
+            *summary.values.entry(shown).or_insert(0) += count;
             if kind.is_numeric()
-                && let Ok(x) = shown.parse::<f64>()
+                && let Some(x) = number
             {
                 sum += x * *count as f64;
                 n += count;
@@ -309,6 +312,10 @@ mod tests {
         // 5 promoters, 4 detractors of 10 answers.
         assert_eq!(s.nps, Some(10.0));
         assert_eq!(s.mean, Some((30.0 + 18.0 + 7.0 + 12.0) / 10.0));
+        let kept_as_text =
+            FieldSummary::from_counts(OutcomeType::Nps, &[(Some("\"11\"".into()), 4), (Some("10".into()), 1)]);
+        assert_eq!((kept_as_text.nps, kept_as_text.mean), (Some(100.0), Some(10.0)), "\"11\" is shown, not scored");
+        assert_eq!(kept_as_text.values["11"], 4);
         let words = FieldSummary::from_counts(OutcomeType::String, &[(Some("\"confirm\"".into()), 2)]);
         assert_eq!(words.values["confirm"], 2);
         assert_eq!(words.mean, None);

@@ -145,6 +145,8 @@ text_enum! {
         Expired = "expired",
         /// The run was cancelled before this job was sent.
         RunCancelled = "run cancelled",
+        /// The contact is on the suppression list for this campaign.
+        Suppressed = "suppressed",
     }
 }
 

@@ -129,6 +129,19 @@ pub fn signed_url_forms(url: &str) -> Vec<String> {
     }
 }
 
+/// What Twilio signs for a form-encoded webhook: the URL, then every posted
+/// field's name and value (empty ones included), sorted by name.
+pub fn form_signing_string(url: &str, fields: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = fields.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut out = url.to_string();
+    for (k, v) in sorted {
+        out.push_str(k);
+        out.push_str(v);
+    }
+    out
+}
+
 /// Signs `url` with HMAC-SHA1, as Twilio does by default (for tests and for
 /// documentation).
 pub fn sign(auth_token: &str, url: &str) -> String {
@@ -267,6 +280,39 @@ mod tests {
             tag.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn form_webhooks_are_signed_over_the_url_and_every_field_as_twilios_validator_does() {
+        // Signatures computed with twilio-python's RequestValidator (9.x) for
+        // the same token, URL and fields.
+        let fields =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let call = fields(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675310"),
+            ("Digits", "1234"),
+            ("From", "+14158675310"),
+            ("To", "+18005551212"),
+        ]);
+        let url = form_signing_string("https://mycompany.com/myapp.php?foo=1&bar=2", &call);
+        assert!(signature_is_valid(SignatureAlgorithm::HmacSha1, "12345", &url, "GvWf1cFY/Q7PnoempGyD5oXAezc="));
+        let stop = fields(&[
+            ("From", "+12015550100"),
+            ("OptOutType", "STOP"),
+            ("Body", "STOP"),
+            ("MessageSid", "SM00000000000000000000000000000001"),
+            ("Empty", ""),
+        ]);
+        for base in ["https://flowcast.example.com", "https://flowcast.example.com:443"] {
+            let url = form_signing_string(&format!("{base}/webhooks/messaging"), &stop);
+            assert!(
+                signature_is_valid(SignatureAlgorithm::HmacSha1, "12345", &url, "QmqvKQ7lVc9O7u9/hxajnFYJjZw="),
+                "{base}"
+            );
+        }
+        let tampered = form_signing_string("https://flowcast.example.com/webhooks/messaging", &stop[..4]);
+        assert!(!signature_is_valid(SignatureAlgorithm::HmacSha1, "12345", &tampered, "QmqvKQ7lVc9O7u9/hxajnFYJjZw="));
     }
 
     #[test]

@@ -16,12 +16,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::domain::{CollectedOutcome, ImportRow, JobState, OutcomeState, RunState};
+use crate::domain::{CampaignKind, CollectedOutcome, ImportRow, JobState, OutcomeState, Phone, RunState, Scope};
 
 pub use sqlite::lock::LockError;
 pub use types::{
     BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, OutcomeJob, RefusedRow, RunCounts, RunRow,
-    SettledJob, StudioCall,
+    SettledJob, StudioCall, Suppression,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +356,52 @@ impl Store {
     /// The audit trail of one job, oldest first.
     pub async fn calls_for_job(&self, job_id: i64) -> Result<Vec<CallSummary>> {
         self.read(move |c| sqlite::jobs::calls_for_job(c, job_id)).await
+    }
+
+    // Suppressions.
+
+    /// Adds `phone` to the suppression list in `scope`; `false` when it was
+    /// already there (the first entry stays).
+    pub async fn suppress(
+        &self,
+        phone: &Phone,
+        scope: &Scope,
+        reason: Option<&str>,
+        source: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let (phone, scope, reason, source) =
+            (phone.clone(), scope.clone(), reason.map(str::to_string), source.to_string());
+        self.write(move |c| sqlite::suppressions::add(c, &phone, &scope, reason.as_deref(), &source, now)).await
+    }
+
+    /// Removes `phone` from the list, in one scope or in every scope.
+    pub async fn unsuppress(&self, phone: &Phone, scope: Option<&Scope>) -> Result<usize> {
+        let (phone, scope) = (phone.clone(), scope.cloned());
+        self.write(move |c| sqlite::suppressions::remove(c, &phone, scope.as_ref())).await
+    }
+
+    /// A page of the list, in the order entries were added, after entry `after`.
+    pub async fn suppressions(&self, after: i64, limit: u32) -> Result<Vec<Suppression>> {
+        self.read(move |c| sqlite::suppressions::page(c, after, limit)).await
+    }
+
+    /// The entry that keeps `phone` from a campaign, if any.
+    pub async fn suppression_for(
+        &self,
+        phone: &str,
+        campaign: &str,
+        kind: CampaignKind,
+    ) -> Result<Option<Suppression>> {
+        let (phone, campaign) = (phone.to_string(), campaign.to_string());
+        self.read(move |c| sqlite::suppressions::covering(c, &phone, &campaign, kind)).await
+    }
+
+    /// What a create checks right before it goes out: the run's state and
+    /// whether the contact is suppressed for its campaign.
+    pub async fn before_create(&self, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
+        let phone = phone.to_string();
+        self.read(move |c| sqlite::suppressions::before_create(c, run_id, &phone)).await
     }
 
     // Campaigns.

@@ -7,7 +7,7 @@ use chrono_tz::Tz;
 
 use crate::domain::{
     CampaignKind, ConflictPolicy, FlowSid, JobOutcome, JobReason, JobState, OutcomeField, OutcomeState, Parameters,
-    Phone, RowOutcome, RunState, SendWindow, Trigger,
+    Phone, RowOutcome, RunState, Scope, SendWindow, Trigger,
 };
 
 /// What a new run records about its campaign, frozen when the run starts so
@@ -198,4 +198,27 @@ pub struct CampaignRow {
     pub next_fire_at: Option<i64>,
     pub removed_at: Option<i64>,
     pub updated_at: i64,
+}
+
+/// One entry of the suppression list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppression {
+    /// Its place in the list (for paging).
+    pub id: i64,
+    pub phone: Phone,
+    pub scope: Scope,
+    pub reason: Option<String>,
+    /// Where it came from: `cli`, `api`, `import`, `messaging webhook`, `studio`.
+    pub source: String,
+    pub created_at: i64,
+}
+
+impl Suppression {
+    /// Why a job is skipped for this entry: the scope, then the reason.
+    pub fn describe(&self) -> String {
+        match &self.reason {
+            Some(reason) => format!("scope {}, {reason}", self.scope),
+            None => format!("scope {}", self.scope),
+        }
+    }
 }

@@ -195,7 +195,7 @@ async fn status_and_report_show_the_runs_outcome() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "run,job,line,phone,state,reason,execution_sid,attempts,due_at,sent_at,finished_at,last_error,execution_ended_at,ended_reason"
+        "run,job,line,phone,state,reason,execution_sid,attempts,due_at,sent_at,finished_at,last_error,execution_ended_at,ended_reason,status,ended_in"
     );
     assert!(text.contains(&format!("+12015550001,skipped,conflict,{busy}")), "{text}");
     // A formula in the input is neutralised in the export.

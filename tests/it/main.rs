@@ -19,5 +19,6 @@ mod rates;
 mod schedule;
 mod service;
 mod studio_http;
+mod suppressions;
 mod timing;
 mod validate;

@@ -63,12 +63,23 @@ pub fn import_batch(
     default_due: i64,
     now: i64,
 ) -> Result<BatchCounts> {
-    let tx = conn.transaction()?;
+    let tx = super::write_transaction(conn)?;
     let mut counts = BatchCounts::default();
+    let (campaign, kind): (String, String) =
+        tx.query_row("SELECT campaign, kind FROM runs WHERE id = ?1", [run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     {
+        // A suppressed contact's job is recorded, and ends `skipped` at once:
+        // counted and reported like any other, never sent.
         let mut insert_job = tx.prepare_cached(
-            "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at, \
+                                         state, reason, finished_at) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, \
+                    CASE WHEN s.phone IS NULL THEN 'pending' ELSE 'skipped' END, \
+                    CASE WHEN s.phone IS NULL THEN NULL \
+                         ELSE 'suppressed: scope ' || s.scope || COALESCE(', ' || s.reason, '') END, \
+                    CASE WHEN s.phone IS NULL THEN NULL ELSE ?8 END \
+             FROM (SELECT 1) LEFT JOIN (SELECT phone, scope, reason FROM suppressions \
+                                        WHERE phone = ?2 AND scope IN ('all', ?9, ?10) ORDER BY rowid LIMIT 1) s",
         )?;
         let mut insert_row = tx.prepare_cached(
             "INSERT INTO import_rows (run_id, line, raw_phone, outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -85,7 +96,9 @@ pub fn import_batch(
                         spec.parameters.as_json(),
                         due,
                         spec.expires_at.map(|t| t.timestamp_millis()),
-                        now
+                        now,
+                        kind,
+                        campaign
                     ])?;
                     if inserted == 1 {
                         counts.imported += 1;
@@ -193,7 +206,7 @@ pub fn record_outcomes(
     if outcomes.is_empty() && calls.is_empty() {
         return Ok(0);
     }
-    let tx = conn.transaction()?;
+    let tx = super::write_transaction(conn)?;
     let mut applied = 0;
     for o in outcomes {
         if apply_outcome(&tx, o.job_id, &o.outcome, o.attempts_sent, o.at, outcome_after_ms)? {
@@ -352,7 +365,7 @@ pub fn record_execution_end(
     reason: Option<&str>,
     now: i64,
 ) -> Result<(usize, usize)> {
-    let tx = conn.transaction()?;
+    let tx = super::write_transaction(conn)?;
     // An ended Execution's outcome can be read at once.
     let recorded = tx.execute(
         "UPDATE jobs SET execution_ended_at = COALESCE(execution_ended_at, ?2), \

@@ -11,6 +11,7 @@ pub(super) mod campaigns;
 pub(super) mod jobs;
 pub(super) mod lock;
 pub(super) mod runs;
+pub(super) mod suppressions;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,6 +30,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0004_streaming_import.sql")),
         M::up(include_str!("../../../migrations/0005_expiry.sql")),
         M::up(include_str!("../../../migrations/0006_outcomes.sql")),
+        M::up(include_str!("../../../migrations/0007_suppressions.sql")),
     ])
 }
 
@@ -99,6 +101,15 @@ fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(())
+}
+
+/// Starts a transaction that takes the write lock at once (`BEGIN
+/// IMMEDIATE`). A deferred transaction that reads first and writes later fails
+/// at once with "database is locked" when another connection committed in
+/// between (its snapshot can no longer be written from), without waiting:
+/// an immediate one waits its turn under the busy timeout instead.
+pub(super) fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 /// Reads a text column into its domain type; a value the type refuses means

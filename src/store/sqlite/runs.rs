@@ -118,7 +118,7 @@ pub fn unfinished_runs(conn: &Connection) -> Result<Vec<RunRow>> {
 /// Import finished: the run is `active` (unless a user paused or cancelled it
 /// meanwhile). Its jobs were claimable while it was `expanding`.
 pub fn finish_expansion(conn: &mut Connection, id: i64, now: i64) -> Result<()> {
-    let tx = conn.transaction()?;
+    let tx = super::write_transaction(conn)?;
     tx.execute(
         "UPDATE runs SET expanded_at = ?2, state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END \
          WHERE id = ?1",
@@ -153,7 +153,7 @@ pub fn set_run_state(
     reason: Option<&str>,
     now: i64,
 ) -> Result<bool> {
-    let tx = conn.transaction()?;
+    let tx = super::write_transaction(conn)?;
     let finished = to.is_over().then_some(now);
     let changed = tx.execute(
         "UPDATE runs SET state = ?3, state_reason = ?4, finished_at = COALESCE(?5, finished_at) \

@@ -1,0 +1,74 @@
+//! Who must not be contacted: a suppression names a phone and a scope (every
+//! campaign, one kind of campaign, or one campaign), with the reason and where
+//! it came from. Checked when a run imports and again right before each create.
+
+use super::CampaignKind;
+
+/// What a suppression covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Every campaign.
+    All,
+    /// Every campaign of one kind (`reminder`, `delivery-notice`, `survey`).
+    Kind(CampaignKind),
+    /// One campaign, by name.
+    Campaign(String),
+}
+
+impl Scope {
+    /// Reads a scope: `all`, a campaign kind, or a campaign name (`[a-z0-9-]+`).
+    /// A campaign named like a kind is reached through the kind.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "all" {
+            return Ok(Scope::All);
+        }
+        if let Ok(kind) = text.parse::<CampaignKind>() {
+            return Ok(Scope::Kind(kind));
+        }
+        let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if valid {
+            Ok(Scope::Campaign(text.to_string()))
+        } else {
+            Err(format!("scope {text:?} must be all, a campaign kind ({}) or a campaign name", CampaignKind::choices()))
+        }
+    }
+
+    /// The one text form.
+    pub fn as_text(&self) -> String {
+        match self {
+            Scope::All => "all".into(),
+            Scope::Kind(kind) => kind.as_str().into(),
+            Scope::Campaign(name) => name.clone(),
+        }
+    }
+
+    /// The scopes that cover a campaign: every suppression under any of these
+    /// applies to it.
+    pub fn covering(campaign: &str, kind: CampaignKind) -> [String; 3] {
+        ["all".into(), kind.as_str().into(), campaign.into()]
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_all_a_kind_or_a_campaign() {
+        assert_eq!(Scope::parse("all").unwrap(), Scope::All);
+        assert_eq!(Scope::parse("survey").unwrap(), Scope::Kind(CampaignKind::Survey));
+        assert_eq!(Scope::parse("spring-promo").unwrap(), Scope::Campaign("spring-promo".into()));
+        assert!(Scope::parse("Spring Promo").unwrap_err().contains("must be all"));
+        for text in ["all", "delivery-notice", "x-1"] {
+            assert_eq!(Scope::parse(text).unwrap().as_text(), text);
+        }
+        assert_eq!(Scope::covering("c", CampaignKind::Reminder), ["all", "reminder", "c"]);
+    }
+}

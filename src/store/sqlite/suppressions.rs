@@ -1,0 +1,78 @@
+//! The suppression list, and the checks every import and every create make
+//! against it.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{corrupt, parsed};
+use crate::domain::{CampaignKind, Phone, RunState, Scope};
+use crate::store::{Result, StoreError, Suppression};
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Suppression> {
+    let scope: String = r.get(2)?;
+    Ok(Suppression {
+        id: r.get(0)?,
+        phone: Phone::from_e164(r.get(1)?),
+        scope: Scope::parse(&scope).map_err(|e| corrupt(2, e))?,
+        reason: r.get(3)?,
+        source: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+const COLUMNS: &str = "rowid, phone, scope, reason, source, created_at";
+
+/// Adds an entry; `false` when the phone was already suppressed in that scope
+/// (the first entry, with its reason and source, stays).
+pub fn add(
+    conn: &Connection,
+    phone: &Phone,
+    scope: &Scope,
+    reason: Option<&str>,
+    source: &str,
+    now: i64,
+) -> Result<bool> {
+    let added = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO suppressions (phone, scope, reason, source, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![phone.as_str(), scope.as_text(), reason, source, now])?;
+    Ok(added == 1)
+}
+
+/// Removes a phone's entries, in one scope or (`None`) in every scope.
+pub fn remove(conn: &Connection, phone: &Phone, scope: Option<&Scope>) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("DELETE FROM suppressions WHERE phone = ?1 AND (?2 IS NULL OR scope = ?2)")?
+        .execute(params![phone.as_str(), scope.map(Scope::as_text)])?)
+}
+
+/// A page of the list in the order entries were added, after entry `after`.
+pub fn page(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Suppression>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM suppressions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"))?;
+    let rows = stmt.query_map(params![after, limit], from_row)?.collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// The entry that keeps `phone` from campaign `campaign` of `kind`, if any.
+pub fn covering(conn: &Connection, phone: &str, campaign: &str, kind: CampaignKind) -> Result<Option<Suppression>> {
+    let [all, kind, name] = Scope::covering(campaign, kind);
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM suppressions WHERE phone = ?1 AND scope IN (?2, ?3, ?4) ORDER BY rowid LIMIT 1"
+        ))?
+        .query_row(params![phone, all, kind, name], from_row)
+        .optional()?)
+}
+
+/// What a create checks right before it goes out, in one read: the run's
+/// state (a pause or cancel wins) and whether the contact is suppressed for
+/// this run's campaign (an opt-out that arrived mid-run wins).
+pub fn before_create(conn: &Connection, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
+    let (state, campaign, kind) = conn
+        .prepare_cached("SELECT state, campaign, kind FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| Ok((parsed::<RunState>(r, 0)?, r.get::<_, String>(1)?, parsed::<CampaignKind>(r, 2)?)))
+        .optional()?
+        .ok_or(StoreError::RunNotFound(run_id))?;
+    Ok((state, covering(conn, phone, &campaign, kind)?))
+}

@@ -1,0 +1,195 @@
+//! Contact safety: the suppression list, kept from the command line, the API
+//! and Twilio's opt-out webhook, checked when a run imports and again right
+//! before each create.
+
+use std::time::Duration;
+
+use flowcast::service::webhook::{form_signing_string, sign};
+use flowcast::studio::simulator::{SimConfig, Simulator};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::service::{Served, eventually};
+
+const PUBLIC: &str = "https://flowcast.example.com";
+
+fn studio_env(url: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("FLOWCAST_STUDIO_URL", url),
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("FLOWCAST_RATE", "500"),
+    ]
+}
+
+async fn report(app: &TestApp, run: i64) -> Vec<Value> {
+    let out = app.flowcast(&["report", &run.to_string(), "--format", "json"], &[]).await;
+    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_suppressed_number_is_never_contacted_by_the_campaigns_its_scope_covers() {
+    // Executions end at once, so the second campaign meets no 409.
+    let sim = Simulator::start(SimConfig { lifetime: Some(Duration::ZERO), ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(5);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("reminders.toml", campaign_toml("c.csv", ""));
+    app.write("promo.toml", campaign_toml("c.csv", "").replace("kind = \"reminder\"", "kind = \"survey\""));
+    let add = |args: Vec<&str>| {
+        let mut all = vec!["suppress", "add"];
+        all.extend(args);
+        all.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    for args in [
+        add(vec![&numbers[0], "--reason", "asked not to be texted"]),
+        add(vec![&numbers[1], "--scope", "survey"]),
+        add(vec![&numbers[2], "--scope", "promo"]),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = app.flowcast(&args, &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    }
+    let bad = app.flowcast(&["suppress", "add", "2015550100"], &[]).await;
+    assert_eq!(bad.status.code(), Some(1), "a number without +country is refused: {}", stdout(&bad));
+
+    let url = sim.url();
+    let reminders = app.flowcast(&["run", "reminders"], &studio_env(&url)).await;
+    assert!(stdout(&reminders).contains("4 sent, 1 skipped"), "{}", stdout(&reminders));
+    let promo = app.flowcast(&["run", "promo"], &studio_env(&url)).await;
+    assert!(stdout(&promo).contains("2 sent, 3 skipped"), "{}", stdout(&promo));
+
+    let reached: Vec<String> = sim.executions().into_iter().map(|e| e.to).collect();
+    assert!(!reached.contains(&numbers[0]), "suppressed everywhere");
+    assert_eq!(reached.iter().filter(|p| **p == numbers[1]).count(), 1, "only the reminder, not the survey");
+    assert_eq!(reached.iter().filter(|p| **p == numbers[2]).count(), 1, "only the reminder, not promo");
+    let rows = report(&app, 1).await;
+    let first = rows.iter().find(|r| r["phone"] == json!(numbers[0])).unwrap();
+    assert_eq!(first["state"], "skipped");
+    assert_eq!(first["reason"], "suppressed: scope all, asked not to be texted");
+
+    let listed = app.flowcast(&["suppress", "list", "--json"], &[]).await;
+    let list: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(list["suppressions"].as_array().unwrap().len(), 3);
+    assert_eq!(list["suppressions"][0]["source"], "cli");
+    let removed = app.flowcast(&["suppress", "remove", &numbers[0]], &[]).await;
+    assert!(stdout(&removed).contains("1 entry removed"), "{}", stdout(&removed));
+}
+
+#[tokio::test]
+async fn an_import_counts_every_row_and_an_export_reads_back_in() {
+    let app = TestApp::new();
+    let file = app.dir.path().join("dnc.csv");
+    std::fs::write(
+        &file,
+        "phone,scope,reason\n+12015550001,,complaint\n+12015550002,survey,\n+12015550001,,again\nnot-a-phone,,\n+12015550003,Bad Scope,\n",
+    )
+    .unwrap();
+
+    let out = app.flowcast(&["suppress", "import", file.to_str().unwrap()], &[]).await;
+
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "some rows were rejected: {text}");
+    assert!(text.contains("2 added, 1 already present, 2 rejected"), "{text}");
+    assert!(text.contains("dnc.csv:5: rejected") && text.contains("dnc.csv:6: rejected: scope"), "{text}");
+    let export = stdout(&app.flowcast(&["suppress", "export"], &[]).await);
+    assert!(export.starts_with("phone,scope,reason,source,created_at\n"), "{export}");
+    assert!(export.contains("+12015550001,all,complaint,import,"), "{export}");
+    let again = app.dir.path().join("again.csv");
+    std::fs::write(&again, &export).unwrap();
+    let out = app.flowcast(&["suppress", "import", again.to_str().unwrap()], &[]).await;
+    assert!(stdout(&out).contains("0 added, 2 already present, 0 rejected"), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn an_opt_out_that_arrives_mid_run_wins_over_the_jobs_already_imported() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(8);
+    app.write("c.csv", contacts_csv(&numbers));
+    // 2/s: the last contact is due seconds after the first is sent.
+    app.write("c.toml", campaign_toml("c.csv", "rate = 2"));
+    let served = Served::start_with(&app, &sim.url(), &[("FLOWCAST_PUBLIC_URL", PUBLIC)]).await;
+    assert!(eventually(Duration::from_secs(10), async || !sim.executions().is_empty()).await, "{}", served.log());
+    let last = numbers.last().unwrap();
+    let client = reqwest::Client::new();
+
+    let added = client
+        .post(format!("{}/api/suppressions", served.url))
+        .json(&json!({ "phone": last, "scope": "all", "reason": "opted out by phone" }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(added.status(), 201);
+    let finished = eventually(Duration::from_secs(20), async || {
+        let run: Value = client.get(format!("{}/api/runs/1", served.url)).send().await.unwrap().json().await.unwrap();
+        run["state"] == "finished"
+    })
+    .await;
+    assert!(finished, "{}", served.log());
+    assert!(!sim.executions().iter().any(|e| e.to == *last), "no Execution after the suppression");
+    assert_eq!(sim.executions().len(), 7);
+    let jobs: Value =
+        client.get(format!("{}/api/runs/1/jobs?state=skipped", served.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["jobs"][0]["phone"], json!(last));
+    assert_eq!(jobs["jobs"][0]["reason"], "suppressed: scope all, opted out by phone");
+    let listed: Value =
+        client.get(format!("{}/api/suppressions", served.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["suppressions"][0]["source"], "api");
+    let gone =
+        client.delete(format!("{}/api/suppressions/{}", served.url, last.replace('+', "%2B"))).send().await.unwrap();
+    assert_eq!(gone.status(), 200);
+    let (code, _) = served.terminate().await;
+    assert_eq!(code, Some(0));
+}
+
+async fn post_messaging(served: &Served, fields: &[(&str, &str)], signed: bool) -> u16 {
+    let owned: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut request = reqwest::Client::new().post(format!("{}/webhooks/messaging", served.url)).form(&owned);
+    if signed {
+        let signature = sign(TOKEN, &form_signing_string(&format!("{PUBLIC}/webhooks/messaging"), &owned));
+        request = request.header("x-twilio-signature", signature);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn twilios_opt_out_webhook_suppresses_on_stop_and_lifts_on_start() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    let served = Served::start_with(&app, &sim.url(), &[("FLOWCAST_PUBLIC_URL", PUBLIC)]).await;
+    let stop = [
+        ("From", "+12015550007"),
+        ("To", "+15017122661"),
+        ("Body", "stop"),
+        ("OptOutType", "STOP"),
+        ("MessageSid", "SM00000000000000000000000000000001"),
+        ("NumMedia", ""),
+    ];
+    let list = async || -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/api/suppressions", served.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+
+    assert_eq!(post_messaging(&served, &stop, false).await, 403, "unsigned");
+    assert_eq!(list().await["suppressions"].as_array().unwrap().len(), 0);
+    assert_eq!(post_messaging(&served, &stop, true).await, 200);
+    let entries = list().await;
+    assert_eq!(entries["suppressions"][0]["phone"], "+12015550007");
+    assert_eq!(entries["suppressions"][0]["source"], "messaging webhook");
+    assert_eq!(entries["suppressions"][0]["reason"], "opt-out (stop)");
+    let mut start = stop;
+    start[2] = ("Body", "start");
+    start[3] = ("OptOutType", "START");
+    assert_eq!(post_messaging(&served, &start, true).await, 200);
+    assert_eq!(list().await["suppressions"].as_array().unwrap().len(), 0, "START lifts it");
+    let (_, log) = served.terminate().await;
+    assert!(!log.contains("+12015550007"), "phones are masked in logs");
+}
