@@ -14,6 +14,7 @@ mod operator;
 mod rates;
 mod schedule;
 mod service;
+mod simulator_flows;
 mod studio_http;
 mod timing;
 mod validate;
