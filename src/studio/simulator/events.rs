@@ -63,13 +63,8 @@ pub(super) struct Ended {
 /// Takes ended Executions off `ended` and delivers each to the sink configured
 /// at that moment, until the simulator is dropped (`stop`).
 pub(super) async fn deliver_all(shared: Weak<Shared>, mut ended: UnboundedReceiver<Ended>, stop: CancellationToken) {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::warn!(error = %e, "the simulator cannot build an HTTP client; no events will be delivered");
-            return;
-        }
-    };
+    // Built at the first delivery: most simulators never have a sink.
+    let mut client: Option<reqwest::Client> = None;
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,
@@ -79,7 +74,16 @@ pub(super) async fn deliver_all(shared: Weak<Shared>, mut ended: UnboundedReceiv
         let Some(sink) = shared.upgrade().and_then(|s| lock(&s.config).event_sink.clone()) else {
             continue;
         };
-        let (client, stop) = (client.clone(), stop.clone());
+        if client.is_none() {
+            match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+                Ok(built) => client = Some(built),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the simulator cannot build an HTTP client; no events are delivered");
+                    return;
+                }
+            }
+        }
+        let (client, stop) = (client.clone().expect("built just above"), stop.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}

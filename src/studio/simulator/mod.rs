@@ -120,7 +120,7 @@ pub struct SimExecution {
     pub status: String,
     pub date_created: DateTime<Utc>,
     pub date_updated: DateTime<Utc>,
-    /// Set when a request ended it (as opposed to its lifetime).
+    /// Set when a request ended it (as opposed to its lifetime or its Flow).
     pub ended_by_request: bool,
     #[serde(skip)]
     created_instant: Option<Instant>,
