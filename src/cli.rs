@@ -96,6 +96,11 @@ pub enum Command {
         /// Creates per second before 429s.
         #[arg(long)]
         rate_cap: Option<u32>,
+        /// Contacts' answers to send-and-wait-for-reply widgets: a CSV with
+        /// phone and reply columns (an empty reply: never answers). Contacts not
+        /// listed answer from a mix that takes every branch.
+        #[arg(long, value_name = "FILE")]
+        replies: Option<PathBuf>,
     },
 }
 

@@ -96,7 +96,9 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Suppress { command } => suppress::command(&config, command).await,
         Command::Pause { run } => control(&config, run, RunAction::Pause).await,
         Command::Cancel { run } => control(&config, run, RunAction::Cancel).await,
-        Command::Simulator { listen, lifetime, rate_cap } => studio::simulator(&listen, &lifetime, rate_cap).await,
+        Command::Simulator { listen, lifetime, rate_cap, replies } => {
+            studio::simulator(&listen, &lifetime, rate_cap, replies.as_deref()).await
+        }
         Command::Serve => serve::serve(&config).await,
         Command::Flows { command } => flows::command(&config, command).await,
     }

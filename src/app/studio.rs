@@ -2,7 +2,9 @@
 //! `FLOWCAST_STUDIO_URL`) with the configured credentials; and the dispatcher
 //! and flow resolver built over it.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use crate::domain::parse_duration;
 use crate::flows::LockFileResolver;
 use crate::schedule::SystemClock;
 use crate::store::Store;
-use crate::studio::simulator::{SimConfig, Simulator};
+use crate::studio::simulator::{SimConfig, Simulator, read_replies};
 use crate::studio::{Credentials, HttpStudio, StudioConfig, base_url};
 
 /// The account the simulator answers for; the example lock file maps flows
@@ -85,10 +87,20 @@ pub(super) fn dispatcher(config: &Config, store: &Store, studio: &StudioHandle) 
 }
 
 /// `flowcast simulator`
-pub(super) async fn simulator(listen: &str, lifetime: &str, rate_cap: Option<u32>) -> CommandResult {
+pub(super) async fn simulator(
+    listen: &str,
+    lifetime: &str,
+    rate_cap: Option<u32>,
+    replies: Option<&Path>,
+) -> CommandResult {
     let addr = listen.parse().with_context(|| format!("--listen {listen:?}")).map_err(Failure::input)?;
     let lifetime = parse_duration(lifetime).map_err(|e| Failure::input(anyhow!("--lifetime: {e}")))?;
-    let config = SimConfig { lifetime: (!lifetime.is_zero()).then_some(lifetime), rate_cap, ..SimConfig::default() };
+    let replies = match replies {
+        Some(path) => read_replies(path).map_err(|e| Failure::input(anyhow!("--replies: {e}")))?,
+        None => HashMap::new(),
+    };
+    let config =
+        SimConfig { lifetime: (!lifetime.is_zero()).then_some(lifetime), rate_cap, replies, ..SimConfig::default() };
     let sim = Simulator::start_on(addr, config)
         .await
         .with_context(|| format!("listening on {listen}"))

@@ -18,6 +18,7 @@ mod outcomes;
 mod rates;
 mod schedule;
 mod service;
+mod simulator_flows;
 mod studio_http;
 mod suppressions;
 mod timing;

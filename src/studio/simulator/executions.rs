@@ -1,9 +1,11 @@
 //! The simulator's Execution endpoints: create (with the rate cap, injected
-//! faults and the one-active-Execution rule), list with Studio's filters and
-//! paging, fetch, end (update or delete) and context, plus the
-//! `/_simulator/executions` dump and `/_simulator/stats` counts that tests in
-//! another process read.
+//! faults and the one-active-Execution rule, and the start of its run when
+//! its Flow is known), list with Studio's filters and paging, fetch, end
+//! (update or delete) and context, plus the `/_simulator/executions` dump and
+//! `/_simulator/stats` counts that tests in another process read.
 
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -13,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::run::base_context;
 use super::{
     Shared, SharedState, SimExecution, SimState, authed_form, authenticate, base_url, json_response, lock, read_form,
     too_many_requests, twilio_error,
@@ -101,10 +104,11 @@ pub(super) async fn create_execution(
 }
 
 /// The create under the state lock: rate cap, faults, the one-active rule, the
-/// new Execution. `Ok((body, Some(delay)))` asks for a slow answer.
+/// new Execution (running, when its Flow is known, whatever answer follows).
+/// `Ok((body, Some(delay)))` asks for a slow answer.
 #[allow(clippy::too_many_arguments)]
 fn commit_create(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     flow: &str,
     to: &str,
     from: &str,
@@ -112,13 +116,16 @@ fn commit_create(
     account: &str,
     base: &str,
 ) -> Result<(Value, Option<Duration>), Response> {
-    let config = lock(&shared.config).clone();
-    let faults = config.faults.clone();
+    // Only what a create needs: the whole configuration holds every reply.
+    let (lifetime, rate_cap, conflict_names_sid, faults) = {
+        let config = lock(&shared.config);
+        (config.lifetime, config.rate_cap, config.conflict_names_sid, config.faults.clone())
+    };
     let mut state = lock(&shared.state);
     let now = Instant::now();
-    state.expire(&config, now);
+    state.expire(lifetime, now);
     state.fault_before_create(&faults)?;
-    if let Some(cap) = config.rate_cap {
+    if let Some(cap) = rate_cap {
         while state.recent_creates.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
             state.recent_creates.pop_front();
         }
@@ -131,7 +138,7 @@ fn commit_create(
     if let Some(&index) = state.active.get(&(flow.to_string(), to.to_string())) {
         state.conflicts += 1;
         let sid = state.executions[index].sid.clone();
-        let message = if config.conflict_names_sid {
+        let message = if conflict_names_sid {
             format!("Execution {sid} is already active for this contact")
         } else {
             "Execution is already active for this contact".to_string()
@@ -139,6 +146,7 @@ fn commit_create(
         return Err(twilio_error(StatusCode::CONFLICT, 20409, &message));
     }
     let sid = state.insert(flow, to, from, parameters, account);
+    state.start_run(shared, &sid);
     let body = execution_json(&state.executions[state.by_sid[&sid]], base);
     let slow = state.fault_after_create(&faults)?;
     Ok((body, slow))
@@ -148,8 +156,6 @@ struct ListQuery {
     status: Option<String>,
     date_created_from: Option<String>,
     date_created_to: Option<String>,
-    page_size: Option<usize>,
-    page: Option<usize>,
 }
 
 pub(super) async fn list_executions(
@@ -170,8 +176,6 @@ pub(super) async fn list_executions(
         status: get("status").or_else(|| get("Status")),
         date_created_from: get("DateCreatedFrom"),
         date_created_to: get("DateCreatedTo"),
-        page_size: get("PageSize").and_then(|v| v.parse().ok()),
-        page: get("Page").and_then(|v| v.parse().ok()),
     };
     let parse_time = |t: &Option<String>| -> Result<Option<DateTime<Utc>>, Response> {
         match t {
@@ -185,11 +189,9 @@ pub(super) async fn list_executions(
         (Ok(f), Ok(t)) => (f, t),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let page_size = q.page_size.unwrap_or(50).clamp(1, 1000);
-    let page = q.page.unwrap_or(0);
-    let config = lock(&shared.config).clone();
+    let lifetime = shared.lifetime();
     let mut state = lock(&shared.state);
-    state.expire(&config, Instant::now());
+    state.expire(lifetime, Instant::now());
     // Studio lists newest first; Executions created within one second share a
     // date_created, so compare at second precision as Studio does.
     let matching: Vec<&SimExecution> = state
@@ -202,34 +204,9 @@ pub(super) async fn list_executions(
         .filter(|e| to.is_none_or(|t| e.date_created.timestamp() < t.timestamp()))
         .collect();
     let base = base_url(&headers);
-    let start = page * page_size;
-    let items: Vec<Value> = matching.iter().skip(start).take(page_size).map(|e| execution_json(e, &base)).collect();
-    let mut page_query: Vec<(String, String)> =
-        query.iter().filter(|(k, _)| k != "Page" && k != "PageToken" && k != "PageSize").cloned().collect();
-    page_query.push(("PageSize".into(), page_size.to_string()));
-    let page_url = |n: usize| {
-        let mut qs = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &page_query {
-            qs.append_pair(k, v);
-        }
-        qs.append_pair("Page", &n.to_string());
-        qs.append_pair("PageToken", &format!("PT{n}"));
-        format!("{base}/v2/Flows/{flow}/Executions?{}", qs.finish())
-    };
-    let next = (start + page_size < matching.len()).then(|| page_url(page + 1));
-    let body = json!({
-        "executions": items,
-        "meta": {
-            "page": page,
-            "page_size": page_size,
-            "first_page_url": page_url(0),
-            "previous_page_url": (page > 0).then(|| page_url(page - 1)),
-            "next_page_url": next,
-            "url": page_url(page),
-            "key": "executions",
-        }
-    });
-    json_response(StatusCode::OK, body)
+    let (range, meta) = paged(&query, &format!("{base}/v2/Flows/{flow}/Executions"), matching.len(), "executions");
+    let items: Vec<Value> = matching[range].iter().map(|e| execution_json(e, &base)).collect();
+    json_response(StatusCode::OK, json!({ "executions": items, "meta": meta }))
 }
 
 fn find<'a>(state: &'a SimState, flow: &str, sid: &str) -> Result<&'a SimExecution, Response> {
@@ -250,9 +227,9 @@ pub(super) async fn fetch_execution(
     if let Err(r) = authenticate(&shared, &headers) {
         return r;
     }
-    let config = lock(&shared.config).clone();
+    let lifetime = shared.lifetime();
     let mut state = lock(&shared.state);
-    state.expire(&config, Instant::now());
+    state.expire(lifetime, Instant::now());
     match find(&state, &flow, &sid) {
         Ok(e) => json_response(StatusCode::OK, execution_json(e, &base_url(&headers))),
         Err(r) => r,
@@ -282,9 +259,9 @@ pub(super) async fn update_execution(
             return twilio_error(StatusCode::BAD_REQUEST, 20001, "Missing required parameter Status in the post body");
         }
     }
-    let config = lock(&shared.config).clone();
+    let lifetime = shared.lifetime();
     let mut state = lock(&shared.state);
-    state.expire(&config, Instant::now());
+    state.expire(lifetime, Instant::now());
     if let Err(r) = find(&state, &flow, &sid) {
         return r;
     }
@@ -308,43 +285,50 @@ pub(super) async fn delete_execution(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// Authenticates, then answers with what `answer` makes of the Execution, or
+/// Studio's 401 or 404.
+pub(super) fn with_execution(
+    shared: &Shared,
+    headers: &HeaderMap,
+    flow: &str,
+    sid: &str,
+    answer: impl FnOnce(&SimState, &SimExecution) -> Response,
+) -> Response {
+    if let Err(r) = authenticate(shared, headers) {
+        return r;
+    }
+    let state = lock(&shared.state);
+    match find(&state, flow, sid) {
+        Ok(e) => answer(&state, e),
+        Err(r) => r,
+    }
+}
+
 pub(super) async fn execution_context(
     State(shared): State<SharedState>,
     Path((flow, sid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authenticate(&shared, &headers) {
-        return r;
-    }
-    let state = lock(&shared.state);
-    let e = match find(&state, &flow, &sid) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let base = base_url(&headers);
-    json_response(
-        StatusCode::OK,
-        json!({
-            "account_sid": e.account_sid,
-            "context": {
-                "flow": {
-                    "flow_sid": e.flow_sid,
-                    "channel": { "address": e.from },
-                    "data": e.parameters,
-                },
-                "contact": { "channel": { "address": e.to } },
-            },
-            "flow_sid": e.flow_sid,
-            "execution_sid": e.sid,
-            "url": format!("{base}/v2/Flows/{}/Executions/{}/Context", e.flow_sid, e.sid),
-        }),
-    )
+    with_execution(&shared, &headers, &flow, &sid, |state, e| {
+        let base = base_url(&headers);
+        let context = state.runs.get(&sid).map_or_else(|| base_context(e), |run| run.context(e));
+        json_response(
+            StatusCode::OK,
+            json!({
+                "account_sid": e.account_sid,
+                "context": context,
+                "flow_sid": e.flow_sid,
+                "execution_sid": e.sid,
+                "url": format!("{base}/v2/Flows/{}/Executions/{}/Context", e.flow_sid, e.sid),
+            }),
+        )
+    })
 }
 
 pub(super) async fn dump_executions(State(shared): State<SharedState>) -> Response {
-    let config = lock(&shared.config).clone();
+    let lifetime = shared.lifetime();
     let mut state = lock(&shared.state);
-    state.expire(&config, Instant::now());
+    state.expire(lifetime, Instant::now());
     json_response(StatusCode::OK, serde_json::to_value(&state.executions).unwrap_or(Value::Null))
 }
 
@@ -363,4 +347,38 @@ pub(super) async fn stats(State(shared): State<SharedState>) -> Response {
             "last_created": last.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         }),
     )
+}
+
+/// One page of a list at `list_url`, as Studio pages: `PageSize` (50 unless
+/// given, 1 to 1000) and `Page` from the query; the range of the `total` items
+/// it holds, and its `meta` with the URLs of this, the first, the previous and
+/// the next page, every other query parameter kept.
+pub(super) fn paged(query: &[(String, String)], list_url: &str, total: usize, key: &str) -> (Range<usize>, Value) {
+    let number = |k: &str| query.iter().find(|(name, _)| name == k).and_then(|(_, v)| v.parse::<usize>().ok());
+    let page_size = number("PageSize").unwrap_or(50).clamp(1, 1000);
+    let page = number("Page").unwrap_or(0);
+    let mut kept: Vec<(String, String)> =
+        query.iter().filter(|(k, _)| k != "Page" && k != "PageToken" && k != "PageSize").cloned().collect();
+    kept.push(("PageSize".into(), page_size.to_string()));
+    let page_url = |n: usize| {
+        let mut qs = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &kept {
+            qs.append_pair(k, v);
+        }
+        qs.append_pair("Page", &n.to_string());
+        qs.append_pair("PageToken", &format!("PT{n}"));
+        format!("{list_url}?{}", qs.finish())
+    };
+    let start = page.saturating_mul(page_size).min(total);
+    let end = start.saturating_add(page_size).min(total);
+    let meta = json!({
+        "page": page,
+        "page_size": page_size,
+        "first_page_url": page_url(0),
+        "previous_page_url": (page > 0).then(|| page_url(page - 1)),
+        "next_page_url": (end < total).then(|| page_url(page + 1)),
+        "url": page_url(page),
+        "key": key,
+    });
+    (start..end, meta)
 }

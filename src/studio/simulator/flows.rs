@@ -1,6 +1,9 @@
 //! The simulator's Flow endpoints (flows as code): validate, create, update,
 //! fetch and list Flows, their revisions and their test users. Flows live only
-//! in memory, every revision's definition kept, so deploy tests can count them.
+//! in memory, every revision's definition kept, so deploy tests can count them,
+//! and Executions created on a Flow run its latest revision (see `run`).
+
+use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -88,6 +91,23 @@ fn check_definition(form: &[(String, String)]) -> Result<Value, Response> {
         errors.push(json!({ "message": format!("initial_state {initial:?} is not a state"), "property_path": "#/initial_state" }));
     }
     if errors.is_empty() { Ok(definition) } else { Err(invalid(errors)) }
+}
+
+/// Adds `definition` as Flow `sid`'s latest revision, creating the Flow
+/// (published) when it is new: how a test or a rehearsal installs a Flow
+/// without going through the API.
+pub(super) fn install(flows: &mut HashMap<String, SimFlow>, sid: &str, name: &str, definition: Value) {
+    let flow = flows.entry(sid.to_string()).or_insert_with(|| SimFlow {
+        sid: sid.to_string(),
+        name: name.to_string(),
+        status: "published".into(),
+        revisions: Vec::new(),
+        messages: Vec::new(),
+        test_users: Vec::new(),
+    });
+    flow.name = name.to_string();
+    flow.revisions.push(definition);
+    flow.messages.push("installed".into());
 }
 
 pub(super) async fn validate_flow(State(shared): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {

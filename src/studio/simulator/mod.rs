@@ -12,12 +12,22 @@
 //!   served as JSON at `GET /_simulator/executions`.
 //! - Flows can be validated, created, updated and read back with their
 //!   revisions and test users, for the `flows` commands.
+//! - An Execution on a Flow whose definition it holds (created through its Flow
+//!   API, or put there with [`Simulator::install_flow`]) is run: messages are
+//!   rendered and recorded, contacts answer as configured (or by a seeded mix
+//!   that takes every branch), splits and variables work, and the Execution
+//!   ends with its Flow, its Context and Steps served as Studio serves them.
+//!   An Execution on any other Flow stays active until its lifetime or a
+//!   request ends it, with only its Parameters in its context.
+//! - Every ending can be delivered, signed, to an Event Streams sink.
 //!
 //! The files split it by job: this one holds the [`Simulator`] handle, its
 //! configuration and shared state, the router and the helpers every handler
-//! uses (auth, form bodies, Twilio-shaped errors); `executions` and `flows`
-//! hold the handlers of each resource; `faults` holds [`Faults`] and the seeded
-//! rolls that inject them into creates.
+//! uses (auth, form bodies, Twilio-shaped errors); `executions` (with paging),
+//! `steps` and `flows` hold the handlers of each resource; `faults` holds
+//! [`Faults`] and the seeded rolls that inject them into creates; `run` is the
+//! interpreter, with `liquid` (templates), `split` (conditions) and `replies`
+//! (what contacts answer); `events` delivers Execution-ended events.
 
 // Handlers return early with a ready Response; boxing them would only add noise.
 #![allow(clippy::result_large_err)]
@@ -36,20 +46,31 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
+mod events;
 mod executions;
 mod faults;
 mod flows;
+mod liquid;
+mod replies;
+mod run;
+mod split;
+mod steps;
 
+pub use events::EventSink;
 pub use faults::{FaultKind, Faults};
+pub use replies::read_replies;
 
 use flows::SimFlow;
 
 /// How the simulator behaves.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// An Execution ends by itself this long after it starts; `None`: only when ended.
+    /// An Execution on a Flow the simulator does not interpret ends by itself
+    /// this long after it starts; `None`: only when ended. (An interpreted one
+    /// ends with its Flow.)
     pub lifetime: Option<Duration>,
     /// Creates accepted per second; more get 429.
     pub rate_cap: Option<u32>,
@@ -58,6 +79,17 @@ pub struct SimConfig {
     /// Whether a 409 body names the active Execution's SID (Studio's bodies vary).
     pub conflict_names_sid: bool,
     pub faults: Faults,
+    /// How long, in real time, a contact takes to answer a
+    /// `send-and-wait-for-reply`, and how long one who never answers is waited
+    /// for before the widget's `timeout` (the widget's own timeout is not used).
+    pub reply_delay: Duration,
+    /// Each contact's answer, by address; `None`: never answers. Contacts not
+    /// listed answer from the default mix.
+    pub replies: HashMap<String, Option<String>>,
+    /// The seed of the default mix of answers.
+    pub reply_seed: u64,
+    /// Where to deliver an event each time an Execution ends.
+    pub event_sink: Option<EventSink>,
 }
 
 impl Default for SimConfig {
@@ -68,6 +100,10 @@ impl Default for SimConfig {
             credentials: None,
             conflict_names_sid: true,
             faults: Faults::default(),
+            reply_delay: Duration::ZERO,
+            replies: HashMap::new(),
+            reply_seed: 0,
+            event_sink: None,
         }
     }
 }
@@ -84,7 +120,7 @@ pub struct SimExecution {
     pub status: String,
     pub date_created: DateTime<Utc>,
     pub date_updated: DateTime<Utc>,
-    /// Set when a request ended it (as opposed to its lifetime).
+    /// Set when a request ended it (as opposed to its lifetime or its Flow).
     pub ended_by_request: bool,
     #[serde(skip)]
     created_instant: Option<Instant>,
@@ -103,11 +139,27 @@ struct SimState {
     burst_left: u32,
     flows: HashMap<String, SimFlow>,
     rng: Option<rand::rngs::StdRng>,
+    /// Interpreted Executions' runs, by Execution SID.
+    runs: HashMap<String, run::FlowRun>,
+    /// The default mix's place, by (Flow, widget).
+    mixes: HashMap<(String, String), replies::MixCursor>,
+    /// Woken on every create and every end.
+    changed: Arc<Notify>,
+    /// Where endings go to be delivered to the event sink.
+    ended: Option<mpsc::UnboundedSender<events::Ended>>,
 }
 
 struct Shared {
     config: Mutex<SimConfig>,
     state: Mutex<SimState>,
+    /// Cancelled when the simulator is dropped: stops runs and deliveries.
+    stop: CancellationToken,
+}
+
+impl Shared {
+    fn lifetime(&self) -> Option<Duration> {
+        lock(&self.config).lifetime
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,6 +173,7 @@ pub struct Simulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     _stop: oneshot::Sender<()>,
+    _stop_tasks: DropGuard,
 }
 
 impl Simulator {
@@ -130,7 +183,12 @@ impl Simulator {
     }
 
     pub async fn start_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Simulator> {
-        let shared = Arc::new(Shared { config: Mutex::new(config), state: Mutex::new(SimState::default()) });
+        let (ended, deliveries) = mpsc::unbounded_channel();
+        let state = SimState { ended: Some(ended), ..SimState::default() };
+        let stop_tasks = CancellationToken::new();
+        let shared =
+            Arc::new(Shared { config: Mutex::new(config), state: Mutex::new(state), stop: stop_tasks.clone() });
+        tokio::spawn(events::deliver_all(Arc::downgrade(&shared), deliveries, stop_tasks.clone()));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -142,7 +200,7 @@ impl Simulator {
                 })
                 .await;
         });
-        Ok(Simulator { shared, addr, _stop: stop })
+        Ok(Simulator { shared, addr, _stop: stop, _stop_tasks: stop_tasks.drop_guard() })
     }
 
     /// The base URL to point `FLOWCAST_STUDIO_URL` at.
@@ -156,9 +214,9 @@ impl Simulator {
 
     /// Every Execution created so far (refreshed for lifetimes).
     pub fn executions(&self) -> Vec<SimExecution> {
-        let config = lock(&self.shared.config).clone();
+        let lifetime = self.shared.lifetime();
         let mut state = lock(&self.shared.state);
-        state.expire(&config, Instant::now());
+        state.expire(lifetime, Instant::now());
         state.executions.clone()
     }
 
@@ -225,9 +283,11 @@ impl SimState {
         });
         self.by_sid.insert(sid.clone(), index);
         self.active.insert((flow.to_string(), to.to_string()), index);
+        self.changed.notify_waiters();
         sid
     }
 
+    /// Ends an active Execution (the event sink hears of it); returns it, ended or not.
     fn end(&mut self, sid: &str, by_request: bool) -> Option<&SimExecution> {
         let index = *self.by_sid.get(sid)?;
         let e = &mut self.executions[index];
@@ -239,25 +299,51 @@ impl SimState {
             if self.active.get(&key) == Some(&index) {
                 self.active.remove(&key);
             }
+            let e = &self.executions[index];
+            if let Some(ended) = &self.ended {
+                // The receiver lives as long as the simulator; a send can only
+                // fail while it is being dropped, when nobody is listening.
+                let _ = ended.send(events::Ended {
+                    execution_sid: e.sid.clone(),
+                    account_sid: e.account_sid.clone(),
+                    flow_sid: e.flow_sid.clone(),
+                    contact: e.to.clone(),
+                    reason: if by_request { events::ENDED_BY_API } else { events::FLOW_END },
+                    date_created: e.date_created,
+                    date_updated: e.date_updated,
+                    flow_revision: self.runs.get(sid).map(|run| run.revision),
+                });
+            }
+            self.changed.notify_waiters();
         }
         Some(&self.executions[index])
     }
 
-    /// Ends every active Execution whose lifetime is over.
-    fn expire(&mut self, config: &SimConfig, now: Instant) {
-        let Some(lifetime) = config.lifetime else {
+    /// Active Executions that only their lifetime ends: those not interpreted.
+    fn lifetime_bound(&self) -> impl Iterator<Item = &SimExecution> {
+        self.active.values().map(|&i| &self.executions[i]).filter(|e| !self.runs.contains_key(&e.sid))
+    }
+
+    /// Ends every active Execution whose lifetime is over. Interpreted ones end
+    /// with their Flow instead.
+    fn expire(&mut self, lifetime: Option<Duration>, now: Instant) {
+        let Some(lifetime) = lifetime else {
             return;
         };
         let over: Vec<String> = self
-            .active
-            .values()
-            .map(|&i| &self.executions[i])
+            .lifetime_bound()
             .filter(|e| e.created_instant.is_some_and(|t| now.duration_since(t) >= lifetime))
             .map(|e| e.sid.clone())
             .collect();
         for sid in over {
             self.end(&sid, false);
         }
+    }
+
+    /// When the next lifetime runs out, if any will.
+    fn next_expiry(&self, lifetime: Option<Duration>) -> Option<Instant> {
+        let lifetime = lifetime?;
+        self.lifetime_bound().filter_map(|e| e.created_instant).map(|t| t + lifetime).min()
     }
 }
 
@@ -271,6 +357,9 @@ fn router(shared: SharedState) -> Router {
             get(executions::fetch_execution).post(executions::update_execution).delete(executions::delete_execution),
         )
         .route("/v2/Flows/{flow}/Executions/{sid}/Context", get(executions::execution_context))
+        .route("/v2/Flows/{flow}/Executions/{sid}/Steps", get(steps::list_steps))
+        .route("/v2/Flows/{flow}/Executions/{sid}/Steps/{step}", get(steps::fetch_step))
+        .route("/v2/Flows/{flow}/Executions/{sid}/Steps/{step}/Context", get(steps::step_context))
         .route("/_simulator/executions", get(executions::dump_executions))
         .route("/_simulator/stats", get(executions::stats))
         .route("/v2/Flows", post(flows::create_flow).get(flows::list_flows))
