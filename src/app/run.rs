@@ -52,7 +52,28 @@ pub(super) async fn run(config: &Config, what: &str, dry_run: bool) -> CommandRe
         );
     }
     output::print_refused_rows(&store, run_id, 20).await;
+    collect_simulated(config, &store, &studio, run_id).await?;
     finish(&store, run_id, end, started).await
+}
+
+/// With `--simulate` the simulator lives in this process and ends with it, so
+/// the outcomes of its Executions (which end as soon as their flow does) are
+/// read back before the command ends.
+async fn collect_simulated(config: &Config, store: &Store, studio: &StudioHandle, run_id: i64) -> Result<(), Failure> {
+    if !config.simulate {
+        return Ok(());
+    }
+    let collector = Arc::new(crate::collect::Collector::new(
+        store.clone(),
+        Arc::new(studio.client.clone()),
+        Arc::new(SystemClock),
+        super::collect::settings(config),
+    ));
+    let open = collector.until_settled(Some(run_id), Duration::from_secs(30)).await.map_err(Failure::input)?;
+    if open > 0 {
+        eprintln!("run {run_id}: {open} outcome(s) still open (their simulated Executions are still running)");
+    }
+    Ok(())
 }
 
 /// Waits for an import; a failed one (which cancelled its run) is an input error.
@@ -218,6 +239,7 @@ pub(super) async fn resume(config: &Config, run: Option<i64>) -> CommandResult {
         let end = dispatch_with_progress(config, &store, &studio, run.id).await;
         finish_import(import).await?;
         let end = end?;
+        collect_simulated(config, &store, &studio, run.id).await?;
         code = code.max(finish(&store, run.id, end, started).await?);
     }
     Ok(code)

@@ -38,6 +38,7 @@ pub(super) async fn connect_studio(config: &Config) -> Result<StudioHandle, Fail
             .context("starting the Studio simulator")
             .map_err(Failure::studio)?;
         tracing::info!(url = %sim.url(), "using the built-in Studio simulator");
+        install_flows(config, &sim);
         (sim.url(), Credentials::new(SIMULATOR_ACCOUNT, "simulator"), SIMULATOR_ACCOUNT.to_string(), Some(sim))
     } else {
         let (username, secret) = config.twilio.basic_auth().ok_or_else(|| {
@@ -61,6 +62,32 @@ pub(super) async fn connect_studio(config: &Config) -> Result<StudioHandle, Fail
     .context("building the HTTP client")
     .map_err(Failure::studio)?;
     Ok(StudioHandle { client, account_sid, _simulator: simulator })
+}
+
+/// Gives the in-process simulator the definitions of the flows the lock file
+/// maps for its account, so that `--simulate` runs them: replies, branches,
+/// variables, an end, and outcomes to read back. `${VAR}`s come from the
+/// environment, else from `flows/example.env` when there is one; a flow that
+/// cannot be read is left out (its Executions just stay active), with a
+/// warning.
+fn install_flows(config: &Config, sim: &Simulator) {
+    let Ok(lock) = crate::flows::Lock::read(&config.flows) else { return };
+    let Some(entries) = lock.0.get(SIMULATOR_ACCOUNT) else { return };
+    let example = config.flows.join("example.env");
+    let env_file = example.is_file().then_some(example.as_path());
+    let vars = match crate::flows::variables(config.flow_variables(), env_file) {
+        Ok(vars) => vars,
+        Err(e) => {
+            tracing::warn!(error = %e, "the simulator runs no flow definitions");
+            return;
+        }
+    };
+    for (name, deployed) in entries {
+        match crate::flows::load(&config.flows, name, &vars) {
+            Ok(definition) => sim.install_flow(&deployed.sid, name, definition.value),
+            Err(e) => tracing::warn!(flow = %name, error = %e, "the simulator does not run this flow"),
+        }
+    }
 }
 
 /// Resolves campaigns' flow names through the lock file, for this account.

@@ -154,3 +154,38 @@ async fn serve_reads_an_execution_back_as_soon_as_event_streams_says_it_ended() 
     let (code, _) = served.terminate().await;
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn the_example_reminder_rehearsed_with_simulate_reads_back_every_patients_decision() {
+    let app = TestApp::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (from, to) in [(root.join("campaigns"), &app.campaigns), (root.join("flows"), &app.flows)] {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+
+    let out = app.flowcast(&["run", "appointment-reminders", "--simulate"], &[]).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let rows = report(&app).await;
+    assert_eq!(rows.len(), 10);
+    let mut decisions = std::collections::BTreeSet::new();
+    for row in &rows {
+        assert_eq!(row["outcome_state"], "known", "{row}");
+        assert_eq!(row["status"], "ended", "{row}");
+        let decision = row["outcome"]["decision"].as_str().unwrap().to_string();
+        // Each decision ends in its own widget of the example Flow.
+        let ended_in = match decision.as_str() {
+            "confirm" => "confirmed",
+            "reschedule" => "rescheduled",
+            "unclear" => "unclear",
+            "no_reply" => "set_no_reply",
+            other => panic!("unexpected decision {other:?}: {row}"),
+        };
+        assert_eq!(row["ended_in"], ended_in, "{row}");
+        decisions.insert(decision);
+    }
+    assert_eq!(decisions.len(), 4, "ten patients take every branch: {decisions:?}");
+}

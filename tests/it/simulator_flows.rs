@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use flowcast::domain::FlowSid;
-use flowcast::service::webhook::{body_hash_is_valid, parse_events, signature_is_valid};
+use flowcast::service::webhook::{SignatureAlgorithm, body_hash_is_valid, parse_events, signature_is_valid};
 use flowcast::studio::simulator::{EventSink, SimConfig, Simulator};
 use flowcast::studio::{CreateRequest, HttpStudio, StudioApi};
 use serde_json::{Value, json};
@@ -350,8 +350,12 @@ async fn the_event_sink_receives_signed_deliveries_that_verify_and_a_refused_one
     assert_eq!(refused.body, retried.body, "the retry sends the same event");
     for delivery in &received {
         assert!(delivery.url.starts_with(&format!("{sink_url}?bodySHA256=")));
-        assert!(signature_is_valid(TOKEN, &delivery.url, &delivery.signature), "{}", delivery.url);
-        assert!(!signature_is_valid("another token", &delivery.url, &delivery.signature));
+        assert!(
+            signature_is_valid(SignatureAlgorithm::HmacSha1, TOKEN, &delivery.url, &delivery.signature),
+            "{}",
+            delivery.url
+        );
+        assert!(!signature_is_valid(SignatureAlgorithm::HmacSha1, "another token", &delivery.url, &delivery.signature));
         assert!(body_hash_is_valid(delivery.url.split_once('?').unwrap().1, &delivery.body));
     }
     let (count, ended) = parse_events(&retried.body).unwrap();
@@ -369,7 +373,7 @@ async fn the_event_sink_receives_signed_deliveries_that_verify_and_a_refused_one
     let other = studio.create_execution(&flow, &request).await.unwrap().sid;
     studio.end_execution(&flow, &other).await.unwrap();
     let delivery = next_delivery(&mut deliveries).await;
-    assert!(signature_is_valid(TOKEN, &delivery.url, &delivery.signature));
+    assert!(signature_is_valid(SignatureAlgorithm::HmacSha1, TOKEN, &delivery.url, &delivery.signature));
     let (_, ended) = parse_events(&delivery.body).unwrap();
     assert_eq!(ended[0].execution_sid, other);
     assert_eq!(ended[0].ended_reason.as_deref(), Some("ENDED_BY_API"));
