@@ -68,9 +68,7 @@ async fn a_small_run_is_not_starved_by_a_big_one_sharing_the_account_rate() {
         tokio::spawn(async move { d.run_to_end(big).await.unwrap() })
     };
     // The big run is well under way before the small one starts.
-    while sim.executions().len() < 20 {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    assert!(sim.wait_until(std::time::Duration::from_secs(30), |e| e.len() >= 20).await, "the big run started");
     let end = dispatcher.run_to_end(small).await.unwrap();
     assert!(matches!(end, RunEnd::Finished(_)));
     let big_sent = sim.executions().iter().filter(|e| !small_phones.contains(&e.to)).count();

@@ -198,7 +198,8 @@ async fn a_one_off_file_runs_once_per_content_and_never_again_for_the_same_conte
     let (clock, svc) = start(&app, "2026-07-01T00:00:00Z", Duration::from_secs(3600)).await;
     assert_eq!(app.store().await.list_runs(Some("drop"), 10).await.unwrap().len(), 1, "runs when it appears");
 
-    // Touched (rewritten with the same bytes): no new run.
+    // Touched (rewritten with the same bytes): no new run. The pause lets the
+    // file's modification time move, so the scan does read it again.
     std::thread::sleep(Duration::from_millis(20));
     app.write("drop.toml", &body);
     assert!(svc.scan().await.is_empty());

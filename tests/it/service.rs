@@ -15,7 +15,9 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::*;
 
-/// Polls `check` every 50 ms until it holds or `within` passes.
+/// Polls `check` every 50 ms until it holds or `within` passes. Used where
+/// the state lives in another process (a `serve` child, read over its API)
+/// that has no change feed to wait on.
 pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
@@ -35,6 +37,8 @@ pub fn free_port() -> u16 {
 pub struct Served {
     child: tokio::process::Child,
     log: Arc<Mutex<String>>,
+    /// Ends when the child's stderr closes: every line is then in `log`.
+    reader: tokio::task::JoinHandle<()>,
     pub url: String,
 }
 
@@ -70,14 +74,14 @@ impl Served {
         let log = Arc::new(Mutex::new(String::new()));
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = Arc::clone(&log);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let served = Served { child, log, url: format!("http://127.0.0.1:{port}") };
+        let served = Served { child, log, reader, url: format!("http://127.0.0.1:{port}") };
         let client = reqwest::Client::new();
         let health = format!("{}/healthz", served.url);
         // /healthz needs no token, so this works whatever the admin token.
@@ -104,7 +108,8 @@ impl Served {
         let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         let status =
             tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("serve exits").unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The last lines are read once stderr closes, not after a guess.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
         (status.code(), self.log())
     }
 }
