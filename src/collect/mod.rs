@@ -19,7 +19,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::RateLimits;
-use crate::domain::{CollectedOutcome, FlowSid, OutcomeField, OutcomeState, StepSeen, backoff_delay};
+use crate::domain::{
+    CollectedOutcome, FlowSid, OutcomeField, OutcomeState, Scope, StepSeen, backoff_delay, opt_outs_in,
+};
 use crate::schedule::Clock;
 use crate::store::{OutcomeJob, Store, StoreError};
 use crate::studio::{StudioApi, StudioError};
@@ -67,6 +69,8 @@ struct RunFields {
 /// What one read-back did.
 enum ReadBack {
     Settled(OutcomeState, CollectedOutcome),
+    /// Read back, and a reply in it was an opt-out keyword.
+    OptedOut(&'static str, CollectedOutcome),
     Later(i64),
 }
 
@@ -154,6 +158,15 @@ impl<S: StudioApi> Collector<S> {
                 self.store.record_collected(job.id, state, outcome, self.now_ms()).await?;
                 Ok(true)
             }
+            ReadBack::OptedOut(keyword, outcome) => {
+                // The contact answered a Flow with an opt-out word: Twilio has
+                // unsubscribed them, and no campaign may reach them again.
+                let reason = format!("replied {keyword}");
+                self.store.suppress(&job.phone, &Scope::All, Some(&reason), "studio", self.now_ms()).await?;
+                tracing::info!(job = job.id, phone = %job.phone.masked(), "suppressed: replied with an opt-out keyword");
+                self.store.record_collected(job.id, OutcomeState::Known, outcome, self.now_ms()).await?;
+                Ok(true)
+            }
             ReadBack::Later(due) => {
                 self.store.reschedule_outcome(job.id, due, now).await?;
                 Ok(false)
@@ -204,7 +217,11 @@ impl<S: StudioApi> Collector<S> {
             })
             .collect();
         let status = execution.status.unwrap_or_else(|| "ended".into());
-        ReadBack::Settled(OutcomeState::Known, CollectedOutcome::read(&run.fields, &status, &context, &seen))
+        let outcome = CollectedOutcome::read(&run.fields, &status, &context, &seen);
+        match opt_outs_in(&context).first() {
+            Some(keyword) => ReadBack::OptedOut(keyword, outcome),
+            None => ReadBack::Settled(OutcomeState::Known, outcome),
+        }
     }
 
     /// A read Studio could not answer: asked again later, by class.

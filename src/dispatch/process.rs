@@ -3,7 +3,9 @@
 //! campaign's conflict policy decides on a 409.
 
 use super::{Dispatcher, RunContext, StopReason};
-use crate::domain::{ConflictFacts, ConflictStep, JobOutcome, JobReason, ReasonKind, backoff_delay, mask_phones_in};
+use crate::domain::{
+    ConflictFacts, ConflictStep, JobOutcome, JobReason, ReasonKind, Scope, backoff_delay, mask_phones_in,
+};
 use crate::store::{ClaimedJob, StudioCall};
 use crate::studio::{CreateRequest, ListFilter, StudioApi, StudioError};
 use crate::telemetry;
@@ -19,6 +21,9 @@ pub struct Processed {
     pub attempts_sent: i64,
     pub at: i64,
 }
+
+/// Twilio's error for a recipient who unsubscribed from the sender.
+const UNSUBSCRIBED: i64 = 21610;
 
 /// How far to look back before an attempt's start when asking Studio what it
 /// created: Studio's clock and ours may disagree by a little.
@@ -143,6 +148,17 @@ impl<S: StudioApi> Dispatcher<S> {
                     return (JobOutcome::Sent { sid: execution.sid }, None);
                 }
                 Err(StudioError::Conflict { error, active_sid }) => (error, active_sid.map(|s| s.as_str().to_string())),
+                Err(StudioError::Invalid(e)) if e.code == Some(UNSUBSCRIBED) => {
+                    // Twilio says the contact unsubscribed (replied STOP to this
+                    // sender): no campaign may reach them again.
+                    let reason = format!("Twilio error {UNSUBSCRIBED}: the recipient unsubscribed");
+                    let now = self.now_ms();
+                    if let Err(e) = self.store.suppress(&job.phone, &Scope::All, Some(&reason), "studio", now).await {
+                        tracing::error!(job = job.id, error = %e, "cannot record the unsubscribed contact's suppression");
+                    }
+                    let reason = JobReason::with_detail(ReasonKind::Suppressed, format!("scope all, {reason}"));
+                    return (JobOutcome::Skipped { reason, sid: None }, None);
+                }
                 Err(e) => return self.after_error(ctx, job, e),
             };
 

@@ -31,6 +31,6 @@ pub use outcome::JobOutcome;
 pub use phone::{Phone, PhoneError, mask_phones_in, parse_region};
 pub use policy::{ConflictFacts, ConflictPolicy, ConflictStep, DEFAULT_MAX_WAIT, backoff_delay};
 pub use sid::{ExecutionSid, FlowSid, SidError, find_execution_sid};
-pub use suppression::Scope;
+pub use suppression::{OPT_OUT_KEYWORDS, Scope, opt_out_keyword, opt_outs_in};
 pub use template::{Template, TemplateError, TimeTemplate, parse_instant};
 pub use window::SendWindow;

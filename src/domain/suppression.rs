@@ -4,6 +4,25 @@
 
 use super::CampaignKind;
 
+/// Twilio Messaging's default opt-out keywords: a contact who replies one of
+/// these is unsubscribed from every message of the sender, whatever the Flow
+/// meant by it.
+pub const OPT_OUT_KEYWORDS: [&str; 8] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"];
+
+/// The opt-out keyword a reply is, if it is one (a whole reply, in any case,
+/// spaces around it ignored).
+pub fn opt_out_keyword(reply: &str) -> Option<&'static str> {
+    let reply = reply.trim();
+    OPT_OUT_KEYWORDS.iter().copied().find(|k| k.eq_ignore_ascii_case(reply))
+}
+
+/// Every contact reply in an Execution's context (each widget's
+/// `inbound.Body`) that is an opt-out keyword.
+pub fn opt_outs_in(context: &serde_json::Value) -> Vec<&'static str> {
+    let Some(widgets) = context["widgets"].as_object() else { return Vec::new() };
+    widgets.values().filter_map(|w| w["inbound"]["Body"].as_str().and_then(opt_out_keyword)).collect()
+}
+
 /// What a suppression covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
@@ -59,6 +78,14 @@ impl std::fmt::Display for Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_that_is_an_opt_out_keyword_is_found_in_any_widget() {
+        let ctx = serde_json::json!({"widgets": {"ask": {"inbound": {"Body": " stop "}}, "again": {"inbound": {"Body": "stop it"}}}});
+        assert_eq!(opt_outs_in(&ctx), ["STOP"]);
+        assert_eq!(opt_out_keyword("Unsubscribe"), Some("UNSUBSCRIBE"));
+        assert_eq!(opt_out_keyword("2"), None);
+    }
 
     #[test]
     fn scopes_are_all_a_kind_or_a_campaign() {

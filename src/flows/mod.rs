@@ -300,10 +300,7 @@ impl Lock {
     }
 }
 
-/// Twilio Messaging's default opt-out keywords: a contact who replies one of
-/// these is unsubscribed from every message of the sender, whatever the Flow
-/// meant by it.
-pub const OPT_OUT_KEYWORDS: [&str; 8] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"];
+pub use crate::domain::OPT_OUT_KEYWORDS;
 
 /// Warnings about a definition that Studio would accept: a split that expects
 /// a reply which is one of Twilio's opt-out keywords (the contact who sends it

@@ -110,6 +110,7 @@ pub struct JobRow {
 pub struct OutcomeJob {
     pub id: i64,
     pub run_id: i64,
+    pub phone: Phone,
     pub execution_sid: String,
     pub sent_at: i64,
     pub polls: i64,

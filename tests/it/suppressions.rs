@@ -193,3 +193,65 @@ async fn twilios_opt_out_webhook_suppresses_on_stop_and_lifts_on_start() {
     let (_, log) = served.terminate().await;
     assert!(!log.contains("+12015550007"), "phones are masked in logs");
 }
+
+#[tokio::test]
+async fn twilios_unsubscribed_error_on_a_create_suppresses_the_contact() {
+    let mut server = mockito::Server::new_async().await;
+    let _m = server
+        .mock("POST", format!("/v2/Flows/{FLOW}/Executions").as_str())
+        .with_status(400)
+        .with_body(r#"{"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}"#)
+        .create_async()
+        .await;
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(1)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let url = server.url();
+
+    let out = app.flowcast(&["run", "c"], &studio_env(&url)).await;
+
+    assert!(stdout(&out).contains("0 sent, 1 skipped"), "{}{}", stdout(&out), stderr(&out));
+    let rows = report(&app, 1).await;
+    assert_eq!(rows[0]["reason"], "suppressed: scope all, Twilio error 21610: the recipient unsubscribed");
+    let list: Value = serde_json::from_slice(&app.flowcast(&["suppress", "list", "--json"], &[]).await.stdout).unwrap();
+    assert_eq!(list["suppressions"][0]["phone"], json!(phones(1)[0]));
+    assert_eq!(list["suppressions"][0]["source"], "studio");
+}
+
+#[tokio::test]
+async fn a_reply_that_is_an_opt_out_keyword_suppresses_the_contact_when_its_outcome_is_read() {
+    let numbers = phones(3);
+    let replies = [(numbers[0].clone(), Some("STOP".to_string())), (numbers[1].clone(), Some("2".to_string()))];
+    let sim =
+        Simulator::start(SimConfig { replies: replies.into_iter().collect(), ..SimConfig::default() }).await.unwrap();
+    sim.install_flow(
+        FLOW,
+        "ask",
+        json!({
+            "description": "ask once",
+            "states": [
+                {"name": "Trigger", "type": "trigger", "transitions": [{"event": "incomingRequest", "next": "ask"}]},
+                {"name": "ask", "type": "send-and-wait-for-reply", "properties": {"body": "Reply 1 or 2"},
+                 "transitions": [{"event": "incomingMessage"}, {"event": "timeout"}, {"event": "deliveryFailure"}]}
+            ],
+            "initial_state": "Trigger",
+            "flags": {"allow_concurrent_calls": true}
+        }),
+    );
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let url = sim.url();
+    let run = app.flowcast(&["run", "c"], &studio_env(&url)).await;
+    assert!(stdout(&run).contains("3 sent"), "{}{}", stdout(&run), stderr(&run));
+    assert!(sim.wait_until(Duration::from_secs(10), |e| e.iter().all(|e| e.status == "ended")).await);
+
+    let collected = app.flowcast(&["collect"], &studio_env(&url)).await;
+
+    assert!(stdout(&collected).contains("3 outcome(s) read back"), "{}", stdout(&collected));
+    let list: Value = serde_json::from_slice(&app.flowcast(&["suppress", "list", "--json"], &[]).await.stdout).unwrap();
+    let entries = list["suppressions"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "only the contact who replied STOP: {entries:?}");
+    assert_eq!(entries[0]["phone"], json!(numbers[0]));
+    assert_eq!(entries[0]["reason"], "replied STOP");
+}

@@ -387,7 +387,7 @@ pub fn record_execution_end(
 /// optionally of one run, earliest due first.
 pub fn due_outcomes(conn: &Connection, run: Option<i64>, now: i64, limit: u32, all: bool) -> Result<Vec<OutcomeJob>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, run_id, execution_sid, sent_at, outcome_polls FROM jobs \
+        "SELECT id, run_id, execution_sid, sent_at, outcome_polls, phone FROM jobs \
          WHERE outcome_state = 'open' AND (?1 IS NULL OR run_id = ?1) AND (?3 OR outcome_due_at <= ?2) \
            AND execution_sid IS NOT NULL \
          ORDER BY outcome_due_at, id LIMIT ?4",
@@ -400,6 +400,7 @@ pub fn due_outcomes(conn: &Connection, run: Option<i64>, now: i64, limit: u32, a
                 execution_sid: r.get(2)?,
                 sent_at: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
                 polls: r.get(4)?,
+                phone: Phone::from_e164(r.get(5)?),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
