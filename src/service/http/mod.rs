@@ -23,6 +23,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod suppressions;
+mod webhooks;
+
+use suppressions::{add_suppression, list_suppressions, remove_suppression};
+use webhooks::{messaging_webhook, studio_webhook};
+
 use super::Service;
 use super::guard::{Refusal, ServedHosts};
 use super::listen;
@@ -35,7 +41,7 @@ use crate::studio::StudioApi;
 use crate::views;
 
 /// The dashboard: one self-contained page, compiled into the binary.
-const DASHBOARD: &str = include_str!("dashboard.html");
+const DASHBOARD: &str = include_str!("../dashboard.html");
 
 /// The dashboard's Content-Security-Policy: nothing but its own inline script
 /// and style (by hash, so an injected script or style never runs), requests to
@@ -491,201 +497,5 @@ async fn control<S: StudioApi>(State(state): St<S>, ApiPath((id, action)): ApiPa
         Err(ControlError::Store(e)) => store_error(e),
         Err(e @ ControlError::NotAllowed(_)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
         Err(e @ ControlError::Contended(_)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
-    }
-}
-
-async fn studio_webhook<S: StudioApi>(
-    State(state): St<S>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let forbidden = |why: &str| {
-        tracing::warn!(reason = why, "webhook refused");
-        error(StatusCode::FORBIDDEN, "forbidden", why)
-    };
-    let Some(token) = &state.config.webhook_token else {
-        return forbidden("no auth token configured to check signatures (set TWILIO_AUTH_TOKEN)");
-    };
-    let Some(signature) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
-        return forbidden("unsigned request");
-    };
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/webhooks/studio");
-    let base = match &state.config.public_url {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-            format!("http://{host}")
-        }
-    };
-    let settings = headers.get(webhook::SIGNATURE_SETTINGS_HEADER).map(|v| v.to_str().unwrap_or_default());
-    let Some(algorithm) = SignatureAlgorithm::from_settings(settings) else {
-        return forbidden("X-Twilio-Webhooks-Signature-Settings names no supported algorithm (HMAC_SHA1, HMAC_SHA256)");
-    };
-    let url = format!("{base}{path_and_query}");
-    if !webhook::signature_is_valid(algorithm, token.expose(), &url, signature) {
-        return forbidden("bad signature");
-    }
-    if !webhook::body_hash_is_valid(uri.query().unwrap_or(""), &body) {
-        return forbidden("bodySHA256 does not match the body");
-    }
-    let (count, ended) = match webhook::parse_events(&body) {
-        Ok(parsed) => parsed,
-        Err(e) => return bad_request(e),
-    };
-    let now = state.service.now_ms();
-    let ended_count = ended.len();
-    let mut woken = 0;
-    for e in &ended {
-        let at = e.ended_at.unwrap_or(now);
-        match state.service.store.record_execution_end(&e.execution_sid, at, e.ended_reason.as_deref(), now).await {
-            Ok((_, w)) => woken += w,
-            Err(e) => return store_error(e),
-        }
-    }
-    if woken > 0 {
-        state.service.dispatcher.wake_all();
-    }
-    if ended_count > 0 {
-        // Their outcomes can be read back now.
-        state.service.collector.wake();
-    }
-    json_body(StatusCode::OK, json!({ "accepted": count, "ended": ended_count, "woken": woken }))
-}
-
-async fn list_suppressions<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) -> Response {
-    let page = match Page::from_query(&Params::new(query), 100, 1000) {
-        Ok(page) => page,
-        Err(e) => return bad_request(e),
-    };
-    match state.service.store.suppressions(page.after, page.limit).await {
-        Ok(list) => {
-            let next = page.next_after(list.iter().map(|s| s.id));
-            let entries: Vec<Value> = list.iter().map(views::suppression).collect();
-            json_body(StatusCode::OK, json!({ "suppressions": entries, "next_after": next }))
-        }
-        Err(e) => store_error(e),
-    }
-}
-
-/// `POST /api/suppressions` with `{"phone", "scope", "reason"}` (scope
-/// defaults to `all`): 201 when added, 200 when it was already there.
-async fn add_suppression<S: StudioApi>(State(state): St<S>, body: Bytes) -> Response {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Entry {
-        phone: String,
-        scope: Option<String>,
-        reason: Option<String>,
-    }
-    let entry: Entry = match serde_json::from_slice(&body) {
-        Ok(entry) => entry,
-        Err(e) => {
-            return bad_request(format!(
-                "body: {e}; send {{\"phone\": \"+15017122661\", \"scope\": \"all\", \"reason\": \"…\"}}"
-            ));
-        }
-    };
-    let phone = match Phone::parse(&entry.phone, None) {
-        Ok(phone) => phone,
-        Err(e) => return bad_request(format!("phone: {e}; write it in E.164 (+15017122661)")),
-    };
-    let scope = match Scope::parse(entry.scope.as_deref().unwrap_or("all")) {
-        Ok(scope) => scope,
-        Err(e) => return bad_request(format!("scope: {e}")),
-    };
-    let svc = &state.service;
-    match svc.store.suppress(&phone, &scope, entry.reason.as_deref(), "api", svc.now_ms()).await {
-        Ok(added) => json_body(
-            if added { StatusCode::CREATED } else { StatusCode::OK },
-            json!({ "phone": phone.as_str(), "scope": scope.as_text(), "added": added }),
-        ),
-        Err(e) => store_error(e),
-    }
-}
-
-/// `DELETE /api/suppressions/{phone}[?scope=S]`: lifts the phone's entries.
-async fn remove_suppression<S: StudioApi>(
-    State(state): St<S>,
-    ApiPath(phone): ApiPath<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let phone = match Phone::parse(&phone, None) {
-        Ok(phone) => phone,
-        Err(e) => return bad_request(format!("phone: {e}")),
-    };
-    let params = Params::new(query);
-    let scope = match params.get("scope").map(Scope::parse).transpose() {
-        Ok(scope) => scope,
-        Err(e) => return bad_request(format!("scope: {e}")),
-    };
-    match state.service.store.unsuppress(&phone, scope.as_ref()).await {
-        Ok(0) => error(StatusCode::NOT_FOUND, "not_found", format!("{phone} is not suppressed")),
-        Ok(removed) => json_body(StatusCode::OK, json!({ "phone": phone.as_str(), "removed": removed })),
-        Err(e) => store_error(e),
-    }
-}
-
-/// `POST /webhooks/messaging`: Twilio's inbound-message webhook, signed like
-/// every Twilio webhook (over the URL and every posted field). With Advanced
-/// Opt-Out, `OptOutType=STOP` suppresses `From` for every campaign and
-/// `OptOutType=START` lifts it; other messages are accepted and ignored.
-async fn messaging_webhook<S: StudioApi>(
-    State(state): St<S>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let forbidden = |why: &str| {
-        tracing::warn!(reason = why, "messaging webhook refused");
-        error(StatusCode::FORBIDDEN, "forbidden", why)
-    };
-    let Some(token) = &state.config.webhook_token else {
-        return forbidden("no auth token configured to check signatures (set TWILIO_AUTH_TOKEN)");
-    };
-    let Some(signature) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
-        return forbidden("unsigned request");
-    };
-    let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/webhooks/messaging");
-    let base = match &state.config.public_url {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-            format!("http://{host}")
-        }
-    };
-    let signed = webhook::form_signing_string(&format!("{base}{path_and_query}"), &fields);
-    let settings = headers.get(webhook::SIGNATURE_SETTINGS_HEADER).map(|v| v.to_str().unwrap_or_default());
-    let Some(algorithm) = SignatureAlgorithm::from_settings(settings) else {
-        return forbidden("X-Twilio-Webhooks-Signature-Settings names no supported algorithm (HMAC_SHA1, HMAC_SHA256)");
-    };
-    if !webhook::signature_is_valid(algorithm, token.expose(), &signed, signature) {
-        return forbidden("bad signature");
-    }
-    let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let kind = field("OptOutType").map(str::to_ascii_uppercase);
-    let Some(from) = field("From").and_then(|f| Phone::parse(f, None).ok()) else {
-        return json_body(StatusCode::OK, json!({ "action": "none" }));
-    };
-    let svc = &state.service;
-    let now = svc.now_ms();
-    let result = match kind.as_deref() {
-        Some("STOP") => {
-            let reason = format!("opt-out ({})", field("Body").map(str::trim).unwrap_or("STOP"));
-            svc.store.suppress(&from, &Scope::All, Some(&reason), "messaging webhook", now).await.map(|_| "suppressed")
-        }
-        Some("START") => svc.store.unsuppress(&from, Some(&Scope::All)).await.map(|_| "lifted"),
-        _ => Ok("none"),
-    };
-    match result {
-        Ok(action) => {
-            if action != "none" {
-                tracing::info!(phone = %from.masked(), action, "opt-out webhook");
-            }
-            // Twilio reads the answer as TwiML; an empty one sends no reply.
-            (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], "<Response/>").into_response()
-        }
-        Err(e) => store_error(e),
     }
 }
