@@ -125,16 +125,37 @@ fn offers(definition: &Value, widget: &str, context: &Value) -> Vec<Option<Strin
         None => vec![Some("yes".to_string())],
         Some(split) => {
             let transitions = split["transitions"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let routes_to =
+                |i: usize, reply: &String| split::route(split, &replying(context, widget, reply)) == Some(i);
             (0..transitions.len())
-                .filter_map(|i| {
+                .flat_map(|i| {
                     let conditions = transitions[i]["conditions"].as_array().map(Vec::as_slice).unwrap_or_default();
+                    // Every listed answer of a `matches_any_of` that takes this
+                    // branch is an offer of its own, so that a survey's 0 to 10
+                    // are all given, not just the first of them.
+                    let listed: Vec<String> = conditions
+                        .iter()
+                        .filter(|c| c["type"].as_str() == Some("matches_any_of"))
+                        .flat_map(|c| {
+                            super::liquid::render(c["value"].as_str().unwrap_or_default(), context)
+                                .split(',')
+                                .map(|v| v.trim().to_string())
+                                .collect::<Vec<_>>()
+                        })
+                        .filter(|reply| !reply.is_empty() && routes_to(i, reply))
+                        .collect();
+                    if !listed.is_empty() {
+                        return listed.into_iter().map(Some).collect::<Vec<_>>();
+                    }
                     let generic = split::candidates(&Value::Null, context);
                     conditions
                         .iter()
                         .flat_map(|c| split::candidates(c, context))
                         .chain(generic)
-                        .find(|reply| split::route(split, &replying(context, widget, reply)) == Some(i))
+                        .find(|reply| routes_to(i, reply))
                         .map(Some)
+                        .into_iter()
+                        .collect()
                 })
                 .collect()
         }
@@ -171,8 +192,9 @@ mod tests {
     fn the_mix_offers_a_reply_per_reachable_branch_and_no_reply() {
         let context = json!({"widgets": {}});
         let offers = offers(&definition(), "ask", &context);
-        // "Y" is caught by the earlier "yes,y" condition, so no reply reaches its branch.
-        assert_eq!(offers, vec![Some("maybe".into()), Some("yes".into()), Some("n".into()), None]);
+        // "Y" is caught by the earlier "yes,y" condition, so no reply reaches its
+        // branch; each answer a list names is offered.
+        assert_eq!(offers, vec![Some("maybe".into()), Some("yes".into()), Some("y".into()), Some("n".into()), None]);
     }
 
     #[test]
@@ -180,7 +202,7 @@ mod tests {
         for seed in 0..20 {
             let mut mixes = HashMap::new();
             let mut answers = Answers { configured: None, seed, flow: "FW1", mixes: &mut mixes };
-            let round: Vec<_> = (0..4).map(|_| answers.answer(&definition(), "ask", &json!({}))).collect();
+            let round: Vec<_> = (0..5).map(|_| answers.answer(&definition(), "ask", &json!({}))).collect();
             for offer in offers(&definition(), "ask", &json!({})) {
                 assert!(round.contains(&offer), "seed {seed}: {offer:?} missing from {round:?}");
             }
