@@ -87,7 +87,7 @@ fn init_logging(config: &Config, default: &str) {
 
 async fn dispatch_command(command: Command, config: Config) -> CommandResult {
     match command {
-        Command::Validate { paths } => validate::validate(&config, &paths),
+        Command::Validate { paths } => validate::validate(&config, &paths).await,
         Command::Run { campaign, dry_run } => run::run(&config, &campaign, dry_run).await,
         Command::Resume { run } => run::resume(&config, run).await,
         Command::Status { campaign, json } => output::status(&config, campaign.as_deref(), json).await,
@@ -110,6 +110,18 @@ fn folders(config: &Config) -> Folders {
 
 async fn open_store(config: &Config) -> Result<Store, Failure> {
     Store::open(&config.db).await.map_err(Failure::input)
+}
+
+/// The phones the suppression list keeps from `campaign`, for dry runs and
+/// `validate`: read from the ledger when there is one (checking a campaign
+/// never creates a ledger), else none.
+async fn suppressed_for(config: &Config, campaign: &Campaign) -> Result<std::collections::HashSet<String>, Failure> {
+    let crate::store::Ledger::Sqlite(path) = &config.db;
+    if !path.exists() {
+        return Ok(Default::default());
+    }
+    let store = open_store(config).await?;
+    crate::runs::suppressed_phones(&store, campaign).await.map_err(Failure::input)
 }
 
 /// One dispatching process per ledger.

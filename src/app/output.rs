@@ -17,19 +17,21 @@ use crate::views;
 const REPORT_PAGE: u32 = 1_000;
 
 /// `--dry-run`: counts, first rows, due times; nothing is called or written.
-pub(super) fn dry_run(campaign: &Campaign) -> CommandResult {
-    let dry = crate::runs::dry_run(campaign, 5, SystemClock.now()).map_err(Failure::input)?;
+pub(super) async fn dry_run(config: &Config, campaign: &Campaign) -> CommandResult {
+    let suppressed = super::suppressed_for(config, campaign).await?;
+    let dry = crate::runs::dry_run(campaign, 5, SystemClock.now(), &suppressed).map_err(Failure::input)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "dry run of {} ({}): nothing will be sent", campaign.name, campaign.kind);
     for w in &campaign.warnings {
         let _ = writeln!(out, "{}:{}: warning: {}", w.file.display(), w.line, w.message);
     }
     let expiring = if dry.would_expire > 0 { format!(", {} would expire", dry.would_expire) } else { String::new() };
+    let suppressed = if dry.suppressed > 0 { format!(", {} suppressed", dry.suppressed) } else { String::new() };
     let _ = writeln!(
         out,
-        "{} rows: {} would be sent{expiring}, {} rejected, {} duplicates",
+        "{} rows: {} would be sent{expiring}{suppressed}, {} rejected, {} duplicates",
         dry.counts.rows,
-        dry.counts.imported - dry.would_expire,
+        dry.counts.imported - dry.would_expire - dry.suppressed,
         dry.counts.rejected,
         dry.counts.duplicates
     );

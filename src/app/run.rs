@@ -24,7 +24,7 @@ type ImportTask = tokio::task::JoinHandle<Result<ImportCounts, ImportError>>;
 pub(super) async fn run(config: &Config, what: &str, dry_run: bool) -> CommandResult {
     let campaign = find_campaign(config, what)?;
     if dry_run {
-        return output::dry_run(&campaign);
+        return output::dry_run(config, &campaign).await;
     }
     let store = open_store(config).await?;
     let _lock = lock_ledger(&store, "flowcast run").await?;

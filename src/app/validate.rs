@@ -42,7 +42,7 @@ fn groups(config: &crate::config::Config, paths: &[PathBuf]) -> Result<Vec<(Fold
     Ok(groups)
 }
 
-pub(super) fn validate(config: &crate::config::Config, paths: &[PathBuf]) -> CommandResult {
+pub(super) async fn validate(config: &crate::config::Config, paths: &[PathBuf]) -> CommandResult {
     let mut problems = 0usize;
     let mut warnings = 0usize;
     let mut valid = 0usize;
@@ -65,7 +65,8 @@ pub(super) fn validate(config: &crate::config::Config, paths: &[PathBuf]) -> Com
                 let _ = writeln!(out, "{}:{}: warning: {}", w.file.display(), w.line, w.message);
                 warnings += 1;
             }
-            let dry = match dry_run(&c, 0, chrono::Utc::now()) {
+            let suppressed = super::suppressed_for(config, &c).await?;
+            let dry = match dry_run(&c, 0, chrono::Utc::now(), &suppressed) {
                 Ok(dry) => dry,
                 Err(e) => {
                     let _ = writeln!(out, "{e}");
@@ -89,8 +90,11 @@ pub(super) fn validate(config: &crate::config::Config, paths: &[PathBuf]) -> Com
             if dry.counts.rejected == 0 {
                 valid += 1;
             }
-            let expiring =
+            let mut expiring =
                 if dry.would_expire > 0 { format!(", {} would expire", dry.would_expire) } else { String::new() };
+            if dry.suppressed > 0 {
+                expiring.push_str(&format!(", {} suppressed", dry.suppressed));
+            }
             let _ = writeln!(
                 out,
                 "{}: {} ({}): {} rows, {} contacts, {} rejected, {} duplicates{expiring}",

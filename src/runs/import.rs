@@ -162,6 +162,8 @@ async fn counts_of(store: &Store, run_id: i64) -> Result<ImportCounts, ImportErr
 /// What a dry run found: the counts, the first jobs, and every refused row.
 #[derive(Debug, Clone, Default)]
 pub struct DryRun {
+    /// Contacts the suppression list keeps from this campaign.
+    pub suppressed: i64,
     pub counts: ImportCounts,
     pub first: Vec<JobSpec>,
     pub refused: Vec<(Rejection, RowOutcome)>,
@@ -175,7 +177,15 @@ pub struct DryRun {
 /// Expands a campaign without writing anything, for `--dry-run` and `validate`.
 /// Duplicates are found with an in-memory set of phones here, since there is no
 /// ledger to ask.
-pub fn dry_run(campaign: &Campaign, keep_first: usize, now: DateTime<Utc>) -> Result<DryRun, ContactsError> {
+///
+/// `suppressed` holds the phones the suppression list keeps from this
+/// campaign ([`suppressed_phones`]); their jobs would end `skipped`.
+pub fn dry_run(
+    campaign: &Campaign,
+    keep_first: usize,
+    now: DateTime<Utc>,
+    suppressed: &HashSet<String>,
+) -> Result<DryRun, ContactsError> {
     let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
     let mut out = DryRun::default();
     let mut seen = HashSet::new();
@@ -193,6 +203,10 @@ pub fn dry_run(campaign: &Campaign, keep_first: usize, now: DateTime<Utc>) -> Re
                     continue;
                 }
                 out.counts.imported += 1;
+                if suppressed.contains(spec.phone.as_str()) {
+                    out.suppressed += 1;
+                    continue;
+                }
                 // The dispatcher expires a job whose expiry is at or before the
                 // moment it is claimed, which is its due time at the earliest.
                 if spec.expires_at.is_some_and(|expires| expires <= spec.due_at.unwrap_or(now)) {
@@ -213,4 +227,24 @@ pub fn dry_run(campaign: &Campaign, keep_first: usize, now: DateTime<Utc>) -> Re
         }
     }
     Ok(out)
+}
+
+/// The phones the suppression list keeps from `campaign` (its entries in
+/// scope `all`, the campaign's kind, or its name).
+pub async fn suppressed_phones(store: &Store, campaign: &Campaign) -> Result<HashSet<String>, StoreError> {
+    let covering = crate::domain::Scope::covering(&campaign.name, campaign.kind);
+    let mut phones = HashSet::new();
+    let mut after = 0;
+    loop {
+        let page = store.suppressions(after, 1_000).await?;
+        for entry in &page {
+            if covering.contains(&entry.scope.as_text()) {
+                phones.insert(entry.phone.as_str().to_string());
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == 1_000 => after = last.id,
+            _ => return Ok(phones),
+        }
+    }
 }

@@ -17,6 +17,6 @@ mod outcomes;
 mod start;
 
 pub use control::{ControlError, Transition, control, move_run};
-pub use import::{BATCH_ROWS, DryRun, ImportCounts, ImportError, dry_run, import_run};
+pub use import::{BATCH_ROWS, DryRun, ImportCounts, ImportError, dry_run, import_run, suppressed_phones};
 pub use outcomes::outcome_summaries;
 pub use start::{Imports, new_run, start};

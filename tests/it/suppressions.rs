@@ -255,3 +255,23 @@ async fn a_reply_that_is_an_opt_out_keyword_suppresses_the_contact_when_its_outc
     assert_eq!(entries[0]["phone"], json!(numbers[0]));
     assert_eq!(entries[0]["reason"], "replied STOP");
 }
+
+#[tokio::test]
+async fn a_dry_run_and_validate_count_the_suppressed_contacts_without_creating_a_ledger() {
+    let app = TestApp::new();
+    let numbers = phones(4);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let before = app.flowcast(&["validate"], &[]).await;
+    assert!(stdout(&before).contains("4 contacts, 0 rejected, 0 duplicates\n"), "{}", stdout(&before));
+    assert!(!app.db.exists(), "checking a campaign creates no ledger");
+    for (phone, scope) in [(&numbers[0], "all"), (&numbers[1], "reminder"), (&numbers[2], "survey")] {
+        app.flowcast(&["suppress", "add", phone, "--scope", scope], &[]).await;
+    }
+
+    let dry = app.flowcast(&["run", "c", "--dry-run"], &[]).await;
+    let validated = app.flowcast(&["validate"], &[]).await;
+
+    assert!(stdout(&dry).contains("4 rows: 2 would be sent, 2 suppressed, 0 rejected"), "{}", stdout(&dry));
+    assert!(stdout(&validated).contains("0 duplicates, 2 suppressed"), "{}", stdout(&validated));
+}
