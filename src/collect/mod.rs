@@ -186,7 +186,7 @@ impl<S: StudioApi> Collector<S> {
         let execution = match self.studio.fetch_execution(&run.flow, &job.execution_sid).await {
             Ok(e) => e,
             Err(StudioError::NotFound(_)) => return gone("not_found"),
-            Err(e) => return self.after_error(job, e),
+            Err(e) => return self.after_error(job, e, &run.fields),
         };
         if execution.is_active() {
             let deadline = job.sent_at.saturating_add(millis(self.settings.timeout));
@@ -200,13 +200,13 @@ impl<S: StudioApi> Collector<S> {
         let context = match self.studio.execution_context(&run.flow, &job.execution_sid).await {
             Ok(c) => c,
             Err(StudioError::NotFound(_)) => return gone("not_found"),
-            Err(e) => return self.after_error(job, e),
+            Err(e) => return self.after_error(job, e, &run.fields),
         };
         self.reads.until_ready("", None).await;
         let steps = match self.studio.list_steps(&run.flow, &job.execution_sid).await {
             Ok(steps) => steps,
             Err(StudioError::NotFound(_)) => Vec::new(),
-            Err(e) => return self.after_error(job, e),
+            Err(e) => return self.after_error(job, e, &run.fields),
         };
         let seen: Vec<StepSeen> = steps
             .into_iter()
@@ -225,8 +225,18 @@ impl<S: StudioApi> Collector<S> {
     }
 
     /// A read Studio could not answer: asked again later, by class.
-    fn after_error(&self, job: &OutcomeJob, error: StudioError) -> ReadBack {
+    fn after_error(&self, job: &OutcomeJob, error: StudioError, fields: &[OutcomeField]) -> ReadBack {
         let now = self.now_ms();
+        // A request Studio refuses as such, or any error past the timeout, is
+        // not asked again: the outcome is unknown.
+        let deadline = job.sent_at.saturating_add(millis(self.settings.timeout));
+        if matches!(error, StudioError::Invalid(_)) || now >= deadline {
+            tracing::warn!(job = job.id, error = %crate::domain::mask_phones_in(&error.to_string()), "giving up reading an outcome back");
+            return ReadBack::Settled(
+                OutcomeState::Unknown,
+                CollectedOutcome::read(fields, "error", &serde_json::Value::Null, &[]),
+            );
+        }
         let delay = match &error {
             StudioError::Throttled { retry_after, .. } => {
                 let delay = retry_after.unwrap_or(Duration::from_secs(1));

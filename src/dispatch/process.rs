@@ -60,18 +60,18 @@ impl<S: StudioApi> Dispatcher<S> {
     /// Decides the job's outcome. `sent` counts the creates Studio processed or
     /// may have processed (429s excluded).
     async fn decide(&self, ctx: &RunContext, job: &ClaimedJob, sent: &mut i64) -> (JobOutcome, Option<StopReason>) {
-        let now = self.now_ms();
-        if job.expires_at.is_some_and(|t| t <= now) {
-            return (JobOutcome::Expired, None);
-        }
-
-        // An earlier attempt's fate is unknown: ask Studio before sending again.
+        // An earlier attempt's fate is unknown: ask Studio before anything else
+        // (even an expired job may have been sent by that attempt).
         if let Some(since) = job.ambiguous_since {
             match self.find_own_execution(ctx, job, since).await {
                 Ok(Some(sid)) => return (JobOutcome::Sent { sid }, None),
                 Ok(None) => {}
                 Err(e) => return self.after_error(ctx, job, e),
             }
+        }
+        let now = self.now_ms();
+        if job.expires_at.is_some_and(|t| t <= now) {
+            return (JobOutcome::Expired, None);
         }
 
         // A job waiting on someone else's Execution looks at it first, without
@@ -109,6 +109,10 @@ impl<S: StudioApi> Dispatcher<S> {
                     _ = self.shutdown.cancelled() => return (JobOutcome::Release, None),
                 }
             }
+            // The request slot first, then the checks: a job waiting for a slot
+            // (other runs' creates in flight) must not be sent on checks made
+            // before it waited.
+            let _in_flight = self.in_flight.acquire().await.expect("the semaphore is never closed");
             // Checked again right before sending: waiting for the rate limiter may
             // have carried the job past the end of its window.
             if let Some(opens) = self.outside_window(ctx, job) {
@@ -129,7 +133,6 @@ impl<S: StudioApi> Dispatcher<S> {
                     return (JobOutcome::Release, None);
                 }
             }
-            let _in_flight = self.in_flight.acquire().await.expect("the semaphore is never closed");
             let result = self.studio.create_execution(&ctx.flow, &request).await;
             if !matches!(result, Err(StudioError::Throttled { .. })) {
                 *sent += 1;

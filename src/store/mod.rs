@@ -381,6 +381,12 @@ impl Store {
         self.write(move |c| sqlite::suppressions::remove(c, &phone, scope.as_ref())).await
     }
 
+    /// Lifts `phone`'s scope-`all` entries that came from one of `sources`.
+    pub async fn unsuppress_from(&self, phone: &Phone, sources: &'static [&'static str]) -> Result<usize> {
+        let phone = phone.clone();
+        self.write(move |c| sqlite::suppressions::remove_from(c, &phone, sources)).await
+    }
+
     /// A page of the list, in the order entries were added, after entry `after`.
     pub async fn suppressions(&self, after: i64, limit: u32) -> Result<Vec<Suppression>> {
         self.read(move |c| sqlite::suppressions::page(c, after, limit)).await

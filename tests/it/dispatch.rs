@@ -371,3 +371,38 @@ async fn refused_credentials_stop_the_run_and_leave_untouched_jobs_pending() {
     assert_eq!(stored.state, flowcast::domain::RunState::Paused);
     assert!(sim.executions().is_empty());
 }
+
+#[tokio::test]
+async fn a_crashed_attempt_whose_job_expired_meanwhile_is_reconciled_not_expired() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(1);
+    let mut csv = String::from("phone,first_name,appointment_at\n");
+    csv.push_str(&format!("{},Ada,2030-01-01T09:00:00Z\n", numbers[0]));
+    app.write("c.csv", csv);
+    app.write("c.toml", campaign_toml("c.csv", "expires = \"{{appointment_at}}\""));
+    let run = app.start_run("c.toml").await;
+    let store = app.store().await;
+    let claimed = store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1, false).await.unwrap();
+    let job = &claimed[0];
+    let created = http_studio(&sim.url())
+        .create_execution(
+            &FlowSid::parse(FLOW).unwrap(),
+            &CreateRequest {
+                to: job.phone.as_str().to_string(),
+                from: "+15017122661".into(),
+                parameters: json!({ "flowcast": { "campaign": "c", "run": run, "job": job.id } }).to_string(),
+            },
+        )
+        .await
+        .unwrap();
+    // The process died mid-request, and came back after the appointment.
+    let later = std::sync::Arc::new(flowcast::schedule::ManualClock::new("2030-01-02T00:00:00Z".parse().unwrap()));
+
+    let end = app.dispatcher_on(&sim.url(), later).await.run_until_idle(run).await.unwrap();
+
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+    let rows = jobs(&app, run).await;
+    assert_eq!(rows[0].state, flowcast::domain::JobState::Sent, "Studio had it: adopted, not expired");
+    assert_eq!(rows[0].execution_sid.as_deref(), Some(created.sid.as_str()));
+}

@@ -189,3 +189,30 @@ async fn the_example_reminder_rehearsed_with_simulate_reads_back_every_patients_
     }
     assert_eq!(decisions.len(), 4, "ten patients take every branch: {decisions:?}");
 }
+
+#[tokio::test]
+async fn an_execution_studio_refuses_to_show_is_given_up_on_not_asked_forever() {
+    let mut server = mockito::Server::new_async().await;
+    let sid = "FN0123456789abcdef0123456789abcdef";
+    let _create = server
+        .mock("POST", format!("/v2/Flows/{FLOW}/Executions").as_str())
+        .with_status(201)
+        .with_body(json!({ "sid": sid, "flow_sid": FLOW, "status": "active" }).to_string())
+        .create_async()
+        .await;
+    let _fetch = server
+        .mock("GET", format!("/v2/Flows/{FLOW}/Executions/{sid}").as_str())
+        .with_status(400)
+        .with_body(r#"{"code": 20001, "message": "Bad request", "status": 400}"#)
+        .create_async()
+        .await;
+    let app = TestApp::new();
+    campaign_with_outcomes(&app, 1);
+    let url = server.url();
+    assert_eq!(app.flowcast(&["run", "c"], &env(&url)).await.status.code(), Some(0));
+
+    let out = app.flowcast(&["collect"], &env(&url)).await;
+
+    assert!(stdout(&out).contains("1 outcome(s) read back, 0 still open"), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(report(&app).await[0]["outcome_state"], "unknown");
+}

@@ -190,6 +190,16 @@ async fn twilios_opt_out_webhook_suppresses_on_stop_and_lifts_on_start() {
     start[3] = ("OptOutType", "START");
     assert_eq!(post_messaging(&served, &start, true).await, 200);
     assert_eq!(list().await["suppressions"].as_array().unwrap().len(), 0, "START lifts it");
+    // A do-not-contact entry someone added stays, whatever the number texts.
+    let added = reqwest::Client::new()
+        .post(format!("{}/api/suppressions", served.url))
+        .json(&json!({ "phone": "+12015550007", "reason": "asked by letter" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    assert_eq!(post_messaging(&served, &start, true).await, 200);
+    assert_eq!(list().await["suppressions"][0]["reason"], "asked by letter", "an opt-in lifts only Twilio's opt-outs");
     let (_, log) = served.terminate().await;
     assert!(!log.contains("+12015550007"), "phones are masked in logs");
 }

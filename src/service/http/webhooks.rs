@@ -106,7 +106,9 @@ pub(super) async fn messaging_webhook<S: StudioApi>(
             let reason = format!("opt-out ({})", field("Body").map(str::trim).unwrap_or("STOP"));
             svc.store.suppress(&from, &Scope::All, Some(&reason), "messaging webhook", now).await.map(|_| "suppressed")
         }
-        Some("START") => svc.store.unsuppress(&from, Some(&Scope::All)).await.map(|_| "lifted"),
+        // An opt-in lifts only what Twilio's opt-outs put there; an entry added
+        // by hand or imported (a do-not-contact request) stays.
+        Some("START") => svc.store.unsuppress_from(&from, &["messaging webhook", "studio"]).await.map(|_| "lifted"),
         _ => Ok("none"),
     };
     match result {

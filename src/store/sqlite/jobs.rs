@@ -157,7 +157,7 @@ pub fn claim_due(
     let mut stmt = conn.prepare_cached(
         "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?2, updated_at = ?2 \
          WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
-                      AND (expires_at IS NULL OR expires_at > ?2) \
+                      AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL) \
                       AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
                       ORDER BY due_at, id LIMIT ?3) \
            AND (SELECT state FROM runs WHERE id = ?1) IN ('active', 'expanding') \
@@ -301,7 +301,7 @@ pub fn next_due_at(conn: &Connection, run_id: i64, now: i64) -> Result<Option<i6
     Ok(conn
         .prepare_cached(
             "SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending' \
-             AND (expires_at IS NULL OR expires_at > ?2)",
+             AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL)",
         )?
         .query_row(params![run_id, now], |r| r.get::<_, Option<i64>>(0))
         .optional()?
@@ -309,12 +309,15 @@ pub fn next_due_at(conn: &Connection, run_id: i64, now: i64) -> Result<Option<i6
 }
 
 /// Settles every pending job of a run whose `expires` has passed as `expired`,
-/// in one statement: expired jobs never take a send slot. Returns how many.
+/// in one statement: expired jobs never take a send slot. A job whose last
+/// attempt's fate is unknown is left to be claimed: Studio is asked first
+/// whether that attempt created an Execution. Returns how many.
 pub fn expire_overdue(conn: &Connection, run_id: i64, now: i64) -> Result<usize> {
     Ok(conn
         .prepare_cached(
             "UPDATE jobs SET state = 'expired', reason = 'expired', finished_at = ?2, updated_at = ?2 \
-             WHERE run_id = ?1 AND state = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?2",
+             WHERE run_id = ?1 AND state = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?2 \
+               AND ambiguous_since IS NULL",
         )?
         .execute(params![run_id, now])?)
 }

@@ -31,6 +31,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0005_expiry.sql")),
         M::up(include_str!("../../../migrations/0006_outcomes.sql")),
         M::up(include_str!("../../../migrations/0007_suppressions.sql")),
+        M::up(include_str!("../../../migrations/0008_reason_forms.sql")),
     ])
 }
 

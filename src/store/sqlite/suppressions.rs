@@ -76,3 +76,16 @@ pub fn before_create(conn: &Connection, run_id: i64, phone: &str) -> Result<(Run
         .ok_or(StoreError::RunNotFound(run_id))?;
     Ok((state, covering(conn, phone, &campaign, kind)?))
 }
+
+/// Lifts a phone's scope-`all` entries that came from `sources` only: an opt-in
+/// from Twilio undoes Twilio's opt-out, never an entry someone added by hand
+/// or imported.
+pub fn remove_from(conn: &Connection, phone: &Phone, sources: &[&str]) -> Result<usize> {
+    let mut removed = 0;
+    for source in sources {
+        removed += conn
+            .prepare_cached("DELETE FROM suppressions WHERE phone = ?1 AND scope = 'all' AND source = ?2")?
+            .execute(params![phone.as_str(), source])?;
+    }
+    Ok(removed)
+}
