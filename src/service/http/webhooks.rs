@@ -36,21 +36,23 @@ fn check_signature(
     }
 }
 
+/// The 403 for a webhook delivery refused, logged with why.
+fn refused(why: &str) -> Response {
+    tracing::warn!(reason = why, "webhook refused");
+    error(StatusCode::FORBIDDEN, "forbidden", why)
+}
+
 pub(super) async fn studio_webhook<S: StudioApi>(
     State(state): St<S>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let forbidden = |why: &str| {
-        tracing::warn!(reason = why, "webhook refused");
-        error(StatusCode::FORBIDDEN, "forbidden", why)
-    };
     if let Err(why) = check_signature(&state.config, &uri, &headers, &[]) {
-        return forbidden(why);
+        return refused(why);
     }
     if !webhook::body_hash_is_valid(uri.query().unwrap_or(""), &body) {
-        return forbidden("bodySHA256 does not match the body");
+        return refused("bodySHA256 does not match the body");
     }
     let (count, ended) = match webhook::parse_events(&body) {
         Ok(parsed) => parsed,
@@ -86,13 +88,9 @@ pub(super) async fn messaging_webhook<S: StudioApi>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let forbidden = |why: &str| {
-        tracing::warn!(reason = why, "messaging webhook refused");
-        error(StatusCode::FORBIDDEN, "forbidden", why)
-    };
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     if let Err(why) = check_signature(&state.config, &uri, &headers, &fields) {
-        return forbidden(why);
+        return refused(why);
     }
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let kind = field("OptOutType").map(str::to_ascii_uppercase);
