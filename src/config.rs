@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::parse_duration;
+use crate::domain::{ContactLimits, parse_duration};
 use crate::store::Ledger;
 
 /// Settings from `flowcast.toml` (every key optional; env wins over the file).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    contact_limits: Option<FileContactLimits>,
     studio_url: Option<String>,
     simulate: Option<bool>,
     rate: Option<u32>,
@@ -30,6 +31,15 @@ struct FileConfig {
     outcome_after: Option<String>,
     outcome_timeout: Option<String>,
     read_rate: Option<u32>,
+}
+
+/// `[contact_limits]` in `flowcast.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileContactLimits {
+    max_per_day: Option<u32>,
+    max_per_week: Option<u32>,
+    min_gap: Option<String>,
 }
 
 /// A value that must never reach logs, errors or reports.
@@ -114,6 +124,9 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// `FLOWCAST_PUBLIC_URL`: the base URL Twilio posts webhooks to.
     pub public_url: Option<String>,
+    /// Per-phone caps across campaigns (`[contact_limits]`, `FLOWCAST_MAX_PER_DAY`,
+    /// `FLOWCAST_MAX_PER_WEEK`, `FLOWCAST_MIN_GAP`).
+    pub contact_limits: ContactLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +189,25 @@ impl Config {
         }
         let db = Ledger::parse(overrides.db.as_deref().unwrap_or("flowcast.db"))
             .map_err(|e| ConfigError(format!("--db / FLOWCAST_DB: {e}")))?;
+        let file_limits = file.contact_limits.unwrap_or_default();
+        let cap = |key: &str, file_value: Option<u32>| -> Result<Option<u32>, ConfigError> {
+            match env(key) {
+                Some(v) => {
+                    v.trim().parse().map(Some).map_err(|_| ConfigError(format!("{key}: {v:?} is not a whole number")))
+                }
+                None => Ok(file_value),
+            }
+        };
+        let contact_limits = ContactLimits {
+            max_per_day: cap("FLOWCAST_MAX_PER_DAY", file_limits.max_per_day)?,
+            max_per_week: cap("FLOWCAST_MAX_PER_WEEK", file_limits.max_per_week)?,
+            min_gap: match env("FLOWCAST_MIN_GAP").or(file_limits.min_gap) {
+                Some(text) => Some(
+                    parse_duration(&text).map_err(|e| ConfigError(format!("{shown}: contact_limits.min_gap: {e}")))?,
+                ),
+                None => None,
+            },
+        };
         let simulate_env = env("FLOWCAST_SIMULATE").is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
         Ok(Config {
             db,
@@ -216,6 +248,7 @@ impl Config {
             },
             admin_token: env("FLOWCAST_ADMIN_TOKEN").map(Secret),
             public_url: env("FLOWCAST_PUBLIC_URL"),
+            contact_limits,
         })
     }
 

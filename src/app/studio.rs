@@ -102,6 +102,7 @@ pub(super) fn dispatcher(config: &Config, store: &Store, studio: &StudioHandle) 
         breaker_streak: config.circuit_breaker,
         ambiguous_settle: config.request_timeout,
         outcome_after: config.outcome_after,
+        contact_limits: config.contact_limits,
         ..DispatchSettings::default()
     };
     Dispatcher::new(

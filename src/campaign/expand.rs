@@ -47,6 +47,20 @@ pub fn expand(campaign: &Campaign, contact: &Contact, now: DateTime<Utc>) -> Res
         Some(t) => Some(t.render(lookup, contact.zone).map_err(|e| format!("expires: {e}"))?),
         None => None,
     };
+    let dedupe_key = match &campaign.dedupe {
+        None => None,
+        Some(d) => Some(match &d.key {
+            None => contact.phone.as_str().to_string(),
+            Some(t) => {
+                let key = t.render(lookup).map_err(|e| format!("dedupe.key: {e}"))?;
+                // An empty key would make every such row the same contact.
+                if key.trim().is_empty() {
+                    return Err("dedupe.key: the key is empty for this row".into());
+                }
+                key
+            }
+        }),
+    };
     Ok(JobSpec {
         line: contact.line,
         phone: contact.phone.clone(),
@@ -54,5 +68,6 @@ pub fn expand(campaign: &Campaign, contact: &Contact, now: DateTime<Utc>) -> Res
         parameters: Parameters::from_map(&parameters),
         due_at,
         expires_at,
+        dedupe_key,
     })
 }

@@ -14,7 +14,9 @@ use chrono_tz::Tz;
 use phonenumber::country::Id;
 
 use crate::contacts::ReadOptions;
-use crate::domain::{CampaignKind, ConflictPolicy, FlowSid, OutcomeField, SendWindow, Template, TimeTemplate};
+use crate::domain::{
+    CampaignKind, Channel, ConflictPolicy, Dedupe, FlowSid, OutcomeField, SendWindow, Template, TimeTemplate,
+};
 
 pub use expand::expand;
 pub use load::{
@@ -91,6 +93,12 @@ pub struct Campaign {
     pub parameters: Option<BTreeMap<String, ParamValue>>,
     /// What to read back from each Execution (`[outcomes]`).
     pub outcomes: Vec<OutcomeField>,
+    /// How the Flow reaches people: `channel`, else implied by `from`.
+    pub channel: Channel,
+    /// `contact_limits = "exempt"`: transactional messages, not counted or capped.
+    pub limits_exempt: bool,
+    /// `dedupe = { key, within }`: one Execution per key within the window.
+    pub dedupe: Option<Dedupe>,
     /// The file this came from.
     pub source: PathBuf,
     /// Mistakes that do not stop the campaign from running.

@@ -16,8 +16,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::{Campaign, CampaignError, Diagnostic, FlowRef, Folders, ParamValue, Sender};
 use crate::contacts;
 use crate::domain::{
-    CampaignKind, ConflictPolicy, FlowSid, OutcomeField, OutcomeType, Phone, SendWindow, Template, TimeTemplate,
-    parse_duration_at_most, parse_region,
+    CampaignKind, Channel, ConflictPolicy, Dedupe, FlowSid, OutcomeField, OutcomeType, Phone, SendWindow, Template,
+    TimeTemplate, parse_duration_at_most, parse_region,
 };
 
 /// The longest a job may wait for a busy contact. A wait of weeks is already a
@@ -44,7 +44,13 @@ const FIELDS: &[&str] = &[
     "enabled",
     "parameters",
     "outcomes",
+    "channel",
+    "contact_limits",
+    "dedupe",
 ];
+
+/// The keys of `dedupe`.
+const DEDUPE_FIELDS: &[&str] = &["key", "within"];
 
 /// The keys of `send_window`.
 const WINDOW_FIELDS: &[&str] = &["start", "end"];
@@ -75,6 +81,15 @@ struct RawCampaign {
     enabled: Option<bool>,
     parameters: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
     outcomes: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    channel: Option<Spanned<String>>,
+    contact_limits: Option<Spanned<String>>,
+    dedupe: Option<Spanned<RawDedupe>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDedupe {
+    key: Option<Spanned<String>>,
+    within: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,14 +160,18 @@ fn read_raw(text: &str, p: &mut Problems) -> Option<RawCampaign> {
             unknown.push((key.span(), unknown_key(key.get_ref(), FIELDS)));
             continue;
         }
-        if key.get_ref() == "send_window"
-            && let DeValue::Table(window) = value.get_mut()
+        let fields = match key.get_ref().as_ref() {
+            "send_window" => Some(WINDOW_FIELDS),
+            "dedupe" => Some(DEDUPE_FIELDS),
+            _ => None,
+        };
+        if let Some(fields) = fields
+            && let DeValue::Table(table) = value.get_mut()
         {
-            let strangers: Vec<_> =
-                window.keys().filter(|k| !WINDOW_FIELDS.contains(&k.get_ref().as_ref())).cloned().collect();
+            let strangers: Vec<_> = table.keys().filter(|k| !fields.contains(&k.get_ref().as_ref())).cloned().collect();
             for k in strangers {
-                window.remove(k.get_ref().as_ref());
-                unknown.push((k.span(), unknown_key(k.get_ref(), WINDOW_FIELDS)));
+                table.remove(k.get_ref().as_ref());
+                unknown.push((k.span(), unknown_key(k.get_ref(), fields)));
             }
         }
         known.insert(key, value);
@@ -362,6 +381,48 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
 
     let outcomes = raw.outcomes.as_ref().map(|table| parse_outcomes(table, &mut p)).unwrap_or_default();
 
+    let channel = match &raw.channel {
+        Some(c) => c.get_ref().trim().parse::<Channel>().unwrap_or_else(|e| {
+            p.at(c.span(), e);
+            Channel::Sms
+        }),
+        None => Channel::implied_by(from.as_str()),
+    };
+    let limits_exempt = match &raw.contact_limits {
+        None => false,
+        Some(v) if v.get_ref().trim() == "exempt" => true,
+        Some(v) if v.get_ref().trim() == "apply" => false,
+        Some(v) => {
+            p.at(v.span(), format!("contact_limits {:?} must be \"exempt\" or \"apply\"", v.get_ref()));
+            false
+        }
+    };
+    let dedupe = raw.dedupe.as_ref().and_then(|d| {
+        let d = d.get_ref();
+        let within = match Dedupe::within(d.within.get_ref()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                p.at(d.within.span(), format!("dedupe.within: {e}"));
+                None
+            }
+        };
+        let key = match &d.key {
+            None => Ok(None),
+            Some(k) => match Template::parse(k.get_ref()) {
+                Ok(t) if t.columns().next().is_some() => Ok(Some((t, k.span()))),
+                Ok(_) => Err((k.span(), "dedupe.key must name at least one column, e.g. \"{{order_id}}\"".to_string())),
+                Err(e) => Err((k.span(), format!("dedupe.key: {e}"))),
+            },
+        };
+        match key {
+            Ok(key) => within.map(|within| (key, within)),
+            Err((span, message)) => {
+                p.at(span, message);
+                None
+            }
+        }
+    });
+
     // The contacts path must exist and stay inside the campaigns folder, and every
     // column a template names must be in its header.
     let contacts = raw.contacts.as_ref().and_then(|c| resolve_contacts(file, c, folders, &mut p));
@@ -400,6 +461,9 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
                 if let Some((t, span)) = &expires {
                     check(t.columns().collect(), span.clone(), "expires", &mut p);
                 }
+                if let Some((Some((t, span)), _)) = &dedupe {
+                    check(t.columns().collect(), span.clone(), "dedupe.key", &mut p);
+                }
                 if let Some(map) = &parameters {
                     for (key, (value, span)) in map {
                         if let ParamValue::Template(t) = value {
@@ -433,6 +497,9 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         enabled: raw.enabled.unwrap_or(true),
         parameters: parameters.map(|m| m.into_iter().map(|(k, (v, _))| (k, v)).collect()),
         outcomes,
+        channel,
+        limits_exempt,
+        dedupe: dedupe.map(|(key, within)| Dedupe { key: key.map(|(t, _)| t), within }),
         source: file.to_path_buf(),
         warnings: p.warnings,
     })

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ConflictPolicy, FlowSid, JobOutcome, ReasonKind, RunState, SendWindow};
+use crate::domain::{ConflictPolicy, ContactLimits, FlowSid, JobOutcome, ReasonKind, RunState, SendWindow};
 use crate::schedule::Clock;
 use crate::store::{RunCounts, RunRow, SettledJob, Store, StoreError};
 use crate::studio::{StudioApi, TwilioError};
@@ -66,6 +66,8 @@ pub struct DispatchSettings {
     /// How long after a create its Execution is first read back for the
     /// outcome (sooner when Studio reports it ended).
     pub outcome_after: Duration,
+    /// Per-contact caps across campaigns, applied when a job is claimed.
+    pub contact_limits: ContactLimits,
 }
 
 impl Default for DispatchSettings {
@@ -83,6 +85,7 @@ impl Default for DispatchSettings {
             ambiguous_settle: Duration::from_secs(15),
             breaker_streak: 20,
             outcome_after: Duration::from_secs(300),
+            contact_limits: ContactLimits::default(),
         }
     }
 }
@@ -294,7 +297,10 @@ impl<S: StudioApi> Dispatcher<S> {
                 while tokens < free && self.limits.try_acquire(&ctx.campaign, ctx.campaign_rate) {
                     tokens += 1;
                 }
-                let claimed = self.store.claim_due(run_id, self.now_ms(), tokens, reconciling).await?;
+                let claimed = self
+                    .store
+                    .claim_due(run_id, self.now_ms(), tokens, reconciling, self.settings.contact_limits)
+                    .await?;
                 if claimed.is_empty() && reconciling && tasks.is_empty() {
                     reconciling = false;
                     continue;

@@ -58,6 +58,9 @@ pub struct JobSpec {
     /// When to send: `send_at` (or the run's start), moved into the send window.
     pub due_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The campaign's dedupe key for this contact (`None`: the campaign does
+    /// not dedupe).
+    pub dedupe_key: Option<String>,
 }
 
 /// A row the import refused, with why.

@@ -147,6 +147,12 @@ text_enum! {
         RunCancelled = "run cancelled",
         /// The contact is on the suppression list for this campaign.
         Suppressed = "suppressed",
+        /// The contact's per-contact caps would not allow it before the job
+        /// expired.
+        FrequencyCap = "frequency_cap",
+        /// The campaign's dedupe key already got an Execution within its
+        /// window (the detail names that run and job).
+        AlreadySent = "already_sent",
     }
 }
 

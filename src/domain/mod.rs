@@ -6,6 +6,7 @@
 //! exactly one text form, defined here; the edges (store, studio, dispatch,
 //! HTTP, reports) only move these values around.
 
+mod caps;
 mod contact;
 mod digest;
 mod duration;
@@ -20,6 +21,7 @@ mod template;
 mod text;
 mod window;
 
+pub use caps::{ContactLimits, Dedupe};
 pub use contact::{ImportRow, JobSpec, NotAnObject, Parameters, Rejection, RowOutcome};
 pub use digest::{Sha256Hex, hex, sha256_hex};
 pub use duration::{format_duration, parse_duration, parse_duration_at_most};
@@ -31,6 +33,6 @@ pub use outcome::JobOutcome;
 pub use phone::{Phone, PhoneError, mask_phones_in, parse_region};
 pub use policy::{ConflictFacts, ConflictPolicy, ConflictStep, DEFAULT_MAX_WAIT, backoff_delay};
 pub use sid::{ExecutionSid, FlowSid, SidError, find_execution_sid};
-pub use suppression::{OPT_OUT_KEYWORDS, Scope, opt_out_keyword, opt_outs_in};
+pub use suppression::{Channel, OPT_OUT_KEYWORDS, Scope, opt_out_keyword, opt_outs_in};
 pub use template::{Template, TemplateError, TimeTemplate, parse_instant};
 pub use window::SendWindow;

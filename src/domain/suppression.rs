@@ -3,6 +3,27 @@
 //! it came from. Checked when a run imports and again right before each create.
 
 use super::CampaignKind;
+use super::text::text_enum;
+
+text_enum! {
+    /// How a campaign's Flow reaches people. A number Twilio reports as
+    /// unreachable on one channel (a landline for SMS) is suppressed for
+    /// that channel only.
+    pub enum Channel("channel") {
+        Sms = "sms",
+        Whatsapp = "whatsapp",
+        Voice = "voice",
+    }
+}
+
+impl Channel {
+    /// The channel a sender implies when a campaign does not name one: a
+    /// `whatsapp:` address is WhatsApp, anything else SMS (a voice campaign
+    /// says `channel = "voice"`).
+    pub fn implied_by(from: &str) -> Channel {
+        if from.starts_with("whatsapp:") { Channel::Whatsapp } else { Channel::Sms }
+    }
+}
 
 /// Twilio Messaging's default opt-out keywords: a contact who replies one of
 /// these is unsubscribed from every message of the sender, whatever the Flow
@@ -30,13 +51,16 @@ pub enum Scope {
     All,
     /// Every campaign of one kind (`reminder`, `delivery-notice`, `survey`).
     Kind(CampaignKind),
+    /// Every campaign on one channel (`sms`, `whatsapp`, `voice`).
+    Channel(Channel),
     /// One campaign, by name.
     Campaign(String),
 }
 
 impl Scope {
-    /// Reads a scope: `all`, a campaign kind, or a campaign name (`[a-z0-9-]+`).
-    /// A campaign named like a kind is reached through the kind.
+    /// Reads a scope: `all`, a campaign kind, a channel, or a campaign name
+    /// (`[a-z0-9-]+`). A campaign named like a kind or a channel is reached
+    /// through the kind or the channel.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         if text == "all" {
@@ -45,11 +69,18 @@ impl Scope {
         if let Ok(kind) = text.parse::<CampaignKind>() {
             return Ok(Scope::Kind(kind));
         }
+        if let Ok(channel) = text.parse::<Channel>() {
+            return Ok(Scope::Channel(channel));
+        }
         let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if valid {
             Ok(Scope::Campaign(text.to_string()))
         } else {
-            Err(format!("scope {text:?} must be all, a campaign kind ({}) or a campaign name", CampaignKind::choices()))
+            Err(format!(
+                "scope {text:?} must be all, a campaign kind ({}), a channel ({}) or a campaign name",
+                CampaignKind::choices(),
+                Channel::choices()
+            ))
         }
     }
 
@@ -58,14 +89,15 @@ impl Scope {
         match self {
             Scope::All => "all".into(),
             Scope::Kind(kind) => kind.as_str().into(),
+            Scope::Channel(channel) => channel.as_str().into(),
             Scope::Campaign(name) => name.clone(),
         }
     }
 
     /// The scopes that cover a campaign: every suppression under any of these
     /// applies to it.
-    pub fn covering(campaign: &str, kind: CampaignKind) -> [String; 3] {
-        ["all".into(), kind.as_str().into(), campaign.into()]
+    pub fn covering(campaign: &str, kind: CampaignKind, channel: Channel) -> [String; 4] {
+        ["all".into(), kind.as_str().into(), channel.as_str().into(), campaign.into()]
     }
 }
 
@@ -88,14 +120,17 @@ mod tests {
     }
 
     #[test]
-    fn scopes_are_all_a_kind_or_a_campaign() {
+    fn scopes_are_all_a_kind_a_channel_or_a_campaign() {
         assert_eq!(Scope::parse("all").unwrap(), Scope::All);
+        assert_eq!(Scope::parse("sms").unwrap(), Scope::Channel(Channel::Sms));
         assert_eq!(Scope::parse("survey").unwrap(), Scope::Kind(CampaignKind::Survey));
         assert_eq!(Scope::parse("spring-promo").unwrap(), Scope::Campaign("spring-promo".into()));
         assert!(Scope::parse("Spring Promo").unwrap_err().contains("must be all"));
-        for text in ["all", "delivery-notice", "x-1"] {
+        for text in ["all", "delivery-notice", "voice", "x-1"] {
             assert_eq!(Scope::parse(text).unwrap().as_text(), text);
         }
-        assert_eq!(Scope::covering("c", CampaignKind::Reminder), ["all", "reminder", "c"]);
+        assert_eq!(Scope::covering("c", CampaignKind::Reminder, Channel::Sms), ["all", "reminder", "sms", "c"]);
+        assert_eq!(Channel::implied_by("whatsapp:+15005550006"), Channel::Whatsapp);
+        assert_eq!(Channel::implied_by("MG0123"), Channel::Sms);
     }
 }

@@ -232,7 +232,7 @@ pub fn dry_run(
 /// The phones the suppression list keeps from `campaign` (its entries in
 /// scope `all`, the campaign's kind, or its name).
 pub async fn suppressed_phones(store: &Store, campaign: &Campaign) -> Result<HashSet<String>, StoreError> {
-    let covering = crate::domain::Scope::covering(&campaign.name, campaign.kind);
+    let covering = crate::domain::Scope::covering(&campaign.name, campaign.kind, campaign.channel);
     let mut phones = HashSet::new();
     let mut after = 0;
     loop {

@@ -26,6 +26,9 @@ pub fn new_run(campaign: &Campaign, flow: &FlowSid, trigger: Trigger, run_key: S
         rate: campaign.rate,
         window: campaign.send_window,
         outcomes: campaign.outcomes.clone(),
+        channel: campaign.channel,
+        limits_exempt: campaign.limits_exempt,
+        dedupe_within: campaign.dedupe.as_ref().map(|d| d.within),
     }
 }
 

@@ -16,7 +16,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::domain::{CampaignKind, CollectedOutcome, ImportRow, JobState, OutcomeState, Phone, RunState, Scope};
+use crate::domain::{
+    CampaignKind, Channel, CollectedOutcome, ContactLimits, ImportRow, JobState, OutcomeState, Phone, RunState, Scope,
+};
 
 pub use sqlite::lock::LockError;
 pub use types::{
@@ -231,16 +233,19 @@ impl Store {
     }
 
     /// Claims up to `limit` due pending jobs of a run, marking them
-    /// `dispatching` with the attempt's start time, in one committed statement.
-    /// With `only_ambiguous`, only jobs whose last attempt's fate is unknown.
+    /// `dispatching` with the attempt's start time, in one committed
+    /// transaction that also applies the per-contact `limits` and the run's
+    /// dedupe rule (see [`sqlite::jobs::claim_due`]). With `only_ambiguous`,
+    /// only jobs whose last attempt's fate is unknown.
     pub async fn claim_due(
         &self,
         run_id: i64,
         now: i64,
         limit: usize,
         only_ambiguous: bool,
+        limits: ContactLimits,
     ) -> Result<Vec<ClaimedJob>> {
-        self.write(move |c| sqlite::jobs::claim_due(c, run_id, now, limit, only_ambiguous)).await
+        self.write(move |c| sqlite::jobs::claim_due(c, run_id, now, limit, only_ambiguous, &limits)).await
     }
 
     /// Records attempt outcomes and Studio calls in one transaction; returns
@@ -398,9 +403,10 @@ impl Store {
         phone: &str,
         campaign: &str,
         kind: CampaignKind,
+        channel: Channel,
     ) -> Result<Option<Suppression>> {
         let (phone, campaign) = (phone.to_string(), campaign.to_string());
-        self.read(move |c| sqlite::suppressions::covering(c, &phone, &campaign, kind)).await
+        self.read(move |c| sqlite::suppressions::covering(c, &phone, &campaign, kind, channel)).await
     }
 
     /// What a create checks right before it goes out: the run's state and

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 
 use crate::domain::{
-    CampaignKind, ConflictPolicy, FlowSid, JobOutcome, JobReason, JobState, OutcomeField, OutcomeState, Parameters,
-    Phone, RowOutcome, RunState, Scope, SendWindow, Trigger,
+    CampaignKind, Channel, ConflictPolicy, FlowSid, JobOutcome, JobReason, JobState, OutcomeField, OutcomeState,
+    Parameters, Phone, RowOutcome, RunState, Scope, SendWindow, Trigger,
 };
 
 /// What a new run records about its campaign, frozen when the run starts so
@@ -29,6 +29,12 @@ pub struct NewRun {
     pub window: Option<SendWindow>,
     /// What to read back from each Execution.
     pub outcomes: Vec<OutcomeField>,
+    /// How the Flow reaches people (suppressions may cover one channel).
+    pub channel: Channel,
+    /// `contact_limits = "exempt"`: not counted or capped.
+    pub limits_exempt: bool,
+    /// `dedupe`'s window: one Execution per key within it.
+    pub dedupe_within: Option<std::time::Duration>,
 }
 
 /// A run as the ledger has it.
@@ -55,6 +61,9 @@ pub struct RunRow {
     /// Set when the import is complete.
     pub expanded_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub channel: Channel,
+    pub limits_exempt: bool,
+    pub dedupe_within_ms: Option<i64>,
 }
 
 /// Jobs per state for one run.

@@ -214,7 +214,7 @@ async fn pause_and_cancel_control_a_run() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(app.store().await.get_run(run).await.unwrap().state, flowcast::domain::RunState::Paused);
     // A paused run claims nothing.
-    assert!(app.store().await.claim_due(run, i64::MAX, 10, false).await.unwrap().is_empty());
+    assert!(app.store().await.claim_due(run, i64::MAX, 10, false, Default::default()).await.unwrap().is_empty());
 
     let out = app.flowcast(&["cancel", &run.to_string()], &[]).await;
     assert_eq!(out.status.code(), Some(0));

@@ -221,7 +221,8 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
     app.write("c.toml", campaign_toml("c.csv", ""));
     let run = app.start_run("c.toml").await;
     let store = app.store().await;
-    let claimed = store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1, false).await.unwrap();
+    let claimed =
+        store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1, false, Default::default()).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let job = &claimed[0];
     let studio = http_studio(&sim.url());
@@ -383,7 +384,8 @@ async fn a_crashed_attempt_whose_job_expired_meanwhile_is_reconciled_not_expired
     app.write("c.toml", campaign_toml("c.csv", "expires = \"{{appointment_at}}\""));
     let run = app.start_run("c.toml").await;
     let store = app.store().await;
-    let claimed = store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1, false).await.unwrap();
+    let claimed =
+        store.claim_due(run, chrono::Utc::now().timestamp_millis(), 1, false, Default::default()).await.unwrap();
     let job = &claimed[0];
     let created = http_studio(&sim.url())
         .create_execution(

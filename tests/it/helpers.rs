@@ -199,6 +199,7 @@ pub fn fast_settings() -> DispatchSettings {
         ambiguous_settle: Duration::from_millis(50),
         breaker_streak: 50,
         outcome_after: Duration::from_secs(300),
+        ..DispatchSettings::default()
     }
 }
 

@@ -5,7 +5,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{corrupt, parsed};
 use crate::domain::{
-    CollectedOutcome, ImportRow, JobOutcome, JobReason, JobState, OutcomeState, Parameters, Phone, RowOutcome,
+    CollectedOutcome, ContactLimits, ImportRow, JobOutcome, JobReason, JobState, OutcomeState, Parameters, Phone,
+    ReasonKind, RowOutcome,
 };
 use crate::store::{
     BatchCounts, CallSummary, ClaimedJob, JobRow, OutcomeJob, RefusedRow, Result, SettledJob, StudioCall,
@@ -65,21 +66,33 @@ pub fn import_batch(
 ) -> Result<BatchCounts> {
     let tx = super::write_transaction(conn)?;
     let mut counts = BatchCounts::default();
-    let (campaign, kind): (String, String) =
-        tx.query_row("SELECT campaign, kind FROM runs WHERE id = ?1", [run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (campaign, kind, channel, dedupe_within): (String, String, String, Option<i64>) =
+        tx.query_row("SELECT campaign, kind, channel, dedupe_within_ms FROM runs WHERE id = ?1", [run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    // Without a dedupe rule no key matches: `dedupe_key = NULL` is never true.
+    let dedupe_since = dedupe_within.map_or(i64::MAX, |w| now - w);
     {
-        // A suppressed contact's job is recorded, and ends `skipped` at once:
-        // counted and reported like any other, never sent.
+        // A suppressed contact's job, and one whose dedupe key was already
+        // sent by this campaign within the window (a cumulative CSV dropped
+        // again), is recorded and ends `skipped` at once: counted and reported
+        // like any other, never sent, and costing no send slot. The claim
+        // checks the key again for runs that overlap.
         let mut insert_job = tx.prepare_cached(
             "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at, \
-                                         state, reason, finished_at) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, \
-                    CASE WHEN s.phone IS NULL THEN 'pending' ELSE 'skipped' END, \
-                    CASE WHEN s.phone IS NULL THEN NULL \
-                         ELSE 'suppressed: scope ' || s.scope || COALESCE(', ' || s.reason, '') END, \
-                    CASE WHEN s.phone IS NULL THEN NULL ELSE ?8 END \
-             FROM (SELECT 1) LEFT JOIN (SELECT phone, scope, reason FROM suppressions \
-                                        WHERE phone = ?2 AND scope IN ('all', ?9, ?10) ORDER BY rowid LIMIT 1) s",
+                                         dedupe_key, state, reason, finished_at) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?12, \
+                    CASE WHEN s.phone IS NULL AND d.id IS NULL THEN 'pending' ELSE 'skipped' END, \
+                    CASE WHEN s.phone IS NOT NULL \
+                              THEN 'suppressed: scope ' || s.scope || COALESCE(', ' || s.reason, '') \
+                         WHEN d.id IS NOT NULL THEN 'already_sent: run ' || d.run_id || ', job ' || d.id END, \
+                    CASE WHEN s.phone IS NULL AND d.id IS NULL THEN NULL ELSE ?8 END \
+             FROM (SELECT 1) \
+             LEFT JOIN (SELECT phone, scope, reason FROM suppressions \
+                        WHERE phone = ?2 AND scope IN ('all', ?9, ?10, ?11) ORDER BY rowid LIMIT 1) s \
+             LEFT JOIN (SELECT j.run_id, j.id FROM jobs j JOIN runs r ON r.id = j.run_id \
+                        WHERE j.dedupe_key = ?12 AND r.campaign = ?10 AND j.sent_at > ?13 \
+                        ORDER BY j.id LIMIT 1) d",
         )?;
         let mut insert_row = tx.prepare_cached(
             "INSERT INTO import_rows (run_id, line, raw_phone, outcome, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -98,7 +111,10 @@ pub fn import_batch(
                         spec.expires_at.map(|t| t.timestamp_millis()),
                         now,
                         kind,
-                        campaign
+                        campaign,
+                        channel,
+                        spec.dedupe_key,
+                        dedupe_since
                     ])?;
                     if inserted == 1 {
                         counts.imported += 1;
@@ -143,52 +159,182 @@ pub fn import_batch(
 }
 
 /// Claims up to `limit` due pending jobs of a run, earliest due first, marking
-/// them `dispatching` with the attempt's start time, in one committed statement.
+/// them `dispatching` with the attempt's start time, in one committed
+/// transaction.
 ///
 /// With `only_ambiguous`, only jobs whose last attempt's outcome is unknown
 /// are claimed (recovery reconciles those first).
+///
+/// The per-contact caps (unless the run's campaign is exempt) and the run's
+/// dedupe rule are checked here, inside the claiming transaction: a write
+/// transaction holds the ledger's one write lock, so every other claim — this
+/// process's other runs, or another process — sees this one's jobs as
+/// `dispatching` and counts them. A job over a cap is moved to the first
+/// instant the caps allow, or ends `skipped` (`frequency_cap`) when that is
+/// past its expiry; a job whose key already got an Execution ends `skipped`
+/// (`already_sent`), and one whose key is in flight waits for that attempt.
 pub fn claim_due(
-    conn: &Connection,
+    conn: &mut Connection,
     run_id: i64,
     now: i64,
     limit: usize,
     only_ambiguous: bool,
+    limits: &ContactLimits,
 ) -> Result<Vec<ClaimedJob>> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?2, updated_at = ?2 \
-         WHERE id IN (SELECT id FROM jobs WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
-                      AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL) \
-                      AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
-                      ORDER BY due_at, id LIMIT ?3) \
-           AND (SELECT state FROM runs WHERE id = ?1) IN ('active', 'expanding') \
-         RETURNING id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
-                   attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
-    )?;
-    let mut jobs: Vec<ClaimedJob> = stmt
-        .query_map(params![run_id, now, limit as i64, only_ambiguous], |r| {
-            let zone: String = r.get(3)?;
-            Ok(ClaimedJob {
-                id: r.get(0)?,
-                run_id: r.get(1)?,
-                phone: Phone::from_e164(r.get(2)?),
-                // The zone was a valid IANA name when the job was imported; a
-                // name a newer tz database dropped falls back to UTC.
-                zone: zone.parse().unwrap_or(chrono_tz::UTC),
-                parameters: Parameters::from_ledger(r.get(4)?),
-                attempts: r.get(5)?,
-                failures: r.get(6)?,
-                throttles: r.get(7)?,
-                expires_at: r.get(8)?,
-                attempt_started_at: r.get(9)?,
-                ambiguous_since: r.get(10)?,
-                conflict_sid: r.get(11)?,
-                conflict_since: r.get(12)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    // RETURNING gives rows in no promised order; dispatch them by id.
-    jobs.sort_by_key(|j| j.id);
+    let tx = super::write_transaction(conn)?;
+    let Some((campaign, exempt, dedupe_within)) = tx
+        .prepare_cached(
+            "SELECT campaign, limits_exempt, dedupe_within_ms FROM runs \
+             WHERE id = ?1 AND state IN ('active', 'expanding')",
+        )?
+        .query_row([run_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<i64>>(2)?)))
+        .optional()?
+    else {
+        return Ok(Vec::new());
+    };
+    let caps = (!exempt && !limits.is_unlimited()).then_some(limits);
+    let mut jobs = Vec::new();
+    {
+        let mut due = tx.prepare_cached(
+            "SELECT id, phone, dedupe_key, expires_at, ambiguous_since FROM jobs \
+             WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
+               AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL) \
+               AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
+             ORDER BY due_at, id LIMIT ?3",
+        )?;
+        let candidates: Vec<Candidate> = due
+            .query_map(params![run_id, now, limit as i64, only_ambiguous], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut claim = tx.prepare_cached(
+            "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?2, updated_at = ?2 \
+             WHERE id = ?1 AND state = 'pending' \
+             RETURNING id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
+                       attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
+        )?;
+        for (id, phone, key, expires_at, ambiguous_since) in candidates {
+            // An attempt whose fate is unknown is reconciled before anything
+            // else: it may already be the contact the checks would count.
+            if ambiguous_since.is_none() {
+                if let (Some(within), Some(key)) = (dedupe_within, key.as_deref()) {
+                    match earlier_with_key(&tx, &campaign, key, id, now - within)? {
+                        Some(Earlier { run, job, in_flight: false }) => {
+                            let reason =
+                                JobReason::with_detail(ReasonKind::AlreadySent, format!("run {run}, job {job}"));
+                            skip(&tx, id, &reason, now)?;
+                            continue;
+                        }
+                        Some(Earlier { in_flight: true, .. }) => {
+                            // Its attempt may yet fail: look again shortly
+                            // rather than skip on a send that never happened.
+                            defer(&tx, id, now + KEY_IN_FLIGHT_RECHECK_MS, now)?;
+                            continue;
+                        }
+                        None => {}
+                    }
+                }
+                if let Some(caps) = caps {
+                    let earlier = contacts_of(&tx, &phone, id, now - caps.horizon_ms())?;
+                    let allowed = caps.next_allowed(&earlier, now);
+                    if allowed > now {
+                        if expires_at.is_some_and(|e| e <= allowed) || allowed == i64::MAX {
+                            let reason = JobReason::with_detail(ReasonKind::FrequencyCap, caps.describe());
+                            skip(&tx, id, &reason, now)?;
+                        } else {
+                            defer(&tx, id, allowed, now)?;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let job = claim
+                .query_row(params![id, now], |r| {
+                    let zone: String = r.get(3)?;
+                    Ok(ClaimedJob {
+                        id: r.get(0)?,
+                        run_id: r.get(1)?,
+                        phone: Phone::from_e164(r.get(2)?),
+                        // The zone was a valid IANA name when the job was imported; a
+                        // name a newer tz database dropped falls back to UTC.
+                        zone: zone.parse().unwrap_or(chrono_tz::UTC),
+                        parameters: Parameters::from_ledger(r.get(4)?),
+                        attempts: r.get(5)?,
+                        failures: r.get(6)?,
+                        throttles: r.get(7)?,
+                        expires_at: r.get(8)?,
+                        attempt_started_at: r.get(9)?,
+                        ambiguous_since: r.get(10)?,
+                        conflict_sid: r.get(11)?,
+                        conflict_since: r.get(12)?,
+                    })
+                })
+                .optional()?;
+            jobs.extend(job);
+        }
+    }
+    tx.commit()?;
     Ok(jobs)
+}
+
+/// A due job before the checks: id, phone, dedupe key, expiry, and the start
+/// of an attempt of unknown fate.
+type Candidate = (i64, String, Option<String>, Option<i64>, Option<i64>);
+
+/// How soon a job whose dedupe key is in another job's attempt looks again.
+const KEY_IN_FLIGHT_RECHECK_MS: i64 = 1_000;
+
+/// An earlier job of the same campaign with the same dedupe key.
+struct Earlier {
+    run: i64,
+    job: i64,
+    /// Its attempt is out (or its fate unknown): not yet known to be sent.
+    in_flight: bool,
+}
+
+/// The earliest job of `campaign` other than `job_id` whose key is `key` and
+/// that got (or may be getting) an Execution since `since`.
+fn earlier_with_key(conn: &Connection, campaign: &str, key: &str, job_id: i64, since: i64) -> Result<Option<Earlier>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT j.run_id, j.id, j.sent_at IS NULL FROM jobs j JOIN runs r ON r.id = j.run_id \
+             WHERE j.dedupe_key = ?1 AND r.campaign = ?2 AND j.id != ?3 \
+               AND (j.sent_at > ?4 OR j.state = 'dispatching' OR j.ambiguous_since IS NOT NULL) \
+             ORDER BY j.sent_at IS NULL, j.id LIMIT 1",
+        )?
+        .query_row(params![key, campaign, job_id, since], |r| {
+            Ok(Earlier { run: r.get(0)?, job: r.get(1)?, in_flight: r.get(2)? })
+        })
+        .optional()?)
+}
+
+/// The instants of `phone`'s contacts since `since` by campaigns that count
+/// (not exempt): Executions sent, and attempts out or of unknown fate.
+fn contacts_of(conn: &Connection, phone: &str, job_id: i64, since: i64) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(j.sent_at, j.attempt_started_at, j.ambiguous_since) FROM jobs j JOIN runs r ON r.id = j.run_id \
+         WHERE j.phone = ?1 AND j.id != ?2 AND r.limits_exempt = 0 \
+           AND (j.sent_at > ?3 OR j.state = 'dispatching' OR j.ambiguous_since IS NOT NULL)",
+    )?;
+    let times = stmt.query_map(params![phone, job_id, since], |r| r.get::<_, Option<i64>>(0))?;
+    Ok(times.filter_map(|t| t.transpose()).collect::<rusqlite::Result<_>>()?)
+}
+
+/// Ends a pending job `skipped` at claim time.
+fn skip(conn: &Connection, id: i64, reason: &JobReason, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'skipped', reason = ?2, finished_at = ?3, updated_at = ?3 \
+         WHERE id = ?1 AND state = 'pending'",
+    )?
+    .execute(params![id, reason.to_string(), now])?;
+    Ok(())
+}
+
+/// Moves a pending job's due time to `due_at`.
+fn defer(conn: &Connection, id: i64, due_at: i64, now: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE jobs SET due_at = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'pending'")?
+        .execute(params![id, due_at, now])?;
+    Ok(())
 }
 
 /// Records a batch of attempt outcomes and Studio calls in one transaction

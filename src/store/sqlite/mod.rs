@@ -32,6 +32,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0006_outcomes.sql")),
         M::up(include_str!("../../../migrations/0007_suppressions.sql")),
         M::up(include_str!("../../../migrations/0008_reason_forms.sql")),
+        M::up(include_str!("../../../migrations/0009_contact_limits.sql")),
     ])
 }
 

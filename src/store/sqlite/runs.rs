@@ -11,7 +11,7 @@ use crate::store::{NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
      max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
-     created_at, expanded_at, finished_at, outcome_fields";
+     created_at, expanded_at, finished_at, outcome_fields, channel, limits_exempt, dedupe_within_ms";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     let flow: String = r.get(5)?;
@@ -47,6 +47,9 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         created_at: r.get(18)?,
         expanded_at: r.get(19)?,
         finished_at: r.get(20)?,
+        channel: parsed(r, 22)?,
+        limits_exempt: r.get(23)?,
+        dedupe_within_ms: r.get(24)?,
     })
 }
 
@@ -55,8 +58,9 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i64>> {
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO runs (campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, \
-         from_addr, on_conflict, max_wait_ms, rate, window_start, window_end, state, created_at, outcome_fields) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         from_addr, on_conflict, max_wait_ms, rate, window_start, window_end, state, created_at, outcome_fields, \
+         channel, limits_exempt, dedupe_within_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         params![
             run.campaign,
             run.kind.as_str(),
@@ -73,7 +77,10 @@ pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i6
             run.window.map(|w| w.end_text()),
             RunState::Expanding.as_str(),
             now,
-            serde_json::to_string(&run.outcomes).expect("outcome fields serialise")
+            serde_json::to_string(&run.outcomes).expect("outcome fields serialise"),
+            run.channel.as_str(),
+            run.limits_exempt,
+            run.dedupe_within.map(millis)
         ],
     )?;
     Ok((inserted == 1).then(|| conn.last_insert_rowid()))

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{corrupt, parsed};
-use crate::domain::{CampaignKind, Phone, RunState, Scope};
+use crate::domain::{CampaignKind, Channel, Phone, RunState, Scope};
 use crate::store::{Result, StoreError, Suppression};
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Suppression> {
@@ -54,14 +54,21 @@ pub fn page(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Suppression
     Ok(rows)
 }
 
-/// The entry that keeps `phone` from campaign `campaign` of `kind`, if any.
-pub fn covering(conn: &Connection, phone: &str, campaign: &str, kind: CampaignKind) -> Result<Option<Suppression>> {
-    let [all, kind, name] = Scope::covering(campaign, kind);
+/// The entry that keeps `phone` from campaign `campaign` of `kind` on
+/// `channel`, if any.
+pub fn covering(
+    conn: &Connection,
+    phone: &str,
+    campaign: &str,
+    kind: CampaignKind,
+    channel: Channel,
+) -> Result<Option<Suppression>> {
+    let [all, kind, channel, name] = Scope::covering(campaign, kind, channel);
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM suppressions WHERE phone = ?1 AND scope IN (?2, ?3, ?4) ORDER BY rowid LIMIT 1"
+            "SELECT {COLUMNS} FROM suppressions WHERE phone = ?1 AND scope IN (?2, ?3, ?4, ?5) ORDER BY rowid LIMIT 1"
         ))?
-        .query_row(params![phone, all, kind, name], from_row)
+        .query_row(params![phone, all, kind, channel, name], from_row)
         .optional()?)
 }
 
@@ -69,12 +76,19 @@ pub fn covering(conn: &Connection, phone: &str, campaign: &str, kind: CampaignKi
 /// state (a pause or cancel wins) and whether the contact is suppressed for
 /// this run's campaign (an opt-out that arrived mid-run wins).
 pub fn before_create(conn: &Connection, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
-    let (state, campaign, kind) = conn
-        .prepare_cached("SELECT state, campaign, kind FROM runs WHERE id = ?1")?
-        .query_row([run_id], |r| Ok((parsed::<RunState>(r, 0)?, r.get::<_, String>(1)?, parsed::<CampaignKind>(r, 2)?)))
+    let (state, campaign, kind, channel) = conn
+        .prepare_cached("SELECT state, campaign, kind, channel FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| {
+            Ok((
+                parsed::<RunState>(r, 0)?,
+                r.get::<_, String>(1)?,
+                parsed::<CampaignKind>(r, 2)?,
+                parsed::<Channel>(r, 3)?,
+            ))
+        })
         .optional()?
         .ok_or(StoreError::RunNotFound(run_id))?;
-    Ok((state, covering(conn, phone, &campaign, kind)?))
+    Ok((state, covering(conn, phone, &campaign, kind, channel)?))
 }
 
 /// Lifts a phone's scope-`all` entries that came from `sources` only: an opt-in
