@@ -414,15 +414,14 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
                 Err(e) => Err((k.span(), format!("dedupe.key: {e}"))),
             },
         };
-        match key {
-            Ok(key) => within.map(|within| (key, within)),
-            Err((span, message)) => {
-                p.at(span, message);
-                None
-            }
-        }
+        let key = key.unwrap_or_else(|(span, message)| {
+            p.at(span, message);
+            None
+        });
+        // The key's columns are checked against the CSV even when `within`
+        // is wrong, so both mistakes are reported in one pass.
+        Some((key, within))
     });
-
     // The contacts path must exist and stay inside the campaigns folder, and every
     // column a template names must be in its header.
     let contacts = raw.contacts.as_ref().and_then(|c| resolve_contacts(file, c, folders, &mut p));
@@ -499,7 +498,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         outcomes,
         channel,
         limits_exempt,
-        dedupe: dedupe.map(|(key, within)| Dedupe { key: key.map(|(t, _)| t), within }),
+        dedupe: dedupe.and_then(|(key, within)| Some(Dedupe { key: key.map(|(t, _)| t), within: within? })),
         source: file.to_path_buf(),
         warnings: p.warnings,
     })
@@ -748,6 +747,38 @@ floor       = 3
 
     fn lines_and_messages(err: &CampaignError) -> Vec<(u64, String)> {
         err.diagnostics.iter().map(|d| (d.line, d.message.clone())).collect()
+    }
+
+    #[test]
+    fn channel_caps_exemption_and_dedupe_are_read_and_bad_ones_named_at_their_line() {
+        let dir = dir_with_csv("phone,order_id\n+12015550123,A1\n");
+        let c = parse(&dir, "s.toml", SURVEY).unwrap();
+        assert_eq!((c.channel, c.limits_exempt, c.dedupe.is_none()), (Channel::Sms, false, true));
+        let body = format!(
+            "{SURVEY}channel = \"voice\"\ncontact_limits = \"exempt\"\ndedupe = {{ key = \"{{{{order_id}}}}\", within = \"30d\" }}\n"
+        );
+        let c = parse(&dir, "s.toml", &body).unwrap_or_else(|e| panic!("refused: {e}"));
+        assert_eq!((c.channel, c.limits_exempt), (Channel::Voice, true));
+        let dedupe = c.dedupe.unwrap();
+        assert_eq!(dedupe.within, Duration::from_secs(30 * 86_400));
+        assert_eq!(dedupe.key.unwrap().columns().collect::<Vec<_>>(), ["order_id"]);
+        let phone_key = parse(&dir, "s.toml", &format!("{SURVEY}dedupe = {{ within = \"1d\" }}\n")).unwrap();
+        assert!(phone_key.dedupe.unwrap().key.is_none(), "no key: the phone");
+
+        let body = format!(
+            "{SURVEY}channel = \"fax\"\ncontact_limits = \"sometimes\"\ndedupe = {{ key = \"{{{{order}}}}\", within = \"0s\", by = 1 }}\n"
+        );
+        let err = parse(&dir, "s.toml", &body).unwrap_err();
+        let found = lines_and_messages(&err);
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert!(found[0].0 == 7 && found[0].1.contains("unknown field `by`"), "{found:?}");
+        assert!(found.iter().any(|(l, m)| *l == 5 && m.contains("channel \"fax\" must be one of")), "{found:?}");
+        assert!(found.iter().any(|(l, m)| *l == 6 && m.contains("must be \"exempt\"")), "{found:?}");
+        assert!(found.iter().any(|(l, m)| *l == 7 && m.starts_with("dedupe.within:")), "{found:?}");
+        assert!(
+            found.iter().any(|(l, m)| *l == 7 && m.contains("dedupe.key: column \"order\" is not in")),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod helpers;
 
 mod campaign_input;
 mod commands;
+mod contact_limits;
 mod crash;
 mod csv_input;
 mod dashboard;
