@@ -397,7 +397,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
             false
         }
     };
-    let dedupe = raw.dedupe.as_ref().and_then(|d| {
+    let dedupe = raw.dedupe.as_ref().map(|d| {
         let d = d.get_ref();
         let within = match Dedupe::within(d.within.get_ref()) {
             Ok(w) => Some(w),
@@ -420,7 +420,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         });
         // The key's columns are checked against the CSV even when `within`
         // is wrong, so both mistakes are reported in one pass.
-        Some((key, within))
+        (key, within)
     });
     // The contacts path must exist and stay inside the campaigns folder, and every
     // column a template names must be in its header.
