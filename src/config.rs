@@ -295,6 +295,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn contact_limits_are_read_from_the_file_and_a_bad_one_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("flowcast.toml");
+        std::fs::write(&file, "rate = 5\n[contact_limits]\nmax_per_day = 1\nmin_gap = \"4h\"\n").unwrap();
+        let config = Config::load(&Overrides { config: Some(file.clone()), ..Default::default() }).unwrap();
+        assert_eq!(
+            config.contact_limits,
+            ContactLimits { max_per_day: Some(1), max_per_week: None, min_gap: Some(Duration::from_secs(4 * 3600)) }
+        );
+        std::fs::write(&file, "[contact_limits]\nmin_gap = \"soon\"\n").unwrap();
+        let err = Config::load(&Overrides { config: Some(file.clone()), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("flowcast.toml: contact_limits.min_gap:"), "{err}");
+        std::fs::write(&file, "[contact_limits]\nmax_per_month = 3\n").unwrap();
+        let err = Config::load(&Overrides { config: Some(file), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("flowcast.toml:2: unknown field `max_per_month`"), "{err}");
+    }
+
+    #[test]
     fn the_flows_folder_defaults_to_the_campaigns_folders_sibling_when_it_exists() {
         let tmp = tempfile::tempdir().unwrap();
         let campaigns = tmp.path().join("campaigns");
