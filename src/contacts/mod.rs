@@ -23,11 +23,12 @@
 //! A data row with a field longer than [`MAX_FIELD_BYTES`] is rejected on its
 //! own, with its line and the limit; the rows around it are read as usual.
 
+mod json;
 mod records;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use phonenumber::country::Id;
 
+pub use json::csv_from_json;
 pub use records::MAX_FIELD_BYTES;
 use records::{Record, RecordError, Records};
 
@@ -129,7 +131,7 @@ pub fn read_header(path: &Path) -> Result<Vec<String>, ContactsError> {
 /// Streams the rows of a contacts CSV.
 pub struct ContactReader {
     path: PathBuf,
-    records: Records<BufReader<File>>,
+    records: Records<Box<dyn BufRead + Send>>,
     columns: Arc<Columns>,
     phone_index: usize,
     zone_index: Option<usize>,
@@ -164,16 +166,7 @@ fn not_a_file(file_type: std::fs::FileType) -> Option<&'static str> {
 impl ContactReader {
     pub fn open(path: &Path, options: ReadOptions) -> Result<Self, ContactsError> {
         let mut reader = Self::open_raw(path)?;
-        reader.phone_index = *reader.columns.index.get(&options.phone_column).ok_or_else(|| ContactsError::Header {
-            path: path.to_path_buf(),
-            line: reader.record.line(),
-            message: format!(
-                "no {:?} column for phone numbers (columns: {})",
-                options.phone_column,
-                reader.columns.names.join(", ")
-            ),
-        })?;
-        reader.options = Some(options);
+        reader.set_options(path, options)?;
         Ok(reader)
     }
 
@@ -194,7 +187,33 @@ impl ContactReader {
         if let Some(kind) = not_a_file(file.metadata().map_err(open_err)?.file_type()) {
             return Err(refuse(kind));
         }
-        let mut records = Records::new(BufReader::with_capacity(64 * 1024, file));
+        Self::from_input(path, Box::new(BufReader::with_capacity(64 * 1024, file)))
+    }
+
+    /// Reads contacts sent in a request's body (a CSV, with the same rules as
+    /// a file); `name` stands for the file in messages.
+    pub fn from_bytes(name: &Path, body: Vec<u8>, options: ReadOptions) -> Result<Self, ContactsError> {
+        let mut reader = Self::from_input(name, Box::new(std::io::Cursor::new(body)))?;
+        reader.set_options(name, options)?;
+        Ok(reader)
+    }
+
+    fn set_options(&mut self, path: &Path, options: ReadOptions) -> Result<(), ContactsError> {
+        self.phone_index = *self.columns.index.get(&options.phone_column).ok_or_else(|| ContactsError::Header {
+            path: path.to_path_buf(),
+            line: self.record.line(),
+            message: format!(
+                "no {:?} column for phone numbers (columns: {})",
+                options.phone_column,
+                self.columns.names.join(", ")
+            ),
+        })?;
+        self.options = Some(options);
+        Ok(())
+    }
+
+    fn from_input(path: &Path, input: Box<dyn BufRead + Send>) -> Result<Self, ContactsError> {
+        let mut records = Records::new(input);
         let mut record = Record::default();
         let found = records.read(&mut record, MAX_COLUMNS).map_err(|e| ContactsError::from_record(path, e))?;
         let line = if found { record.line() } else { 1 };

@@ -109,8 +109,10 @@ impl RunAction {
 text_enum! {
     /// What started a run.
     pub enum Trigger("trigger") {
-        /// `flowcast run`, or a start over HTTP.
+        /// `flowcast run`.
         Manual = "manual",
+        /// `POST /api/campaigns/{name}/runs`.
+        Api = "api",
         /// A cron tick.
         Schedule = "schedule",
         /// A one-off campaign file seen with new content.

@@ -35,7 +35,7 @@ pub struct ImportCounts {
 }
 
 /// Turns one CSV row into what the ledger stores.
-fn to_item(campaign: &Campaign, row: Row, now: DateTime<Utc>) -> ImportRow {
+pub(super) fn to_item(campaign: &Campaign, row: Row, now: DateTime<Utc>) -> ImportRow {
     match row {
         Row::Contact(contact) => match expand(campaign, &contact, now) {
             Ok(spec) => ImportRow::Job(spec),

@@ -12,11 +12,13 @@
 //!   again to the state it is in now.
 
 mod control;
+mod given;
 mod import;
 mod outcomes;
 mod start;
 
 pub use control::{ControlError, Transition, control, move_run};
+pub use given::{GivenError, GivenStart, RefusedContact, read_given, start_with_contacts};
 pub use import::{BATCH_ROWS, DryRun, ImportCounts, ImportError, dry_run, import_run, suppressed_phones};
 pub use outcomes::outcome_summaries;
 pub use start::{Imports, new_run, start};

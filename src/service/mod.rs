@@ -15,6 +15,7 @@
 //!   Origin checks of [`guard`], served with the connection limits of
 //!   [`listen`].
 
+mod api_runs;
 mod guard;
 mod http;
 mod listen;
@@ -39,6 +40,7 @@ use crate::schedule::Clock;
 use crate::store::Store;
 use crate::studio::StudioApi;
 
+pub use api_runs::{ApiRun, ApiRunError, Contacts};
 pub use http::{HttpConfig, serve as serve_http};
 pub use registry::{Registry, ScanChange};
 

@@ -161,6 +161,24 @@ impl Store {
         self.write(move |c| sqlite::runs::create_run(c, &run, now)).await
     }
 
+    /// Records a run with all its contacts at once, already imported (see
+    /// [`sqlite::runs::create_run_with_rows`]). `Err(id)`: the campaign
+    /// already has a run with this key.
+    pub async fn create_run_with_rows(
+        &self,
+        run: NewRun,
+        rows: Vec<ImportRow>,
+        now: i64,
+    ) -> Result<std::result::Result<(i64, BatchCounts), i64>> {
+        self.write(move |c| sqlite::runs::create_run_with_rows(c, &run, &rows, now)).await
+    }
+
+    /// The run of `campaign` keyed `run_key`, if there is one.
+    pub async fn run_by_key(&self, campaign: &str, run_key: &str) -> Result<Option<i64>> {
+        let (campaign, run_key) = (campaign.to_string(), run_key.to_string());
+        self.read(move |c| sqlite::runs::run_by_key(c, &campaign, &run_key)).await
+    }
+
     /// Just a run's state (checked before every create, so kept cheap).
     pub async fn run_state(&self, id: i64) -> Result<RunState> {
         self.read(move |c| sqlite::runs::run_state(c, id)).await

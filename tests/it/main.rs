@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod api_runs;
 mod campaign_input;
 mod commands;
 mod contact_limits;

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod campaign_runs;
 mod suppressions;
 mod webhooks;
 
@@ -151,6 +152,11 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
         .route("/", get(dashboard))
         .route("/metrics", get(metrics::<S>))
         .route("/api/campaigns", get(campaigns::<S>))
+        .route(
+            "/api/campaigns/{name}/runs",
+            post(campaign_runs::start_run::<S>)
+                .layer(axum::extract::DefaultBodyLimit::max(campaign_runs::MAX_CONTACTS_BODY)),
+        )
         .route("/api/runs", get(runs::<S>))
         .route("/api/runs/{id}", get(get_run::<S>))
         .route("/api/runs/{id}/jobs", get(jobs::<S>))

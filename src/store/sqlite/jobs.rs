@@ -65,6 +65,20 @@ pub fn import_batch(
     now: i64,
 ) -> Result<BatchCounts> {
     let tx = super::write_transaction(conn)?;
+    let counts = insert_batch(&tx, run_id, items, last_line, default_due, now)?;
+    tx.commit()?;
+    Ok(counts)
+}
+
+/// [`import_batch`]'s writes, inside the caller's transaction.
+pub(super) fn insert_batch(
+    tx: &Connection,
+    run_id: i64,
+    items: &[ImportRow],
+    last_line: u64,
+    default_due: i64,
+    now: i64,
+) -> Result<BatchCounts> {
     let mut counts = BatchCounts::default();
     let (campaign, kind, channel, dedupe_within): (String, String, String, Option<i64>) =
         tx.query_row("SELECT campaign, kind, channel, dedupe_within_ms FROM runs WHERE id = ?1", [run_id], |r| {
@@ -154,7 +168,6 @@ pub fn import_batch(
             last_line as i64
         ],
     )?;
-    tx.commit()?;
     Ok(counts)
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{corrupt, millis, parsed};
-use crate::domain::{ConflictPolicy, FlowSid, JobState, RunState, SendWindow};
-use crate::store::{NewRun, Result, RunCounts, RunRow, StoreError};
+use crate::domain::{ConflictPolicy, FlowSid, ImportRow, JobState, RunState, SendWindow};
+use crate::store::{BatchCounts, NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
      max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
@@ -84,6 +84,39 @@ pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i6
         ],
     )?;
     Ok((inserted == 1).then(|| conn.last_insert_rowid()))
+}
+
+/// The run of `campaign` keyed `run_key`, if there is one.
+pub fn run_by_key(conn: &Connection, campaign: &str, run_key: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM runs WHERE campaign = ?1 AND run_key = ?2")?
+        .query_row(params![campaign, run_key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Records a run and all its contacts in one transaction, already imported
+/// (`active`): a crash leaves either the whole run or nothing, so a retried
+/// request never finds half a run. `Err(id)` (inside `Ok`) when the campaign
+/// already has a run with this key.
+pub fn create_run_with_rows(
+    conn: &mut Connection,
+    run: &NewRun,
+    rows: &[ImportRow],
+    now: i64,
+) -> Result<std::result::Result<(i64, BatchCounts), i64>> {
+    let tx = super::write_transaction(conn)?;
+    let Some(id) = create_run(&tx, run, now)? else {
+        let existing = run_by_key(&tx, &run.campaign, &run.run_key)?.ok_or(StoreError::RunNotFound(0))?;
+        return Ok(Err(existing));
+    };
+    let last_line = rows.iter().map(ImportRow::line).max().unwrap_or(1);
+    let counts = super::jobs::insert_batch(&tx, id, rows, last_line, now, now)?;
+    tx.execute(
+        "UPDATE runs SET expanded_at = ?2, state = 'active' WHERE id = ?1 AND state = 'expanding'",
+        params![id, now],
+    )?;
+    tx.commit()?;
+    Ok(Ok((id, counts)))
 }
 
 /// Just a run's state (checked before every create, so kept cheap).
