@@ -11,6 +11,7 @@
 mod collect;
 mod flows;
 mod output;
+mod remote;
 mod run;
 mod serve;
 mod studio;

@@ -16,7 +16,7 @@ use crate::domain::{JobState, RunAction, RunState, Trigger};
 use crate::flows::FlowResolver;
 use crate::runs::{ImportCounts, ImportError, Imports};
 use crate::schedule::{Clock, SystemClock};
-use crate::store::Store;
+use crate::store::{LockError, Store, StoreError};
 
 type ImportTask = tokio::task::JoinHandle<Result<ImportCounts, ImportError>>;
 
@@ -27,7 +27,14 @@ pub(super) async fn run(config: &Config, what: &str, dry_run: bool) -> CommandRe
         return output::dry_run(config, &campaign).await;
     }
     let store = open_store(config).await?;
-    let _lock = lock_ledger(&store, "flowcast run").await?;
+    let _lock = match store.lock_for_dispatch("flowcast run").await {
+        Ok(lock) => lock,
+        Err(StoreError::Locked(LockError::Busy { holder, .. })) if super::remote::serve_url(&holder).is_some() => {
+            let base = super::remote::serve_url(&holder).expect("checked");
+            return super::remote::run(config, &base, &campaign.name).await;
+        }
+        Err(e) => return Err(Failure::input(e)),
+    };
     let studio = connect_studio(config).await?;
     let flow = resolver(config, &studio)
         .resolve(&campaign)

@@ -27,7 +27,10 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
         )));
     }
     let store = open_store(config).await?;
-    let _lock = lock_ledger(&store, "flowcast serve").await?;
+    // The lock file names this service's address: `flowcast run` reads it to
+    // start runs here instead of being refused.
+    let holder = format!("{}http://{listen}", super::remote::SERVE_HOLDER);
+    let _lock = lock_ledger(&store, &holder).await?;
     crate::telemetry::install();
     let studio = connect_studio(config).await?;
     let dispatcher = dispatcher(config, &store, &studio);
