@@ -60,7 +60,13 @@ pub(super) async fn dry_run(config: &Config, campaign: &Campaign) -> CommandResu
         );
     }
     for (r, outcome) in dry.refused.iter().take(20) {
-        let _ = writeln!(out, "{}:{}: {outcome}: {}", campaign.contacts.display(), r.line, r.reason);
+        let _ = writeln!(
+            out,
+            "{}:{}: {outcome}: {}",
+            campaign.contacts.as_deref().unwrap_or(&campaign.source).display(),
+            r.line,
+            r.reason
+        );
     }
     if dry.refused.len() > 20 {
         let _ = writeln!(out, "… and {} more refused rows", dry.refused.len() - 20);

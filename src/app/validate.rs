@@ -65,6 +65,18 @@ pub(super) async fn validate(config: &crate::config::Config, paths: &[PathBuf]) 
                 let _ = writeln!(out, "{}:{}: warning: {}", w.file.display(), w.line, w.message);
                 warnings += 1;
             }
+            let Some(csv) = c.contacts.as_deref().map(|p| p.display().to_string()) else {
+                // Contacts pushed over HTTP: nothing to read until they arrive.
+                let _ = writeln!(
+                    out,
+                    "{}: {} ({}): contacts come over HTTP (trigger = \"api\")",
+                    file.display(),
+                    c.name,
+                    c.kind
+                );
+                valid += 1;
+                continue;
+            };
             let suppressed = super::suppressed_for(config, &c).await?;
             let dry = match dry_run(&c, 0, chrono::Utc::now(), &suppressed) {
                 Ok(dry) => dry,
@@ -74,7 +86,6 @@ pub(super) async fn validate(config: &crate::config::Config, paths: &[PathBuf]) 
                     continue;
                 }
             };
-            let csv = c.contacts.display();
             for (r, outcome) in &dry.refused {
                 match outcome {
                     RowOutcome::Duplicate => {

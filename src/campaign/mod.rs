@@ -77,8 +77,9 @@ pub struct Campaign {
     pub kind: CampaignKind,
     pub flow: FlowRef,
     pub from: Sender,
-    /// The contacts CSV, resolved and checked to lie inside the campaigns folder.
-    pub contacts: PathBuf,
+    /// The contacts CSV, resolved and checked to lie inside the campaigns
+    /// folder; `None` for `trigger = "api"`, whose contacts come over HTTP.
+    pub contacts: Option<PathBuf>,
     pub schedule: Option<String>,
     pub timezone: Tz,
     pub on_conflict: ConflictPolicy,

@@ -47,6 +47,7 @@ const FIELDS: &[&str] = &[
     "channel",
     "contact_limits",
     "dedupe",
+    "trigger",
 ];
 
 /// The keys of `dedupe`.
@@ -84,6 +85,7 @@ struct RawCampaign {
     channel: Option<Spanned<String>>,
     contact_limits: Option<Spanned<String>>,
     dedupe: Option<Spanned<RawDedupe>>,
+    trigger: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,8 +150,14 @@ fn read_raw(text: &str, p: &mut Problems) -> Option<RawCampaign> {
     };
     let whole = document.span();
     let mut missing = Vec::new();
+    // Contacts pushed over HTTP need no file.
+    let pushed = document
+        .get_ref()
+        .get("trigger")
+        .is_some_and(|v| matches!(v.get_ref(), DeValue::String(t) if t.trim() == "api"));
     for key in REQUIRED {
-        if !document.get_ref().contains_key(*key) {
+        let needed = !(pushed && *key == "contacts");
+        if needed && !document.get_ref().contains_key(*key) {
             missing.push(*key);
         }
     }
@@ -422,9 +430,30 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         // is wrong, so both mistakes are reported in one pass.
         (key, within)
     });
+    let pushed = match &raw.trigger {
+        None => false,
+        Some(t) if t.get_ref().trim() == "api" => true,
+        Some(t) => {
+            p.at(
+                t.span(),
+                format!("trigger {:?}: the only trigger is \"api\" (contacts pushed over HTTP)", t.get_ref()),
+            );
+            false
+        }
+    };
+    if pushed {
+        if let Some(c) = &raw.contacts {
+            p.at(c.span(), "trigger = \"api\" takes its contacts over HTTP; remove `contacts`");
+        }
+        if let Some(s) = &raw.schedule {
+            p.at(s.span(), "trigger = \"api\" sends when contacts arrive; remove `schedule`");
+        }
+    }
+
     // The contacts path must exist and stay inside the campaigns folder, and every
     // column a template names must be in its header.
-    let contacts = raw.contacts.as_ref().and_then(|c| resolve_contacts(file, c, folders, &mut p));
+    let contacts =
+        if pushed { None } else { raw.contacts.as_ref().and_then(|c| resolve_contacts(file, c, folders, &mut p)) };
     if let (Some(path), Some(raw_contacts)) = (&contacts, &raw.contacts) {
         match contacts::read_header(path) {
             Ok(header) => {
@@ -483,7 +512,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         kind,
         flow: flow.expect("no problems means the flow parsed"),
         from,
-        contacts: contacts.expect("no problems means the contacts path resolved"),
+        contacts: if pushed { None } else { Some(contacts.expect("no problems means the contacts path resolved")) },
         schedule,
         timezone,
         on_conflict,
@@ -778,6 +807,26 @@ floor       = 3
         assert!(
             found.iter().any(|(l, m)| *l == 7 && m.contains("dedupe.key: column \"order\" is not in")),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_campaign_fed_over_http_has_no_contacts_file_and_no_schedule() {
+        let dir = dir_with_csv("phone\n+12015550123\n");
+        let head =
+            "kind = \"delivery-notice\"\nflow = \"FW0123456789abcdef0123456789abcdef\"\nfrom = \"+15017122661\"\n";
+        let c = parse(&dir, "p.toml", &format!("{head}trigger = \"api\"\n")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.contacts.is_none());
+        let body = format!("{head}trigger = \"api\"\ncontacts = \"appointments.csv\"\nschedule = \"0 9 * * *\"\n");
+        let found = lines_and_messages(&parse(&dir, "p.toml", &body).unwrap_err());
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().any(|(l, m)| *l == 5 && m.contains("remove `contacts`")), "{found:?}");
+        assert!(found.iter().any(|(l, m)| *l == 6 && m.contains("remove `schedule`")), "{found:?}");
+        let found = lines_and_messages(&parse(&dir, "p.toml", &format!("{head}trigger = \"cron\"\n")).unwrap_err());
+        assert!(found.iter().any(|(l, m)| *l == 4 && m.contains("the only trigger is \"api\"")), "{found:?}");
+        assert!(
+            found.iter().any(|(_, m)| m == "missing field `contacts`"),
+            "without api, contacts is required: {found:?}"
         );
     }
 

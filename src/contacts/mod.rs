@@ -63,6 +63,10 @@ pub enum ContactsError {
     UnclosedQuote { path: PathBuf, line: u64 },
     #[error("{path}: {message}")]
     Read { path: PathBuf, message: String },
+    #[error(
+        "campaign {campaign:?} has trigger = \"api\": its contacts come over HTTP (POST /api/campaigns/{campaign}/contacts), not from a file"
+    )]
+    Pushed { campaign: String },
 }
 
 impl ContactsError {

@@ -113,6 +113,9 @@ text_enum! {
         Manual = "manual",
         /// `POST /api/campaigns/{name}/runs`.
         Api = "api",
+        /// The open run of a `trigger = "api"` campaign, fed by
+        /// `POST /api/campaigns/{name}/contacts`.
+        Contacts = "contacts",
         /// A cron tick.
         Schedule = "schedule",
         /// A one-off campaign file seen with new content.

@@ -101,3 +101,36 @@ pub async fn start_with_contacts(
         Err(existing) => GivenStart::Existing(existing),
     })
 }
+
+/// The open run's key for a pushed contact arriving at `now`: one open run
+/// per campaign and day (in the campaign's zone), so reports and counts stay
+/// per day and a phone may be reached again the next day.
+fn open_run_key(campaign: &Campaign, now: DateTime<Utc>) -> String {
+    format!("contacts:{}", now.with_timezone(&campaign.timezone).format("%Y-%m-%d"))
+}
+
+/// Adds pushed contacts (CSV text, record `i` keyed `keys[i]`) to the open
+/// run of a `trigger = "api"` campaign, in one transaction: each becomes a
+/// job due now (or at its `send_at`), with the campaign's window, expiry,
+/// policies, suppression list, caps and dedupe like any other.
+pub async fn push_contacts(
+    store: &Store,
+    campaign: &Campaign,
+    flow: &FlowSid,
+    csv: Vec<u8>,
+    keys: Vec<Option<String>>,
+    now_ms: i64,
+) -> Result<(i64, Vec<crate::store::PushResult>), GivenError> {
+    let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+    let owned = campaign.clone();
+    let (items, _) = tokio::task::spawn_blocking(move || read_given(&owned, csv, now))
+        .await
+        .expect("reading contacts does not panic")?;
+    let rows = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| crate::store::PushRow { key: keys.get(i).cloned().flatten(), item })
+        .collect();
+    let open = new_run(campaign, flow, Trigger::Contacts, open_run_key(campaign, now), now_ms);
+    Ok(store.push_contacts(open, rows, now_ms).await?)
+}

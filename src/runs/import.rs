@@ -64,7 +64,10 @@ pub async fn import_run(
     now_ms: i64,
     mut progress: impl AsyncFnMut(&ImportCounts),
 ) -> Result<ImportCounts, ImportError> {
-    let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
+    let Some(contacts) = &campaign.contacts else {
+        return Err(ContactsError::Pushed { campaign: campaign.name.clone() }.into());
+    };
+    let mut reader = ContactReader::open(contacts, campaign.read_options())?;
     let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let resume_after = store.import_line(run_id).await?;
     // Reading the CSV, normalising phones (the costliest part: libphonenumber's
@@ -186,7 +189,10 @@ pub fn dry_run(
     now: DateTime<Utc>,
     suppressed: &HashSet<String>,
 ) -> Result<DryRun, ContactsError> {
-    let mut reader = ContactReader::open(&campaign.contacts, campaign.read_options())?;
+    let Some(contacts) = &campaign.contacts else {
+        return Err(ContactsError::Pushed { campaign: campaign.name.clone() });
+    };
+    let mut reader = ContactReader::open(contacts, campaign.read_options())?;
     let mut out = DryRun::default();
     let mut seen = HashSet::new();
     while let Some(row) = reader.next_row()? {

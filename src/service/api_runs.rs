@@ -34,6 +34,10 @@ pub enum ApiRunError {
     Flow(String),
     #[error("{0}")]
     Contacts(String),
+    #[error(
+        "campaign {0:?} reads its contacts from a CSV file; push contacts only to a campaign with trigger = \"api\""
+    )]
+    NotPushed(String),
     #[error("no contact in the request can be sent")]
     NothingValid(Vec<RefusedContact>),
     #[error(transparent)]
@@ -56,6 +60,13 @@ impl<S: StudioApi> Service<S> {
             .resolve(&campaign)
             .map_err(|e| ApiRunError::Flow(format!("{}: {e}", campaign.source.display())))?;
         let now = self.now_ms();
+        if campaign.contacts.is_none() && matches!(contacts, Contacts::CampaignFile) {
+            return Err(ApiRunError::Contacts(format!(
+                "campaign {:?} has trigger = \"api\" and no CSV: send contacts in the body, or push them to \
+                 /api/campaigns/{}/contacts",
+                campaign.name, campaign.name
+            )));
+        }
         let started = match contacts {
             Contacts::CampaignFile => {
                 match crate::runs::start(&self.store, &campaign, &flow, Trigger::Api, run_key.clone(), now, now).await?
@@ -85,5 +96,47 @@ impl<S: StudioApi> Service<S> {
             self.wake.notify_one();
         }
         Ok(started)
+    }
+}
+
+/// What a push of contacts did: the open run and each contact's job.
+#[derive(Debug)]
+pub struct Pushed {
+    pub run: i64,
+    pub contacts: Vec<crate::store::PushResult>,
+}
+
+impl<S: StudioApi> Service<S> {
+    /// Adds contacts (CSV text; record `i` keyed `keys[i]`) to the open run of
+    /// campaign `name`, which must have `trigger = "api"`, and wakes the
+    /// dispatcher so that a contact due now goes at once.
+    pub async fn push_contacts(
+        &self,
+        name: &str,
+        csv: Vec<u8>,
+        keys: Vec<Option<String>>,
+    ) -> Result<Pushed, ApiRunError> {
+        let campaign = self
+            .campaigns()
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| ApiRunError::UnknownCampaign(name.to_string()))?;
+        if campaign.contacts.is_some() {
+            return Err(ApiRunError::NotPushed(name.to_string()));
+        }
+        let flow = self
+            .resolver
+            .resolve(&campaign)
+            .map_err(|e| ApiRunError::Flow(format!("{}: {e}", campaign.source.display())))?;
+        let (run, contacts) = crate::runs::push_contacts(&self.store, &campaign, &flow, csv, keys, self.now_ms())
+            .await
+            .map_err(|e| match e {
+                GivenError::Contacts(e) => ApiRunError::Contacts(e.to_string()),
+                GivenError::Store(e) => ApiRunError::Store(e),
+            })?;
+        // A new open run needs a dispatch task; an existing one is woken.
+        self.wake.notify_one();
+        self.dispatcher.wake_all();
+        Ok(Pushed { run, contacts })
     }
 }

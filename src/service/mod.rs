@@ -40,7 +40,7 @@ use crate::schedule::Clock;
 use crate::store::Store;
 use crate::studio::StudioApi;
 
-pub use api_runs::{ApiRun, ApiRunError, Contacts};
+pub use api_runs::{ApiRun, ApiRunError, Contacts, Pushed};
 pub use http::{HttpConfig, serve as serve_http};
 pub use registry::{Registry, ScanChange};
 

@@ -80,7 +80,7 @@ impl Registry {
         for file in files {
             let file_stamp = stamp(&file);
             if let Some(entry) = self.entries.get(&file) {
-                let csv_stamp = entry.valid.as_ref().and_then(|(c, _)| stamp(&c.contacts));
+                let csv_stamp = entry.valid.as_ref().and_then(|(c, _)| c.contacts.as_deref().and_then(stamp));
                 if entry.file_stamp == file_stamp && entry.csv_stamp == csv_stamp {
                     continue;
                 }
@@ -100,11 +100,14 @@ impl Registry {
             });
             let loaded = loaded.and_then(|c| match content_hash(&c) {
                 Ok(hash) => Ok((c, hash)),
-                Err(e) => Err(single(&file, format!("cannot read {}: {e}", c.contacts.display()))),
+                Err(e) => Err(single(
+                    &file,
+                    format!("cannot read {}: {e}", c.contacts.as_deref().unwrap_or(&c.source).display()),
+                )),
             });
             match loaded {
                 Ok((campaign, hash)) => {
-                    let csv_stamp = stamp(&campaign.contacts);
+                    let csv_stamp = campaign.contacts.as_deref().and_then(stamp);
                     let unchanged = previous.as_ref().is_some_and(|(c, h)| *h == hash && c.name == campaign.name);
                     if let Some((old, _)) = &previous
                         && old.name != campaign.name
@@ -122,7 +125,7 @@ impl Registry {
                     self.entries.insert(file, Entry { file_stamp, csv_stamp, valid: Some((campaign, hash)) });
                 }
                 Err(error) => {
-                    let csv_stamp = previous.as_ref().and_then(|(c, _)| stamp(&c.contacts));
+                    let csv_stamp = previous.as_ref().and_then(|(c, _)| c.contacts.as_deref().and_then(stamp));
                     self.refused.insert(file.clone(), error.clone());
                     changes.push(ScanChange::Refused { file: file.clone(), error, kept });
                     self.entries.insert(file, Entry { file_stamp, csv_stamp, valid: previous });

@@ -50,7 +50,8 @@ impl<S: StudioApi> Service<S> {
                         tracing::error!(campaign = %campaign.name, error = %e, "cannot record the campaign");
                         continue;
                     }
-                    if campaign.schedule.is_none() && campaign.enabled {
+                    // A campaign fed over HTTP has nothing to start from a file.
+                    if campaign.schedule.is_none() && campaign.enabled && campaign.contacts.is_some() {
                         // A one-off runs once per content of its files, ever.
                         if let Some(id) = self.start_run(&campaign, Trigger::File, format!("file:{hash}"), now).await {
                             started.push(id);

@@ -55,7 +55,9 @@ impl<S: StudioApi> Service<S> {
                 return;
             }
         };
-        for run in runs.into_iter().filter(|r| r.state == RunState::Expanding) {
+        // An open run of pushed contacts stays `expanding` while it takes
+        // contacts; it has no file to import.
+        for run in runs.into_iter().filter(|r| r.state == RunState::Expanding && r.trigger != Trigger::Contacts) {
             if self.imports.is_running(run.id) {
                 continue;
             }

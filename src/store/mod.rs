@@ -22,8 +22,8 @@ use crate::domain::{
 
 pub use sqlite::lock::LockError;
 pub use types::{
-    BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, OutcomeJob, RefusedRow, RunCounts, RunRow,
-    SettledJob, StudioCall, Suppression,
+    BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, OutcomeJob, PushOutcome, PushResult, PushRow,
+    RefusedRow, RunCounts, RunRow, SettledJob, StudioCall, Suppression,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +171,12 @@ impl Store {
         now: i64,
     ) -> Result<std::result::Result<(i64, BatchCounts), i64>> {
         self.write(move |c| sqlite::runs::create_run_with_rows(c, &run, &rows, now)).await
+    }
+
+    /// Adds pushed contacts to the open run `open` (created if it is not
+    /// there yet), in one transaction; see [`sqlite::pushed::push`].
+    pub async fn push_contacts(&self, open: NewRun, rows: Vec<PushRow>, now: i64) -> Result<(i64, Vec<PushResult>)> {
+        self.write(move |c| sqlite::pushed::push(c, &open, &rows, now)).await
     }
 
     /// The run of `campaign` keyed `run_key`, if there is one.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 
 use crate::domain::{
-    CampaignKind, Channel, ConflictPolicy, FlowSid, JobOutcome, JobReason, JobState, OutcomeField, OutcomeState,
-    Parameters, Phone, RowOutcome, RunState, Scope, SendWindow, Trigger,
+    CampaignKind, Channel, ConflictPolicy, FlowSid, ImportRow, JobOutcome, JobReason, JobState, OutcomeField,
+    OutcomeState, Parameters, Phone, RowOutcome, RunState, Scope, SendWindow, Trigger,
 };
 
 /// What a new run records about its campaign, frozen when the run starts so
@@ -231,4 +231,34 @@ impl Suppression {
             None => format!("scope {}", self.scope),
         }
     }
+}
+
+/// A contact pushed to a campaign's open run, with its key if it has one.
+#[derive(Debug, Clone)]
+pub struct PushRow {
+    pub key: Option<String>,
+    pub item: ImportRow,
+}
+
+/// What became of a pushed contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushOutcome {
+    /// A new job.
+    Created,
+    /// Its key was pushed before: the job that push made.
+    Existing,
+    /// Its phone is already in the open run: that job.
+    Duplicate,
+    /// The row was refused (the reason says why); no job.
+    Rejected,
+}
+
+/// A pushed contact's job (if any), its state and reason now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PushResult {
+    pub job: Option<i64>,
+    pub outcome: PushOutcome,
+    pub state: Option<JobState>,
+    pub reason: Option<String>,
 }

@@ -17,6 +17,7 @@ mod http_safety;
 mod import;
 mod operator;
 mod outcomes;
+mod pushed;
 mod rates;
 mod schedule;
 mod service;

@@ -57,12 +57,20 @@ pub(super) async fn start_run<S: StudioApi>(
                 Err(e) => store_error(e),
             }
         }
-        Err(ApiRunError::UnknownCampaign(name)) => {
+        Err(e) => api_error(e),
+    }
+}
+
+/// A refused start or push, in the API's error shape.
+fn api_error(e: ApiRunError) -> Response {
+    match e {
+        ApiRunError::UnknownCampaign(name) => {
             error(StatusCode::NOT_FOUND, "not_found", format!("no campaign named {name:?} is in force"))
         }
-        Err(e @ ApiRunError::Flow(_)) => error(StatusCode::CONFLICT, "flow_unresolved", e.to_string()),
-        Err(ApiRunError::Contacts(message)) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_contacts", message),
-        Err(ApiRunError::NothingValid(rows)) => json_body(
+        e @ ApiRunError::Flow(_) => error(StatusCode::CONFLICT, "flow_unresolved", e.to_string()),
+        e @ ApiRunError::NotPushed(_) => error(StatusCode::CONFLICT, "not_an_api_campaign", e.to_string()),
+        ApiRunError::Contacts(message) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_contacts", message),
+        ApiRunError::NothingValid(rows) => json_body(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({ "error": {
                 "code": "invalid_rows",
@@ -70,7 +78,91 @@ pub(super) async fn start_run<S: StudioApi>(
                 "rows": rows,
             }}),
         ),
-        Err(ApiRunError::Store(e)) => store_error(e),
+        ApiRunError::Store(e) => store_error(e),
+    }
+}
+
+/// The most contacts one push may carry.
+pub(super) const MAX_PUSH: usize = 1_000;
+
+/// `POST /api/campaigns/{name}/contacts`: one contact object, or an array of
+/// up to [`MAX_PUSH`], each with the phone column, the template columns and an
+/// optional `"key"`; they join the campaign's open run at once. A contact
+/// whose key was pushed before answers with the job it made (so does a retry
+/// of a request with the same `Idempotency-Key`).
+pub(super) async fn push_contacts<S: StudioApi>(
+    State(state): St<S>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let svc = &state.service;
+    if !svc.campaigns().iter().any(|c| c.name == name) {
+        return error(StatusCode::NOT_FOUND, "not_found", format!("no campaign named {name:?} is in force"));
+    }
+    let request_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) if !key.trim().is_empty() && key.len() <= MAX_KEY_LEN => Some(key.trim().to_string()),
+        Some(_) => {
+            return bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"));
+        }
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => return bad_request(format!("body: {e}; send a contact object or an array of them")),
+    };
+    let mut list = match value {
+        Value::Array(list) => list,
+        one @ Value::Object(_) => vec![one],
+        _ => return bad_request("body: send a contact object or an array of them"),
+    };
+    if list.is_empty() || list.len() > MAX_PUSH {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_contacts",
+            format!("a push carries 1 to {MAX_PUSH} contacts, not {}", list.len()),
+        );
+    }
+    // `key` identifies the contact for retries; it is not a column of its row.
+    let mut keys = Vec::with_capacity(list.len());
+    for (i, contact) in list.iter_mut().enumerate() {
+        let given = match contact.as_object_mut().map(|o| o.remove("key")) {
+            Some(Some(Value::String(key))) if !key.is_empty() && key.len() <= MAX_KEY_LEN => Some(key),
+            Some(Some(Value::Number(n))) => Some(n.to_string()),
+            Some(None) | None => None,
+            Some(Some(_)) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_contacts",
+                    format!("contacts[{i}].key must be a string of 1 to {MAX_KEY_LEN} characters or a number"),
+                );
+            }
+        };
+        keys.push(
+            given.map(|k| format!("key:{k}")).or_else(|| request_key.as_ref().map(|r| format!("request:{r}:{i}"))),
+        );
+    }
+    let csv = match crate::contacts::csv_from_json(&Value::Array(list)) {
+        Ok(csv) => csv,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_contacts", e),
+    };
+    match svc.push_contacts(&name, csv, keys).await {
+        Ok(pushed) => {
+            let contacts: Vec<Value> = pushed
+                .contacts
+                .iter()
+                .enumerate()
+                .map(|(index, c)| {
+                    json!({ "index": index, "job": c.job, "result": c.outcome, "state": c.state, "reason": c.reason })
+                })
+                .collect();
+            let created = pushed.contacts.iter().any(|c| c.outcome == crate::store::PushOutcome::Created);
+            json_body(
+                if created { StatusCode::CREATED } else { StatusCode::OK },
+                json!({ "run": pushed.run, "contacts": contacts }),
+            )
+        }
+        Err(e) => api_error(e),
     }
 }
 

@@ -157,6 +157,7 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
             post(campaign_runs::start_run::<S>)
                 .layer(axum::extract::DefaultBodyLimit::max(campaign_runs::MAX_CONTACTS_BODY)),
         )
+        .route("/api/campaigns/{name}/contacts", post(campaign_runs::push_contacts::<S>))
         .route("/api/runs", get(runs::<S>))
         .route("/api/runs/{id}", get(get_run::<S>))
         .route("/api/runs/{id}/jobs", get(jobs::<S>))

@@ -10,6 +10,7 @@
 pub(super) mod campaigns;
 pub(super) mod jobs;
 pub(super) mod lock;
+pub(super) mod pushed;
 pub(super) mod runs;
 pub(super) mod suppressions;
 
@@ -33,6 +34,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0007_suppressions.sql")),
         M::up(include_str!("../../../migrations/0008_reason_forms.sql")),
         M::up(include_str!("../../../migrations/0009_contact_limits.sql")),
+        M::up(include_str!("../../../migrations/0011_pushed_contacts.sql")),
     ])
 }
 
