@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::{ContactLimits, parse_duration};
+use crate::domain::{ContactLimits, NotifyRule, parse_duration};
 use crate::store::Ledger;
 
 /// Settings from `flowcast.toml` (every key optional; env wins over the file).
@@ -18,6 +18,8 @@ use crate::store::Ledger;
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     contact_limits: Option<FileContactLimits>,
+    notify: Option<FileNotify>,
+    notify_retry: Option<String>,
     studio_url: Option<String>,
     simulate: Option<bool>,
     rate: Option<u32>,
@@ -40,6 +42,14 @@ struct FileContactLimits {
     max_per_day: Option<u32>,
     max_per_week: Option<u32>,
     min_gap: Option<String>,
+}
+
+/// `[notify]` in `flowcast.toml`: events of every campaign without its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNotify {
+    url: String,
+    events: Option<Vec<String>>,
 }
 
 /// A value that must never reach logs, errors or reports.
@@ -127,6 +137,13 @@ pub struct Config {
     /// Per-phone caps across campaigns (`[contact_limits]`, `FLOWCAST_MAX_PER_DAY`,
     /// `FLOWCAST_MAX_PER_WEEK`, `FLOWCAST_MIN_GAP`).
     pub contact_limits: ContactLimits,
+    /// `[notify]`: where events of campaigns without their own `notify` go.
+    pub notify: Option<NotifyRule>,
+    /// `FLOWCAST_NOTIFY_SECRET`: the key events are signed with.
+    pub notify_secret: Option<Secret>,
+    /// `FLOWCAST_NOTIFY_RETRY` / `notify_retry`: the first retry delay of an
+    /// undelivered event (doubling up to an hour), default `10s`.
+    pub notify_retry: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +225,12 @@ impl Config {
                 None => None,
             },
         };
+        let notify = match &file.notify {
+            Some(n) => {
+                Some(NotifyRule::parse(&n.url, n.events.as_deref()).map_err(|e| ConfigError(format!("{shown}: {e}")))?)
+            }
+            None => None,
+        };
         let simulate_env = env("FLOWCAST_SIMULATE").is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
         Ok(Config {
             db,
@@ -249,6 +272,9 @@ impl Config {
             admin_token: env("FLOWCAST_ADMIN_TOKEN").map(Secret),
             public_url: env("FLOWCAST_PUBLIC_URL"),
             contact_limits,
+            notify,
+            notify_secret: env("FLOWCAST_NOTIFY_SECRET").map(Secret),
+            notify_retry: duration("notify_retry", env("FLOWCAST_NOTIFY_RETRY"), file.notify_retry, "10s")?,
         })
     }
 

@@ -15,7 +15,8 @@
 //!    calls Studio through [`studio`] (the only HTTP to Twilio), settles 409
 //!    conflicts by the policy's pure decision, and records each outcome;
 //!    [`collect`] reads each Execution back afterwards (status, the widget it
-//!    ended in, the campaign's outcome fields).
+//!    ended in, the campaign's outcome fields); [`notify`] delivers the signed
+//!    events the ledger writes to its outbox with each change they report.
 //! 6. [`service`] is `flowcast serve`: the folder watcher, [`schedule`]d ticks,
 //!    one dispatch task per run, and the HTTP API; [`views`] are the JSON shapes
 //!    of runs and jobs that it, `status` and `report` share.
@@ -35,6 +36,7 @@ pub mod contacts;
 pub mod dispatch;
 pub mod domain;
 pub mod flows;
+pub mod notify;
 pub mod runs;
 pub mod schedule;
 pub mod service;

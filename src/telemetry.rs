@@ -16,6 +16,7 @@
 //! | `flowcast_schedule_lag_seconds` | histogram | fire time minus planned tick |
 //! | `flowcast_import_rows_total` | counter | `outcome` (imported, rejected, duplicate) |
 //! | `flowcast_studio_request_duration_seconds` | histogram | `operation` |
+//! | `flowcast_notify_events_total` | counter | `outcome` (delivered, retried, gave_up) |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -34,9 +35,10 @@ pub const DISPATCH_RATE: &str = "flowcast_dispatch_rate";
 pub const SCHEDULE_LAG: &str = "flowcast_schedule_lag_seconds";
 pub const IMPORT_ROWS: &str = "flowcast_import_rows_total";
 pub const STUDIO_LATENCY: &str = "flowcast_studio_request_duration_seconds";
+pub const NOTIFY_EVENTS: &str = "flowcast_notify_events_total";
 
 /// Every family, for tests and docs.
-pub const FAMILIES: [&str; 10] = [
+pub const FAMILIES: [&str; 11] = [
     JOBS,
     EXECUTIONS_CREATED,
     CONFLICTS,
@@ -47,6 +49,7 @@ pub const FAMILIES: [&str; 10] = [
     SCHEDULE_LAG,
     IMPORT_ROWS,
     STUDIO_LATENCY,
+    NOTIFY_EVENTS,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -94,6 +97,9 @@ fn zero_families() {
     }
     for outcome in ["imported", "rejected", "duplicate"] {
         counter!(IMPORT_ROWS, "outcome" => outcome).increment(0);
+    }
+    for outcome in ["delivered", "retried", "gave_up"] {
+        counter!(NOTIFY_EVENTS, "outcome" => outcome).increment(0);
     }
     gauge!(DISPATCH_RATE).set(0.0);
     metrics::describe_histogram!(SCHEDULE_LAG, metrics::Unit::Seconds, "schedule tick fire time minus planned time");
@@ -153,4 +159,10 @@ pub fn import_rows(imported: u64, rejected: u64, duplicates: u64) {
 
 pub fn studio_latency(operation: &'static str, seconds: f64) {
     histogram!(STUDIO_LATENCY, "operation" => operation).record(seconds);
+}
+
+/// One delivery attempt of an outbound event: `delivered`, `retried` or
+/// `gave_up`.
+pub fn notify_event(outcome: &'static str) {
+    counter!(NOTIFY_EVENTS, "outcome" => outcome).increment(1);
 }

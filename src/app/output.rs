@@ -114,8 +114,9 @@ pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -
         let outcomes = crate::runs::outcome_summaries(&store, &run).await.map_err(Failure::input)?;
         runs.push(views::run(&run, &counts, &outcomes));
     }
+    let outbox = store.outbox_counts().await.map_err(Failure::input)?;
     if as_json {
-        let body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs });
+        let body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs, "notify": outbox });
         println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
         return Ok(0);
     }
@@ -169,6 +170,17 @@ pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -
         for (name, summary) in r["outcomes"].as_object().into_iter().flatten() {
             let _ = writeln!(out, "         {name}: {}", outcome_line(summary));
         }
+    }
+    if outbox != Default::default() {
+        let _ = writeln!(out, "EVENTS");
+        let _ = writeln!(
+            out,
+            "  {} delivered, {} waiting, {} given up{}",
+            outbox.delivered,
+            outbox.pending,
+            outbox.gave_up,
+            if outbox.gave_up > 0 { " (GET /api/outbox?state=gave_up lists them)" } else { "" }
+        );
     }
     Ok(0)
 }

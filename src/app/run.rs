@@ -23,6 +23,7 @@ type ImportTask = tokio::task::JoinHandle<Result<ImportCounts, ImportError>>;
 /// `flowcast run CAMPAIGN [--dry-run]`
 pub(super) async fn run(config: &Config, what: &str, dry_run: bool) -> CommandResult {
     let campaign = find_campaign(config, what)?;
+    crate::runs::set_default_notify(config.notify.clone());
     if dry_run {
         return output::dry_run(config, &campaign).await;
     }

@@ -34,6 +34,13 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
     crate::telemetry::install();
     let studio = connect_studio(config).await?;
     let dispatcher = dispatcher(config, &store, &studio);
+    crate::runs::set_default_notify(config.notify.clone());
+    let deliverer = crate::notify::Deliverer::new(
+        store.clone(),
+        config.notify_secret.clone(),
+        Arc::new(SystemClock),
+        crate::notify::NotifySettings { retry_base: config.notify_retry, ..Default::default() },
+    );
     let settings = ServiceSettings {
         catch_up: config.catch_up,
         collect: super::collect::settings(config),
@@ -84,10 +91,12 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
             token.cancel();
         })
     };
+    let delivering = tokio::spawn(deliverer.run(shutdown.clone()));
     Arc::clone(&service).run_loops(shutdown.clone()).await;
     shutdown.cancel();
     signal.abort();
     let _ = http.await;
+    let _ = delivering.await;
     tracing::info!("flowcast serve stopped");
     Ok(0)
 }

@@ -15,7 +15,8 @@ use phonenumber::country::Id;
 
 use crate::contacts::ReadOptions;
 use crate::domain::{
-    CampaignKind, Channel, ConflictPolicy, Dedupe, FlowSid, OutcomeField, SendWindow, Template, TimeTemplate,
+    CampaignKind, Channel, ConflictPolicy, Dedupe, FlowSid, NotifyRule, OutcomeField, SendWindow, Template,
+    TimeTemplate,
 };
 
 pub use expand::expand;
@@ -100,6 +101,8 @@ pub struct Campaign {
     pub limits_exempt: bool,
     /// `dedupe = { key, within }`: one Execution per key within the window.
     pub dedupe: Option<Dedupe>,
+    /// `notify = { url, events }`: where this campaign's events go.
+    pub notify: Option<NotifyRule>,
     /// The file this came from.
     pub source: PathBuf,
     /// Mistakes that do not stop the campaign from running.

@@ -16,8 +16,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::{Campaign, CampaignError, Diagnostic, FlowRef, Folders, ParamValue, Sender};
 use crate::contacts;
 use crate::domain::{
-    CampaignKind, Channel, ConflictPolicy, Dedupe, FlowSid, OutcomeField, OutcomeType, Phone, SendWindow, Template,
-    TimeTemplate, parse_duration_at_most, parse_region,
+    CampaignKind, Channel, ConflictPolicy, Dedupe, FlowSid, NotifyRule, OutcomeField, OutcomeType, Phone, SendWindow,
+    Template, TimeTemplate, parse_duration_at_most, parse_region,
 };
 
 /// The longest a job may wait for a busy contact. A wait of weeks is already a
@@ -48,7 +48,11 @@ const FIELDS: &[&str] = &[
     "contact_limits",
     "dedupe",
     "trigger",
+    "notify",
 ];
+
+/// The keys of `notify`.
+const NOTIFY_FIELDS: &[&str] = &["url", "events"];
 
 /// The keys of `dedupe`.
 const DEDUPE_FIELDS: &[&str] = &["key", "within"];
@@ -86,6 +90,13 @@ struct RawCampaign {
     contact_limits: Option<Spanned<String>>,
     dedupe: Option<Spanned<RawDedupe>>,
     trigger: Option<Spanned<String>>,
+    notify: Option<Spanned<RawNotify>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawNotify {
+    url: String,
+    events: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +182,7 @@ fn read_raw(text: &str, p: &mut Problems) -> Option<RawCampaign> {
         let fields = match key.get_ref().as_ref() {
             "send_window" => Some(WINDOW_FIELDS),
             "dedupe" => Some(DEDUPE_FIELDS),
+            "notify" => Some(NOTIFY_FIELDS),
             _ => None,
         };
         if let Some(fields) = fields
@@ -430,6 +442,10 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         // is wrong, so both mistakes are reported in one pass.
         (key, within)
     });
+    let notify = raw.notify.as_ref().and_then(|n| {
+        NotifyRule::parse(&n.get_ref().url, n.get_ref().events.as_deref()).map_err(|e| p.at(n.span(), e)).ok()
+    });
+
     let pushed = match &raw.trigger {
         None => false,
         Some(t) if t.get_ref().trim() == "api" => true,
@@ -527,6 +543,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         outcomes,
         channel,
         limits_exempt,
+        notify,
         dedupe: dedupe.and_then(|(key, within)| Some(Dedupe { key: key.map(|(t, _)| t), within: within? })),
         source: file.to_path_buf(),
         warnings: p.warnings,

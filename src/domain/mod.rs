@@ -12,6 +12,7 @@ mod digest;
 mod duration;
 mod fields;
 mod job;
+mod notify;
 mod outcome;
 mod phone;
 mod policy;
@@ -29,6 +30,7 @@ pub use fields::{
     BUILT_IN_FIELDS, CollectedOutcome, FieldSummary, OutcomeField, OutcomeState, OutcomeType, StepSeen, ended_in,
 };
 pub use job::{CampaignKind, JobReason, JobState, NotAllowed, ReasonKind, RunAction, RunState, Trigger};
+pub use notify::{EventType, NotifyRule};
 pub use outcome::JobOutcome;
 pub use phone::{Phone, PhoneError, mask_phones_in, parse_region};
 pub use policy::{ConflictFacts, ConflictPolicy, ConflictStep, DEFAULT_MAX_WAIT, backoff_delay};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use super::control::move_run;
 use super::import::{ImportCounts, ImportError, import_run};
 use crate::campaign::Campaign;
-use crate::domain::{FlowSid, RunState, Trigger};
+use crate::domain::{FlowSid, NotifyRule, RunState, Trigger};
 use crate::schedule::Clock;
 use crate::store::{NewRun, Store, StoreError};
 
@@ -29,7 +29,17 @@ pub fn new_run(campaign: &Campaign, flow: &FlowSid, trigger: Trigger, run_key: S
         channel: campaign.channel,
         limits_exempt: campaign.limits_exempt,
         dedupe_within: campaign.dedupe.as_ref().map(|d| d.within),
+        notify: campaign.notify.clone().or_else(|| DEFAULT_NOTIFY.get().cloned().flatten()),
     }
+}
+
+/// `flowcast.toml`'s `notify`, for campaigns without their own: set once, at
+/// start, from the service configuration.
+static DEFAULT_NOTIFY: std::sync::OnceLock<Option<NotifyRule>> = std::sync::OnceLock::new();
+
+/// Sets the `notify` rule of campaigns that have none (once per process).
+pub fn set_default_notify(rule: Option<NotifyRule>) {
+    let _ = DEFAULT_NOTIFY.set(rule);
 }
 
 /// Records a new run of `campaign` keyed `run_key`; `None` when the campaign

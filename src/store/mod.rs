@@ -22,8 +22,8 @@ use crate::domain::{
 
 pub use sqlite::lock::LockError;
 pub use types::{
-    BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, OutcomeJob, PushOutcome, PushResult, PushRow,
-    RefusedRow, RunCounts, RunRow, SettledJob, StudioCall, Suppression,
+    BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, OutboxCounts, OutboxEvent, OutcomeJob,
+    PushOutcome, PushResult, PushRow, RefusedRow, RunCounts, RunRow, SettledJob, StudioCall, Suppression,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +177,35 @@ impl Store {
     /// there yet), in one transaction; see [`sqlite::pushed::push`].
     pub async fn push_contacts(&self, open: NewRun, rows: Vec<PushRow>, now: i64) -> Result<(i64, Vec<PushResult>)> {
         self.write(move |c| sqlite::pushed::push(c, &open, &rows, now)).await
+    }
+
+    // The outbox of signed events.
+
+    /// Events due for an attempt, in order per job.
+    pub async fn outbox_due(&self, now: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
+        self.read(move |c| sqlite::outbox::due(c, now, limit)).await
+    }
+
+    /// When the next undelivered event is due.
+    pub async fn outbox_next_due(&self) -> Result<Option<i64>> {
+        self.read(sqlite::outbox::next_due).await
+    }
+
+    pub async fn outbox_delivered(&self, id: i64, now: i64) -> Result<()> {
+        self.write(move |c| sqlite::outbox::delivered(c, id, now)).await
+    }
+
+    /// A failed attempt: again at `retry_at`, or given up (`None`).
+    pub async fn outbox_failed(&self, id: i64, error: String, retry_at: Option<i64>, now: i64) -> Result<()> {
+        self.write(move |c| sqlite::outbox::failed(c, id, &error, retry_at, now)).await
+    }
+
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        self.read(sqlite::outbox::counts).await
+    }
+
+    pub async fn outbox_page(&self, state: Option<String>, after: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
+        self.read(move |c| sqlite::outbox::page(c, state.as_deref(), after, limit)).await
     }
 
     /// The run of `campaign` keyed `run_key`, if there is one.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 
 use crate::domain::{
-    CampaignKind, Channel, ConflictPolicy, FlowSid, ImportRow, JobOutcome, JobReason, JobState, OutcomeField,
-    OutcomeState, Parameters, Phone, RowOutcome, RunState, Scope, SendWindow, Trigger,
+    CampaignKind, Channel, ConflictPolicy, FlowSid, ImportRow, JobOutcome, JobReason, JobState, NotifyRule,
+    OutcomeField, OutcomeState, Parameters, Phone, RowOutcome, RunState, Scope, SendWindow, Trigger,
 };
 
 /// What a new run records about its campaign, frozen when the run starts so
@@ -35,6 +35,8 @@ pub struct NewRun {
     pub limits_exempt: bool,
     /// `dedupe`'s window: one Execution per key within it.
     pub dedupe_within: Option<std::time::Duration>,
+    /// Where the run's events go.
+    pub notify: Option<NotifyRule>,
 }
 
 /// A run as the ledger has it.
@@ -261,4 +263,31 @@ pub struct PushResult {
     pub outcome: PushOutcome,
     pub state: Option<JobState>,
     pub reason: Option<String>,
+}
+
+/// An event in the outbox, as written by the ledger's triggers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub run_id: i64,
+    pub job_id: Option<i64>,
+    pub url: String,
+    /// The JSON document sent, exactly as signed.
+    pub body: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub delivered_at: Option<i64>,
+    pub gave_up_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Events by delivery state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub delivered: i64,
+    pub gave_up: i64,
 }

@@ -15,6 +15,7 @@ mod faults;
 mod flows;
 mod http_safety;
 mod import;
+mod notify;
 mod operator;
 mod outcomes;
 mod pushed;

@@ -163,6 +163,7 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
         .route("/api/runs/{id}/jobs", get(jobs::<S>))
         .route("/api/runs/{id}/{action}", post(control::<S>))
         .route("/api/problems", get(problems::<S>))
+        .route("/api/outbox", get(outbox::<S>))
         .route("/api/suppressions", get(list_suppressions::<S>).post(add_suppression::<S>))
         .route("/api/suppressions/{phone}", axum::routing::delete(remove_suppression::<S>))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_token::<S>))
@@ -474,6 +475,39 @@ async fn jobs<S: StudioApi>(State(state): St<S>, ApiPath(id): ApiPath<i64>, RawQ
         }
         Err(e) => store_error(e),
     }
+}
+
+/// `GET /api/outbox[?state=pending|delivered|gave_up][&after=ID&limit=N]`:
+/// the signed events, with their delivery attempts, and the counts.
+async fn outbox<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) -> Response {
+    let q = Params::new(query);
+    let filter = q.get("state").map(str::to_string);
+    if let Some(f) = &filter
+        && !["pending", "delivered", "gave_up"].contains(&f.as_str())
+    {
+        return bad_request(format!("query parameter state: {f:?} must be pending, delivered or gave_up"));
+    }
+    let page = match Page::from_query(&q, 100, 1000) {
+        Ok(page) => page,
+        Err(message) => return bad_request(message),
+    };
+    let store = &state.service.store;
+    let (list, counts) = match (store.outbox_page(filter, page.after, page.limit).await, store.outbox_counts().await) {
+        (Ok(list), Ok(counts)) => (list, counts),
+        (Err(e), _) | (_, Err(e)) => return store_error(e),
+    };
+    let next = page.next_after(list.iter().map(|e| e.id));
+    let events: Vec<Value> = list
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id, "event_id": e.event_id, "type": e.event_type, "run": e.run_id, "job": e.job_id,
+                "attempts": e.attempts, "created_at": e.created_at, "next_attempt_at": e.next_attempt_at,
+                "delivered_at": e.delivered_at, "gave_up_at": e.gave_up_at, "last_error": e.last_error,
+            })
+        })
+        .collect();
+    json_body(StatusCode::OK, json!({ "counts": counts, "events": events, "next_after": next }))
 }
 
 async fn problems<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) -> Response {

@@ -10,6 +10,7 @@
 pub(super) mod campaigns;
 pub(super) mod jobs;
 pub(super) mod lock;
+pub(super) mod outbox;
 pub(super) mod pushed;
 pub(super) mod runs;
 pub(super) mod suppressions;
@@ -35,6 +36,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0008_reason_forms.sql")),
         M::up(include_str!("../../../migrations/0009_contact_limits.sql")),
         M::up(include_str!("../../../migrations/0011_pushed_contacts.sql")),
+        M::up(include_str!("../../../migrations/0012_notify.sql")),
     ])
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{corrupt, millis, parsed};
-use crate::domain::{ConflictPolicy, FlowSid, ImportRow, JobState, RunState, SendWindow};
+use crate::domain::{ConflictPolicy, FlowSid, ImportRow, JobState, NotifyRule, RunState, SendWindow};
 use crate::store::{BatchCounts, NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
@@ -59,8 +59,8 @@ pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i6
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO runs (campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, \
          from_addr, on_conflict, max_wait_ms, rate, window_start, window_end, state, created_at, outcome_fields, \
-         channel, limits_exempt, dedupe_within_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+         channel, limits_exempt, dedupe_within_ms, notify_url, notify_events) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         params![
             run.campaign,
             run.kind.as_str(),
@@ -80,7 +80,9 @@ pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i6
             serde_json::to_string(&run.outcomes).expect("outcome fields serialise"),
             run.channel.as_str(),
             run.limits_exempt,
-            run.dedupe_within.map(millis)
+            run.dedupe_within.map(millis),
+            run.notify.as_ref().map(|n| n.url.as_str()),
+            run.notify.as_ref().map(NotifyRule::events_column)
         ],
     )?;
     Ok((inserted == 1).then(|| conn.last_insert_rowid()))
