@@ -218,15 +218,15 @@ impl<S: StudioApi> Collector<S> {
             Err(e) => return self.after_error(job, e, &run.fields),
         };
         self.reads.until_ready("", None).await;
-        let steps = match self.studio.list_steps(&run.flow, &job.execution_sid).await {
+        let mut steps = match self.studio.list_steps(&run.flow, &job.execution_sid).await {
             Ok(steps) => steps,
             Err(StudioError::NotFound(_)) => Vec::new(),
             Err(e) => return self.after_error(job, e, &run.fields),
         };
         let mut step_contexts = Vec::new();
-        for step in &steps {
-            match &step.context {
-                Some(c) if c.as_object().is_some_and(|o| !o.is_empty()) => step_contexts.push(c.clone()),
+        for step in &mut steps {
+            match step.context.take() {
+                Some(c) if c.as_object().is_some_and(|o| !o.is_empty()) => step_contexts.push(c),
                 // A failed send's error is in the context of the Step that left
                 // its widget; the list does not always carry it.
                 _ if step.name.as_deref().is_some_and(|n| SEND_FAILED_EVENTS.contains(&n)) => {
