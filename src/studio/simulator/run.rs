@@ -360,3 +360,69 @@ impl Simulator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn execution(to: &str) -> SimExecution {
+        SimExecution {
+            sid: "FN00000000000000000000000000000001".into(),
+            account_sid: "AC00000000000000000000000000000000".into(),
+            flow_sid: "FW00000000000000000000000000000001".into(),
+            to: to.into(),
+            from: "+15017122661".into(),
+            parameters: json!({}),
+            status: "active".into(),
+            date_created: Utc::now(),
+            date_updated: Utc::now(),
+            ended_by_request: false,
+            created_instant: None,
+        }
+    }
+
+    /// Runs a Flow that sends `notify`, then asks with `ask` either way.
+    fn run_for(to: &str) -> (FlowRun, SimExecution) {
+        let definition = json!({
+            "initial_state": "Trigger",
+            "states": [
+                {"name": "Trigger", "type": "trigger", "transitions": [{"event": "incomingRequest", "next": "notify"}]},
+                {"name": "notify", "type": "send-message", "properties": {"body": "Tomorrow at 9"},
+                 "transitions": [{"event": "sent", "next": "ask"}, {"event": "failed", "next": "ask"}]},
+                {"name": "ask", "type": "send-and-wait-for-reply", "properties": {"body": "Coming?"},
+                 "transitions": [{"event": "incomingMessage"}, {"event": "timeout"}, {"event": "deliveryFailure"}]}
+            ]
+        });
+        let e = execution(to);
+        let mut mixes = HashMap::new();
+        let mut answers =
+            Answers { configured: Some(Some("yes".into())), seed: 0, flow: &e.flow_sid, mixes: &mut mixes };
+        let mut run = FlowRun::new(1);
+        while run.advance(&e, &definition, &mut answers) == Progress::Waiting {}
+        (run, e)
+    }
+
+    #[test]
+    fn a_message_to_twilios_test_numbers_fails_as_studio_shows_a_failed_send() {
+        for (to, code) in [(UNSUBSCRIBED_NUMBER, 21610), (NOT_MOBILE_NUMBER, 21614)] {
+            let (run, e) = run_for(to);
+
+            let events: Vec<(&str, &str)> = run.steps.iter().map(|s| (s.from.as_str(), s.name.as_str())).collect();
+            assert_eq!(events, [("Trigger", "incomingRequest"), ("notify", "failed"), ("ask", "deliveryFailure")]);
+            let context = run.context(&e);
+            for widget in ["notify", "ask"] {
+                let entry = &context["widgets"][widget];
+                assert_eq!(entry["ErrorCode"], code.to_string(), "{widget}");
+                assert_eq!(entry["MessageStatus"], "failed");
+                assert_eq!(entry["outbound"]["Status"], "accepted");
+                assert!(entry.get("inbound").is_none(), "no answer to a message that never went");
+            }
+            assert_eq!(crate::domain::send_errors_in(&context, to), [code], "what flowcast reads back");
+        }
+        let (run, e) = run_for("+12015550100");
+        assert_eq!(run.steps.last().map(|s| s.name.as_str()), Some("incomingMessage"));
+        assert!(crate::domain::send_errors_in(&run.context(&e), "+12015550100").is_empty());
+    }
+}
