@@ -291,20 +291,7 @@ async fn a_send_twilio_refuses_in_a_flow_suppresses_the_contact_when_its_outcome
     let reachable = phones(1).remove(0);
     let numbers = [UNSUBSCRIBED_NUMBER.to_string(), NOT_MOBILE_NUMBER.to_string(), reachable.clone()];
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    sim.install_flow(
-        FLOW,
-        "notify",
-        json!({
-            "description": "tell once",
-            "states": [
-                {"name": "Trigger", "type": "trigger", "transitions": [{"event": "incomingRequest", "next": "notify"}]},
-                {"name": "notify", "type": "send-message", "properties": {"body": "See you tomorrow, {{flow.data.name}}"},
-                 "transitions": [{"event": "sent"}, {"event": "failed"}]}
-            ],
-            "initial_state": "Trigger",
-            "flags": {"allow_concurrent_calls": true}
-        }),
-    );
+    install_notify_flow(&sim);
     let app = TestApp::new();
     app.write("c.csv", contacts_csv(&numbers));
     app.write("reminders.toml", campaign_toml("c.csv", ""));
@@ -429,4 +416,44 @@ async fn a_failed_send_is_read_from_the_context_of_the_step_that_left_its_widget
     assert_eq!(list["suppressions"][0]["phone"], json!(phone), "{list}");
     assert_eq!(list["suppressions"][0]["scope"], "all");
     assert_eq!(list["suppressions"][0]["reason"], "Twilio error 21610: the recipient unsubscribed");
+}
+
+/// A Flow that sends one message (and ends either way), as the simulator runs it.
+fn install_notify_flow(sim: &Simulator) {
+    sim.install_flow(
+        FLOW,
+        "notify",
+        json!({
+            "description": "tell once",
+            "states": [
+                {"name": "Trigger", "type": "trigger", "transitions": [{"event": "incomingRequest", "next": "notify"}]},
+                {"name": "notify", "type": "send-message", "properties": {"body": "See you tomorrow, {{flow.data.name}}"},
+                 "transitions": [{"event": "sent"}, {"event": "failed"}]}
+            ],
+            "initial_state": "Trigger",
+            "flags": {"allow_concurrent_calls": true}
+        }),
+    );
+}
+
+#[tokio::test]
+async fn a_voice_campaigns_failed_text_suppresses_who_unsubscribed_but_not_for_sms_a_number_that_cannot_text() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    // A voice Flow that also texts: its 21614 says nothing about the calls.
+    install_notify_flow(&sim);
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&[UNSUBSCRIBED_NUMBER.to_string(), NOT_MOBILE_NUMBER.to_string()]));
+    app.write("calls.toml", campaign_toml("c.csv", "channel = \"voice\""));
+    let url = sim.url();
+    let run = app.flowcast(&["run", "calls"], &studio_env(&url)).await;
+    assert!(stdout(&run).contains("2 sent"), "{}{}", stdout(&run), stderr(&run));
+    assert!(sim.wait_until(Duration::from_secs(10), |e| e.iter().all(|e| e.status == "ended")).await);
+
+    let collected = app.flowcast(&["collect"], &studio_env(&url)).await;
+
+    assert!(stdout(&collected).contains("2 outcome(s) read back"), "{}{}", stdout(&collected), stderr(&collected));
+    let list: Value = serde_json::from_slice(&app.flowcast(&["suppress", "list", "--json"], &[]).await.stdout).unwrap();
+    let entries = list["suppressions"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!((&entries[0]["phone"], &entries[0]["scope"]), (&json!(UNSUBSCRIBED_NUMBER), &json!("all")));
 }
