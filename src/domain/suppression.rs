@@ -1,6 +1,9 @@
 //! Who must not be contacted: a suppression names a phone and a scope (every
-//! campaign, one kind of campaign, or one campaign), with the reason and where
-//! it came from. Checked when a run imports and again right before each create.
+//! campaign, one kind of campaign, one channel, or one campaign), with the
+//! reason and where it came from. Checked when a run imports and again right before each create.
+//! Also here: what an ended Execution shows about its contact that calls for
+//! a suppression (an opt-out reply, a send Twilio refused for good), read from
+//! its contexts without any I/O.
 
 use super::CampaignKind;
 use super::text::text_enum;
@@ -83,11 +86,12 @@ pub fn suppression_for_send_error(code: i64, channel: Channel) -> Option<(Scope,
 /// Every Twilio error code on a message the Flow sent to `contact`, as an
 /// Execution's (or one Step's) context shows it. A messaging widget's entry
 /// under `widgets` holds the message it sent under `outbound` (the Message
-/// resource as created, whose `ErrorCode` is set when the create failed) and,
-/// once the message failed, the fields of Twilio's status callback beside it:
-/// `MessageStatus: "failed"`, `ErrorCode: "21610"` (a string, as callbacks
-/// post it), `To`, `From`. A message to another address (a widget that texts
-/// the staff) says nothing about the contact and is passed over.
+/// resource as created; its own `ErrorCode` is read too, as a failed Message
+/// carries one) and, once the message failed, the fields of Twilio's status
+/// callback beside it: `MessageStatus: "failed"`, `ErrorCode: "21610"` (a
+/// string, as callbacks post it), `To`, `From`. A message to another address
+/// (a widget that texts the staff) says nothing about the contact and is
+/// passed over.
 pub fn send_errors_in(context: &serde_json::Value, contact: &str) -> Vec<i64> {
     let Some(widgets) = context["widgets"].as_object() else { return Vec::new() };
     let address = |v: &serde_json::Value| v.as_str().map(|a| a.trim().trim_start_matches("whatsapp:").to_string());
