@@ -7,6 +7,14 @@
 //! outcome fields) and its Steps (for the widget it ended in). What is left to
 //! ask lives in the ledger, so a restart picks up where it stopped.
 //!
+//! What an Execution shows about its contact is learned on the way: a reply
+//! that is an opt-out keyword, or a send that Twilio refused because the
+//! contact unsubscribed (21610) or the number cannot receive SMS (21614),
+//! suppresses them. Those errors sit in the failed widget's entry of the
+//! Context, and of the Context of the Step that left it (the Step list's own
+//! copy, else one more read for each Step that left a widget on `failed` or
+//! `deliveryFailure`).
+//!
 //! Reads have their own pace (`FLOWCAST_READ_RATE`), apart from creates, so
 //! reading back never takes a create's slot; their answers are classified like
 //! any Studio call.
@@ -20,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::RateLimits;
 use crate::domain::{
-    CollectedOutcome, FlowSid, OutcomeField, OutcomeState, Scope, StepSeen, backoff_delay, opt_outs_in,
+    Channel, CollectedOutcome, FlowSid, OutcomeField, OutcomeState, SEND_FAILED_EVENTS, Scope, StepSeen, backoff_delay,
+    suppressions_learned,
 };
 use crate::schedule::Clock;
 use crate::store::{OutcomeJob, Store, StoreError};
@@ -60,17 +69,20 @@ impl Default for CollectSettings {
     }
 }
 
-/// What a run's outcomes need: the Flow and the fields to read.
+/// What a run's outcomes need: the Flow, the fields to read, and the channel
+/// (an error that a number cannot receive SMS only means something for SMS).
 struct RunFields {
     flow: FlowSid,
     fields: Vec<OutcomeField>,
+    channel: Channel,
 }
 
 /// What one read-back did.
 enum ReadBack {
     Settled(OutcomeState, CollectedOutcome),
-    /// Read back, and a reply in it was an opt-out keyword.
-    OptedOut(&'static str, CollectedOutcome),
+    /// Read back, and it showed that its contact must be suppressed: in each
+    /// scope, with the reason.
+    Suppress(Vec<(Scope, String)>, CollectedOutcome),
     Later(i64),
 }
 
@@ -115,7 +127,7 @@ impl<S: StudioApi> Collector<S> {
             return Ok(Arc::clone(known));
         }
         let run = self.store.get_run(run_id).await?;
-        let fields = Arc::new(RunFields { flow: run.flow, fields: run.outcomes });
+        let fields = Arc::new(RunFields { flow: run.flow, fields: run.outcomes, channel: run.channel });
         self.runs.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id, Arc::clone(&fields));
         Ok(fields)
     }
@@ -158,12 +170,15 @@ impl<S: StudioApi> Collector<S> {
                 self.store.record_collected(job.id, state, outcome, self.now_ms()).await?;
                 Ok(true)
             }
-            ReadBack::OptedOut(keyword, outcome) => {
-                // The contact answered a Flow with an opt-out word: Twilio has
-                // unsubscribed them, and no campaign may reach them again.
-                let reason = format!("replied {keyword}");
-                self.store.suppress(&job.phone, &Scope::All, Some(&reason), "studio", self.now_ms()).await?;
-                tracing::info!(job = job.id, phone = %job.phone.masked(), "suppressed: replied with an opt-out keyword");
+            ReadBack::Suppress(learned, outcome) => {
+                // The contact answered with an opt-out word, or Twilio refused a
+                // send to them for good: no campaign in the scope may reach them
+                // again. Recorded before the outcome, so a crash in between
+                // reads the Execution again rather than losing the suppression.
+                for (scope, reason) in &learned {
+                    self.store.suppress(&job.phone, scope, Some(reason), "studio", self.now_ms()).await?;
+                    tracing::info!(job = job.id, phone = %job.phone.masked(), %scope, reason, "suppressed: learned from the Execution");
+                }
                 self.store.record_collected(job.id, OutcomeState::Known, outcome, self.now_ms()).await?;
                 Ok(true)
             }
@@ -203,11 +218,28 @@ impl<S: StudioApi> Collector<S> {
             Err(e) => return self.after_error(job, e, &run.fields),
         };
         self.reads.until_ready("", None).await;
-        let steps = match self.studio.list_steps(&run.flow, &job.execution_sid).await {
+        let mut steps = match self.studio.list_steps(&run.flow, &job.execution_sid).await {
             Ok(steps) => steps,
             Err(StudioError::NotFound(_)) => Vec::new(),
             Err(e) => return self.after_error(job, e, &run.fields),
         };
+        let mut step_contexts = Vec::new();
+        for step in &mut steps {
+            match step.context.take() {
+                Some(c) if c.as_object().is_some_and(|o| !o.is_empty()) => step_contexts.push(c),
+                // A failed send's error is in the context of the Step that left
+                // its widget; the list does not always carry it.
+                _ if step.name.as_deref().is_some_and(|n| SEND_FAILED_EVENTS.contains(&n)) => {
+                    self.reads.until_ready("", None).await;
+                    match self.studio.step_context(&run.flow, &job.execution_sid, &step.sid).await {
+                        Ok(c) => step_contexts.push(c),
+                        Err(StudioError::NotFound(_)) => {}
+                        Err(e) => return self.after_error(job, e, &run.fields),
+                    }
+                }
+                _ => {}
+            }
+        }
         let seen: Vec<StepSeen> = steps
             .into_iter()
             .map(|s| StepSeen {
@@ -218,9 +250,12 @@ impl<S: StudioApi> Collector<S> {
             .collect();
         let status = execution.status.unwrap_or_else(|| "ended".into());
         let outcome = CollectedOutcome::read(&run.fields, &status, &context, &seen);
-        match opt_outs_in(&context).first() {
-            Some(keyword) => ReadBack::OptedOut(keyword, outcome),
-            None => ReadBack::Settled(OutcomeState::Known, outcome),
+        let learned =
+            suppressions_learned(std::iter::once(&context).chain(&step_contexts), job.phone.as_str(), run.channel);
+        if learned.is_empty() {
+            ReadBack::Settled(OutcomeState::Known, outcome)
+        } else {
+            ReadBack::Suppress(learned, outcome)
         }
     }
 

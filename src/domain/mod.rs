@@ -35,6 +35,9 @@ pub use outcome::JobOutcome;
 pub use phone::{Phone, PhoneError, mask_phones_in, parse_region};
 pub use policy::{ConflictFacts, ConflictPolicy, ConflictStep, DEFAULT_MAX_WAIT, backoff_delay};
 pub use sid::{ExecutionSid, FlowSid, SidError, find_execution_sid};
-pub use suppression::{Channel, OPT_OUT_KEYWORDS, Scope, opt_out_keyword, opt_outs_in};
+pub use suppression::{
+    Channel, NOT_MOBILE, OPT_OUT_KEYWORDS, SEND_FAILED_EVENTS, Scope, UNSUBSCRIBED, opt_out_keyword, opt_outs_in,
+    send_errors_in, suppression_for_send_error, suppressions_learned,
+};
 pub use template::{Template, TemplateError, TimeTemplate, parse_instant};
 pub use window::SendWindow;

@@ -56,6 +56,10 @@ pub struct Step {
     pub transitioned_to: Option<String>,
     #[serde(default)]
     pub date_created: Option<String>,
+    /// The Execution's context as this Step left it, when the list carries it
+    /// (else ask for the Step's Context).
+    #[serde(default)]
+    pub context: Option<serde_json::Value>,
 }
 
 /// What a create sends: `To`, `From`, and `Parameters` as a JSON string.

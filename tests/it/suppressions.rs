@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use flowcast::service::webhook::{form_signing_string, sign};
-use flowcast::studio::simulator::{SimConfig, Simulator};
+use flowcast::studio::simulator::{NOT_MOBILE_NUMBER, SimConfig, Simulator, UNSUBSCRIBED_NUMBER};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -284,4 +284,176 @@ async fn a_dry_run_and_validate_count_the_suppressed_contacts_without_creating_a
 
     assert!(stdout(&dry).contains("4 rows: 2 would be sent, 2 suppressed, 0 rejected"), "{}", stdout(&dry));
     assert!(stdout(&validated).contains("0 duplicates, 2 suppressed"), "{}", stdout(&validated));
+}
+
+#[tokio::test]
+async fn a_send_twilio_refuses_in_a_flow_suppresses_the_contact_when_its_outcome_is_read() {
+    let reachable = phones(1).remove(0);
+    let numbers = [UNSUBSCRIBED_NUMBER.to_string(), NOT_MOBILE_NUMBER.to_string(), reachable.clone()];
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    install_notify_flow(&sim);
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("reminders.toml", campaign_toml("c.csv", ""));
+    let url = sim.url();
+    let ended = async || sim.wait_until(Duration::from_secs(10), |e| e.iter().all(|e| e.status == "ended")).await;
+    let first = app.flowcast(&["run", "reminders"], &studio_env(&url)).await;
+    assert!(stdout(&first).contains("3 sent"), "{}{}", stdout(&first), stderr(&first));
+    assert!(ended().await);
+
+    let mut logged = studio_env(&url);
+    logged.push(("FLOWCAST_LOG", "info"));
+
+    let collected = app.flowcast(&["collect"], &logged).await;
+
+    assert!(stdout(&collected).contains("3 outcome(s) read back"), "{}{}", stdout(&collected), stderr(&collected));
+    let log = stderr(&collected);
+    assert!(log.contains("suppressed: learned from the Execution"), "{log}");
+    assert!(!log.contains(NOT_MOBILE_NUMBER) && !log.contains(UNSUBSCRIBED_NUMBER), "phones are masked in logs: {log}");
+    let list: Value = serde_json::from_slice(&app.flowcast(&["suppress", "list", "--json"], &[]).await.stdout).unwrap();
+    let entries = list["suppressions"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "only the two numbers Twilio refused: {entries:?}");
+    let entry =
+        |phone: &str| entries.iter().find(|e| e["phone"] == phone).unwrap_or_else(|| panic!("{phone}: {entries:?}"));
+    let unsubscribed = entry(UNSUBSCRIBED_NUMBER);
+    assert_eq!(
+        (&unsubscribed["scope"], &unsubscribed["reason"], &unsubscribed["source"]),
+        (&json!("all"), &json!("Twilio error 21610: the recipient unsubscribed"), &json!("studio"))
+    );
+    let not_mobile = entry(NOT_MOBILE_NUMBER);
+    assert_eq!(
+        (&not_mobile["scope"], &not_mobile["reason"], &not_mobile["source"]),
+        (&json!("sms"), &json!("Twilio error 21614: not a mobile number"), &json!("studio"))
+    );
+
+    // Another SMS campaign skips both; a voice campaign still calls the number
+    // that cannot take a text, never the one who unsubscribed.
+    app.write("follow-up.toml", campaign_toml("c.csv", ""));
+    let again = app.flowcast(&["run", "follow-up"], &studio_env(&url)).await;
+    assert!(stdout(&again).contains("1 sent, 2 skipped"), "{}{}", stdout(&again), stderr(&again));
+    assert!(ended().await);
+    app.write("calls.toml", campaign_toml("c.csv", "channel = \"voice\""));
+    let calls = app.flowcast(&["run", "calls"], &studio_env(&url)).await;
+    assert!(stdout(&calls).contains("2 sent, 1 skipped"), "{}{}", stdout(&calls), stderr(&calls));
+
+    let row = |rows: &[Value], phone: &str| rows.iter().find(|r| r["phone"] == phone).cloned().unwrap();
+    let follow_up = report(&app, 2).await;
+    for (phone, scope) in [(UNSUBSCRIBED_NUMBER, "all"), (NOT_MOBILE_NUMBER, "sms")] {
+        let skipped = row(&follow_up, phone);
+        assert_eq!(skipped["state"], "skipped", "{skipped}");
+        assert!(
+            skipped["reason"].as_str().unwrap().starts_with(&format!("suppressed: scope {scope}, Twilio error")),
+            "{skipped}"
+        );
+    }
+    let voice = report(&app, 3).await;
+    assert_eq!(row(&voice, NOT_MOBILE_NUMBER)["state"], "sent");
+    assert_eq!(row(&voice, UNSUBSCRIBED_NUMBER)["state"], "skipped");
+    let reached = |to: &str| sim.executions().iter().filter(|e| e.to == to).count();
+    assert_eq!((reached(UNSUBSCRIBED_NUMBER), reached(NOT_MOBILE_NUMBER), reached(&reachable)), (1, 2, 3));
+}
+
+#[tokio::test]
+async fn a_failed_send_is_read_from_the_context_of_the_step_that_left_its_widget() {
+    const SID: &str = "FN0123456789abcdef0123456789abcdef";
+    const FAILED: &str = "FT00000000000000000000000000000002";
+    let phone = phones(1).remove(0);
+    let mut server = mockito::Server::new_async().await;
+    let executions = format!("/v2/Flows/{FLOW}/Executions");
+    let execution = |status: &str| {
+        json!({"sid": SID, "account_sid": ACCOUNT, "flow_sid": FLOW, "contact_channel_address": phone,
+               "status": status, "date_created": "2026-11-28T10:00:00Z", "context": {}})
+        .to_string()
+    };
+    let step = |sid: &str, name: &str, from: &str, to: &str| {
+        json!({"sid": sid, "execution_sid": SID, "flow_sid": FLOW, "name": name, "context": {},
+               "transitioned_from": from, "transitioned_to": to, "date_created": "2026-11-28T10:00:00Z"})
+    };
+    let mocks = [
+        server.mock("POST", executions.as_str()).with_status(201).with_body(execution("active")),
+        server.mock("GET", format!("{executions}/{SID}").as_str()).with_body(execution("ended")),
+        // The widget ran again after a wait and its second message went out,
+        // so the Execution's Context shows only that one.
+        server.mock("GET", format!("{executions}/{SID}/Context").as_str()).with_body(
+            json!({"context": {"widgets": {"notify": {"outbound": {"To": phone, "Status": "sent", "ErrorCode": null}}}}})
+                .to_string(),
+        ),
+        // Studio's Step list leaves each Step's context empty.
+        server.mock("GET", format!("{executions}/{SID}/Steps").as_str()).match_query(mockito::Matcher::Any).with_body(
+            json!({"steps": [
+                step("FT00000000000000000000000000000001", "incomingRequest", "Trigger", "notify"),
+                step(FAILED, "failed", "notify", "wait"),
+                step("FT00000000000000000000000000000003", "timeout", "wait", "notify"),
+                step("FT00000000000000000000000000000004", "sent", "notify", "Ended"),
+            ], "meta": {"key": "steps", "next_page_url": null}})
+            .to_string(),
+        ),
+    ];
+    let _mocks = futures_util::future::join_all(mocks.map(|m| m.create_async())).await;
+    let failed_context = server
+        .mock("GET", format!("{executions}/{SID}/Steps/{FAILED}/Context").as_str())
+        .with_body(
+            json!({"step_sid": FAILED, "context": {"widgets": {"notify": {
+                "MessageStatus": "failed", "ErrorCode": "21610", "To": phone,
+                "outbound": {"To": phone, "Status": "accepted", "ErrorCode": null}
+            }}}})
+            .to_string(),
+        )
+        .create_async()
+        .await;
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(std::slice::from_ref(&phone)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let url = server.url();
+    let run = app.flowcast(&["run", "c"], &studio_env(&url)).await;
+    assert!(stdout(&run).contains("1 sent"), "{}{}", stdout(&run), stderr(&run));
+
+    let collected = app.flowcast(&["collect"], &studio_env(&url)).await;
+
+    assert!(stdout(&collected).contains("1 outcome(s) read back"), "{}{}", stdout(&collected), stderr(&collected));
+    failed_context.assert_async().await;
+    let list: Value = serde_json::from_slice(&app.flowcast(&["suppress", "list", "--json"], &[]).await.stdout).unwrap();
+    assert_eq!(list["suppressions"][0]["phone"], json!(phone), "{list}");
+    assert_eq!(list["suppressions"][0]["scope"], "all");
+    assert_eq!(list["suppressions"][0]["reason"], "Twilio error 21610: the recipient unsubscribed");
+}
+
+/// A Flow that sends one message (and ends either way), as the simulator runs it.
+fn install_notify_flow(sim: &Simulator) {
+    sim.install_flow(
+        FLOW,
+        "notify",
+        json!({
+            "description": "tell once",
+            "states": [
+                {"name": "Trigger", "type": "trigger", "transitions": [{"event": "incomingRequest", "next": "notify"}]},
+                {"name": "notify", "type": "send-message", "properties": {"body": "See you tomorrow, {{flow.data.name}}"},
+                 "transitions": [{"event": "sent"}, {"event": "failed"}]}
+            ],
+            "initial_state": "Trigger",
+            "flags": {"allow_concurrent_calls": true}
+        }),
+    );
+}
+
+#[tokio::test]
+async fn a_voice_campaigns_failed_text_suppresses_who_unsubscribed_but_not_for_sms_a_number_that_cannot_text() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    // A voice Flow that also texts: its 21614 says nothing about the calls.
+    install_notify_flow(&sim);
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&[UNSUBSCRIBED_NUMBER.to_string(), NOT_MOBILE_NUMBER.to_string()]));
+    app.write("calls.toml", campaign_toml("c.csv", "channel = \"voice\""));
+    let url = sim.url();
+    let run = app.flowcast(&["run", "calls"], &studio_env(&url)).await;
+    assert!(stdout(&run).contains("2 sent"), "{}{}", stdout(&run), stderr(&run));
+    assert!(sim.wait_until(Duration::from_secs(10), |e| e.iter().all(|e| e.status == "ended")).await);
+
+    let collected = app.flowcast(&["collect"], &studio_env(&url)).await;
+
+    assert!(stdout(&collected).contains("2 outcome(s) read back"), "{}{}", stdout(&collected), stderr(&collected));
+    let list: Value = serde_json::from_slice(&app.flowcast(&["suppress", "list", "--json"], &[]).await.stdout).unwrap();
+    let entries = list["suppressions"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!((&entries[0]["phone"], &entries[0]["scope"]), (&json!(UNSUBSCRIBED_NUMBER), &json!("all")));
 }

@@ -17,6 +17,9 @@
 //!   rendered and recorded, contacts answer as configured (or by a seeded mix
 //!   that takes every branch), splits and variables work, and the Execution
 //!   ends with its Flow, its Context and Steps served as Studio serves them.
+//!   A message to Twilio's test number `+15005550004` fails with 21610 (the
+//!   recipient unsubscribed), one to `+15005550009` with 21614 (not a mobile
+//!   number), shown in the widget's entry as Studio shows a failed send.
 //!   An Execution on any other Flow stays active until its lifetime or a
 //!   request ends it, with only its Parameters in its context.
 //! - Every ending can be delivered, signed, to an Event Streams sink.
@@ -62,6 +65,7 @@ mod steps;
 pub use events::EventSink;
 pub use faults::{FaultKind, Faults};
 pub use replies::read_replies;
+pub use run::{NOT_MOBILE_NUMBER, UNSUBSCRIBED_NUMBER};
 
 use flows::SimFlow;
 

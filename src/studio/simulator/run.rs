@@ -4,11 +4,20 @@
 //!
 //! | widget | what it does | event |
 //! |---|---|---|
-//! | `send-message` | records the rendered message under `widgets.NAME.outbound` | `sent` |
-//! | `send-and-wait-for-reply` | records the message, then after `reply_delay` the contact's answer under `widgets.NAME.inbound` | `incomingMessage`, or `timeout` when no answer comes |
+//! | `send-message` | records the rendered message under `widgets.NAME.outbound` | `sent`, or `failed` (below) |
+//! | `send-and-wait-for-reply` | records the message, then after `reply_delay` the contact's answer under `widgets.NAME.inbound` | `incomingMessage`, or `timeout` when no answer comes, or `deliveryFailure` (below) |
 //! | `split-based-on` | routes on its conditions | `match` or `noMatch` |
 //! | `set-variables` | sets `flow.variables.KEY` to each rendered value | `next` |
 //! | anything else | nothing: follows its first transition (its success path, for the widgets that have one) | that transition's |
+//!
+//! A message to one of Twilio's test numbers fails as Twilio fails it, so a
+//! rehearsal can meet the errors that suppress a contact: to `+15005550004`
+//! with 21610 (the recipient unsubscribed), to `+15005550009` with 21614 (not
+//! a mobile number). The widget's entry keeps the message as created under
+//! `outbound` (`Status` `accepted`) and, beside it, the status callback Studio
+//! merges in when the message fails (`MessageSid`, `MessageStatus` and
+//! `SmsStatus` `failed`, `ErrorCode` as a string, `To`, `From`, `AccountSid`);
+//! the widget then leaves on its failure event and no reply is waited for.
 //!
 //! Each transition is one Step, named by its event, from the widget that ran
 //! to the next one (`Ended` for the last), with a copy of the context then.
@@ -28,6 +37,41 @@ use super::replies::Answers;
 use super::{Shared, SimExecution, SimState, Simulator, flows, lock, split};
 
 const MAX_STEPS: usize = 1000;
+
+/// Twilio's test number whose messages fail with 21610: the recipient unsubscribed.
+pub const UNSUBSCRIBED_NUMBER: &str = "+15005550004";
+/// Twilio's test number whose messages fail with 21614: not a mobile number.
+pub const NOT_MOBILE_NUMBER: &str = "+15005550009";
+
+/// The error Twilio fails a message to `to` with, for its test numbers.
+fn send_error_for(to: &str) -> Option<u32> {
+    match to.trim_start_matches("whatsapp:") {
+        UNSUBSCRIBED_NUMBER => Some(21610),
+        NOT_MOBILE_NUMBER => Some(21614),
+        _ => None,
+    }
+}
+
+/// A widget's entry after its message failed with `code`: the message as
+/// created, and the status callback's fields that Studio puts beside it.
+fn failed_send(outbound: Value, code: u32, e: &SimExecution) -> Value {
+    let mut outbound = outbound;
+    outbound["Status"] = json!("accepted");
+    outbound["ErrorCode"] = Value::Null;
+    outbound["ErrorMessage"] = Value::Null;
+    json!({
+        "MessageSid": outbound["Sid"],
+        "SmsSid": outbound["Sid"],
+        "MessageStatus": "failed",
+        "SmsStatus": "failed",
+        "ErrorCode": code.to_string(),
+        "To": outbound["To"],
+        "From": outbound["From"],
+        "AccountSid": e.account_sid,
+        "ApiVersion": "2010-04-01",
+        "outbound": outbound,
+    })
+}
 
 /// One transition of a run, as the Steps endpoints serve it.
 #[derive(Debug, Clone)]
@@ -133,14 +177,33 @@ impl FlowRun {
             let context = self.context(e);
             let (event, next) = match kind {
                 "send-message" => {
-                    self.widgets.insert(name.clone(), json!({ "outbound": message(widget, &context, e) }));
-                    fired(widget, "sent")
+                    let outbound = message(widget, &context, e);
+                    match outbound["To"].as_str().and_then(send_error_for) {
+                        Some(code) => {
+                            self.widgets.insert(name.clone(), failed_send(outbound, code, e));
+                            fired(widget, "failed")
+                        }
+                        None => {
+                            self.widgets.insert(name.clone(), json!({ "outbound": outbound }));
+                            fired(widget, "sent")
+                        }
+                    }
                 }
                 "send-and-wait-for-reply" => match self.reply.take() {
                     None => {
-                        self.widgets.insert(name.clone(), json!({ "outbound": message(widget, &context, e) }));
-                        self.reply = Some(answers.answer(definition, &name, &self.context(e)));
-                        return Progress::Waiting;
+                        let outbound = message(widget, &context, e);
+                        match outbound["To"].as_str().and_then(send_error_for) {
+                            // Nothing reached the contact, so no answer can come.
+                            Some(code) => {
+                                self.widgets.insert(name.clone(), failed_send(outbound, code, e));
+                                fired(widget, "deliveryFailure")
+                            }
+                            None => {
+                                self.widgets.insert(name.clone(), json!({ "outbound": outbound }));
+                                self.reply = Some(answers.answer(definition, &name, &self.context(e)));
+                                return Progress::Waiting;
+                            }
+                        }
                     }
                     Some(Some(body)) => {
                         let to = self.widgets[&name]["outbound"]["From"].clone();
@@ -295,5 +358,71 @@ impl Simulator {
                 return false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn execution(to: &str) -> SimExecution {
+        SimExecution {
+            sid: "FN00000000000000000000000000000001".into(),
+            account_sid: "AC00000000000000000000000000000000".into(),
+            flow_sid: "FW00000000000000000000000000000001".into(),
+            to: to.into(),
+            from: "+15017122661".into(),
+            parameters: json!({}),
+            status: "active".into(),
+            date_created: Utc::now(),
+            date_updated: Utc::now(),
+            ended_by_request: false,
+            created_instant: None,
+        }
+    }
+
+    /// Runs a Flow that sends `notify`, then asks with `ask` either way.
+    fn run_for(to: &str) -> (FlowRun, SimExecution) {
+        let definition = json!({
+            "initial_state": "Trigger",
+            "states": [
+                {"name": "Trigger", "type": "trigger", "transitions": [{"event": "incomingRequest", "next": "notify"}]},
+                {"name": "notify", "type": "send-message", "properties": {"body": "Tomorrow at 9"},
+                 "transitions": [{"event": "sent", "next": "ask"}, {"event": "failed", "next": "ask"}]},
+                {"name": "ask", "type": "send-and-wait-for-reply", "properties": {"body": "Coming?"},
+                 "transitions": [{"event": "incomingMessage"}, {"event": "timeout"}, {"event": "deliveryFailure"}]}
+            ]
+        });
+        let e = execution(to);
+        let mut mixes = HashMap::new();
+        let mut answers =
+            Answers { configured: Some(Some("yes".into())), seed: 0, flow: &e.flow_sid, mixes: &mut mixes };
+        let mut run = FlowRun::new(1);
+        while run.advance(&e, &definition, &mut answers) == Progress::Waiting {}
+        (run, e)
+    }
+
+    #[test]
+    fn a_message_to_twilios_test_numbers_fails_as_studio_shows_a_failed_send() {
+        for (to, code) in [(UNSUBSCRIBED_NUMBER, 21610), (NOT_MOBILE_NUMBER, 21614)] {
+            let (run, e) = run_for(to);
+
+            let events: Vec<(&str, &str)> = run.steps.iter().map(|s| (s.from.as_str(), s.name.as_str())).collect();
+            assert_eq!(events, [("Trigger", "incomingRequest"), ("notify", "failed"), ("ask", "deliveryFailure")]);
+            let context = run.context(&e);
+            for widget in ["notify", "ask"] {
+                let entry = &context["widgets"][widget];
+                assert_eq!(entry["ErrorCode"], code.to_string(), "{widget}");
+                assert_eq!(entry["MessageStatus"], "failed");
+                assert_eq!(entry["outbound"]["Status"], "accepted");
+                assert!(entry.get("inbound").is_none(), "no answer to a message that never went");
+            }
+            assert_eq!(crate::domain::send_errors_in(&context, to), [code], "what flowcast reads back");
+        }
+        let (run, e) = run_for("+12015550100");
+        assert_eq!(run.steps.last().map(|s| s.name.as_str()), Some("incomingMessage"));
+        assert!(crate::domain::send_errors_in(&run.context(&e), "+12015550100").is_empty());
     }
 }
