@@ -6,6 +6,7 @@ mod helpers;
 mod campaign_input;
 mod commands;
 mod contact_limits;
+mod contact_safety;
 mod crash;
 mod csv_input;
 mod dashboard;
