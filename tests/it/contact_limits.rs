@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flowcast::dispatch::{DispatchSettings, Dispatcher, RateLimits, RunEnd};
-use flowcast::domain::{ContactLimits, JobState};
+use flowcast::domain::{ContactLimits, JobOutcome, JobReason, JobState, ReasonKind};
 use flowcast::schedule::{Clock, ManualClock};
+use flowcast::store::SettledJob;
 use flowcast::studio::simulator::{SimConfig, Simulator};
 use serde_json::Value;
 
@@ -116,6 +117,42 @@ async fn a_job_the_cap_would_carry_past_its_expiry_is_skipped_with_the_reason() 
         assert_eq!(job.reason.unwrap().to_string(), "frequency_cap: max_per_day 1");
     }
     assert_eq!(sim.executions().len(), 2, "only the reminders");
+}
+
+#[tokio::test]
+async fn an_attempt_in_flight_holds_a_contact_back_only_until_its_fate_is_known() {
+    // Found by contact_safety (FLOWCAST_TEST_SEED=5216567931067004698): a job
+    // claimed while another campaign's attempt for the same phone was out was
+    // moved a whole day on, and then that attempt sent nothing (the contact
+    // had opted out of it).
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(1)));
+    app.write("reminders.toml", campaign_toml("c.csv", ""));
+    // The survey is sent today or not at all.
+    app.write("flash.toml", campaign_toml("c.csv", "expires = \"2030-01-01 18:00\"").replace("reminder", "survey"));
+    let t0 = at("2030-01-01T09:00:00Z");
+    let (reminders, flash) = (app.start_run_at("reminders.toml", t0).await, app.start_run_at("flash.toml", t0).await);
+    let store = app.store().await;
+    let limits = capped(1).contact_limits;
+    let t0 = t0.timestamp_millis();
+    let out = store.claim_due(reminders, t0, 10, false, limits).await.unwrap();
+    assert_eq!(out.len(), 1);
+
+    // The reminder's attempt is out, its fate unknown, when the survey's job
+    // comes up: it may count, so the survey waits, but not on a guess.
+    let claimed = store.claim_due(flash, t0 + 10, 10, false, limits).await.unwrap();
+    assert!(claimed.is_empty(), "not while the reminder may be sent: {claimed:?}");
+    let held = app.jobs(flash).await.remove(0);
+    assert_eq!(held.state, JobState::Pending, "not skipped on a send that may never happen: {held:?}");
+    assert!(held.due_at < t0 + 60_000, "looked at again shortly, not a day later: {held:?}");
+
+    // The reminder is not sent after all (the contact was in another Execution).
+    let conflict = JobOutcome::Skipped { reason: JobReason::new(ReasonKind::Conflict), sid: None };
+    let settled = SettledJob { job_id: out[0].id, outcome: conflict, attempts_sent: 1, at: t0 + 20 };
+    store.record_outcomes(vec![settled], vec![], Duration::from_secs(300)).await.unwrap();
+
+    let claimed = store.claim_due(flash, held.due_at, 10, false, limits).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the survey goes: nothing counted today");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod api_runs;
 mod campaign_input;
 mod commands;
 mod contact_limits;
+mod contact_safety;
 mod crash;
 mod csv_input;
 mod dashboard;

@@ -182,10 +182,12 @@ pub(super) fn insert_batch(
 /// dedupe rule are checked here, inside the claiming transaction: a write
 /// transaction holds the ledger's one write lock, so every other claim — this
 /// process's other runs, or another process — sees this one's jobs as
-/// `dispatching` and counts them. A job over a cap is moved to the first
-/// instant the caps allow, or ends `skipped` (`frequency_cap`) when that is
-/// past its expiry; a job whose key already got an Execution ends `skipped`
-/// (`already_sent`), and one whose key is in flight waits for that attempt.
+/// `dispatching` and counts them. A job over a cap counting the Executions
+/// sent is moved to the first instant the caps allow, or ends `skipped`
+/// (`frequency_cap`) when that is past its expiry; a job whose key already got
+/// an Execution ends `skipped` (`already_sent`). A job held back only by
+/// attempts still out (its key's, or its phone's) looks again shortly: those
+/// may yet send nothing.
 pub fn claim_due(
     conn: &mut Connection,
     run_id: i64,
@@ -241,15 +243,16 @@ pub fn claim_due(
                         Some(Earlier { in_flight: true, .. }) => {
                             // Its attempt may yet fail: look again shortly
                             // rather than skip on a send that never happened.
-                            defer(&tx, id, now + KEY_IN_FLIGHT_RECHECK_MS, now)?;
+                            defer(&tx, id, now + IN_FLIGHT_RECHECK_MS, now)?;
                             continue;
                         }
                         None => {}
                     }
                 }
                 if let Some(caps) = caps {
-                    let earlier = contacts_of(&tx, &phone, id, now - caps.horizon_ms())?;
-                    let allowed = caps.next_allowed(&earlier, now);
+                    let Contacts { sent, in_flight } = contacts_of(&tx, &phone, id, now - caps.horizon_ms())?;
+                    // Only Executions known to be sent move the job on, or end it.
+                    let allowed = caps.next_allowed(&sent, now);
                     if allowed > now {
                         if expires_at.is_some_and(|e| e <= allowed) || allowed == i64::MAX {
                             let reason = JobReason::with_detail(ReasonKind::FrequencyCap, caps.describe());
@@ -257,6 +260,14 @@ pub fn claim_due(
                         } else {
                             defer(&tx, id, allowed, now)?;
                         }
+                        continue;
+                    }
+                    // Attempts still out may yet count, or may send nothing (an
+                    // opt-out, a 409, a failure): not now, but look again
+                    // shortly rather than a day later on a send that never
+                    // happened.
+                    if !in_flight.is_empty() && caps.next_allowed(&[sent, in_flight].concat(), now) > now {
+                        defer(&tx, id, now + IN_FLIGHT_RECHECK_MS, now)?;
                         continue;
                     }
                 }
@@ -294,8 +305,9 @@ pub fn claim_due(
 /// of an attempt of unknown fate.
 type Candidate = (i64, String, Option<String>, Option<i64>, Option<i64>);
 
-/// How soon a job whose dedupe key is in another job's attempt looks again.
-const KEY_IN_FLIGHT_RECHECK_MS: i64 = 1_000;
+/// How soon a job held back only by another job's attempt still out (its
+/// dedupe key, or a contact the caps would count) looks again.
+const IN_FLIGHT_RECHECK_MS: i64 = 1_000;
 
 /// An earlier job of the same campaign with the same dedupe key.
 struct Earlier {
@@ -321,16 +333,31 @@ fn earlier_with_key(conn: &Connection, campaign: &str, key: &str, job_id: i64, s
         .optional()?)
 }
 
-/// The instants of `phone`'s contacts since `since` by campaigns that count
-/// (not exempt): Executions sent, and attempts out or of unknown fate.
-fn contacts_of(conn: &Connection, phone: &str, job_id: i64, since: i64) -> Result<Vec<i64>> {
+/// The instants (ms) of a phone's contacts by campaigns that count.
+struct Contacts {
+    /// Executions sent.
+    sent: Vec<i64>,
+    /// Attempts out, or of unknown fate: they may yet be contacts, or not.
+    in_flight: Vec<i64>,
+}
+
+/// `phone`'s contacts since `since` by campaigns that count (not exempt).
+fn contacts_of(conn: &Connection, phone: &str, job_id: i64, since: i64) -> Result<Contacts> {
     let mut stmt = conn.prepare_cached(
-        "SELECT COALESCE(j.sent_at, j.attempt_started_at, j.ambiguous_since) FROM jobs j JOIN runs r ON r.id = j.run_id \
+        "SELECT COALESCE(j.sent_at, j.attempt_started_at, j.ambiguous_since), j.sent_at IS NOT NULL \
+         FROM jobs j JOIN runs r ON r.id = j.run_id \
          WHERE j.phone = ?1 AND j.id != ?2 AND r.limits_exempt = 0 \
            AND (j.sent_at > ?3 OR j.state = 'dispatching' OR j.ambiguous_since IS NOT NULL)",
     )?;
-    let times = stmt.query_map(params![phone, job_id, since], |r| r.get::<_, Option<i64>>(0))?;
-    Ok(times.filter_map(|t| t.transpose()).collect::<rusqlite::Result<_>>()?)
+    let mut contacts = Contacts { sent: Vec::new(), in_flight: Vec::new() };
+    for row in stmt.query_map(params![phone, job_id, since], |r| Ok((r.get::<_, Option<i64>>(0)?, r.get(1)?)))? {
+        match row? {
+            (Some(at), true) => contacts.sent.push(at),
+            (Some(at), false) => contacts.in_flight.push(at),
+            (None, _) => {}
+        }
+    }
+    Ok(contacts)
 }
 
 /// Ends a pending job `skipped` at claim time.
