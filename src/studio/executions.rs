@@ -72,7 +72,9 @@ impl StudioApi for HttpStudio {
         if let Some(to) = filter.date_created_to {
             query.push(("DateCreatedTo", rfc3339(to)));
         }
-        query.push(("PageSize", filter.page_size.unwrap_or(1000).clamp(1, 1000).to_string()));
+        // No page larger than what is wanted: a short list costs one small page.
+        let wanted_max = filter.max.map_or(u32::MAX, |m| u32::try_from(m).unwrap_or(u32::MAX));
+        query.push(("PageSize", filter.page_size.unwrap_or(1000).min(wanted_max).clamp(1, 1000).to_string()));
         let mut found = Vec::new();
         let mut page: ListPage = self
             .send("list", self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions"))).query(&query), false)

@@ -109,7 +109,13 @@ async fn a_runs_executions_are_listed_with_their_live_status() {
     assert_eq!(sids.len(), 4, "{listed}");
     assert!(sids.contains(&foreign.as_str()));
 
-    // A page at a time, saying where the next one starts.
+    // The Flow's list is cut at --limit, and says when there are more.
+    let out = app.flowcast(&["executions", "list", "--flow", FLOW, "--limit", "2"], &creds(&sim.url())).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().filter(|l| l.contains(" FN")).count(), 2, "{}", stdout(&out));
+    assert!(stdout(&out).contains("more exist"), "{}", stdout(&out));
+
+    // A run's jobs a page at a time, saying where the next one starts.
     let out =
         app.flowcast(&["executions", "list", "--run", &run.to_string(), "--limit", "2"], &creds(&sim.url())).await;
     let second_job = app.jobs(run).await[1].id;
