@@ -78,7 +78,18 @@ pub enum Command {
     /// Pause a run: nothing more is sent until it is resumed.
     Pause { run: i64 },
     /// Cancel a run: its pending jobs are never sent.
-    Cancel { run: i64 },
+    Cancel {
+        run: i64,
+        /// Then end the run's Executions still active in Studio (needs
+        /// Studio credentials, or --simulate).
+        #[arg(long)]
+        end_active: bool,
+    },
+    /// Studio Executions of a run or a Flow: list them, end them.
+    Executions {
+        #[command(subcommand)]
+        command: ExecutionsCommand,
+    },
     /// The service: watch the campaigns folder, fire schedules, dispatch, serve HTTP.
     Serve,
     /// Studio Flow definitions kept in the flows folder.
@@ -133,6 +144,48 @@ pub enum SuppressCommand {
     Import { file: PathBuf },
     /// Every entry as CSV (the columns import reads).
     Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExecutionsCommand {
+    /// A run's Executions with their live status from Studio (a page of jobs
+    /// at a time), or a Flow's Executions as Studio lists them.
+    List {
+        /// The run whose jobs' Executions to show.
+        #[arg(long, required_unless_present = "flow", conflicts_with = "flow")]
+        run: Option<i64>,
+        /// A Flow, by name (flows/NAME.json, deployed) or SID.
+        #[arg(long, value_name = "NAME|SID")]
+        flow: Option<String>,
+        /// Only Executions still active (a run: every one, from Studio's list).
+        #[arg(long)]
+        active: bool,
+        /// Rows at most: a run's jobs per page, or a Flow's newest Executions.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// A run's next page: the jobs after this job id.
+        #[arg(long, value_name = "JOB", requires = "run")]
+        after: Option<i64>,
+        /// A Flow's Executions created since this instant (RFC 3339) or this long ago (e.g. 2h).
+        #[arg(long, value_name = "TIME|DURATION", requires = "flow")]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End Executions: the SIDs given, or every one of a run still active.
+    End {
+        /// Execution SIDs (FN…).
+        #[arg(value_name = "SID", required_unless_present = "run", conflicts_with = "run")]
+        sids: Vec<String>,
+        /// End every Execution of this run that is still active.
+        #[arg(long)]
+        run: Option<i64>,
+        /// The Flow of the SIDs given (default: the Flow of the run whose job created each).
+        #[arg(long, value_name = "NAME|SID", conflicts_with = "run")]
+        flow: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,9 +6,11 @@
 //! - [`run`](run::run) and [`resume`](run::resume): a run in the foreground.
 //! - [`serve`](serve::serve): the service.
 //! - `status`, `report` and `--dry-run` print from [`output`].
-//! - Studio (real or simulated) is chosen in [`studio`]; `flows` in [`flows`].
+//! - Studio (real or simulated) is chosen in [`studio`]; `flows` in [`flows`];
+//!   `executions` and `cancel --end-active` in [`executions`].
 
 mod collect;
+mod executions;
 mod flows;
 mod output;
 mod remote;
@@ -96,7 +98,9 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Collect { run, wait } => collect::collect(&config, run, &wait).await,
         Command::Suppress { command } => suppress::command(&config, command).await,
         Command::Pause { run } => control(&config, run, RunAction::Pause).await,
-        Command::Cancel { run } => control(&config, run, RunAction::Cancel).await,
+        Command::Cancel { run, end_active: false } => control(&config, run, RunAction::Cancel).await,
+        Command::Cancel { run, end_active: true } => executions::cancel_end_active(&config, run).await,
+        Command::Executions { command } => executions::command(&config, command).await,
         Command::Simulator { listen, lifetime, rate_cap, replies } => {
             studio::simulator(&listen, &lifetime, rate_cap, replies.as_deref()).await
         }

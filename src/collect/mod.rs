@@ -113,6 +113,12 @@ impl<S: StudioApi> Collector<S> {
         Collector { store, studio, clock, settings, reads, runs: Mutex::new(HashMap::new()), wake: Default::default() }
     }
 
+    /// The pace of this collector's Studio reads, for other reads made
+    /// alongside (an operator ending Executions in `serve`) to share.
+    pub fn reads(&self) -> &RateLimits {
+        &self.reads
+    }
+
     /// Looks for due outcomes now (an Execution was reported ended).
     pub fn wake(&self) {
         self.wake.notify_one();

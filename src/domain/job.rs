@@ -1,5 +1,6 @@
-//! Job and run states, the transitions a user may ask of a run, what started
-//! a run, what a campaign is for, and why a job ended as it did.
+//! Job and run states, the transitions a user may ask of a run, what came of
+//! ending an Execution, what started a run, what a campaign is for, and why a
+//! job ended as it did.
 
 use super::text::text_enum;
 
@@ -103,6 +104,18 @@ impl RunAction {
             RunAction::Cancel => Some("cancelled by user"),
             RunAction::Resume => None,
         }
+    }
+}
+
+text_enum! {
+    /// What asking Studio to end an Execution came to: `ended` by this
+    /// request, `already_ended` (Studio says it is not active, or does not
+    /// know it), or `failed` (Studio refused or did not answer; it may still
+    /// be active).
+    pub enum EndOutcome("end outcome") {
+        Ended = "ended",
+        AlreadyEnded = "already_ended",
+        Failed = "failed",
     }
 }
 

@@ -29,7 +29,7 @@ pub use duration::{format_duration, parse_duration, parse_duration_at_most};
 pub use fields::{
     BUILT_IN_FIELDS, CollectedOutcome, FieldSummary, OutcomeField, OutcomeState, OutcomeType, StepSeen, ended_in,
 };
-pub use job::{CampaignKind, JobReason, JobState, NotAllowed, ReasonKind, RunAction, RunState, Trigger};
+pub use job::{CampaignKind, EndOutcome, JobReason, JobState, NotAllowed, ReasonKind, RunAction, RunState, Trigger};
 pub use notify::{EventType, NotifyRule};
 pub use outcome::JobOutcome;
 pub use phone::{Phone, PhoneError, mask_phones_in, parse_region};

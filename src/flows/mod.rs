@@ -413,12 +413,10 @@ pub struct LockFileResolver {
     pub account_sid: String,
 }
 
-impl FlowResolver for LockFileResolver {
-    fn resolve(&self, campaign: &Campaign) -> Result<FlowSid, String> {
-        let name = match &campaign.flow {
-            FlowRef::Sid(sid) => return Ok(sid.clone()),
-            FlowRef::Name(name) => name,
-        };
+impl LockFileResolver {
+    /// The SID of the flow named `name` (a file in `flows/`), from the lock
+    /// file, for this account.
+    pub fn resolve_name(&self, name: &str) -> Result<FlowSid, String> {
         let lock = Lock::read(&self.flows).map_err(|e| e.to_string())?;
         let deployed = lock.get(&self.account_sid, name).ok_or_else(|| {
             format!(
@@ -428,6 +426,15 @@ impl FlowResolver for LockFileResolver {
             )
         })?;
         FlowSid::parse(&deployed.sid).map_err(|e| format!("{}: {name}: {e}", Lock::path(&self.flows).display()))
+    }
+}
+
+impl FlowResolver for LockFileResolver {
+    fn resolve(&self, campaign: &Campaign) -> Result<FlowSid, String> {
+        match &campaign.flow {
+            FlowRef::Sid(sid) => Ok(sid.clone()),
+            FlowRef::Name(name) => self.resolve_name(name),
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use crate::domain::{
 
 pub use sqlite::lock::LockError;
 pub use types::{
-    BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, OutboxCounts, OutboxEvent, OutcomeJob,
-    PushOutcome, PushResult, PushRow, RefusedRow, RunCounts, RunRow, SettledJob, StudioCall, Suppression,
+    BatchCounts, CallSummary, CampaignRow, ClaimedJob, ExecutionJob, JobRow, NewRun, OutboxCounts, OutboxEvent,
+    OutcomeJob, PushOutcome, PushResult, PushRow, RefusedRow, RunCounts, RunRow, SettledJob, StudioCall, Suppression,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +409,30 @@ impl Store {
     /// The rows an import refused or found duplicated, in file order.
     pub async fn refused_rows(&self, run_id: i64) -> Result<Vec<RefusedRow>> {
         self.read(move |c| sqlite::jobs::refused_rows(c, run_id)).await
+    }
+
+    /// Records Studio calls made apart from a dispatch (an operator ending
+    /// Executions), in one transaction.
+    pub async fn record_calls(&self, calls: Vec<StudioCall>) -> Result<()> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| sqlite::jobs::record_outcomes(c, &[], &calls, 0).map(|_| ())).await
+    }
+
+    /// The sent jobs that created Executions `sids`, by SID (a SID no job
+    /// created is left out).
+    pub async fn jobs_for_executions(
+        &self,
+        sids: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, ExecutionJob>> {
+        self.read(move |c| sqlite::executions::jobs_for_executions(c, &sids)).await
+    }
+
+    /// When the last of a run's Executions was created, at the latest (its
+    /// latest `sent_at`); `None` when it sent nothing.
+    pub async fn last_sent_at(&self, run_id: i64) -> Result<Option<i64>> {
+        self.read(move |c| sqlite::executions::last_sent_at(c, run_id)).await
     }
 
     /// The audit trail of one job, oldest first.

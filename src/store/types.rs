@@ -170,6 +170,14 @@ pub struct StudioCall {
     pub note: Option<String>,
 }
 
+/// The job that created an Execution: its run and contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionJob {
+    pub job_id: i64,
+    pub run_id: i64,
+    pub phone: Phone,
+}
+
 /// One audit record, as tests and reports read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallSummary {

@@ -72,21 +72,27 @@ impl StudioApi for HttpStudio {
         if let Some(to) = filter.date_created_to {
             query.push(("DateCreatedTo", rfc3339(to)));
         }
-        query.push(("PageSize", filter.page_size.unwrap_or(1000).clamp(1, 1000).to_string()));
+        // No page larger than what is wanted: a short list costs one small page.
+        let wanted_max = filter.max.map_or(u32::MAX, |m| u32::try_from(m).unwrap_or(u32::MAX));
+        query.push(("PageSize", filter.page_size.unwrap_or(1000).min(wanted_max).clamp(1, 1000).to_string()));
         let mut found = Vec::new();
         let mut page: ListPage = self
             .send("list", self.client.get(self.url(&format!("/v2/Flows/{flow}/Executions"))).query(&query), false)
             .await?;
+        let wanted = |e: &Execution| filter.status.is_none_or(|s| e.status.as_deref().is_none_or(|x| x == s));
         for _ in 0..MAX_PAGES {
-            found.append(&mut page.executions);
+            // Whatever the server did with the filter, keep only what was asked.
+            found.extend(page.executions.drain(..).filter(|e| wanted(e)));
+            if filter.max.is_some_and(|max| found.len() >= max) {
+                break;
+            }
             let Some(next) = page.meta.and_then(|m| m.next_page_url).filter(|n| !n.is_empty()) else {
                 break;
             };
             page = self.send("list", self.client.get(self.next_page(&next)), false).await?;
         }
-        if let Some(status) = filter.status {
-            // Whatever the server did with the filter, return only what was asked.
-            found.retain(|e| e.status.as_deref().is_none_or(|s| s == status));
+        if let Some(max) = filter.max {
+            found.truncate(max);
         }
         Ok(found)
     }

@@ -77,6 +77,9 @@ pub struct ListFilter {
     pub date_created_from: Option<chrono::DateTime<chrono::Utc>>,
     pub date_created_to: Option<chrono::DateTime<chrono::Utc>>,
     pub page_size: Option<u32>,
+    /// Stop following pages once this many are found (newest first, as
+    /// Studio lists them); `None`: every page.
+    pub max: Option<usize>,
 }
 
 /// Twilio's error body, read from either shape it uses:

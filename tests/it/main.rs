@@ -12,6 +12,7 @@ mod crash;
 mod csv_input;
 mod dashboard;
 mod dispatch;
+mod executions;
 mod faults;
 mod flows;
 mod http_safety;

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod campaign_runs;
+mod end_active;
 mod suppressions;
 mod webhooks;
 
@@ -521,7 +522,11 @@ async fn problems<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) 
     }
 }
 
-async fn control<S: StudioApi>(State(state): St<S>, ApiPath((id, action)): ApiPath<(i64, String)>) -> Response {
+async fn control<S: StudioApi>(
+    State(state): St<S>,
+    ApiPath((id, action)): ApiPath<(i64, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let Ok(action) = action.parse::<RunAction>() else {
         return error(
             StatusCode::NOT_FOUND,
@@ -529,11 +534,25 @@ async fn control<S: StudioApi>(State(state): St<S>, ApiPath((id, action)): ApiPa
             format!("unknown action {action:?}; use {}", RunAction::choices()),
         );
     };
+    let end_active = match end_active::requested(&Params::new(query)) {
+        Ok(true) if action != RunAction::Cancel => return bad_request("end_active=true goes with cancel only"),
+        Ok(end_active) => end_active,
+        Err(message) => return bad_request(message),
+    };
     let service = &state.service;
-    match crate::runs::control(&service.store, id, action, service.now_ms()).await {
+    let changed = if end_active {
+        crate::runs::cancel_for_end(&service.store, id, service.now_ms()).await
+    } else {
+        crate::runs::control(&service.store, id, action, service.now_ms()).await
+    };
+    match changed {
         Ok(t) => {
             service.wake.notify_one();
-            json_body(StatusCode::OK, json!({ "id": id, "previous": t.from, "state": t.to }))
+            let body = json!({ "id": id, "previous": t.from, "state": t.to });
+            if end_active {
+                return end_active::end_after_cancel(&state, id, body).await;
+            }
+            json_body(StatusCode::OK, body)
         }
         Err(ControlError::Store(e)) => store_error(e),
         Err(e @ ControlError::NotAllowed(_)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),

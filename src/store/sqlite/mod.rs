@@ -8,6 +8,7 @@
 //! commits an import batch.
 
 pub(super) mod campaigns;
+pub(super) mod executions;
 pub(super) mod jobs;
 pub(super) mod lock;
 pub(super) mod outbox;

@@ -1,0 +1,41 @@
+//! What an operator's look at a run's Executions reads from the ledger: which
+//! job an Execution belongs to, and over which span of time a run created its
+//! Executions (so that Studio's list can be narrowed to it). The audit records
+//! of the ends themselves go through [`super::jobs::record_outcomes`], like
+//! every other Studio call.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::domain::Phone;
+use crate::store::{ExecutionJob, Result};
+
+/// The sent jobs that created Executions `sids`, by SID; a SID no job
+/// created is left out. (A skipped job may carry someone else's active SID;
+/// it did not create it.)
+pub fn jobs_for_executions(conn: &Connection, sids: &[String]) -> Result<HashMap<String, ExecutionJob>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, run_id, phone FROM jobs WHERE execution_sid = ?1 AND state = 'sent' ORDER BY id LIMIT 1",
+    )?;
+    let mut found = HashMap::with_capacity(sids.len());
+    for sid in sids {
+        let job = stmt
+            .query_row([sid], |r| {
+                Ok(ExecutionJob { job_id: r.get(0)?, run_id: r.get(1)?, phone: Phone::from_e164(r.get(2)?) })
+            })
+            .optional()?;
+        if let Some(job) = job {
+            found.insert(sid.clone(), job);
+        }
+    }
+    Ok(found)
+}
+
+/// The latest `sent_at` of a run's sent jobs: no Execution of the run was
+/// created after it (the create had answered by then).
+pub fn last_sent_at(conn: &Connection, run_id: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT MAX(sent_at) FROM jobs WHERE run_id = ?1 AND state = 'sent'")?
+        .query_row([run_id], |r| r.get(0))?)
+}
