@@ -9,6 +9,7 @@
 //! and no transaction is ever held across a network call: a claim commits
 //! `dispatching` first, Studio is called, then the outcome is committed.
 
+pub(crate) mod purge;
 mod sqlite;
 mod types;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use crate::domain::{CampaignKind, CollectedOutcome, ImportRow, JobState, OutcomeState, Phone, RunState, Scope};
 
+pub use purge::PurgeSummary;
 pub use sqlite::lock::LockError;
 pub use types::{
     BatchCounts, CallSummary, CampaignRow, ClaimedJob, JobRow, NewRun, OutcomeJob, RefusedRow, RunCounts, RunRow,

@@ -55,6 +55,9 @@ pub struct RunRow {
     /// Set when the import is complete.
     pub expanded_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// When its personal data was purged (retention); its jobs' phones are
+    /// keyed hashes since.
+    pub purged_at: Option<i64>,
 }
 
 /// Jobs per state for one run.

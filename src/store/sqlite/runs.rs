@@ -11,7 +11,7 @@ use crate::store::{NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
      max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
-     created_at, expanded_at, finished_at, outcome_fields";
+     created_at, expanded_at, finished_at, outcome_fields, purged_at";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     let flow: String = r.get(5)?;
@@ -47,6 +47,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         created_at: r.get(18)?,
         expanded_at: r.get(19)?,
         finished_at: r.get(20)?,
+        purged_at: r.get(22)?,
     })
 }
 
