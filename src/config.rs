@@ -30,6 +30,7 @@ struct FileConfig {
     outcome_after: Option<String>,
     outcome_timeout: Option<String>,
     read_rate: Option<u32>,
+    retention: Option<String>,
 }
 
 /// A value that must never reach logs, errors or reports.
@@ -109,6 +110,9 @@ pub struct Config {
     pub outcome_timeout: Duration,
     /// Studio reads per second, apart from creates.
     pub read_rate: u32,
+    /// Purge the personal data of runs over longer ago than this
+    /// (`retention`, `FLOWCAST_RETENTION`); `None` (`keep`, the default): never.
+    pub retention: Option<Duration>,
     pub twilio: TwilioEnv,
     /// `FLOWCAST_ADMIN_TOKEN`: guards the HTTP API.
     pub admin_token: Option<Secret>,
@@ -206,6 +210,13 @@ impl Config {
             outcome_after: duration("outcome_after", env("FLOWCAST_OUTCOME_AFTER"), file.outcome_after, "5m")?,
             outcome_timeout: duration("outcome_timeout", env("FLOWCAST_OUTCOME_TIMEOUT"), file.outcome_timeout, "7d")?,
             read_rate: read_rate as u32,
+            retention: match (env("FLOWCAST_RETENTION"), file.retention) {
+                (Some(text), _) => crate::domain::parse_retention(&text)
+                    .map_err(|e| ConfigError(format!("FLOWCAST_RETENTION: {e}")))?,
+                (None, Some(text)) => crate::domain::parse_retention(&text)
+                    .map_err(|e| ConfigError(format!("{shown}: retention: {e}")))?,
+                (None, None) => None,
+            },
             twilio: TwilioEnv {
                 account_sid: env("TWILIO_ACCOUNT_SID"),
                 auth_token: env("TWILIO_AUTH_TOKEN").map(Secret),

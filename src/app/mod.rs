@@ -7,10 +7,12 @@
 //! - [`serve`](serve::serve): the service.
 //! - `status`, `report` and `--dry-run` print from [`output`].
 //! - Studio (real or simulated) is chosen in [`studio`]; `flows` in [`flows`].
+//! - [`purge`](purge::purge): retention on demand.
 
 mod collect;
 mod flows;
 mod output;
+mod purge;
 mod run;
 mod serve;
 mod studio;
@@ -94,6 +96,7 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Report { run, format } => output::report(&config, run, format == ReportFormat::Json).await,
         Command::Collect { run, wait } => collect::collect(&config, run, &wait).await,
         Command::Suppress { command } => suppress::command(&config, command).await,
+        Command::Purge { older_than, dry_run } => purge::purge(&config, older_than, dry_run).await,
         Command::Pause { run } => control(&config, run, RunAction::Pause).await,
         Command::Cancel { run } => control(&config, run, RunAction::Cancel).await,
         Command::Simulator { listen, lifetime, rate_cap, replies } => {
