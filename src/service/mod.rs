@@ -19,6 +19,7 @@ mod guard;
 mod http;
 mod listen;
 mod registry;
+mod retention;
 mod scan;
 mod schedules;
 mod supervise;
@@ -53,6 +54,8 @@ pub struct ServiceSettings {
     pub debounce: Duration,
     /// How outcomes are read back.
     pub collect: CollectSettings,
+    /// Purge personal data of runs over longer ago than this, daily (`None`: keep).
+    pub retention: Option<Duration>,
 }
 
 impl Default for ServiceSettings {
@@ -62,6 +65,7 @@ impl Default for ServiceSettings {
             rescan_every: Duration::from_secs(5),
             debounce: Duration::from_millis(300),
             collect: CollectSettings::default(),
+            retention: None,
         }
     }
 }
