@@ -16,6 +16,7 @@ mod import;
 mod operator;
 mod outcomes;
 mod rates;
+mod retention;
 mod schedule;
 mod service;
 mod simulator_flows;
