@@ -210,6 +210,14 @@ pub(crate) mod tests {
     /// first refused with Studio's message quoting the number), the others
     /// sent, their outcomes read back (the last one left open).
     pub(crate) async fn finished_run(store: &Store, key: &str, phones: &[String], at: i64) -> i64 {
+        let id = settled_run(store, key, phones, at).await;
+        assert!(store.finish_run_if_done(id, at).await.unwrap(), "every job of run {id} is settled");
+        id
+    }
+
+    /// As [`finished_run`], but still `active`: every job settled, the run
+    /// not marked finished yet.
+    async fn settled_run(store: &Store, key: &str, phones: &[String], at: i64) -> i64 {
         let id = imported_run(store, key, phones, at).await;
         let claimed = store.claim_due(id, at, phones.len(), false).await.unwrap();
         let (mut settled, mut calls) = (Vec::new(), Vec::new());
@@ -251,7 +259,6 @@ pub(crate) mod tests {
             };
             assert!(store.record_collected(job.id, OutcomeState::Known, collected, at).await.unwrap());
         }
-        assert!(store.finish_run_if_done(id, at).await.unwrap(), "every job of run {id} is settled");
         id
     }
 
@@ -413,17 +420,41 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn nothing_a_purge_removes_lingers_in_the_ledgers_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        // Enough jobs to fill pages that the purge then frees.
+        let phones = numbers(0, 300);
+        finished_run(&store, "a", &phones, T0).await;
+
+        store.purge(T0 + DAY, T0 + DAY).await.unwrap();
+
+        let mut bytes = Vec::new();
+        for name in ["flowcast.db", "flowcast.db-wal"] {
+            bytes.extend(std::fs::read(dir.path().join(name)).unwrap_or_default());
+        }
+        let file = String::from_utf8_lossy(&bytes);
+        let values: Vec<String> =
+            phones.iter().flat_map(|p| [p.clone(), name_of(p), appointment_of(p), reply_of(p)]).collect();
+        let lingering: Vec<&String> = values.iter().filter(|v| file.contains(v.as_str())).collect();
+        assert!(lingering.is_empty(), "{} values left in the files, e.g. {:?}", lingering.len(), lingering.first());
+    }
+
+    #[tokio::test]
     async fn runs_over_after_the_cutoff_or_not_over_are_untouched_and_a_cancelled_one_is_purged() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_in(&dir).await;
         let old = finished_run(&store, "old", &numbers(0, 3), T0).await;
         let recent = finished_run(&store, "recent", &numbers(10, 3), T0 + 3 * DAY).await;
         let active = imported_run(&store, "active", &numbers(20, 3), T0).await;
+        // Paused with every job settled: not over, it may still be resumed.
+        let paused = settled_run(&store, "paused", &numbers(40, 3), T0).await;
+        assert!(store.set_run_state(paused, RunState::Active, RunState::Paused, None, T0).await.unwrap());
         let cancelled = imported_run(&store, "cancelled", &numbers(30, 3), T0).await;
         assert!(store.set_run_state(cancelled, RunState::Active, RunState::Cancelled, None, T0).await.unwrap());
         let untouched = |dump: &BTreeMap<String, Vec<String>>| {
             // A job row's second cell is its run.
-            let wanted = [recent, active].map(|id| format!("Integer({id})"));
+            let wanted = [recent, active, paused].map(|id| format!("Integer({id})"));
             dump["jobs"]
                 .iter()
                 .filter(|row| row.split('|').nth(1).is_some_and(|run| wanted.iter().any(|w| w == run)))
@@ -431,7 +462,7 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>()
         };
         let before = untouched(&dump(&store).await);
-        assert_eq!(before.len(), 6);
+        assert_eq!(before.len(), 9);
 
         let summary = store.purge(T0 + DAY, T0 + 4 * DAY).await.unwrap();
 
@@ -440,6 +471,7 @@ pub(crate) mod tests {
         assert!(store.get_run(cancelled).await.unwrap().purged_at.is_some(), "a cancelled run is over too");
         assert_eq!(store.get_run(recent).await.unwrap().purged_at, None, "finished after the cutoff");
         assert_eq!(store.get_run(active).await.unwrap().purged_at, None, "not over");
+        assert_eq!(store.get_run(paused).await.unwrap().purged_at, None, "paused is not over");
         assert_eq!(untouched(&dump(&store).await), before);
         let left = personal_values_left(&store, &numbers(10, 3), "").await;
         assert!(!left.is_empty(), "the recent run keeps its data");
