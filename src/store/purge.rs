@@ -54,7 +54,7 @@ impl Store {
         }
         let salt = self.read(sqlite::purge::salt).await?;
         for run in runs {
-            let mut after = 0;
+            let mut after = self.read(move |c| sqlite::purge::before_first_job(c, run)).await?;
             let (mut jobs, mut calls, mut rows) = (0, 0, 0);
             loop {
                 let salt = salt.clone();

@@ -60,6 +60,13 @@ pub fn count_run(conn: &Connection, run_id: i64) -> Result<(u64, u64, u64)> {
         })?)
 }
 
+/// The id just before run `run_id`'s first job: where its purge starts.
+pub fn before_first_job(conn: &Connection, run_id: i64) -> Result<i64> {
+    let first: Option<i64> =
+        conn.prepare_cached("SELECT MIN(id) FROM jobs WHERE run_id = ?1")?.query_row([run_id], |r| r.get(0))?;
+    Ok(first.map_or(i64::MAX, |id| id - 1))
+}
+
 /// The ledger's salt for phone hashes (made by the retention migration).
 pub fn salt(conn: &Connection) -> Result<String> {
     Ok(conn.query_row("SELECT value FROM ledger_meta WHERE key = 'phone_salt'", [], |r| r.get(0))?)
@@ -116,7 +123,9 @@ fn purge_job_batch(conn: &mut Connection, run_id: i64, salt: &str, after: i64, l
     )?;
     let copied = tx
         .prepare_cached(
-            "INSERT INTO temp.purging SELECT * FROM main.jobs WHERE run_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            // `+run_id`: walk the table by id from `after` (a range read),
+            // not the run's index entries sorted anew for every batch.
+            "INSERT INTO temp.purging SELECT * FROM main.jobs WHERE +run_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )?
         .execute(params![run_id, after, limit])?;
     if copied == 0 {
