@@ -49,8 +49,11 @@ async fn purge_once(store: &Store, clock: &dyn Clock, retention: Duration) {
     let before = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
     match store.purge(before, now).await {
         Ok(summary) => {
-            let bytes = store.used_bytes().await.ok();
-            tracing::info!(ledger_bytes = ?bytes, "retention: purged {}", summary.describe(before));
+            let said = format!("retention: purged {}", summary.describe(before));
+            match store.used_bytes().await {
+                Ok(bytes) => tracing::info!(ledger_bytes = bytes, "{said}"),
+                Err(_) => tracing::info!("{said}"),
+            }
         }
         Err(e) => tracing::error!(error = %e, "retention: the purge failed; it is tried again in 24 hours"),
     }
