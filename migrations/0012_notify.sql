@@ -46,8 +46,9 @@ BEGIN
       AND instr(r.notify_events, ',job.' || NEW.state || ',') > 0;
 END;
 
+-- (A purge re-inserts jobs with their phones hashed: those are no event.)
 CREATE TRIGGER outbox_job_skipped_at_import AFTER INSERT ON jobs
-WHEN NEW.state = 'skipped'
+WHEN NEW.state = 'skipped' AND NEW.phone NOT LIKE 'hash:%'
 BEGIN
     INSERT INTO outbox (event_id, event_type, run_id, job_id, url, body, created_at, next_attempt_at)
     SELECT e.id, 'job.skipped', NEW.run_id, NEW.id, r.notify_url,

@@ -75,6 +75,17 @@ pub enum Command {
         #[command(subcommand)]
         command: SuppressCommand,
     },
+    /// Remove the personal data of runs over longer ago than a duration: phones
+    /// become keyed hashes; counts, states and suppressions stay.
+    Purge {
+        /// Runs finished or cancelled longer ago than this (e.g. 90d); default:
+        /// `retention` from flowcast.toml or FLOWCAST_RETENTION.
+        #[arg(long, value_name = "DURATION", value_parser = crate::domain::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Count what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Pause a run: nothing more is sent until it is resumed.
     Pause { run: i64 },
     /// Cancel a run: its pending jobs are never sent.

@@ -33,6 +33,7 @@ struct FileConfig {
     outcome_after: Option<String>,
     outcome_timeout: Option<String>,
     read_rate: Option<u32>,
+    retention: Option<String>,
 }
 
 /// `[contact_limits]` in `flowcast.toml`.
@@ -129,6 +130,9 @@ pub struct Config {
     pub outcome_timeout: Duration,
     /// Studio reads per second, apart from creates.
     pub read_rate: u32,
+    /// Purge the personal data of runs over longer ago than this
+    /// (`retention`, `FLOWCAST_RETENTION`); `None` (`keep`, the default): never.
+    pub retention: Option<Duration>,
     pub twilio: TwilioEnv,
     /// `FLOWCAST_ADMIN_TOKEN`: guards the HTTP API.
     pub admin_token: Option<Secret>,
@@ -232,7 +236,7 @@ impl Config {
             None => None,
         };
         let simulate_env = env("FLOWCAST_SIMULATE").is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
-        Ok(Config {
+        let config = Config {
             db,
             campaigns: overrides.campaigns.clone().unwrap_or_else(|| PathBuf::from("campaigns")),
             flows: overrides.flows.clone().unwrap_or_else(|| default_flows(overrides.campaigns.as_deref())),
@@ -261,6 +265,13 @@ impl Config {
             outcome_after: duration("outcome_after", env("FLOWCAST_OUTCOME_AFTER"), file.outcome_after, "5m")?,
             outcome_timeout: duration("outcome_timeout", env("FLOWCAST_OUTCOME_TIMEOUT"), file.outcome_timeout, "7d")?,
             read_rate: read_rate as u32,
+            retention: match (env("FLOWCAST_RETENTION"), file.retention) {
+                (Some(text), _) => crate::domain::parse_retention(&text)
+                    .map_err(|e| ConfigError(format!("FLOWCAST_RETENTION: {e}")))?,
+                (None, Some(text)) => crate::domain::parse_retention(&text)
+                    .map_err(|e| ConfigError(format!("{shown}: retention: {e}")))?,
+                (None, None) => None,
+            },
             twilio: TwilioEnv {
                 account_sid: env("TWILIO_ACCOUNT_SID"),
                 auth_token: env("TWILIO_AUTH_TOKEN").map(Secret),
@@ -275,7 +286,19 @@ impl Config {
             notify,
             notify_secret: env("FLOWCAST_NOTIFY_SECRET").map(Secret),
             notify_retry: duration("notify_retry", env("FLOWCAST_NOTIFY_RETRY"), file.notify_retry, "10s")?,
-        })
+        };
+        // A purged job's phone is a hash, so the caps no longer see it: a
+        // retention shorter than the caps' window would let a contact through.
+        if let Some(retention) = config.retention
+            && i64::try_from(retention.as_millis()).unwrap_or(i64::MAX) < config.contact_limits.horizon_ms()
+        {
+            return Err(ConfigError(format!(
+                "retention {} is shorter than the contact limits' window ({}); keep personal data at least that long",
+                crate::domain::format_duration(retention),
+                crate::domain::format_duration(Duration::from_millis(config.contact_limits.horizon_ms() as u64))
+            )));
+        }
+        Ok(config)
     }
 
     /// The flows folder for campaign files in `campaigns`: the one given, else

@@ -50,6 +50,7 @@ pub fn run(run: &RunRow, counts: &RunCounts, outcomes: &BTreeMap<String, FieldSu
         "created_at": run.created_at,
         "expanded_at": run.expanded_at,
         "finished_at": run.finished_at,
+        "purged_at": run.purged_at,
         "created": time(run.created_at),
         "finished": opt_time(run.finished_at),
         "jobs": jobs,

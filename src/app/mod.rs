@@ -8,11 +8,13 @@
 //! - `status`, `report` and `--dry-run` print from [`output`].
 //! - Studio (real or simulated) is chosen in [`studio`]; `flows` in [`flows`];
 //!   `executions` and `cancel --end-active` in [`executions`].
+//! - [`purge`](purge::purge): retention on demand.
 
 mod collect;
 mod executions;
 mod flows;
 mod output;
+mod purge;
 mod remote;
 mod run;
 mod serve;
@@ -97,6 +99,7 @@ async fn dispatch_command(command: Command, config: Config) -> CommandResult {
         Command::Report { run, format } => output::report(&config, run, format == ReportFormat::Json).await,
         Command::Collect { run, wait } => collect::collect(&config, run, &wait).await,
         Command::Suppress { command } => suppress::command(&config, command).await,
+        Command::Purge { older_than, dry_run } => purge::purge(&config, older_than, dry_run).await,
         Command::Pause { run } => control(&config, run, RunAction::Pause).await,
         Command::Cancel { run, end_active: false } => control(&config, run, RunAction::Cancel).await,
         Command::Cancel { run, end_active: true } => executions::cancel_end_active(&config, run).await,

@@ -44,6 +44,7 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
     let settings = ServiceSettings {
         catch_up: config.catch_up,
         collect: super::collect::settings(config),
+        retention: config.retention,
         ..ServiceSettings::default()
     };
     let service = Arc::new(Service::new(

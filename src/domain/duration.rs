@@ -82,9 +82,27 @@ pub fn format_duration(d: Duration) -> String {
     out.join(" ")
 }
 
+/// Reads a retention setting: `keep` (personal data is kept; `None`) or how
+/// long after a run is over its personal data is purged.
+pub fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
+    if text.trim().eq_ignore_ascii_case("keep") {
+        return Ok(None);
+    }
+    parse_duration(text).map(Some).map_err(|e| format!("{e}; or write keep (the default) to never purge"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retention_is_keep_or_a_duration() {
+        assert_eq!(parse_retention("keep"), Ok(None));
+        assert_eq!(parse_retention(" KEEP "), Ok(None));
+        assert_eq!(parse_retention("90d"), Ok(Some(Duration::from_secs(90 * 86_400))));
+        let err = parse_retention("90 days").unwrap_err();
+        assert!(err.contains("\"90 days\"") && err.contains("or write keep"), "{err}");
+    }
 
     #[test]
     fn single_units_and_sums_parse() {

@@ -25,7 +25,7 @@ mod window;
 pub use caps::{ContactLimits, Dedupe};
 pub use contact::{ImportRow, JobSpec, NotAnObject, Parameters, Rejection, RowOutcome};
 pub use digest::{Sha256Hex, hex, sha256_hex};
-pub use duration::{format_duration, parse_duration, parse_duration_at_most};
+pub use duration::{format_duration, parse_duration, parse_duration_at_most, parse_retention};
 pub use fields::{
     BUILT_IN_FIELDS, CollectedOutcome, FieldSummary, OutcomeField, OutcomeState, OutcomeType, StepSeen, ended_in,
 };

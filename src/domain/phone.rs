@@ -24,6 +24,9 @@ pub enum PhoneError {
 }
 
 impl Phone {
+    /// What a purged job's phone starts with: a keyed hash follows, not a number.
+    pub const HASH_PREFIX: &str = "hash:";
+
     /// Parses `raw` as written in a CSV: with a `+country` prefix, or national
     /// format in `default_region`.
     pub fn parse(raw: &str, default_region: Option<Id>) -> Result<Self, PhoneError> {
@@ -41,7 +44,9 @@ impl Phone {
         Ok(Phone(number.format().mode(Mode::E164).to_string()))
     }
 
-    /// Wraps an already-normalised E.164 string read back from the ledger.
+    /// Wraps an already-normalised E.164 string read back from the ledger. A
+    /// purged run's job holds a keyed hash instead (`hash:…`, see
+    /// [`is_hashed`](Self::is_hashed)), which passes through unchanged.
     pub fn from_e164(e164: String) -> Self {
         Phone(e164)
     }
@@ -50,8 +55,17 @@ impl Phone {
         &self.0
     }
 
-    /// The number with all but the last two digits hidden, for logs.
+    /// Whether this is a purged job's keyed hash rather than a number.
+    pub fn is_hashed(&self) -> bool {
+        self.0.starts_with(Self::HASH_PREFIX)
+    }
+
+    /// The number with all but the last two digits hidden, for logs. A keyed
+    /// hash shows as itself, cut short: it is no number, and hides none.
     pub fn masked(&self) -> String {
+        if self.is_hashed() {
+            return self.0.chars().take(13).chain(['…']).collect();
+        }
         let n = self.0.len();
         let keep = 2.min(n);
         format!("+{}{}", "*".repeat(n.saturating_sub(keep + 1)), &self.0[n - keep..])
@@ -115,6 +129,14 @@ mod tests {
     fn masking_keeps_only_the_last_two_digits() {
         let p = Phone::from_e164("+12015550123".into());
         assert_eq!(p.masked(), "+*********23");
+    }
+
+    #[test]
+    fn a_purged_jobs_keyed_hash_is_masked_as_a_short_hash_not_as_a_number() {
+        let p = Phone::from_e164("hash:0123456789abcdef0123456789abcdef".into());
+        assert!(p.is_hashed());
+        assert_eq!(p.masked(), "hash:01234567…");
+        assert!(!Phone::from_e164("+12015550123".into()).is_hashed());
     }
 
     #[test]

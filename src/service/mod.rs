@@ -20,6 +20,7 @@ mod guard;
 mod http;
 mod listen;
 mod registry;
+mod retention;
 mod scan;
 mod schedules;
 mod supervise;
@@ -55,6 +56,8 @@ pub struct ServiceSettings {
     pub debounce: Duration,
     /// How outcomes are read back.
     pub collect: CollectSettings,
+    /// Purge personal data of runs over longer ago than this, daily (`None`: keep).
+    pub retention: Option<Duration>,
 }
 
 impl Default for ServiceSettings {
@@ -64,6 +67,7 @@ impl Default for ServiceSettings {
             rescan_every: Duration::from_secs(5),
             debounce: Duration::from_millis(300),
             collect: CollectSettings::default(),
+            retention: None,
         }
     }
 }

@@ -117,6 +117,8 @@ impl<S: StudioApi> Service<S> {
         let _watcher = watch_folder(&self.folders.campaigns, events_tx);
         let mut tasks = tokio::task::JoinSet::new();
         let collecting = tokio::spawn(Arc::clone(&self.collector).run(shutdown.clone()));
+        let purging =
+            self.settings.retention.map(|r| tokio::spawn(Arc::clone(&self).keep_purging(r, shutdown.clone())));
         self.recover_imports().await;
         self.scan().await;
         let mut last_scan = tokio::time::Instant::now();
@@ -153,6 +155,9 @@ impl<S: StudioApi> Service<S> {
         self.dispatcher.shutdown_token().cancel();
         while tasks.join_next().await.is_some() {}
         let _ = collecting.await;
+        if let Some(purging) = purging {
+            let _ = purging.await;
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! and no transaction is ever held across a network call: a claim commits
 //! `dispatching` first, Studio is called, then the outcome is committed.
 
+pub(crate) mod purge;
 mod sqlite;
 mod types;
 
@@ -20,6 +21,7 @@ use crate::domain::{
     CampaignKind, Channel, CollectedOutcome, ContactLimits, ImportRow, JobState, OutcomeState, Phone, RunState, Scope,
 };
 
+pub use purge::PurgeSummary;
 pub use sqlite::lock::LockError;
 pub use types::{
     BatchCounts, CallSummary, CampaignRow, ClaimedJob, ExecutionJob, JobRow, NewRun, OutboxCounts, OutboxEvent,

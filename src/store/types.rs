@@ -66,6 +66,9 @@ pub struct RunRow {
     pub channel: Channel,
     pub limits_exempt: bool,
     pub dedupe_within_ms: Option<i64>,
+    /// When its personal data was purged (retention); its jobs' phones are
+    /// keyed hashes since.
+    pub purged_at: Option<i64>,
 }
 
 /// Jobs per state for one run.

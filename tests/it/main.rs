@@ -22,6 +22,7 @@ mod operator;
 mod outcomes;
 mod pushed;
 mod rates;
+mod retention;
 mod schedule;
 mod service;
 mod simulator_flows;

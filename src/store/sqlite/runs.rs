@@ -11,7 +11,7 @@ use crate::store::{BatchCounts, NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
      max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
-     created_at, expanded_at, finished_at, outcome_fields, channel, limits_exempt, dedupe_within_ms";
+     created_at, expanded_at, finished_at, outcome_fields, channel, limits_exempt, dedupe_within_ms, purged_at";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     let flow: String = r.get(5)?;
@@ -50,6 +50,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         channel: parsed(r, 22)?,
         limits_exempt: r.get(23)?,
         dedupe_within_ms: r.get(24)?,
+        purged_at: r.get(25)?,
     })
 }
 
