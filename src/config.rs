@@ -146,7 +146,7 @@ pub struct Config {
     /// `FLOWCAST_NOTIFY_SECRET`: the key events are signed with.
     pub notify_secret: Option<Secret>,
     /// `FLOWCAST_NOTIFY_RETRY` / `notify_retry`: the first retry delay of an
-    /// undelivered event (doubling up to an hour), default `10s`.
+    /// undelivered event (doubling up to an hour, jittered), default `1s`.
     pub notify_retry: Duration,
 }
 
@@ -285,7 +285,7 @@ impl Config {
             contact_limits,
             notify,
             notify_secret: env("FLOWCAST_NOTIFY_SECRET").map(Secret),
-            notify_retry: duration("notify_retry", env("FLOWCAST_NOTIFY_RETRY"), file.notify_retry, "10s")?,
+            notify_retry: duration("notify_retry", env("FLOWCAST_NOTIFY_RETRY"), file.notify_retry, "1s")?,
         };
         // A purged job's phone is a hash, so the caps no longer see it: a
         // retention shorter than the caps' window would let a contact through.

@@ -38,7 +38,7 @@ pub struct NotifySettings {
 impl Default for NotifySettings {
     fn default() -> Self {
         NotifySettings {
-            retry_base: Duration::from_secs(10),
+            retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(3600),
             give_up_after: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(10),
@@ -56,10 +56,17 @@ pub fn signature(secret: &str, t: i64, body: &str) -> String {
     format!("t={t},v1={}", crate::domain::hex(&mac.finalize().into_bytes()))
 }
 
-/// The delay before retry number `attempt` (1 for the first retry).
+/// The delay before retry number `attempt` (1 for the first retry), before
+/// jitter: the base, doubling, up to the cap.
 pub fn retry_delay(settings: &NotifySettings, attempt: u32) -> Duration {
     let doubled = settings.retry_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     doubled.min(settings.retry_cap)
+}
+
+/// [`retry_delay`] spread by ±25 %, so that events refused together (a
+/// receiver that was down) do not all come back in the same instant.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.75..1.25))
 }
 
 /// Delivers the outbox until shut down.
@@ -164,7 +171,7 @@ impl Deliverer {
             Err(e) => format!("no answer: {}", without_url(e)),
         };
         let attempt = u32::try_from(event.attempts + 1).unwrap_or(u32::MAX);
-        let retry_at = now + retry_delay(&self.settings, attempt).as_millis() as i64;
+        let retry_at = now + jittered(retry_delay(&self.settings, attempt)).as_millis() as i64;
         let give_up = retry_at - event.created_at > self.settings.give_up_after.as_millis() as i64;
         if give_up {
             tracing::error!(event = %event.event_id, kind = %event.event_type, run = event.run_id, attempts = attempt, %error, "event given up");
@@ -209,6 +216,48 @@ mod tests {
             signature("s3cret", 1_700_000_000, "{\"a\":1}"),
             "t=1700000000,v1=1698a50bc74d1ff1db85c4e0a5297c2ad9fdba245d5737cdb789e4cc6e098940"
         );
+    }
+
+    #[tokio::test]
+    async fn an_event_past_its_give_up_age_is_given_up_and_counted_as_such() {
+        use crate::domain::{CampaignKind, Channel, ConflictPolicy, FlowSid, NotifyRule, Trigger};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_path(&dir.path().join("l.db")).await.unwrap();
+        // Nothing listens on port 9 of loopback: every attempt fails at once.
+        let rule = NotifyRule::parse("http://127.0.0.1:9/hooks", Some(&["run.finished".into()])).unwrap();
+        let run = crate::store::NewRun {
+            campaign: "c".into(),
+            kind: CampaignKind::Reminder,
+            trigger: Trigger::Manual,
+            run_key: "k".into(),
+            scheduled_at: 0,
+            source: "c.toml".into(),
+            flow: FlowSid::parse("FW0123456789abcdef0123456789abcdef").unwrap(),
+            from: "+15017122661".into(),
+            policy: ConflictPolicy::from_parts("skip", None).unwrap(),
+            rate: None,
+            window: None,
+            outcomes: Vec::new(),
+            channel: Channel::Sms,
+            limits_exempt: false,
+            dedupe_within: None,
+            notify: Some(rule),
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let id = store.create_run(run, now).await.unwrap().unwrap();
+        store.finish_expansion(id, now).await.unwrap();
+        assert!(store.finish_run_if_done(id, now).await.unwrap());
+        assert_eq!(store.outbox_counts().await.unwrap().pending, 1, "the trigger wrote the event");
+
+        let settings = NotifySettings { give_up_after: Duration::ZERO, ..Default::default() };
+        let deliverer =
+            Deliverer::new(store.clone(), Some(Secret::new("s")), Arc::new(crate::schedule::SystemClock), settings);
+        assert_eq!(deliverer.pass().await.unwrap(), 0);
+
+        let counts = store.outbox_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.gave_up), (0, 1), "{counts:?}");
+        let page = store.outbox_page(Some("gave_up".into()), 0, 10).await.unwrap();
+        assert!(page[0].last_error.as_deref().is_some_and(|e| e.starts_with("no answer")), "{page:?}");
     }
 
     #[test]
