@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, OriginalUri, Path, RawQuery, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -166,6 +166,9 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
         .route("/api/outbox", get(outbox::<S>))
         .route("/api/suppressions", get(list_suppressions::<S>).post(add_suppression::<S>))
         .route("/api/suppressions/{phone}", axum::routing::delete(remove_suppression::<S>))
+        // Set before the guards, so a wrong method is told only to a caller
+        // who may use the path.
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_token::<S>))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_served_origin::<S>));
     // Health probes address the machine by whatever name or IP they have and
@@ -176,6 +179,7 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
         .route("/webhooks/studio", post(studio_webhook::<S>))
         .route("/webhooks/messaging", post(messaging_webhook::<S>))
         .merge(guarded)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(async || error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .with_state(state)
@@ -192,6 +196,16 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 
 fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// A known path asked with a method it does not serve; the router adds the
+/// `Allow` header naming the ones it does.
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not served at {}; the Allow header lists what is", uri.path()),
+    )
 }
 
 /// Answers 408 to a request not complete in time (a body that stops
@@ -292,6 +306,30 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
+/// A request body whose refusal (over the route's size limit, cut off) is
+/// answered in the API's error shape rather than as plain text.
+struct ApiBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        match Bytes::from_request(request, state).await {
+            Ok(body) => Ok(ApiBody(body)),
+            Err(rejection) => {
+                let status = rejection.status();
+                Err(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    error(status, "payload_too_large", "the request body is over this endpoint's size limit")
+                } else if status.is_client_error() {
+                    error(status, "bad_request", format!("the request body cannot be read: {}", rejection.body_text()))
+                } else {
+                    error(status, "internal", rejection.body_text())
+                })
+            }
+        }
+    }
+}
+
 /// A request's query parameters.
 struct Params(HashMap<String, String>);
 
@@ -345,7 +383,7 @@ async fn healthz<S: StudioApi>(State(state): St<S>) -> Response {
     if state.service.store.is_writable().await {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "ledger not writable\n").into_response()
+        error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "ledger not writable")
     }
 }
 
@@ -540,3 +578,4 @@ async fn control<S: StudioApi>(State(state): St<S>, ApiPath((id, action)): ApiPa
         Err(e @ ControlError::Contended(_)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
     }
 }
+
