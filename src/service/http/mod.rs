@@ -3,6 +3,9 @@
 //!
 //! Every refusal and error the API answers has one shape:
 //! `{"error": {"code": "not_found", "message": "run 7 not found"}}`.
+//! `src/service/openapi.json` describes every route, answer and error; it is
+//! served at `/api/openapi.json`, and `tests/it/openapi.rs` checks the running
+//! server against it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +46,10 @@ use crate::views;
 
 /// The dashboard: one self-contained page, compiled into the binary.
 const DASHBOARD: &str = include_str!("../dashboard.html");
+
+/// The OpenAPI 3.1 description of every route, compiled in so that what is
+/// served is what the tests checked.
+const OPENAPI: &str = include_str!("../openapi.json");
 
 /// The dashboard's Content-Security-Policy: nothing but its own inline script
 /// and style (by hash, so an injected script or style never runs), requests to
@@ -166,6 +173,7 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
         .route("/api/outbox", get(outbox::<S>))
         .route("/api/suppressions", get(list_suppressions::<S>).post(add_suppression::<S>))
         .route("/api/suppressions/{phone}", axum::routing::delete(remove_suppression::<S>))
+        .route("/api/openapi.json", get(openapi))
         // Set before the guards, so a wrong method is told only to a caller
         // who may use the path.
         .method_not_allowed_fallback(method_not_allowed)
@@ -387,6 +395,10 @@ async fn healthz<S: StudioApi>(State(state): St<S>) -> Response {
     }
 }
 
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn dashboard() -> Response {
     (
         [
@@ -579,3 +591,31 @@ async fn control<S: StudioApi>(State(state): St<S>, ApiPath((id, action)): ApiPa
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The other half of `tests/it/openapi.rs`, which calls every route the
+    /// description lists: every route the router registers is listed.
+    #[test]
+    fn every_route_the_router_registers_is_in_the_api_description() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("the API description is JSON");
+        let source = include_str!("mod.rs");
+        let router = &source[source.find("fn router<").expect("the router is defined here")..];
+        let router = &router[..router.find("\n}\n").expect("the router function ends")];
+        let mut found = 0;
+        for route in router.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()) {
+            // One route serves every run action; the description lists each.
+            let paths: Vec<String> = if route.contains("{action}") {
+                RunAction::ALL.iter().map(|a| route.replace("{action}", a.as_str())).collect()
+            } else {
+                vec![route.to_string()]
+            };
+            for path in paths {
+                assert!(doc["paths"].get(&path).is_some(), "route {path} is not described in src/service/openapi.json");
+            }
+            found += 1;
+        }
+        assert!(found > 10, "only {found} routes found in fn router");
+    }
+}
