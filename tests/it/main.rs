@@ -18,6 +18,7 @@ mod flows;
 mod http_safety;
 mod import;
 mod notify;
+mod openapi;
 mod operator;
 mod outcomes;
 mod pushed;

@@ -17,7 +17,7 @@ pub(super) async fn start_run<S: StudioApi>(
     State(state): St<S>,
     ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     let svc = &state.service;
     if !svc.campaigns().iter().any(|c| c.name == name) {
@@ -94,7 +94,7 @@ pub(super) async fn push_contacts<S: StudioApi>(
     State(state): St<S>,
     ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     let svc = &state.service;
     if !svc.campaigns().iter().any(|c| c.name == name) {

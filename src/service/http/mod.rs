@@ -3,6 +3,9 @@
 //!
 //! Every refusal and error the API answers has one shape:
 //! `{"error": {"code": "not_found", "message": "run 7 not found"}}`.
+//! `src/service/openapi.json` describes every route, answer and error; it is
+//! served at `/api/openapi.json`, and `tests/it/openapi.rs` checks the running
+//! server against it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,9 +14,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, OriginalUri, Path, RawQuery, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,6 +47,10 @@ use crate::views;
 
 /// The dashboard: one self-contained page, compiled into the binary.
 const DASHBOARD: &str = include_str!("../dashboard.html");
+
+/// The OpenAPI 3.1 description of every route, compiled in so that what is
+/// served is what the tests checked.
+const OPENAPI: &str = include_str!("../openapi.json");
 
 /// The dashboard's Content-Security-Policy: nothing but its own inline script
 /// and style (by hash, so an injected script or style never runs), requests to
@@ -167,6 +174,10 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
         .route("/api/outbox", get(outbox::<S>))
         .route("/api/suppressions", get(list_suppressions::<S>).post(add_suppression::<S>))
         .route("/api/suppressions/{phone}", axum::routing::delete(remove_suppression::<S>))
+        .route("/api/openapi.json", get(openapi))
+        // Set before the guards, so a wrong method is told only to a caller
+        // who may use the path.
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_token::<S>))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_served_origin::<S>));
     // Health probes address the machine by whatever name or IP they have and
@@ -177,6 +188,7 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
         .route("/webhooks/studio", post(studio_webhook::<S>))
         .route("/webhooks/messaging", post(messaging_webhook::<S>))
         .merge(guarded)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(async || error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .with_state(state)
@@ -193,6 +205,16 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 
 fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// A known path asked with a method it does not serve; the router adds the
+/// `Allow` header naming the ones it does.
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not served at {}; the Allow header lists what is", uri.path()),
+    )
 }
 
 /// Answers 408 to a request not complete in time (a body that stops
@@ -293,6 +315,30 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
+/// A request body whose refusal (over the route's size limit, cut off) is
+/// answered in the API's error shape rather than as plain text.
+struct ApiBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        match Bytes::from_request(request, state).await {
+            Ok(body) => Ok(ApiBody(body)),
+            Err(rejection) => {
+                let status = rejection.status();
+                Err(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    error(status, "payload_too_large", "the request body is over this endpoint's size limit")
+                } else if status.is_client_error() {
+                    error(status, "bad_request", format!("the request body cannot be read: {}", rejection.body_text()))
+                } else {
+                    error(status, "internal", rejection.body_text())
+                })
+            }
+        }
+    }
+}
+
 /// A request's query parameters.
 struct Params(HashMap<String, String>);
 
@@ -346,8 +392,12 @@ async fn healthz<S: StudioApi>(State(state): St<S>) -> Response {
     if state.service.store.is_writable().await {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "ledger not writable\n").into_response()
+        error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "ledger not writable")
     }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn dashboard() -> Response {
@@ -557,5 +607,34 @@ async fn control<S: StudioApi>(
         Err(ControlError::Store(e)) => store_error(e),
         Err(e @ ControlError::NotAllowed(_)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
         Err(e @ ControlError::Contended(_)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The other half of `tests/it/openapi.rs`, which calls every route the
+    /// description lists: every route the router registers is listed.
+    #[test]
+    fn every_route_the_router_registers_is_in_the_api_description() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("the API description is JSON");
+        let source = include_str!("mod.rs");
+        let router = &source[source.find("fn router<").expect("the router is defined here")..];
+        let router = &router[..router.find("\n}\n").expect("the router function ends")];
+        let mut found = 0;
+        for route in router.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()) {
+            // One route serves every run action; the description lists each.
+            let paths: Vec<String> = if route.contains("{action}") {
+                RunAction::ALL.iter().map(|a| route.replace("{action}", a.as_str())).collect()
+            } else {
+                vec![route.to_string()]
+            };
+            for path in paths {
+                assert!(doc["paths"].get(&path).is_some(), "route {path} is not described in src/service/openapi.json");
+            }
+            found += 1;
+        }
+        assert!(found > 10, "only {found} routes found in fn router");
     }
 }

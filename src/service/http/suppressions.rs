@@ -20,7 +20,7 @@ pub(super) async fn list_suppressions<S: StudioApi>(State(state): St<S>, RawQuer
 
 /// `POST /api/suppressions` with `{"phone", "scope", "reason"}` (scope
 /// defaults to `all`): 201 when added, 200 when it was already there.
-pub(super) async fn add_suppression<S: StudioApi>(State(state): St<S>, body: Bytes) -> Response {
+pub(super) async fn add_suppression<S: StudioApi>(State(state): St<S>, ApiBody(body): ApiBody) -> Response {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Entry {

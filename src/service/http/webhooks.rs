@@ -46,7 +46,7 @@ pub(super) async fn studio_webhook<S: StudioApi>(
     State(state): St<S>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     if let Err(why) = check_signature(&state.config, &uri, &headers, &[]) {
         return refused(why);
@@ -86,7 +86,7 @@ pub(super) async fn messaging_webhook<S: StudioApi>(
     State(state): St<S>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     if let Err(why) = check_signature(&state.config, &uri, &headers, &fields) {
@@ -95,7 +95,7 @@ pub(super) async fn messaging_webhook<S: StudioApi>(
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let kind = field("OptOutType").map(str::to_ascii_uppercase);
     let Some(from) = field("From").and_then(|f| Phone::parse(f, None).ok()) else {
-        return json_body(StatusCode::OK, json!({ "action": "none" }));
+        return empty_twiml();
     };
     let svc = &state.service;
     let now = svc.now_ms();
@@ -114,9 +114,14 @@ pub(super) async fn messaging_webhook<S: StudioApi>(
             if action != "none" {
                 tracing::info!(phone = %from.masked(), action, "opt-out webhook");
             }
-            // Twilio reads the answer as TwiML; an empty one sends no reply.
-            (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], "<Response/>").into_response()
+            empty_twiml()
         }
         Err(e) => store_error(e),
     }
+}
+
+/// Twilio reads a messaging webhook's answer as TwiML; an empty document
+/// sends no reply.
+fn empty_twiml() -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], "<Response/>").into_response()
 }
