@@ -52,8 +52,9 @@ const PROBED_METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 /// Statuses that no request can draw from a healthy server: a request cut
 /// off mid-body (408; `http_safety.rs` covers it), a failing ledger (500), an
-/// unwritable one (503).
-const NEEDS_A_FAULT: [&str; 3] = ["408", "500", "503"];
+/// unwritable one (503), ending Executions that outlasts the request (202)
+/// or that Studio refuses (502; `executions.rs` covers ending).
+const NEEDS_A_FAULT: [&str; 5] = ["408", "500", "503", "202", "502"];
 
 struct Spec {
     doc: Value,
