@@ -603,3 +603,25 @@ async fn the_dashboard_charts_each_runs_outcomes_and_a_runs_page_pages_through_i
     assert_eq!(browser.csp_violations().await, Vec::<String>::new());
     served.terminate().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_events_waiting_and_given_up() {
+    let Some(browser) = Browser::start().await else { return };
+    let sim = Simulator::start(SimConfig { lifetime: Some(Duration::ZERO), ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(2)));
+    // Nothing listens on port 9 of loopback: the event waits for its retries.
+    app.write(
+        "c.toml",
+        campaign_toml("c.csv", "notify = { url = \"http://127.0.0.1:9/hooks\", events = [\"run.finished\"] }"),
+    );
+    let served = Served::start_with(&app, &sim.url(), &[("FLOWCAST_NOTIFY_SECRET", "s")]).await;
+
+    browser.goto(&served.url).await;
+    let summary = browser.wait_text("#events-summary", |t| t.contains("1 waiting")).await;
+    assert_eq!(summary, "0 delivered, 1 waiting, 0 given up");
+    let outbox = api(&format!("{}/api/outbox", served.url)).await;
+    assert_eq!(outbox["counts"]["pending"], 1, "{outbox}");
+    browser.wait_text("#given-up tbody tr td", |t| t == "None given up.").await;
+    assert!(browser.csp_violations().await.is_empty());
+}
