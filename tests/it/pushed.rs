@@ -68,11 +68,18 @@ async fn a_thousand_pushed_contacts_with_a_retried_batch_make_a_thousand_jobs_an
     reached.sort();
     reached.dedup();
     assert_eq!(reached.len(), 1000);
-    let runs: Value = client.get(format!("{}/api/runs", served.url)).send().await.unwrap().json().await.unwrap();
+    // The ledger records outcomes in batches, a moment after Studio has them.
+    let runs_url = format!("{}/api/runs", served.url);
+    let recorded = eventually(Duration::from_secs(10), async || {
+        let runs: Value = client.get(&runs_url).send().await.unwrap().json().await.unwrap();
+        runs["runs"][0]["jobs"]["sent"] == 1000
+    })
+    .await;
+    let runs: Value = client.get(&runs_url).send().await.unwrap().json().await.unwrap();
     let runs = runs["runs"].as_array().unwrap();
+    assert!(recorded, "{}", runs[0]);
     assert_eq!(runs.len(), 1, "one open run for the day: {runs:?}");
     assert_eq!(runs[0]["trigger"], "contacts");
-    assert_eq!(runs[0]["jobs"]["sent"], 1000, "{}", runs[0]);
 }
 
 #[tokio::test]
@@ -91,6 +98,14 @@ async fn a_contact_key_pushed_again_is_a_no_op_and_bad_pushes_are_named() {
     let first: Value = client.post(&url).json(&one).send().await.unwrap().json().await.unwrap();
     assert_eq!(first["contacts"][0]["result"], "created", "{first}");
     assert!(eventually(Duration::from_secs(10), async || sim.executions().len() == 1).await, "{}", served.log());
+    // …and recorded in the ledger (outcomes are written in batches).
+    let runs_url = format!("{}/api/runs", served.url);
+    let recorded = eventually(Duration::from_secs(10), async || {
+        let runs: Value = client.get(&runs_url).send().await.unwrap().json().await.unwrap();
+        runs["runs"][0]["jobs"]["sent"] == 1
+    })
+    .await;
+    assert!(recorded, "{}", served.log());
     let again = client.post(&url).json(&json!({"phone": "+12015550199", "order_id": "A1", "key": "order-A1"})).send();
     let again: Value = again.await.unwrap().json().await.unwrap();
     assert_eq!(again["contacts"][0]["result"], "existing");
