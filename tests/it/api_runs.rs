@@ -8,7 +8,7 @@ use flowcast::studio::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::service::{Served, eventually};
+use crate::service::{Served, campaigns_in_force, eventually};
 
 /// A campaign that serve does not start by itself: its schedule fires once a
 /// year, so every run in these tests is one the API started.
@@ -20,14 +20,7 @@ fn yearly(contacts: &str) -> String {
 /// campaign is in force.
 async fn started(app: &TestApp, sim: &Simulator) -> Served {
     let served = Served::start(app, &sim.url()).await;
-    let client = reqwest::Client::new();
-    let listed = eventually(Duration::from_secs(10), async || {
-        let campaigns: Value =
-            client.get(format!("{}/api/campaigns", served.url)).send().await.unwrap().json().await.unwrap();
-        campaigns["campaigns"].as_array().is_some_and(|c| !c.is_empty())
-    })
-    .await;
-    assert!(listed, "{}", served.log());
+    campaigns_in_force(&served).await;
     served
 }
 

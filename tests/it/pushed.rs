@@ -7,7 +7,7 @@ use flowcast::studio::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::service::{Served, eventually};
+use crate::service::{Served, campaigns_in_force, eventually};
 
 /// A campaign fed over HTTP: no CSV, no schedule.
 fn pushed_campaign() -> String {
@@ -16,24 +16,13 @@ fn pushed_campaign() -> String {
     )
 }
 
-async fn in_force(served: &Served) {
-    let client = reqwest::Client::new();
-    let listed = eventually(Duration::from_secs(10), async || {
-        let campaigns: Value =
-            client.get(format!("{}/api/campaigns", served.url)).send().await.unwrap().json().await.unwrap();
-        campaigns["campaigns"].as_array().is_some_and(|c| !c.is_empty())
-    })
-    .await;
-    assert!(listed, "{}", served.log());
-}
-
 #[tokio::test]
 async fn a_thousand_pushed_contacts_with_a_retried_batch_make_a_thousand_jobs_and_executions() {
     let sim = Simulator::start(SimConfig { lifetime: Some(Duration::ZERO), ..SimConfig::default() }).await.unwrap();
     let app = TestApp::new();
     app.write("parcels.toml", pushed_campaign());
     let served = Served::start_with(&app, &sim.url(), &[("FLOWCAST_RATE", "1000")]).await;
-    in_force(&served).await;
+    campaigns_in_force(&served).await;
     let client = reqwest::Client::new();
     let numbers = phones(1000);
     let url = format!("{}/api/campaigns/parcels/contacts", served.url);
@@ -90,7 +79,7 @@ async fn a_contact_key_pushed_again_is_a_no_op_and_bad_pushes_are_named() {
     app.write("c.csv", contacts_csv(&phones(1)));
     app.write("file-based.toml", campaign_toml("c.csv", "schedule = \"0 0 1 1 *\""));
     let served = Served::start(&app, &sim.url()).await;
-    in_force(&served).await;
+    campaigns_in_force(&served).await;
     let client = reqwest::Client::new();
     let url = format!("{}/api/campaigns/parcels/contacts", served.url);
 

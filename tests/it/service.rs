@@ -18,6 +18,19 @@ use crate::helpers::*;
 /// Polls `check` every 50 ms until it holds or `within` passes. Used where
 /// the state lives in another process (a `serve` child, read over its API)
 /// that has no change feed to wait on.
+/// Serve answers before its first scan of the folder: waits until it has a
+/// campaign in force.
+pub async fn campaigns_in_force(served: &Served) {
+    let client = reqwest::Client::new();
+    let listed = eventually(Duration::from_secs(10), async || {
+        let campaigns: serde_json::Value =
+            client.get(format!("{}/api/campaigns", served.url)).send().await.unwrap().json().await.unwrap();
+        campaigns["campaigns"].as_array().is_some_and(|c| !c.is_empty())
+    })
+    .await;
+    assert!(listed, "{}", served.log());
+}
+
 pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {

@@ -21,16 +21,12 @@ pub(super) async fn start_run<S: StudioApi>(
 ) -> Response {
     let svc = &state.service;
     if !svc.campaigns().iter().any(|c| c.name == name) {
-        return error(StatusCode::NOT_FOUND, "not_found", format!("no campaign named {name:?} is in force"));
+        return unknown_campaign(&name);
     }
-    let run_key = match headers.get("idempotency-key") {
-        None => format!("api:{}:{}", svc.now_ms(), rand::random::<u64>()),
-        Some(value) => match value.to_str() {
-            Ok(key) if !key.trim().is_empty() && key.len() <= MAX_KEY_LEN => format!("api-key:{}", key.trim()),
-            _ => {
-                return bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"));
-            }
-        },
+    let run_key = match idempotency_key(&headers) {
+        Ok(Some(key)) => format!("api-key:{key}"),
+        Ok(None) => format!("api:{}:{}", svc.now_ms(), rand::random::<u64>()),
+        Err(refusal) => return *refusal,
     };
     let contacts = match contacts_of(&headers, &body) {
         Ok(contacts) => contacts,
@@ -61,12 +57,26 @@ pub(super) async fn start_run<S: StudioApi>(
     }
 }
 
+fn unknown_campaign(name: &str) -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", format!("no campaign named {name:?} is in force"))
+}
+
+/// The request's `Idempotency-Key`, trimmed, if it has one; a refusal when
+/// it is empty, too long or not visible ASCII.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+    match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(key)) if !key.trim().is_empty() && key.len() <= MAX_KEY_LEN => Ok(Some(key.trim().to_string())),
+        Some(_) => {
+            Err(Box::new(bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"))))
+        }
+    }
+}
+
 /// A refused start or push, in the API's error shape.
 fn api_error(e: ApiRunError) -> Response {
     match e {
-        ApiRunError::UnknownCampaign(name) => {
-            error(StatusCode::NOT_FOUND, "not_found", format!("no campaign named {name:?} is in force"))
-        }
+        ApiRunError::UnknownCampaign(name) => unknown_campaign(&name),
         e @ ApiRunError::Flow(_) => error(StatusCode::CONFLICT, "flow_unresolved", e.to_string()),
         e @ ApiRunError::NotPushed(_) => error(StatusCode::CONFLICT, "not_an_api_campaign", e.to_string()),
         ApiRunError::Contacts(message) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_contacts", message),
@@ -98,14 +108,11 @@ pub(super) async fn push_contacts<S: StudioApi>(
 ) -> Response {
     let svc = &state.service;
     if !svc.campaigns().iter().any(|c| c.name == name) {
-        return error(StatusCode::NOT_FOUND, "not_found", format!("no campaign named {name:?} is in force"));
+        return unknown_campaign(&name);
     }
-    let request_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(key)) if !key.trim().is_empty() && key.len() <= MAX_KEY_LEN => Some(key.trim().to_string()),
-        Some(_) => {
-            return bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"));
-        }
+    let request_key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(refusal) => return *refusal,
     };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
