@@ -315,12 +315,11 @@ async fn list_flow(
     let more = listed.len() > limit as usize;
     listed.truncate(limit as usize);
     // Which of them flowcast made, when the ledger is here to say.
-    let jobs = match &config.db {
-        crate::store::Ledger::Sqlite(path) if path.exists() => {
-            let store = open_store(config).await?;
-            store.jobs_for_executions(listed.iter().map(|e| e.sid.clone()).collect()).await.map_err(Failure::input)?
-        }
-        _ => Default::default(),
+    let jobs = if config.db.missing_file().is_some() {
+        Default::default()
+    } else {
+        let store = open_store(config).await?;
+        store.jobs_for_executions(listed.iter().map(|e| e.sid.clone()).collect()).await.map_err(Failure::input)?
     };
     let rows: Vec<Row> = listed
         .into_iter()

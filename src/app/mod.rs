@@ -124,8 +124,7 @@ async fn open_store(config: &Config) -> Result<Store, Failure> {
 /// `validate`: read from the ledger when there is one (checking a campaign
 /// never creates a ledger), else none.
 async fn suppressed_for(config: &Config, campaign: &Campaign) -> Result<std::collections::HashSet<String>, Failure> {
-    let crate::store::Ledger::Sqlite(path) = &config.db;
-    if !path.exists() {
+    if config.db.missing_file().is_some() {
         return Ok(Default::default());
     }
     let store = open_store(config).await?;

@@ -21,8 +21,7 @@ pub(super) async fn purge(config: &Config, older_than: Option<Duration>, dry_run
     let now = chrono::Utc::now().timestamp_millis();
     let before = now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
     // A purge never creates a ledger: with none, there is nothing to remove.
-    let Ledger::Sqlite(path) = &config.db;
-    if !path.exists() {
+    if let Some(path) = config.db.missing_file() {
         println!("nothing to purge: no ledger at {}", path.display());
         return Ok(0);
     }

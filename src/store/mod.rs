@@ -9,8 +9,9 @@
 //! and no transaction is ever held across a network call: a claim commits
 //! `dispatching` first, Studio is called, then the outcome is committed.
 
+pub mod postgres;
 pub(crate) mod purge;
-mod sqlite;
+pub(crate) mod sqlite;
 mod types;
 
 use std::fmt;
@@ -44,15 +45,34 @@ pub enum StoreError {
     Locked(#[from] LockError),
     #[error("ledger: the background task failed: {0}")]
     Task(String),
+    #[error("ledger {address}: {message}")]
+    Connect { address: String, message: String },
+    #[error("ledger: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("ledger: {0}")]
+    Pool(String),
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Pool(e.to_string())
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Where the ledger lives, as `--db` / `FLOWCAST_DB` give it: a file path, or
-/// `sqlite://PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the ledger lives, as `--db` / `FLOWCAST_DB` give it: a file path,
+/// `sqlite://PATH`, or a `postgres://` URL (shared by several instances).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Ledger {
     Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Ledger({self})")
+    }
 }
 
 impl Ledger {
@@ -63,7 +83,8 @@ impl Ledger {
             return Err("the ledger address is empty; give a file path or sqlite://PATH".into());
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Err("PostgreSQL ledgers are not supported by this build; give a file path or sqlite://PATH".into());
+            postgres::check_url(text)?;
+            return Ok(Ledger::Postgres(text.to_string()));
         }
         if let Some(path) = text.strip_prefix("sqlite://") {
             if path.is_empty() {
@@ -72,9 +93,21 @@ impl Ledger {
             return Ok(Ledger::Sqlite(PathBuf::from(path)));
         }
         if let Some((scheme, _)) = text.split_once("://") {
-            return Err(format!("unknown ledger scheme {scheme:?}; give a file path or sqlite://PATH"));
+            return Err(format!("unknown ledger scheme {scheme:?}; give a file path, sqlite://PATH or postgres://…"));
         }
         Ok(Ledger::Sqlite(PathBuf::from(text)))
+    }
+}
+
+impl Ledger {
+    /// The SQLite file that would be created by opening this ledger, when it
+    /// is not there yet (commands that only read never create one). A
+    /// PostgreSQL ledger is a server's: never "missing" here.
+    pub fn missing_file(&self) -> Option<&Path> {
+        match self {
+            Ledger::Sqlite(path) if !path.exists() => Some(path),
+            _ => None,
+        }
     }
 }
 
@@ -82,6 +115,8 @@ impl fmt::Display for Ledger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ledger::Sqlite(path) => write!(f, "{}", path.display()),
+            // Never the password: addresses are shown in logs and errors.
+            Ledger::Postgres(url) => write!(f, "{}", postgres::redact(url)),
         }
     }
 }
@@ -90,13 +125,19 @@ impl fmt::Display for Ledger {
 /// another process take over.
 #[derive(Debug)]
 pub struct DispatchLock {
-    _lock: sqlite::lock::LedgerLock,
+    _lock: Option<sqlite::lock::LedgerLock>,
 }
 
 /// A handle on the ledger; cheap to clone, safe to share between tasks.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<sqlite::Sqlite>,
+    db: Db,
+}
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(Arc<sqlite::Sqlite>),
+    Postgres(Arc<postgres::Pg>),
 }
 
 impl Store {
@@ -106,9 +147,15 @@ impl Store {
             Ledger::Sqlite(path) => {
                 let path = path.clone();
                 let db = blocking(move || sqlite::Sqlite::open(&path)).await?;
-                Ok(Store { db: Arc::new(db) })
+                Ok(Store { db: Db::Sqlite(Arc::new(db)) })
             }
+            Ledger::Postgres(url) => Ok(Store { db: Db::Postgres(Arc::new(postgres::Pg::open(url).await?)) }),
         }
+    }
+
+    /// Whether several instances may share this ledger (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
     }
 
     /// Opens a SQLite ledger at `path` (tests and benchmarks).
@@ -118,41 +165,64 @@ impl Store {
 
     /// Claims the right to dispatch from this ledger, saying `what` holds it
     /// (e.g. "flowcast serve"); a second process is refused with the holder.
+    /// A PostgreSQL ledger is shared: every instance may dispatch from it (the
+    /// claims themselves keep them apart), so nothing is locked.
     pub async fn lock_for_dispatch(&self, what: &str) -> Result<DispatchLock> {
-        let path = self.db.path().to_path_buf();
-        let what = what.to_string();
-        let lock = blocking(move || Ok(sqlite::lock::LedgerLock::acquire(&path, &what)?)).await?;
-        Ok(DispatchLock { _lock: lock })
-    }
-
-    /// Runs `f` with the writer connection on the blocking pool.
-    async fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let db = Arc::clone(&self.db);
-        blocking(move || f(&mut db.writer())).await
-    }
-
-    /// Runs `f` with the reader connection on the blocking pool.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let db = Arc::clone(&self.db);
-        blocking(move || f(&db.reader())).await
+        match &self.db {
+            Db::Sqlite(db) => {
+                let path = db.path().to_path_buf();
+                let what = what.to_string();
+                let lock = blocking(move || Ok(sqlite::lock::LedgerLock::acquire(&path, &what)?)).await?;
+                Ok(DispatchLock { _lock: Some(lock) })
+            }
+            Db::Postgres(_) => Ok(DispatchLock { _lock: None }),
+        }
     }
 
     /// `true` when the ledger accepts a write (for health checks).
     pub async fn is_writable(&self) -> bool {
-        let db = Arc::clone(&self.db);
-        blocking(move || Ok(db.is_writable())).await.unwrap_or(false)
+        match &self.db {
+            Db::Sqlite(db) => {
+                let db = Arc::clone(db);
+                blocking(move || Ok(db.is_writable())).await.unwrap_or(false)
+            }
+            Db::Postgres(pg) => pg.is_writable().await,
+        }
     }
 
     /// The backend's own consistency check: `ok` on a healthy ledger.
     pub async fn integrity_check(&self) -> Result<String> {
-        let db = Arc::clone(&self.db);
-        blocking(move || db.integrity_check()).await
+        match &self.db {
+            Db::Sqlite(db) => {
+                let db = Arc::clone(db);
+                blocking(move || db.integrity_check()).await
+            }
+            Db::Postgres(pg) => pg.integrity_check().await,
+        }
+    }
+
+    /// Runs `f` on the SQLite reader (tests that look inside the file).
+    #[cfg(test)]
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match &self.db {
+            Db::Sqlite(db) => read(db, f).await,
+            Db::Postgres(_) => panic!("a test that reads SQLite directly needs a SQLite ledger"),
+        }
+    }
+
+    /// Runs `f` on the SQLite writer (tests that look inside the file).
+    #[cfg(test)]
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match &self.db {
+            Db::Sqlite(db) => write(db, f).await,
+            Db::Postgres(_) => panic!("a test that writes SQLite directly needs a SQLite ledger"),
+        }
     }
 
     // Runs.
@@ -160,7 +230,10 @@ impl Store {
     /// Records a new run in state `expanding`. `None` if the campaign already
     /// has a run with this key (the same tick or content never makes two runs).
     pub async fn create_run(&self, run: NewRun, now: i64) -> Result<Option<i64>> {
-        self.write(move |c| sqlite::runs::create_run(c, &run, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::runs::create_run(c, &run, now)).await,
+            Db::Postgres(pg) => postgres::runs::create_run(pg, &run, now).await,
+        }
     }
 
     /// Records a run with all its contacts at once, already imported (see
@@ -172,79 +245,124 @@ impl Store {
         rows: Vec<ImportRow>,
         now: i64,
     ) -> Result<std::result::Result<(i64, BatchCounts), i64>> {
-        self.write(move |c| sqlite::runs::create_run_with_rows(c, &run, &rows, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::runs::create_run_with_rows(c, &run, &rows, now)).await,
+            Db::Postgres(pg) => postgres::runs::create_run_with_rows(pg, &run, &rows, now).await,
+        }
     }
 
     /// Adds pushed contacts to the open run `open` (created if it is not
     /// there yet), in one transaction; see [`sqlite::pushed::push`].
     pub async fn push_contacts(&self, open: NewRun, rows: Vec<PushRow>, now: i64) -> Result<(i64, Vec<PushResult>)> {
-        self.write(move |c| sqlite::pushed::push(c, &open, &rows, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::pushed::push(c, &open, &rows, now)).await,
+            Db::Postgres(pg) => postgres::pushed::push(pg, &open, &rows, now).await,
+        }
     }
 
     // The outbox of signed events.
 
     /// Events due for an attempt, in order per job.
     pub async fn outbox_due(&self, now: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
-        self.read(move |c| sqlite::outbox::due(c, now, limit)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::outbox::due(c, now, limit)).await,
+            Db::Postgres(pg) => postgres::outbox::due(pg, now, limit).await,
+        }
     }
 
     /// When the next undelivered event is due.
     pub async fn outbox_next_due(&self) -> Result<Option<i64>> {
-        self.read(sqlite::outbox::next_due).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, sqlite::outbox::next_due).await,
+            Db::Postgres(pg) => postgres::outbox::next_due(pg).await,
+        }
     }
 
     pub async fn outbox_delivered(&self, id: i64, now: i64) -> Result<()> {
-        self.write(move |c| sqlite::outbox::delivered(c, id, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::outbox::delivered(c, id, now)).await,
+            Db::Postgres(pg) => postgres::outbox::delivered(pg, id, now).await,
+        }
     }
 
     /// A failed attempt: again at `retry_at`, or given up (`None`).
     pub async fn outbox_failed(&self, id: i64, error: String, retry_at: Option<i64>, now: i64) -> Result<()> {
-        self.write(move |c| sqlite::outbox::failed(c, id, &error, retry_at, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::outbox::failed(c, id, &error, retry_at, now)).await,
+            Db::Postgres(pg) => postgres::outbox::failed(pg, id, &error, retry_at, now).await,
+        }
     }
 
     pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
-        self.read(sqlite::outbox::counts).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, sqlite::outbox::counts).await,
+            Db::Postgres(pg) => postgres::outbox::counts(pg).await,
+        }
     }
 
     pub async fn outbox_page(&self, state: Option<String>, after: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
-        self.read(move |c| sqlite::outbox::page(c, state.as_deref(), after, limit)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::outbox::page(c, state.as_deref(), after, limit)).await,
+            Db::Postgres(pg) => postgres::outbox::page(pg, state.as_deref(), after, limit).await,
+        }
     }
 
     /// The run of `campaign` keyed `run_key`, if there is one.
     pub async fn run_by_key(&self, campaign: &str, run_key: &str) -> Result<Option<i64>> {
         let (campaign, run_key) = (campaign.to_string(), run_key.to_string());
-        self.read(move |c| sqlite::runs::run_by_key(c, &campaign, &run_key)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::runs::run_by_key(c, &campaign, &run_key)).await,
+            Db::Postgres(pg) => postgres::runs::run_by_key(pg, &campaign, &run_key).await,
+        }
     }
 
     /// Just a run's state (checked before every create, so kept cheap).
     pub async fn run_state(&self, id: i64) -> Result<RunState> {
-        self.read(move |c| sqlite::runs::run_state(c, id)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::runs::run_state(c, id)).await,
+            Db::Postgres(pg) => postgres::runs::run_state(pg, id).await,
+        }
     }
 
     pub async fn get_run(&self, id: i64) -> Result<RunRow> {
-        self.read(move |c| sqlite::runs::get_run(c, id)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::runs::get_run(c, id)).await,
+            Db::Postgres(pg) => postgres::runs::get_run(pg, id).await,
+        }
     }
 
     /// Runs, newest first, optionally of one campaign.
     pub async fn list_runs(&self, campaign: Option<&str>, limit: u32) -> Result<Vec<RunRow>> {
         let campaign = campaign.map(str::to_string);
-        self.read(move |c| sqlite::runs::list_runs(c, campaign.as_deref(), limit)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::runs::list_runs(c, campaign.as_deref(), limit)).await,
+            Db::Postgres(pg) => postgres::runs::list_runs(pg, campaign.as_deref(), limit).await,
+        }
     }
 
     /// Runs that still have work: not finished and not cancelled.
     pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>> {
-        self.read(sqlite::runs::unfinished_runs).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, sqlite::runs::unfinished_runs).await,
+            Db::Postgres(pg) => postgres::runs::unfinished_runs(pg).await,
+        }
     }
 
     /// Import finished: the run is `active` (unless a user paused or cancelled
     /// it meanwhile).
     pub async fn finish_expansion(&self, id: i64, now: i64) -> Result<()> {
-        self.write(move |c| sqlite::runs::finish_expansion(c, id, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::runs::finish_expansion(c, id, now)).await,
+            Db::Postgres(pg) => postgres::runs::finish_expansion(pg, id, now).await,
+        }
     }
 
     /// Where an interrupted import resumes: the last CSV line it committed.
     pub async fn import_line(&self, id: i64) -> Result<u64> {
-        self.read(move |c| sqlite::runs::import_line(c, id)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::runs::import_line(c, id)).await,
+            Db::Postgres(pg) => postgres::runs::import_line(pg, id).await,
+        }
     }
 
     /// Moves run `id` from `from` to `to`, with a reason, only if it is still
@@ -260,16 +378,25 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         let reason = reason.map(str::to_string);
-        self.write(move |c| sqlite::runs::set_run_state(c, id, from, to, reason.as_deref(), now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::runs::set_run_state(c, id, from, to, reason.as_deref(), now)).await,
+            Db::Postgres(pg) => postgres::runs::set_run_state(pg, id, from, to, reason.as_deref(), now).await,
+        }
     }
 
     /// Marks the run finished when no job is open; returns whether it did.
     pub async fn finish_run_if_done(&self, id: i64, now: i64) -> Result<bool> {
-        self.write(move |c| sqlite::runs::finish_run_if_done(c, id, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::runs::finish_run_if_done(c, id, now)).await,
+            Db::Postgres(pg) => postgres::runs::finish_run_if_done(pg, id, now).await,
+        }
     }
 
     pub async fn run_counts(&self, id: i64) -> Result<RunCounts> {
-        self.read(move |c| sqlite::runs::run_counts(c, id)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::runs::run_counts(c, id)).await,
+            Db::Postgres(pg) => postgres::runs::run_counts(pg, id).await,
+        }
     }
 
     // Jobs.
@@ -284,7 +411,10 @@ impl Store {
         default_due: i64,
         now: i64,
     ) -> Result<BatchCounts> {
-        self.write(move |c| sqlite::jobs::import_batch(c, run_id, &rows, last_line, default_due, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::import_batch(c, run_id, &rows, last_line, default_due, now)).await,
+            Db::Postgres(pg) => postgres::jobs::import_batch(pg, run_id, &rows, last_line, default_due, now).await,
+        }
     }
 
     /// Claims up to `limit` due pending jobs of a run, marking them
@@ -300,7 +430,10 @@ impl Store {
         only_ambiguous: bool,
         limits: ContactLimits,
     ) -> Result<Vec<ClaimedJob>> {
-        self.write(move |c| sqlite::jobs::claim_due(c, run_id, now, limit, only_ambiguous, &limits)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::claim_due(c, run_id, now, limit, only_ambiguous, &limits)).await,
+            Db::Postgres(pg) => postgres::jobs::claim_due(pg, run_id, now, limit, only_ambiguous, &limits).await,
+        }
     }
 
     /// Records attempt outcomes and Studio calls in one transaction; returns
@@ -316,7 +449,10 @@ impl Store {
             return Ok(0);
         }
         let after = sqlite::millis(outcome_after);
-        self.write(move |c| sqlite::jobs::record_outcomes(c, &outcomes, &calls, after)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::record_outcomes(c, &outcomes, &calls, after)).await,
+            Db::Postgres(pg) => postgres::jobs::record_outcomes(pg, &outcomes, &calls, after).await,
+        }
     }
 
     // Outcomes.
@@ -324,17 +460,26 @@ impl Store {
     /// Sent jobs whose outcome is open and due by `now` (with `all`, due or
     /// not), optionally of one run, earliest due first.
     pub async fn due_outcomes(&self, run: Option<i64>, now: i64, limit: u32, all: bool) -> Result<Vec<OutcomeJob>> {
-        self.read(move |c| sqlite::jobs::due_outcomes(c, run, now, limit, all)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::due_outcomes(c, run, now, limit, all)).await,
+            Db::Postgres(pg) => postgres::jobs::due_outcomes(pg, run, now, limit, all).await,
+        }
     }
 
     /// How many sent jobs' outcomes are still open, optionally of one run.
     pub async fn open_outcomes(&self, run: Option<i64>) -> Result<i64> {
-        self.read(move |c| sqlite::jobs::open_outcomes(c, run)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::open_outcomes(c, run)).await,
+            Db::Postgres(pg) => postgres::jobs::open_outcomes(pg, run).await,
+        }
     }
 
     /// When the next open outcome is due, optionally of one run.
     pub async fn next_outcome_due(&self, run: Option<i64>) -> Result<Option<i64>> {
-        self.read(move |c| sqlite::jobs::next_outcome_due(c, run)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::next_outcome_due(c, run)).await,
+            Db::Postgres(pg) => postgres::jobs::next_outcome_due(pg, run).await,
+        }
     }
 
     /// Records what was read back from a job's Execution; `false` when the
@@ -346,52 +491,79 @@ impl Store {
         collected: CollectedOutcome,
         now: i64,
     ) -> Result<bool> {
-        self.write(move |c| sqlite::jobs::record_collected(c, job_id, state, &collected, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::record_collected(c, job_id, state, &collected, now)).await,
+            Db::Postgres(pg) => postgres::jobs::record_collected(pg, job_id, state, &collected, now).await,
+        }
     }
 
     /// Asks about a job's Execution again at `due_at`.
     pub async fn reschedule_outcome(&self, job_id: i64, due_at: i64, now: i64) -> Result<()> {
-        self.write(move |c| sqlite::jobs::reschedule_outcome(c, job_id, due_at, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::reschedule_outcome(c, job_id, due_at, now)).await,
+            Db::Postgres(pg) => postgres::jobs::reschedule_outcome(pg, job_id, due_at, now).await,
+        }
     }
 
     /// How often each value of outcome field `name` was given in a run (JSON
     /// text; `None`: no answer).
     pub async fn outcome_counts(&self, run_id: i64, name: &str) -> Result<Vec<(Option<String>, i64)>> {
         let name = name.to_string();
-        self.read(move |c| sqlite::jobs::outcome_counts(c, run_id, &name)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::outcome_counts(c, run_id, &name)).await,
+            Db::Postgres(pg) => postgres::jobs::outcome_counts(pg, run_id, &name).await,
+        }
     }
 
     /// Jobs left `dispatching` by a process that died: back to `pending`,
     /// marked ambiguous, so Studio is asked before any resend.
     pub async fn recover_dispatching(&self, run_id: i64, now: i64) -> Result<usize> {
-        self.write(move |c| sqlite::jobs::recover_dispatching(c, run_id, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::recover_dispatching(c, run_id, now)).await,
+            Db::Postgres(pg) => postgres::jobs::recover_dispatching(pg, run_id, now).await,
+        }
     }
 
     /// The earliest due time among a run's pending jobs not expired by `now`.
     pub async fn next_due_at(&self, run_id: i64, now: i64) -> Result<Option<i64>> {
-        self.read(move |c| sqlite::jobs::next_due_at(c, run_id, now)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::next_due_at(c, run_id, now)).await,
+            Db::Postgres(pg) => postgres::jobs::next_due_at(pg, run_id, now).await,
+        }
     }
 
     /// Settles a run's pending jobs whose `expires` has passed as `expired`, in
     /// bulk; expired jobs are never claimed, so they take no send slot.
     pub async fn expire_overdue(&self, run_id: i64, now: i64) -> Result<usize> {
-        self.write(move |c| sqlite::jobs::expire_overdue(c, run_id, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::expire_overdue(c, run_id, now)).await,
+            Db::Postgres(pg) => postgres::jobs::expire_overdue(pg, run_id, now).await,
+        }
     }
 
     /// One page of a run's jobs in id order after job id `after`, optionally in
     /// one state (keyset paging: stable while the run changes).
     pub async fn jobs_page(&self, run_id: i64, state: Option<JobState>, after: i64, limit: u32) -> Result<Vec<JobRow>> {
-        self.read(move |c| sqlite::jobs::jobs_page(c, run_id, state, after, limit)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::jobs_page(c, run_id, state, after, limit)).await,
+            Db::Postgres(pg) => postgres::jobs::jobs_page(pg, run_id, state, after, limit).await,
+        }
     }
 
     /// The latest jobs that ended failed, skipped or expired, across runs.
     pub async fn recent_problems(&self, limit: u32) -> Result<Vec<JobRow>> {
-        self.read(move |c| sqlite::jobs::recent_problems(c, limit)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::recent_problems(c, limit)).await,
+            Db::Postgres(pg) => postgres::jobs::recent_problems(pg, limit).await,
+        }
     }
 
     /// Jobs per state across every run (for metrics).
     pub async fn jobs_by_state(&self) -> Result<Vec<(JobState, i64)>> {
-        self.read(sqlite::jobs::jobs_by_state).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, sqlite::jobs::jobs_by_state).await,
+            Db::Postgres(pg) => postgres::jobs::jobs_by_state(pg).await,
+        }
     }
 
     /// Studio says Execution `sid` ended: record it on its job and make every
@@ -405,12 +577,18 @@ impl Store {
     ) -> Result<(usize, usize)> {
         let sid = sid.to_string();
         let reason = reason.map(str::to_string);
-        self.write(move |c| sqlite::jobs::record_execution_end(c, &sid, ended_at, reason.as_deref(), now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::record_execution_end(c, &sid, ended_at, reason.as_deref(), now)).await,
+            Db::Postgres(pg) => postgres::jobs::record_execution_end(pg, &sid, ended_at, reason.as_deref(), now).await,
+        }
     }
 
     /// The rows an import refused or found duplicated, in file order.
     pub async fn refused_rows(&self, run_id: i64) -> Result<Vec<RefusedRow>> {
-        self.read(move |c| sqlite::jobs::refused_rows(c, run_id)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::refused_rows(c, run_id)).await,
+            Db::Postgres(pg) => postgres::jobs::refused_rows(pg, run_id).await,
+        }
     }
 
     /// Records Studio calls made apart from a dispatch (an operator ending
@@ -419,7 +597,10 @@ impl Store {
         if calls.is_empty() {
             return Ok(());
         }
-        self.write(move |c| sqlite::jobs::record_outcomes(c, &[], &calls, 0).map(|_| ())).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::record_outcomes(c, &[], &calls, 0).map(|_| ())).await,
+            Db::Postgres(pg) => postgres::jobs::record_outcomes(pg, &[], &calls, 0).await.map(|_| ()),
+        }
     }
 
     /// The sent jobs that created Executions `sids`, by SID (a SID no job
@@ -428,18 +609,27 @@ impl Store {
         &self,
         sids: Vec<String>,
     ) -> Result<std::collections::HashMap<String, ExecutionJob>> {
-        self.read(move |c| sqlite::executions::jobs_for_executions(c, &sids)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::executions::jobs_for_executions(c, &sids)).await,
+            Db::Postgres(pg) => postgres::executions::jobs_for_executions(pg, &sids).await,
+        }
     }
 
     /// When the last of a run's Executions was created, at the latest (its
     /// latest `sent_at`); `None` when it sent nothing.
     pub async fn last_sent_at(&self, run_id: i64) -> Result<Option<i64>> {
-        self.read(move |c| sqlite::executions::last_sent_at(c, run_id)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::executions::last_sent_at(c, run_id)).await,
+            Db::Postgres(pg) => postgres::executions::last_sent_at(pg, run_id).await,
+        }
     }
 
     /// The audit trail of one job, oldest first.
     pub async fn calls_for_job(&self, job_id: i64) -> Result<Vec<CallSummary>> {
-        self.read(move |c| sqlite::jobs::calls_for_job(c, job_id)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::calls_for_job(c, job_id)).await,
+            Db::Postgres(pg) => postgres::jobs::calls_for_job(pg, job_id).await,
+        }
     }
 
     // Suppressions.
@@ -456,24 +646,36 @@ impl Store {
     ) -> Result<bool> {
         let (phone, scope, reason, source) =
             (phone.clone(), scope.clone(), reason.map(str::to_string), source.to_string());
-        self.write(move |c| sqlite::suppressions::add(c, &phone, &scope, reason.as_deref(), &source, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::suppressions::add(c, &phone, &scope, reason.as_deref(), &source, now)).await,
+            Db::Postgres(pg) => postgres::suppressions::add(pg, &phone, &scope, reason.as_deref(), &source, now).await,
+        }
     }
 
     /// Removes `phone` from the list, in one scope or in every scope.
     pub async fn unsuppress(&self, phone: &Phone, scope: Option<&Scope>) -> Result<usize> {
         let (phone, scope) = (phone.clone(), scope.cloned());
-        self.write(move |c| sqlite::suppressions::remove(c, &phone, scope.as_ref())).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::suppressions::remove(c, &phone, scope.as_ref())).await,
+            Db::Postgres(pg) => postgres::suppressions::remove(pg, &phone, scope.as_ref()).await,
+        }
     }
 
     /// Lifts `phone`'s scope-`all` entries that came from one of `sources`.
     pub async fn unsuppress_from(&self, phone: &Phone, sources: &'static [&'static str]) -> Result<usize> {
         let phone = phone.clone();
-        self.write(move |c| sqlite::suppressions::remove_from(c, &phone, sources)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::suppressions::remove_from(c, &phone, sources)).await,
+            Db::Postgres(pg) => postgres::suppressions::remove_from(pg, &phone, sources).await,
+        }
     }
 
     /// A page of the list, in the order entries were added, after entry `after`.
     pub async fn suppressions(&self, after: i64, limit: u32) -> Result<Vec<Suppression>> {
-        self.read(move |c| sqlite::suppressions::page(c, after, limit)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::suppressions::page(c, after, limit)).await,
+            Db::Postgres(pg) => postgres::suppressions::page(pg, after, limit).await,
+        }
     }
 
     /// The entry that keeps `phone` from a campaign, if any.
@@ -485,14 +687,20 @@ impl Store {
         channel: Channel,
     ) -> Result<Option<Suppression>> {
         let (phone, campaign) = (phone.to_string(), campaign.to_string());
-        self.read(move |c| sqlite::suppressions::covering(c, &phone, &campaign, kind, channel)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::suppressions::covering(c, &phone, &campaign, kind, channel)).await,
+            Db::Postgres(pg) => postgres::suppressions::covering(pg, &phone, &campaign, kind, channel).await,
+        }
     }
 
     /// What a create checks right before it goes out: the run's state and
     /// whether the contact is suppressed for its campaign.
     pub async fn before_create(&self, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
         let phone = phone.to_string();
-        self.read(move |c| sqlite::suppressions::before_create(c, run_id, &phone)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::suppressions::before_create(c, run_id, &phone)).await,
+            Db::Postgres(pg) => postgres::suppressions::before_create(pg, run_id, &phone).await,
+        }
     }
 
     // Campaigns.
@@ -500,29 +708,62 @@ impl Store {
     /// Records the campaign's current file, keeping its schedule's progress
     /// unless the schedule or zone changed.
     pub async fn upsert_campaign(&self, row: CampaignRow, now: i64) -> Result<()> {
-        self.write(move |c| sqlite::campaigns::upsert_campaign(c, &row, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::campaigns::upsert_campaign(c, &row, now)).await,
+            Db::Postgres(pg) => postgres::campaigns::upsert_campaign(pg, &row, now).await,
+        }
     }
 
     pub async fn get_campaign(&self, name: &str) -> Result<Option<CampaignRow>> {
         let name = name.to_string();
-        self.read(move |c| sqlite::campaigns::get_campaign(c, &name)).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::campaigns::get_campaign(c, &name)).await,
+            Db::Postgres(pg) => postgres::campaigns::get_campaign(pg, &name).await,
+        }
     }
 
     pub async fn list_campaigns(&self) -> Result<Vec<CampaignRow>> {
-        self.read(sqlite::campaigns::list_campaigns).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, sqlite::campaigns::list_campaigns).await,
+            Db::Postgres(pg) => postgres::campaigns::list_campaigns(pg).await,
+        }
     }
 
     /// Records that every tick up to `last_tick_at` is handled, and the next one.
     pub async fn set_ticks(&self, name: &str, last_tick_at: i64, next_fire_at: Option<i64>) -> Result<()> {
         let name = name.to_string();
-        self.write(move |c| sqlite::campaigns::set_ticks(c, &name, last_tick_at, next_fire_at)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::campaigns::set_ticks(c, &name, last_tick_at, next_fire_at)).await,
+            Db::Postgres(pg) => postgres::campaigns::set_ticks(pg, &name, last_tick_at, next_fire_at).await,
+        }
     }
 
     /// The campaign's file is gone: it fires no new runs.
     pub async fn mark_campaign_removed(&self, name: &str, now: i64) -> Result<()> {
         let name = name.to_string();
-        self.write(move |c| sqlite::campaigns::mark_campaign_removed(c, &name, now)).await
+        match &self.db {
+            Db::Sqlite(db) => write(db, move |c| sqlite::campaigns::mark_campaign_removed(c, &name, now)).await,
+            Db::Postgres(pg) => postgres::campaigns::mark_campaign_removed(pg, &name, now).await,
+        }
     }
+}
+
+/// Runs `f` with the SQLite writer connection on the blocking pool.
+async fn write<T: Send + 'static>(
+    db: &Arc<sqlite::Sqlite>,
+    f: impl FnOnce(&mut rusqlite::Connection) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let db = Arc::clone(db);
+    blocking(move || f(&mut db.writer())).await
+}
+
+/// Runs `f` with the SQLite reader connection on the blocking pool.
+async fn read<T: Send + 'static>(
+    db: &Arc<sqlite::Sqlite>,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let db = Arc::clone(db);
+    blocking(move || f(&db.reader())).await
 }
 
 /// Runs blocking ledger work on tokio's blocking pool.
@@ -538,9 +779,29 @@ mod tests {
     fn ledger_addresses_are_paths_or_sqlite_urls() {
         assert_eq!(Ledger::parse("flowcast.db").unwrap(), Ledger::Sqlite("flowcast.db".into()));
         assert_eq!(Ledger::parse("sqlite:///var/lib/f.db").unwrap(), Ledger::Sqlite("/var/lib/f.db".into()));
-        assert!(Ledger::parse("postgres://localhost/x").unwrap_err().contains("PostgreSQL"));
+        assert_eq!(Ledger::parse("postgres://u@localhost/x").unwrap(), Ledger::Postgres("postgres://u@localhost/x".into()));
+        let secret = Ledger::parse("postgresql://u:hunter2@db:5432/x").unwrap();
+        assert!(!secret.to_string().contains("hunter2") && !format!("{secret:?}").contains("hunter2"), "{secret}");
+        assert!(Ledger::parse("postgres://db:port/x").unwrap_err().contains("not a PostgreSQL URL"));
         assert!(Ledger::parse("mysql://x").unwrap_err().contains("unknown ledger scheme \"mysql\""));
         assert!(Ledger::parse(" ").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_postgres_ledger_opens_migrates_once_and_reopens() {
+        let Some(url) = postgres::test_ledger("postgres open").await else { return };
+        let ledger = Ledger::parse(&url).unwrap();
+        // Two instances starting at once: the migration is applied once.
+        let (a, b) = tokio::join!(Store::open(&ledger), Store::open(&ledger));
+        let (a, _b) = (a.unwrap(), b.unwrap());
+        assert!(a.is_shared());
+        assert!(a.is_writable().await);
+        assert_eq!(a.integrity_check().await.unwrap(), "ok");
+        let again = Store::open(&ledger).await.unwrap();
+        assert_eq!(again.integrity_check().await.unwrap(), "ok");
+        let bad = Ledger::parse("postgres://nobody:pw@127.0.0.1:1/none").unwrap();
+        let err = Store::open(&bad).await.err().expect("no server there").to_string();
+        assert!(err.contains("127.0.0.1:1") && !err.contains("pw@"), "{err}");
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 //! jobs, each its own short write, so dispatching and the API go on while a
 //! large run is purged; freed pages are reused by later runs without a VACUUM.
 
-use super::{Result, Store, sqlite};
+use super::{Db, Result, Store, postgres, read, sqlite, write};
 
 /// Jobs purged per write transaction: a few milliseconds of the writer each.
 const BATCH_JOBS: i64 = 2_000;
@@ -47,18 +47,29 @@ impl Store {
     /// Purges the personal data of every run over before `before` (Unix ms)
     /// and not purged yet, marking each purged at `now`.
     pub async fn purge(&self, before: i64, now: i64) -> Result<PurgeSummary> {
-        let runs = self.read(move |c| sqlite::purge::due_runs(c, before)).await?;
+        let runs = self.purge_due_runs(before).await?;
         let mut summary = PurgeSummary::default();
         if runs.is_empty() {
             return Ok(summary);
         }
-        let salt = self.read(sqlite::purge::salt).await?;
+        let salt = match &self.db {
+            Db::Sqlite(db) => read(db, sqlite::purge::salt).await?,
+            Db::Postgres(pg) => postgres::purge::salt(pg).await?,
+        };
         for run in runs {
-            let mut after = self.read(move |c| sqlite::purge::before_first_job(c, run)).await?;
+            let mut after = match &self.db {
+                Db::Sqlite(db) => read(db, move |c| sqlite::purge::before_first_job(c, run)).await?,
+                Db::Postgres(pg) => postgres::purge::before_first_job(pg, run).await?,
+            };
             let (mut jobs, mut calls, mut rows) = (0, 0, 0);
             loop {
-                let salt = salt.clone();
-                let batch = self.write(move |c| sqlite::purge::purge_jobs(c, run, &salt, after, BATCH_JOBS)).await?;
+                let batch = match &self.db {
+                    Db::Sqlite(db) => {
+                        let salt = salt.clone();
+                        write(db, move |c| sqlite::purge::purge_jobs(c, run, &salt, after, BATCH_JOBS)).await?
+                    }
+                    Db::Postgres(pg) => postgres::purge::purge_jobs(pg, run, &salt, after, BATCH_JOBS).await?,
+                };
                 jobs += batch.jobs;
                 calls += batch.calls;
                 match batch.last {
@@ -67,47 +78,67 @@ impl Store {
                 }
             }
             loop {
-                let deleted = self.write(move |c| sqlite::purge::purge_import_rows(c, run, BATCH_JOBS)).await?;
+                let deleted = match &self.db {
+                    Db::Sqlite(db) => write(db, move |c| sqlite::purge::purge_import_rows(c, run, BATCH_JOBS)).await?,
+                    Db::Postgres(pg) => postgres::purge::purge_import_rows(pg, run, BATCH_JOBS).await?,
+                };
                 rows += deleted;
                 if deleted < BATCH_JOBS as u64 {
                     break;
                 }
             }
             // `None`: another purge finished this run first; it counts it.
-            if let Some(run_calls) = self.write(move |c| sqlite::purge::finish(c, run, now)).await? {
+            let finished = match &self.db {
+                Db::Sqlite(db) => write(db, move |c| sqlite::purge::finish(c, run, now)).await?,
+                Db::Postgres(pg) => postgres::purge::finish(pg, run, now).await?,
+            };
+            if let Some(run_calls) = finished {
                 summary.runs += 1;
                 summary.jobs += jobs;
                 summary.studio_calls += calls + run_calls;
                 summary.import_rows += rows;
             }
         }
-        if summary.runs > 0 && !self.write(sqlite::purge::checkpoint).await? {
+        if let Db::Sqlite(db) = &self.db
+            && summary.runs > 0
+            && !write(db, sqlite::purge::checkpoint).await?
+        {
             tracing::info!("the write-ahead log is in use; the pages a purge replaced in it go as it is reused");
         }
         Ok(summary)
     }
 
+    async fn purge_due_runs(&self, before: i64) -> Result<Vec<i64>> {
+        match &self.db {
+            Db::Sqlite(db) => read(db, move |c| sqlite::purge::due_runs(c, before)).await,
+            Db::Postgres(pg) => postgres::purge::due_runs(pg, before).await,
+        }
+    }
+
     /// What [`purge`](Self::purge) would remove with the same cutoff; changes
     /// nothing.
     pub async fn purge_preview(&self, before: i64) -> Result<PurgeSummary> {
-        self.read(move |c| {
-            let mut summary = PurgeSummary::default();
-            for run in sqlite::purge::due_runs(c, before)? {
-                let (jobs, calls, rows) = sqlite::purge::count_run(c, run)?;
-                summary.runs += 1;
-                summary.jobs += jobs;
-                summary.studio_calls += calls;
-                summary.import_rows += rows;
-            }
-            Ok(summary)
-        })
-        .await
+        let mut summary = PurgeSummary::default();
+        for run in self.purge_due_runs(before).await? {
+            let (jobs, calls, rows) = match &self.db {
+                Db::Sqlite(db) => read(db, move |c| sqlite::purge::count_run(c, run)).await?,
+                Db::Postgres(pg) => postgres::purge::count_run(pg, run).await?,
+            };
+            summary.runs += 1;
+            summary.jobs += jobs;
+            summary.studio_calls += calls;
+            summary.import_rows += rows;
+        }
+        Ok(summary)
     }
 
-    /// Bytes the ledger's data takes (pages in use times the page size; free
-    /// pages, which SQLite reuses, not counted).
+    /// Bytes the ledger's data takes (SQLite: pages in use times the page
+    /// size, free pages not counted; PostgreSQL: the tables and indexes).
     pub async fn used_bytes(&self) -> Result<u64> {
-        self.read(sqlite::purge::used_bytes).await
+        match &self.db {
+            Db::Sqlite(db) => read(db, sqlite::purge::used_bytes).await,
+            Db::Postgres(pg) => postgres::purge::used_bytes(pg).await,
+        }
     }
 }
 

@@ -43,7 +43,7 @@ async fn named_flows_are_found_beside_the_campaigns_folder_from_any_directory() 
     app.write("r.toml", campaign_toml("c.csv", "").replace(FLOW, "reminder"));
     let elsewhere = tempfile::tempdir().unwrap();
     let campaigns = app.campaigns.to_str().unwrap();
-    let db = app.db.to_str().unwrap();
+    let db = app.ledger.as_str();
 
     let out = flowcast_in(elsewhere.path(), &["--db", db, "--campaigns", campaigns, "validate"]).await;
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));

@@ -22,7 +22,29 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub campaigns: PathBuf,
     pub flows: PathBuf,
+    /// The SQLite file, when the ledger is one.
     pub db: PathBuf,
+    /// The ledger's address as `--db` takes it: `db`, or a PostgreSQL schema of
+    /// this test's own when `FLOWCAST_TEST_BACKEND=postgres`.
+    pub ledger: String,
+}
+
+/// Whether this test run puts every ledger in PostgreSQL
+/// (`FLOWCAST_TEST_BACKEND=postgres`, with `FLOWCAST_TEST_POSTGRES` the server).
+pub fn on_postgres() -> bool {
+    std::env::var("FLOWCAST_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// A fresh PostgreSQL ledger for one test, made on a thread of its own so that
+/// it works from sync and async code alike.
+fn postgres_ledger() -> String {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(flowcast::store::postgres::test_ledger("TestApp"))
+    })
+    .join()
+    .unwrap()
+    .expect("FLOWCAST_TEST_BACKEND=postgres needs FLOWCAST_TEST_POSTGRES")
 }
 
 impl TestApp {
@@ -33,7 +55,8 @@ impl TestApp {
         std::fs::create_dir_all(&campaigns).unwrap();
         std::fs::create_dir_all(&flows).unwrap();
         let db = dir.path().join("flowcast.db");
-        TestApp { dir, campaigns, flows, db }
+        let ledger = if on_postgres() { postgres_ledger() } else { db.to_str().unwrap().to_string() };
+        TestApp { dir, campaigns, flows, db, ledger }
     }
 
     /// Writes a file under campaigns/.
@@ -48,7 +71,8 @@ impl TestApp {
     }
 
     pub async fn store(&self) -> Store {
-        Store::open_path(&self.db).await.expect("the ledger opens")
+        let ledger = flowcast::store::Ledger::parse(&self.ledger).expect("a ledger address");
+        Store::open(&ledger).await.expect("the ledger opens")
     }
 
     /// Every job of a run, in id order.
@@ -141,7 +165,7 @@ impl TestApp {
     pub fn spawn_flowcast(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowcast"));
         cmd.current_dir(self.dir.path())
-            .args(["--db", self.db.to_str().unwrap(), "--campaigns", self.campaigns.to_str().unwrap()])
+            .args(["--db", &self.ledger, "--campaigns", self.campaigns.to_str().unwrap()])
             .args(["--flows", self.flows.to_str().unwrap()])
             .args(args)
             .env_remove("RUST_LOG")
@@ -163,7 +187,7 @@ impl TestApp {
         cmd.current_dir(self.dir.path())
             .args([
                 "--db",
-                self.db.to_str().unwrap(),
+                &self.ledger,
                 "--campaigns",
                 self.campaigns.to_str().unwrap(),
                 "--flows",

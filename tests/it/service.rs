@@ -70,7 +70,7 @@ impl Served {
             }
         }
         cmd.current_dir(app.dir.path())
-            .args(["--db", app.db.to_str().unwrap(), "--campaigns", app.campaigns.to_str().unwrap()])
+            .args(["--db", &app.ledger, "--campaigns", app.campaigns.to_str().unwrap()])
             .args(["--flows", app.flows.to_str().unwrap(), "serve"])
             .env("FLOWCAST_STUDIO_URL", studio_url)
             .env("FLOWCAST_LISTEN", format!("127.0.0.1:{port}"))

@@ -12,7 +12,7 @@ pub(super) mod executions;
 pub(super) mod jobs;
 pub(super) mod lock;
 pub(super) mod outbox;
-pub(super) mod purge;
+pub(crate) mod purge;
 pub(super) mod pushed;
 pub(super) mod runs;
 pub(super) mod suppressions;

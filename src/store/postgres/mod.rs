@@ -1,0 +1,202 @@
+//! The PostgreSQL backend: a ledger several flowcast instances share.
+//!
+//! tokio-postgres is the client, with deadpool-postgres for the pool: both are
+//! async (no blocking pool between the dispatcher and the database), widely
+//! used and kept up, and plain SQL strings with `$n` parameters keep this
+//! module a line-by-line twin of the SQLite one. Each function here mirrors
+//! its namesake under `sqlite/`; what differs is said where it differs:
+//! claims take rows with `FOR UPDATE SKIP LOCKED` instead of SQLite's single
+//! writer, and the per-contact checks that SQLite serialises with its write
+//! lock take a transaction-scoped advisory lock instead.
+//!
+//! Migrations are applied at open, inside one transaction holding an advisory
+//! lock, so instances starting together apply each migration once.
+
+pub(crate) mod campaigns;
+pub(crate) mod executions;
+pub(crate) mod jobs;
+pub(crate) mod outbox;
+pub(crate) mod purge;
+pub(crate) mod pushed;
+pub(crate) mod runs;
+pub(crate) mod suppressions;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::{Result, StoreError};
+
+/// The migrations, in order; each is applied once, whole or not at all.
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_ledger.sql")];
+
+/// An open PostgreSQL ledger: a pool of connections.
+pub(crate) struct Pg {
+    pool: Pool,
+    address: String,
+}
+
+/// Checks a `postgres://` URL enough to report a mistake at start-up rather
+/// than at the first connection.
+pub(super) fn check_url(url: &str) -> std::result::Result<(), String> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| format!("{}: not a PostgreSQL URL ({e}); e.g. postgres://user@host:5432/dbname", redact(url)))
+}
+
+/// The URL without its password, for logs and errors.
+pub(super) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+    .replace_password_query()
+}
+
+trait RedactQuery {
+    fn replace_password_query(self) -> String;
+}
+
+impl RedactQuery for String {
+    /// `?password=…` in the query is a password too.
+    fn replace_password_query(self) -> String {
+        match self.split_once('?') {
+            Some((head, query)) => {
+                let parts: Vec<String> = query
+                    .split('&')
+                    .map(|p| if p.starts_with("password=") { "password=***".to_string() } else { p.to_string() })
+                    .collect();
+                format!("{head}?{}", parts.join("&"))
+            }
+            None => self,
+        }
+    }
+}
+
+impl Pg {
+    /// Connects to and migrates the ledger at `url`.
+    pub(crate) async fn open(url: &str) -> Result<Self> {
+        let address = redact(url);
+        let connect = |message: String| StoreError::Connect { address: address.clone(), message };
+        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| connect(e.to_string()))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| connect(e.to_string()))?;
+        let pg = Pg { pool, address: address.clone() };
+        let mut client = pg.pool.get().await.map_err(|e| connect(e.to_string()))?;
+        migrate(&mut client).await.map_err(|e| connect(format!("migration failed: {e}")))?;
+        Ok(pg)
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// `true` when the ledger answers and accepts a write.
+    pub(crate) async fn is_writable(&self) -> bool {
+        let Ok(client) = self.client().await else { return false };
+        client.batch_execute("BEGIN; SELECT 1 FROM ledger_meta FOR UPDATE; ROLLBACK;").await.is_ok()
+    }
+
+    /// The server keeps its own consistency; what can be checked from here
+    /// is that the ledger's tables are all there and readable.
+    pub(crate) async fn integrity_check(&self) -> Result<String> {
+        let client = self.client().await?;
+        client
+            .batch_execute(
+                "SELECT 1 FROM runs LIMIT 1; SELECT 1 FROM jobs LIMIT 1; SELECT 1 FROM campaigns LIMIT 1; \
+                 SELECT 1 FROM suppressions LIMIT 1; SELECT 1 FROM outbox LIMIT 1;",
+            )
+            .await?;
+        Ok("ok".into())
+    }
+}
+
+async fn migrate(client: &mut deadpool_postgres::Object) -> std::result::Result<(), String> {
+    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    // One lock per schema: instances starting together wait for the first to
+    // migrate; ledgers in other schemas of the same database do not.
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('flowcast migrate ' || current_schema()))", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS flowcast_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let row = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM flowcast_migrations", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let applied: i32 = row.get(0);
+    if applied as usize > MIGRATIONS.len() {
+        return Err(format!(
+            "the ledger is at migration {applied}, newer than this flowcast knows ({}); upgrade flowcast",
+            MIGRATIONS.len()
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        tx.batch_execute(sql).await.map_err(|e| format!("migration {}: {e}", i + 1))?;
+        tx.execute("INSERT INTO flowcast_migrations (version) VALUES ($1)", &[&((i + 1) as i32)])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
+/// A millisecond count or other `u64` as PostgreSQL's BIGINT.
+pub(super) fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Reads a text column into its domain type; a value the type refuses means
+/// the ledger was changed by hand or by a newer flowcast.
+pub(super) fn parsed<T: std::str::FromStr<Err = String>>(row: &tokio_postgres::Row, idx: usize) -> Result<T> {
+    let text: String = row.try_get(idx)?;
+    text.parse::<T>().map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(redact("postgres://u@db/x?password=secret&sslmode=disable"), "postgres://u@db/x?password=***&sslmode=disable");
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+    }
+}
+
+/// A fresh ledger in a schema of its own on the test server named by
+/// `FLOWCAST_TEST_POSTGRES`, as a `postgres://` address; `None` (and a line
+/// saying why) when that variable is unset.
+pub async fn test_ledger(label: &str) -> Option<String> {
+    let Ok(base) = std::env::var("FLOWCAST_TEST_POSTGRES") else {
+        eprintln!("skipped ({label}): FLOWCAST_TEST_POSTGRES is unset; set it to a PostgreSQL URL to run this test");
+        return None;
+    };
+    let schema = format!("t_{}_{:x}", std::process::id(), rand::random::<u64>());
+    let (client, connection) =
+        tokio_postgres::connect(&base, NoTls).await.unwrap_or_else(|e| panic!("FLOWCAST_TEST_POSTGRES: {e}"));
+    let task = tokio::spawn(connection);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("a test schema");
+    drop(client);
+    let _ = task.await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
