@@ -29,10 +29,33 @@ use super::{Result, StoreError};
 /// The migrations, in order; each is applied once, whole or not at all.
 const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_ledger.sql")];
 
+/// How long a claim, an import or the leader role holds without renewal:
+/// an instance renews its own every second, so one that died is taken over
+/// within this time.
+pub(crate) const LEASE_MS: i64 = 5_000;
+
 /// An open PostgreSQL ledger: a pool of connections.
 pub(crate) struct Pg {
     pool: Pool,
     address: String,
+    /// This instance's name (`FLOWCAST_INSTANCE`, else host:pid): the owner
+    /// written on its claims and leases.
+    pub(crate) instance: String,
+}
+
+/// `FLOWCAST_INSTANCE`, or `host:pid`.
+fn instance_name() -> String {
+    if let Ok(name) = std::env::var("FLOWCAST_INSTANCE")
+        && !name.trim().is_empty()
+    {
+        return name.trim().to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Checks a `postgres://` URL enough to report a mistake at start-up rather
@@ -91,7 +114,7 @@ impl Pg {
             .max_size(16)
             .build()
             .map_err(|e| connect(e.to_string()))?;
-        let pg = Pg { pool, address: address.clone() };
+        let pg = Pg { pool, address: address.clone(), instance: instance_name() };
         let mut client = pg.pool.get().await.map_err(|e| connect(e.to_string()))?;
         migrate(&mut client).await.map_err(|e| connect(format!("migration failed: {e}")))?;
         Ok(pg)
