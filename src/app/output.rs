@@ -115,8 +115,23 @@ pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -
         runs.push(views::run(&run, &counts, &outcomes));
     }
     let outbox = store.outbox_counts().await.map_err(Failure::input)?;
+    let instances: Vec<serde_json::Value> = store
+        .instances(now.timestamp_millis())
+        .await
+        .map_err(Failure::input)?
+        .iter()
+        .map(|i| {
+            json!({
+                "name": i.name, "leader": i.leader, "seen_at": views::time(i.seen_at),
+                "address": i.address, "campaigns_differ": i.differs,
+            })
+        })
+        .collect();
     if as_json {
-        let body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs, "notify": outbox });
+        let mut body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs, "notify": outbox });
+        if store.is_shared() {
+            body["instances"] = json!(instances);
+        }
         println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
         return Ok(0);
     }
@@ -169,6 +184,26 @@ pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -
         );
         for (name, summary) in r["outcomes"].as_object().into_iter().flatten() {
             let _ = writeln!(out, "         {name}: {}", outcome_line(summary));
+        }
+    }
+    if store.is_shared() {
+        let _ = writeln!(out, "INSTANCES");
+        if instances.is_empty() {
+            let _ = writeln!(out, "  (none live)");
+        }
+        for i in &instances {
+            let differs = i["campaigns_differ"].as_array().filter(|d| !d.is_empty()).map(|d| {
+                let names: Vec<&str> = d.iter().filter_map(|v| v.as_str()).collect();
+                format!("  campaign files differ from the version in force: {}", names.join(", "))
+            });
+            let _ = writeln!(
+                out,
+                "  {:<28} {:<8} seen {}{}",
+                i["name"].as_str().unwrap_or_default(),
+                if i["leader"].as_bool() == Some(true) { "leader" } else { "" },
+                i["seen_at"].as_str().unwrap_or_default(),
+                differs.unwrap_or_default()
+            );
         }
     }
     if outbox != Default::default() {

@@ -47,14 +47,16 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
         retention: config.retention,
         ..ServiceSettings::default()
     };
-    let service = Arc::new(Service::new(
+    let mut service = Service::new(
         store,
         dispatcher,
         Arc::new(SystemClock),
         folders(config),
         settings,
         Box::new(resolver(config, &studio)) as Box<dyn FlowResolver>,
-    ));
+    );
+    service.address = Some(format!("http://{listen}"));
+    let service = Arc::new(service);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))
@@ -92,7 +94,12 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
             token.cancel();
         })
     };
-    let delivering = tokio::spawn(deliverer.run(shutdown.clone()));
+    // Several instances: the leader alone delivers, so an event goes out once.
+    let delivering = tokio::spawn(crate::service::cluster::while_leading(
+        service.watch_leading(),
+        shutdown.clone(),
+        move |token| deliverer.clone().run(token),
+    ));
     Arc::clone(&service).run_loops(shutdown.clone()).await;
     shutdown.cancel();
     signal.abort();

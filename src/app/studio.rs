@@ -110,7 +110,7 @@ pub(super) fn dispatcher(config: &Config, store: &Store, studio: &StudioHandle) 
         Arc::new(studio.client.clone()),
         Arc::new(SystemClock),
         settings,
-        Arc::new(RateLimits::new(config.rate)),
+        Arc::new(RateLimits::for_store(config.rate, store)),
     )
 }
 

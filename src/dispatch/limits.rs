@@ -159,9 +159,128 @@ impl Pacer {
     }
 }
 
+/// How late a slot of the shared grid may be used. Slots are a period
+/// (1 % over `1 s / rate`) apart, so creates sent up to ~10 ms after their
+/// slots still fit the cap in every one-second window; half of that is kept
+/// for the way to Studio.
+const SHARED_TOLERANCE: Duration = Duration::from_millis(5);
+
+/// The account's pace when several instances share a PostgreSQL ledger: send
+/// slots come from one grid in the ledger, reserved a few at a time, so the
+/// instances together keep to the rate. A slot this instance reaches too late
+/// is dropped, not used late, since another instance may be using the next.
+pub struct SharedGrid {
+    store: crate::store::Store,
+    key: String,
+    period: Duration,
+    batch: usize,
+    /// Slots reserved and not used yet, earliest first.
+    slots: Mutex<VecDeque<Instant>>,
+    /// One reservation at a time.
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl SharedGrid {
+    pub fn new(store: crate::store::Store, per_second: u32) -> Self {
+        let pacer = Pacer::new(per_second);
+        // About 50 ms of slots per reservation: few round trips, little left
+        // unused when this instance runs out of work.
+        let batch = (per_second as usize / 20).clamp(1, 500);
+        SharedGrid {
+            store,
+            key: "account".into(),
+            period: pacer.period,
+            batch,
+            slots: Mutex::new(VecDeque::new()),
+            refill: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Instant>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next slot still usable at `now` (dropping those gone by).
+    fn next_usable(slots: &mut VecDeque<Instant>, now: Instant) -> Option<Instant> {
+        while slots.front().is_some_and(|&s| s + SHARED_TOLERANCE < now) {
+            slots.pop_front();
+        }
+        slots.front().copied()
+    }
+
+    /// Takes a slot due now, if this instance holds one.
+    fn try_acquire(&self) -> bool {
+        let mut slots = self.lock();
+        let now = Instant::now();
+        match Self::next_usable(&mut slots, now) {
+            Some(slot) if slot <= now => {
+                slots.pop_front();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits for this instance's next slot, reserving more when it has none.
+    async fn until_ready(&self) {
+        loop {
+            let next = {
+                let mut slots = self.lock();
+                let slot = Self::next_usable(&mut slots, Instant::now());
+                if slot.is_some() {
+                    slots.pop_front();
+                }
+                slot
+            };
+            if let Some(slot) = next {
+                tokio::time::sleep_until(slot).await;
+                if Instant::now() <= slot + SHARED_TOLERANCE {
+                    return;
+                }
+                // Woken too late for this slot: take the next.
+                continue;
+            }
+            let _one = self.refill.lock().await;
+            if !self.lock().is_empty() {
+                continue;
+            }
+            let period_us = i64::try_from(self.period.as_micros()).unwrap_or(i64::MAX);
+            match self.store.reserve_slots(&self.key, self.batch as i64, period_us).await {
+                Ok(Some((first_us, server_now_us))) => {
+                    // The server's clock, read as this one's: the reply's way
+                    // back makes each slot look a little earlier than it is,
+                    // which only makes this instance send a little later.
+                    let base = Instant::now();
+                    let mut slots = self.lock();
+                    for i in 0..self.batch as i64 {
+                        let offset = first_us + i * period_us - server_now_us;
+                        let at = if offset >= 0 {
+                            base + Duration::from_micros(offset as u64)
+                        } else {
+                            base.checked_sub(Duration::from_micros(offset.unsigned_abs())).unwrap_or(base)
+                        };
+                        slots.push_back(at);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // No ledger, no send: wait and ask again.
+                    tracing::warn!(error = %e, "cannot reserve send slots from the ledger; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
 /// The limits shared by every run a process dispatches.
 pub struct RateLimits {
     account: Pacer,
+    /// Several instances share the account's pace through the ledger.
+    shared: Option<SharedGrid>,
+    /// Live instances sharing the ledger: each paces a campaign's own `rate`
+    /// at its share.
+    instances: std::sync::atomic::AtomicU32,
     /// Account-wide send slots handed out so far.
     granted: std::sync::atomic::AtomicU64,
     campaigns: Mutex<HashMap<(String, u32), Arc<Pacer>>>,
@@ -173,10 +292,28 @@ impl RateLimits {
     pub fn new(account_per_second: u32) -> Self {
         RateLimits {
             account: Pacer::new(account_per_second),
+            shared: None,
+            instances: std::sync::atomic::AtomicU32::new(1),
             granted: std::sync::atomic::AtomicU64::new(0),
             campaigns: Mutex::new(HashMap::new()),
             held_until: Mutex::new(None),
         }
+    }
+
+    /// The account's pace shared with the other instances on `store`'s
+    /// ledger (a SQLite ledger has no others: the local pacer does).
+    pub fn for_store(account_per_second: u32, store: &crate::store::Store) -> Self {
+        let mut limits = Self::new(account_per_second);
+        if store.is_shared() {
+            limits.shared = Some(SharedGrid::new(store.clone(), account_per_second));
+        }
+        limits
+    }
+
+    /// How many instances share the ledger now (at least one).
+    pub fn set_instances(&self, n: usize) {
+        let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        self.instances.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Studio said 429: hold every create for `delay` (extending, never
@@ -200,7 +337,10 @@ impl RateLimits {
         if let Some(pacer) = self.campaign_pacer(campaign, campaign_rate) {
             pacer.until_ready().await;
         }
-        self.account.until_ready().await;
+        match &self.shared {
+            Some(grid) => grid.until_ready().await,
+            None => self.account.until_ready().await,
+        }
         self.granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -216,9 +356,21 @@ impl RateLimits {
         if held.is_some_and(|until| until > Instant::now()) {
             return false;
         }
-        let taken = match self.campaign_pacer(campaign, campaign_rate) {
-            Some(pacer) => Pacer::try_acquire_both(&pacer, &self.account),
-            None => self.account.try_acquire(),
+        let taken = match (&self.shared, self.campaign_pacer(campaign, campaign_rate)) {
+            // A shared slot is taken only when the campaign has one too.
+            (Some(grid), Some(pacer)) => {
+                let mut state = pacer.lock();
+                let slot = pacer.next_slot(&state, Instant::now());
+                if slot.at <= Instant::now() && grid.try_acquire() {
+                    pacer.take(&mut state, slot);
+                    true
+                } else {
+                    false
+                }
+            }
+            (Some(grid), None) => grid.try_acquire(),
+            (None, Some(pacer)) => Pacer::try_acquire_both(&pacer, &self.account),
+            (None, None) => self.account.try_acquire(),
         };
         if taken {
             self.granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -227,7 +379,8 @@ impl RateLimits {
     }
 
     fn campaign_pacer(&self, campaign: &str, rate: Option<u32>) -> Option<Arc<Pacer>> {
-        let rate = rate?;
+        // With several instances, each paces its share of the campaign's rate.
+        let rate = (rate? / self.instances.load(std::sync::atomic::Ordering::Relaxed).max(1)).max(1);
         let mut map = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
         Some(Arc::clone(map.entry((campaign.to_string(), rate)).or_insert_with(|| Arc::new(Pacer::new(rate)))))
     }

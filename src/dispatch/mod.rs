@@ -215,6 +215,11 @@ impl<S: StudioApi> Dispatcher<S> {
     }
 
     /// The Studio this dispatcher calls.
+    /// The rate limits every run shares.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
     pub fn studio(&self) -> Arc<S> {
         Arc::clone(&self.studio)
     }
@@ -245,6 +250,21 @@ impl<S: StudioApi> Dispatcher<S> {
     /// ones. With a controllable clock, tests step through time with this.
     pub async fn run_until_idle(&self, run_id: i64) -> Result<RunEnd, DispatchError> {
         self.run(run_id, true).await
+    }
+
+    /// Jobs another instance claimed and whose lease ran out (it died with
+    /// their creates out) go back to pending as ambiguous, to be reconciled
+    /// with Studio before anything is resent.
+    async fn take_over_expired(&self, run_id: i64) -> Result<usize, DispatchError> {
+        let taken = self.store.recover_dispatching(run_id, self.now_ms()).await?;
+        if taken > 0 {
+            tracing::warn!(
+                run = run_id,
+                jobs = taken,
+                "jobs of an instance that stopped renewing its claims; reconciling them with Studio"
+            );
+        }
+        Ok(taken)
     }
 
     async fn run(&self, run_id: i64, stop_when_idle: bool) -> Result<RunEnd, DispatchError> {
@@ -326,6 +346,9 @@ impl<S: StudioApi> Dispatcher<S> {
             self.flush(&mut settled).await?;
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 self.sweep_expired(run_id).await?;
+                if self.store.is_shared() && self.take_over_expired(run_id).await? > 0 {
+                    reconciling = true;
+                }
                 last_sweep = std::time::Instant::now();
             }
             if tasks.is_empty() {
@@ -350,8 +373,24 @@ impl<S: StudioApi> Dispatcher<S> {
                     None => {
                         // What is left pending has expired: settle it, then finish.
                         self.sweep_expired(run_id).await?;
-                        self.store.finish_run_if_done(run_id, self.now_ms()).await?;
-                        return Ok(RunEnd::Finished(self.store.run_counts(run_id).await?));
+                        let finished = self.store.finish_run_if_done(run_id, self.now_ms()).await?;
+                        if finished || !self.store.is_shared() {
+                            return Ok(RunEnd::Finished(self.store.run_counts(run_id).await?));
+                        }
+                        // Other instances still have creates of this run out:
+                        // wait for their outcomes, or for their leases to run
+                        // out (they died) and take their jobs over.
+                        if stop_when_idle {
+                            return Ok(RunEnd::Idle { next_due_at: self.now_ms() });
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.settings.idle_poll.max(Duration::from_millis(100))) => {}
+                            _ = self.shutdown.cancelled() => {}
+                            _ = self.wake.notified() => {}
+                        }
+                        if self.take_over_expired(run_id).await? > 0 {
+                            reconciling = true;
+                        }
                     }
                     Some(due) if stop_when_idle && due > self.now_ms() => {
                         return Ok(RunEnd::Idle { next_due_at: due });

@@ -70,6 +70,7 @@ fn jittered(delay: Duration) -> Duration {
 }
 
 /// Delivers the outbox until shut down.
+#[derive(Clone)]
 pub struct Deliverer {
     store: Store,
     client: reqwest::Client,

@@ -16,6 +16,7 @@
 //!   [`listen`].
 
 mod api_runs;
+pub mod cluster;
 mod guard;
 mod http;
 mod listen;
@@ -98,6 +99,12 @@ pub struct Service<S: StudioApi> {
     /// Woken when something may have become dispatchable (a resume, a new run).
     pub wake: tokio::sync::Notify,
     events: tokio::sync::broadcast::Sender<ServiceEvent>,
+    /// Whether this instance leads (see [`cluster`]).
+    leading: tokio::sync::watch::Sender<bool>,
+    /// When this instance last renewed its leases (Unix ms; 0: never).
+    renewed_at: std::sync::atomic::AtomicI64,
+    /// Where this instance's API listens, as other instances are told.
+    pub address: Option<String>,
 }
 
 impl<S: StudioApi> Service<S> {
@@ -109,6 +116,7 @@ impl<S: StudioApi> Service<S> {
         settings: ServiceSettings,
         resolver: Box<dyn FlowResolver>,
     ) -> Self {
+        let store_shared = store.is_shared();
         let collector =
             Arc::new(Collector::new(store.clone(), dispatcher.studio(), Arc::clone(&clock), settings.collect.clone()));
         Service {
@@ -124,6 +132,11 @@ impl<S: StudioApi> Service<S> {
             imports: Imports::default(),
             wake: tokio::sync::Notify::new(),
             events: tokio::sync::broadcast::channel(256).0,
+            // One process on a SQLite ledger leads; on a shared ledger the
+            // role is taken first.
+            leading: tokio::sync::watch::Sender::new(!store_shared),
+            renewed_at: std::sync::atomic::AtomicI64::new(0),
+            address: None,
         }
     }
 
@@ -148,6 +161,12 @@ impl<S: StudioApi> Service<S> {
     /// The campaigns currently in force (the last valid version of each file).
     pub fn campaigns(&self) -> Vec<Campaign> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner()).campaigns()
+    }
+
+    /// Forgets what the folder held, so that the next scan reads every file
+    /// as new (a new leader publishes its folder afresh).
+    fn forget_scans(&self) {
+        *self.registry.lock().unwrap_or_else(|e| e.into_inner()) = Registry::default();
     }
 
     /// Files whose current content is refused, with their problems.

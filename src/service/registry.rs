@@ -51,6 +51,11 @@ impl Registry {
         self.entries.values().filter_map(|e| e.valid.as_ref().map(|(c, _)| c.clone())).collect()
     }
 
+    /// (campaign name, content hash) of each campaign in force.
+    pub fn hashes(&self) -> Vec<(String, String)> {
+        self.entries.values().filter_map(|e| e.valid.as_ref().map(|(c, h)| (c.name.clone(), h.clone()))).collect()
+    }
+
     /// Files whose current content is refused (their previous valid version, if
     /// any, is still among [`campaigns`](Self::campaigns)).
     pub fn refused(&self) -> Vec<(PathBuf, CampaignError)> {

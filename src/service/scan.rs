@@ -26,9 +26,22 @@ impl<S: StudioApi> Service<S> {
         };
         let now = self.now();
         let mut started = Vec::new();
+        // Several instances: each says what its folder holds; the leader alone
+        // publishes campaigns into the ledger and starts runs from files.
+        let leader = self.is_leader();
+        if self.store.is_shared() {
+            let held = self.registry.lock().unwrap_or_else(|e| e.into_inner()).hashes();
+            if let Err(e) = self.store.record_folder(held, now.timestamp_millis()).await {
+                tracing::warn!(error = %e, "cannot record this instance's campaign files in the ledger");
+            }
+        }
         for change in changes {
             match change {
                 ScanChange::Loaded { campaign, hash, previous } => {
+                    if !leader {
+                        tracing::info!(campaign = %campaign.name, file = %campaign.source.display(), "campaign read (the leader publishes it)");
+                        continue;
+                    }
                     tracing::info!(campaign = %campaign.name, file = %campaign.source.display(), changed = previous.is_some(), "campaign loaded");
                     for warning in &campaign.warnings {
                         tracing::warn!("{warning}");
@@ -66,6 +79,9 @@ impl<S: StudioApi> Service<S> {
                     }
                 }
                 ScanChange::Removed { name, file } => {
+                    if !leader {
+                        continue;
+                    }
                     tracing::info!(campaign = %name, file = %file.display(), "campaign file removed; no new runs will fire, started runs finish");
                     if let Err(e) = self.store.mark_campaign_removed(&name, now.timestamp_millis()).await {
                         tracing::error!(campaign = %name, error = %e, "cannot record the removal");

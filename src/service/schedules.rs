@@ -19,6 +19,10 @@ impl<S: StudioApi> Service<S> {
     /// `catch_up`); logs and skips older ones. Returns the runs started.
     pub async fn fire_schedules(&self, now: DateTime<Utc>) -> Vec<i64> {
         let mut started = Vec::new();
+        // Several instances: the leader alone fires.
+        if !self.is_leader() {
+            return started;
+        }
         for campaign in self.campaigns() {
             let Some(schedule) = campaign.schedule.as_deref() else { continue };
             if !campaign.enabled {

@@ -40,8 +40,24 @@ impl<S: StudioApi> Service<S> {
                 return None;
             }
         };
-        self.imports.spawn(&self.store, campaign, id, Arc::clone(&self.clock));
+        self.import_if_mine(campaign, id).await;
         Some(id)
+    }
+
+    /// Imports run `id` here, unless another instance sharing the ledger
+    /// holds its import (it resumes here only if that one stops renewing it).
+    async fn import_if_mine(&self, campaign: &Campaign, id: i64) -> bool {
+        match self.store.claim_import(id, self.now_ms()).await {
+            Ok(true) => {
+                self.imports.spawn(&self.store, campaign, id, Arc::clone(&self.clock));
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::error!(run = id, error = %e, "cannot take the run's import");
+                false
+            }
+        }
     }
 
     /// Runs left `expanding` with no import in progress (a crash mid-import, or
@@ -63,8 +79,12 @@ impl<S: StudioApi> Service<S> {
             }
             match self.campaigns().into_iter().find(|c| c.name == run.campaign) {
                 Some(c) => {
-                    tracing::warn!(run = run.id, campaign = %c.name, "run's import was interrupted; resuming it");
-                    self.imports.spawn(&self.store, &c, run.id, Arc::clone(&self.clock));
+                    if self.import_if_mine(&c, run.id).await {
+                        tracing::warn!(run = run.id, campaign = %c.name, "run's import was interrupted; resuming it");
+                    }
+                }
+                None if self.store.is_shared() && !self.is_leader() => {
+                    // Another instance may have the file: the leader decides.
                 }
                 None => {
                     let reason = "import interrupted and the campaign file is gone";
@@ -116,7 +136,16 @@ impl<S: StudioApi> Service<S> {
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<()>(16);
         let _watcher = watch_folder(&self.folders.campaigns, events_tx);
         let mut tasks = tokio::task::JoinSet::new();
-        let collecting = tokio::spawn(Arc::clone(&self.collector).run(shutdown.clone()));
+        let collecting = {
+            let collector = Arc::clone(&self.collector);
+            tokio::spawn(super::cluster::while_leading(self.watch_leading(), shutdown.clone(), move |token| {
+                Arc::clone(&collector).run(token)
+            }))
+        };
+        let alive = self
+            .store
+            .is_shared()
+            .then(|| tokio::spawn(Arc::clone(&self).keep_alive(self.address.clone(), shutdown.clone())));
         let purging =
             self.settings.retention.map(|r| tokio::spawn(Arc::clone(&self).keep_purging(r, shutdown.clone())));
         self.recover_imports().await;
@@ -155,6 +184,9 @@ impl<S: StudioApi> Service<S> {
         self.dispatcher.shutdown_token().cancel();
         while tasks.join_next().await.is_some() {}
         let _ = collecting.await;
+        if let Some(alive) = alive {
+            let _ = alive.await;
+        }
         if let Some(purging) = purging {
             let _ = purging.await;
         }

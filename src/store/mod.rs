@@ -25,7 +25,7 @@ use crate::domain::{
 pub use purge::PurgeSummary;
 pub use sqlite::lock::LockError;
 pub use types::{
-    BatchCounts, CallSummary, CampaignRow, ClaimedJob, ExecutionJob, JobRow, NewRun, OutboxCounts, OutboxEvent,
+    BatchCounts, CallSummary, CampaignRow, InstanceRow, ClaimedJob, ExecutionJob, JobRow, NewRun, OutboxCounts, OutboxEvent,
     OutcomeJob, PushOutcome, PushResult, PushRow, RefusedRow, RunCounts, RunRow, SettledJob, StudioCall, Suppression,
 };
 
@@ -126,6 +126,16 @@ impl fmt::Display for Ledger {
 #[derive(Debug)]
 pub struct DispatchLock {
     _lock: Option<sqlite::lock::LedgerLock>,
+    /// Renews this process's leases on a shared ledger.
+    renewing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for DispatchLock {
+    fn drop(&mut self) {
+        if let Some(task) = self.renewing.take() {
+            task.abort();
+        }
+    }
 }
 
 /// A handle on the ledger; cheap to clone, safe to share between tasks.
@@ -173,9 +183,23 @@ impl Store {
                 let path = db.path().to_path_buf();
                 let what = what.to_string();
                 let lock = blocking(move || Ok(sqlite::lock::LedgerLock::acquire(&path, &what)?)).await?;
-                Ok(DispatchLock { _lock: Some(lock) })
+                Ok(DispatchLock { _lock: Some(lock), renewing: None })
             }
-            Db::Postgres(_) => Ok(DispatchLock { _lock: None }),
+            Db::Postgres(pg) => {
+                // Nothing to lock; what this process claims holds by its
+                // leases, renewed every second while the lock is held.
+                let pg = Arc::clone(pg);
+                let renewing = tokio::spawn(async move {
+                    loop {
+                        let now = chrono::Utc::now().timestamp_millis();
+                        if let Err(e) = postgres::cluster::renew_leases(&pg, now).await {
+                            tracing::warn!(error = %e, "cannot renew this instance's leases in the ledger");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                });
+                Ok(DispatchLock { _lock: None, renewing: Some(renewing) })
+            }
         }
     }
 
@@ -222,6 +246,74 @@ impl Store {
         match &self.db {
             Db::Sqlite(db) => write(db, f).await,
             Db::Postgres(_) => panic!("a test that writes SQLite directly needs a SQLite ledger"),
+        }
+    }
+
+    // Instances sharing the ledger (PostgreSQL; a SQLite ledger has one
+    // process, which always leads).
+
+    /// This instance's name on a shared ledger.
+    pub fn instance(&self) -> Option<&str> {
+        match &self.db {
+            Db::Sqlite(_) => None,
+            Db::Postgres(pg) => Some(&pg.instance),
+        }
+    }
+
+    /// Renews this instance's row in the ledger (a shared ledger's list of
+    /// live instances).
+    pub async fn announce(&self, address: Option<&str>, leader: bool, now: i64) -> Result<()> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(pg) => postgres::cluster::announce(pg, address, leader, now).await,
+        }
+    }
+
+    /// Whether this instance holds the leader's role (taking it when free).
+    pub async fn try_lead(&self) -> Result<bool> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(true),
+            Db::Postgres(pg) => pg.leadership.try_lead(pg.url()).await,
+        }
+    }
+
+    /// Gives the leader's role up (at shutdown), so another takes it at once.
+    pub async fn resign(&self) {
+        if let Db::Postgres(pg) = &self.db {
+            pg.leadership.resign().await;
+        }
+    }
+
+    /// The live instances (none on a SQLite ledger).
+    pub async fn instances(&self, now: i64) -> Result<Vec<InstanceRow>> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(Vec::new()),
+            Db::Postgres(pg) => postgres::cluster::instances(pg, now).await,
+        }
+    }
+
+    /// Records the campaigns (name, content hash) in this instance's folder.
+    pub async fn record_folder(&self, campaigns: Vec<(String, String)>, now: i64) -> Result<()> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(pg) => postgres::cluster::record_folder(pg, &campaigns, now).await,
+        }
+    }
+
+    /// Whether this instance is to import run `id` (always, on SQLite).
+    pub async fn claim_import(&self, id: i64, now: i64) -> Result<bool> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(true),
+            Db::Postgres(pg) => postgres::cluster::claim_import(pg, id, now).await,
+        }
+    }
+
+    /// Reserves `n` send slots on the shared grid `key` (see
+    /// [`postgres::cluster::reserve_slots`]); `None` on a SQLite ledger.
+    pub async fn reserve_slots(&self, key: &str, n: i64, period_us: i64) -> Result<Option<(i64, i64)>> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(None),
+            Db::Postgres(pg) => postgres::cluster::reserve_slots(pg, key, n, period_us).await.map(Some),
         }
     }
 

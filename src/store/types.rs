@@ -302,3 +302,19 @@ pub struct OutboxCounts {
     pub delivered: i64,
     pub gave_up: i64,
 }
+
+/// A live instance sharing the ledger (PostgreSQL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub name: String,
+    pub leader: bool,
+    /// Its last heartbeat.
+    pub seen_at: i64,
+    pub started_at: i64,
+    /// Where its HTTP API listens.
+    pub address: Option<String>,
+    /// Campaigns whose file in its folder differs from the version in force.
+    pub differs: Vec<String>,
+    /// Whether it is the instance asking.
+    pub this: bool,
+}

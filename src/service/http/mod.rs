@@ -172,6 +172,7 @@ fn router<S: StudioApi>(service: Arc<Service<S>>, config: HttpConfig, bound: Soc
         .route("/api/runs/{id}/{action}", post(control::<S>))
         .route("/api/problems", get(problems::<S>))
         .route("/api/outbox", get(outbox::<S>))
+        .route("/api/instances", get(instances::<S>))
         .route("/api/suppressions", get(list_suppressions::<S>).post(add_suppression::<S>))
         .route("/api/suppressions/{phone}", axum::routing::delete(remove_suppression::<S>))
         .route("/api/openapi.json", get(openapi))
@@ -389,10 +390,47 @@ impl Page {
 }
 
 async fn healthz<S: StudioApi>(State(state): St<S>) -> Response {
-    if state.service.store.is_writable().await {
-        (StatusCode::OK, "ok\n").into_response()
+    let svc = &state.service;
+    if svc.store.is_writable().await {
+        if !svc.store.is_shared() {
+            return (StatusCode::OK, "ok\n").into_response();
+        }
+        // Several instances: whether this one leads, and how long ago it
+        // last renewed its leases (over a few seconds: others take them over).
+        let age = svc.lease_age_ms().map_or_else(|| "none".to_string(), |ms| ms.to_string());
+        let text = format!(
+            "ok\ninstance: {}\nleader: {}\nlease_age_ms: {age}\n",
+            svc.store.instance().unwrap_or(""),
+            svc.is_leader()
+        );
+        (StatusCode::OK, text).into_response()
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "ledger not writable")
+    }
+}
+
+/// The instances sharing the ledger (an empty list on a SQLite ledger).
+async fn instances<S: StudioApi>(State(state): St<S>) -> Response {
+    let svc = &state.service;
+    match svc.store.instances(svc.now_ms()).await {
+        Ok(rows) => {
+            let list: Vec<Value> = rows
+                .iter()
+                .map(|i| {
+                    json!({
+                        "name": i.name,
+                        "leader": i.leader,
+                        "seen_at": crate::views::time(i.seen_at),
+                        "started_at": crate::views::time(i.started_at),
+                        "address": i.address,
+                        "this": i.this,
+                        "campaigns_differ": i.differs,
+                    })
+                })
+                .collect();
+            json_body(StatusCode::OK, Value::Array(list))
+        }
+        Err(e) => store_error(e),
     }
 }
 

@@ -13,6 +13,7 @@
 //! lock, so instances starting together apply each migration once.
 
 pub(crate) mod campaigns;
+pub(crate) mod cluster;
 pub(crate) mod executions;
 pub(crate) mod jobs;
 pub(crate) mod outbox;
@@ -38,6 +39,10 @@ pub(crate) const LEASE_MS: i64 = 5_000;
 pub(crate) struct Pg {
     pool: Pool,
     address: String,
+    /// The full URL, password included, for the leader's own connection;
+    /// never shown.
+    url: String,
+    pub(crate) leadership: cluster::Leadership,
     /// This instance's name (`FLOWCAST_INSTANCE`, else host:pid): the owner
     /// written on its claims and leases.
     pub(crate) instance: String,
@@ -114,7 +119,13 @@ impl Pg {
             .max_size(16)
             .build()
             .map_err(|e| connect(e.to_string()))?;
-        let pg = Pg { pool, address: address.clone(), instance: instance_name() };
+        let pg = Pg {
+            pool,
+            address: address.clone(),
+            url: url.to_string(),
+            leadership: cluster::Leadership::default(),
+            instance: instance_name(),
+        };
         let mut client = pg.pool.get().await.map_err(|e| connect(e.to_string()))?;
         migrate(&mut client).await.map_err(|e| connect(format!("migration failed: {e}")))?;
         Ok(pg)
@@ -127,6 +138,10 @@ impl Pg {
 
     pub(crate) fn address(&self) -> &str {
         &self.address
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     /// `true` when the ledger answers and accepts a write.

@@ -1,0 +1,173 @@
+//! What several instances sharing one PostgreSQL ledger agree on through it:
+//! who is alive (a row each, renewed every second), who leads (a session
+//! advisory lock, released by the server the moment the leader's connection
+//! goes, whether it exited or was killed), whose claims and imports still
+//! hold (leases renewed with the heartbeat), and the account's send slots (one
+//! grid, handed out in small batches).
+
+use tokio_postgres::NoTls;
+
+use super::{LEASE_MS, Pg};
+use crate::store::{InstanceRow, Result};
+
+/// Renews this instance's row: alive, leading or not, listening where.
+pub(crate) async fn announce(pg: &Pg, address: Option<&str>, leader: bool, now: i64) -> Result<()> {
+    let client = pg.client().await?;
+    client
+        .execute(
+            "INSERT INTO instances (name, started_at, seen_at, leader, address) VALUES ($1, $2, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET seen_at = $2, leader = $3, address = $4",
+            &[&pg.instance, &now, &leader, &address],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Renews every lease this instance holds: the claims whose creates are out
+/// and the imports it is running.
+pub(crate) async fn renew_leases(pg: &Pg, now: i64) -> Result<()> {
+    let client = pg.client().await?;
+    let until = now + LEASE_MS;
+    client
+        .execute(
+            "UPDATE jobs SET lease_until = $2 WHERE lease_owner = $1 AND state = 'dispatching' AND lease_until < $2",
+            &[&pg.instance, &until],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE runs SET import_lease_until = $2 WHERE import_owner = $1 AND state = 'expanding'",
+            &[&pg.instance, &until],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Instances seen within the lease time, by name, with the campaigns whose
+/// file differs from the version the leader published.
+pub(crate) async fn instances(pg: &Pg, now: i64) -> Result<Vec<InstanceRow>> {
+    let client = pg.client().await?;
+    let rows = client
+        .query(
+            "SELECT i.name, i.leader, i.seen_at, i.started_at, i.address, \
+                    COALESCE(array_agg(ic.campaign ORDER BY ic.campaign) \
+                             FILTER (WHERE c.name IS NOT NULL AND c.removed_at IS NULL \
+                                     AND ic.content_hash <> c.content_hash), '{}') \
+             FROM instances i \
+             LEFT JOIN instance_campaigns ic ON ic.instance = i.name \
+             LEFT JOIN campaigns c ON c.name = ic.campaign \
+             WHERE i.seen_at > $1 \
+             GROUP BY i.name ORDER BY i.name",
+            &[&(now - LEASE_MS)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| InstanceRow {
+            name: r.get(0),
+            leader: r.get(1),
+            seen_at: r.get(2),
+            started_at: r.get(3),
+            address: r.get(4),
+            differs: r.get(5),
+            this: r.get::<_, String>(0) == pg.instance,
+        })
+        .collect())
+}
+
+/// Records what this instance's own folder holds: campaign name → content
+/// hash (a campaign no longer there is forgotten).
+pub(crate) async fn record_folder(pg: &Pg, campaigns: &[(String, String)], now: i64) -> Result<()> {
+    let mut client = pg.client().await?;
+    let tx = client.transaction().await?;
+    tx.execute("DELETE FROM instance_campaigns WHERE instance = $1", &[&pg.instance]).await?;
+    let (names, hashes): (Vec<&str>, Vec<&str>) = campaigns.iter().map(|(n, h)| (n.as_str(), h.as_str())).unzip();
+    tx.execute(
+        "INSERT INTO instance_campaigns (instance, campaign, content_hash, seen_at) \
+         SELECT $1, n, h, $4 FROM UNNEST($2::text[], $3::text[]) AS t(n, h)",
+        &[&pg.instance, &names, &hashes, &now],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes (or keeps) the import of run `id`: `true` when this instance is to
+/// run it — nobody holds it, this instance already does, or the holder's
+/// lease ran out (it died; its committed batches stay, and the import resumes
+/// at the last line they covered).
+pub(crate) async fn claim_import(pg: &Pg, id: i64, now: i64) -> Result<bool> {
+    let client = pg.client().await?;
+    let n = client
+        .execute(
+            "UPDATE runs SET import_owner = $2, import_lease_until = $3 \
+             WHERE id = $1 AND state = 'expanding' \
+               AND (import_owner IS NULL OR import_owner = $2 OR import_lease_until < $4)",
+            &[&id, &pg.instance, &(now + LEASE_MS), &now],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Reserves `n` slots `period_us` apart on the grid `key`, after every slot
+/// handed out so far and not before the server's now. Returns the first slot
+/// and the server's now, both in microseconds of the server's clock: every
+/// instance reads the one clock, so their slots never overlap whatever their
+/// own clocks say.
+pub(crate) async fn reserve_slots(pg: &Pg, key: &str, n: i64, period_us: i64) -> Result<(i64, i64)> {
+    let client = pg.client().await?;
+    let row = client
+        .query_one(
+            "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT AS us) \
+             INSERT INTO rate_grid AS g (key, next_us) SELECT $1, now.us + $2 * $3 FROM now \
+             ON CONFLICT (key) DO UPDATE SET next_us = GREATEST(g.next_us, (SELECT us FROM now)) + $2 * $3 \
+             RETURNING g.next_us - $2 * $3, (SELECT us FROM now)",
+            &[&key, &n, &period_us],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The leader's role: a session-level advisory lock on a connection of its
+/// own (outside the pool), so that the server lets go of it as soon as this
+/// process is gone.
+#[derive(Default)]
+pub(crate) struct Leadership {
+    held: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Leadership {
+    /// Whether this instance leads now: keeps the role while its connection
+    /// answers, tries to take it when free. An error means "not leading".
+    pub(crate) async fn try_lead(&self, url: &str) -> Result<bool> {
+        let mut held = self.held.lock().await;
+        if let Some(client) = held.as_ref() {
+            if client.simple_query("SELECT 1").await.is_ok() {
+                return Ok(true);
+            }
+            // The connection is gone, and with it the lock: another instance
+            // may lead already.
+            *held = None;
+        }
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "the leader's ledger connection ended");
+            }
+        });
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock(hashtext('flowcast leader ' || current_schema()))", &[])
+            .await?;
+        if row.get::<_, bool>(0) {
+            *held = Some(client);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Lets go of the role (shutting down): another instance takes it at once.
+    pub(crate) async fn resign(&self) {
+        self.held.lock().await.take();
+    }
+}
