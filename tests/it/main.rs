@@ -5,6 +5,7 @@ mod helpers;
 
 mod api_runs;
 mod campaign_input;
+mod cluster;
 mod commands;
 mod contact_limits;
 mod contact_safety;

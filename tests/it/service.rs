@@ -62,6 +62,12 @@ impl Served {
 
     /// Starts serve with extra environment variables.
     pub async fn start_with(app: &TestApp, studio_url: &str, env: &[(&str, &str)]) -> Served {
+        Self::start_in(app, &app.campaigns, studio_url, env).await
+    }
+
+    /// Starts serve on `app`'s ledger with its own campaigns folder (one
+    /// instance among several sharing a PostgreSQL ledger).
+    pub async fn start_in(app: &TestApp, campaigns: &std::path::Path, studio_url: &str, env: &[(&str, &str)]) -> Served {
         let port = free_port();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowcast"));
         for (k, _) in std::env::vars() {
@@ -70,7 +76,7 @@ impl Served {
             }
         }
         cmd.current_dir(app.dir.path())
-            .args(["--db", &app.ledger, "--campaigns", app.campaigns.to_str().unwrap()])
+            .args(["--db", &app.ledger, "--campaigns", campaigns.to_str().unwrap()])
             .args(["--flows", app.flows.to_str().unwrap(), "serve"])
             .env("FLOWCAST_STUDIO_URL", studio_url)
             .env("FLOWCAST_LISTEN", format!("127.0.0.1:{port}"))
@@ -109,6 +115,14 @@ impl Served {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         served
+    }
+
+    /// SIGKILL: gone at once, with whatever it had in flight.
+    pub async fn kill(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+        self.log()
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,236 @@
+//! Several `serve` instances on one PostgreSQL ledger. These need a server:
+//! they skip, saying so, when `FLOWCAST_TEST_POSTGRES` is unset.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flowcast::domain::JobState;
+use flowcast::studio::simulator::{SimConfig, Simulator};
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::service::Served;
+
+/// The account rate every instance is given; together they must keep to it.
+const RATE: u32 = 100;
+
+/// A TestApp whose ledger is a fresh PostgreSQL schema.
+async fn app_on_postgres(label: &str) -> Option<TestApp> {
+    let ledger = flowcast::store::postgres::test_ledger(label).await?;
+    let mut app = TestApp::new();
+    app.ledger = ledger;
+    Some(app)
+}
+
+/// A campaigns folder of its own for one instance, with these files.
+fn folder(app: &TestApp, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = app.dir.path().join(format!("campaigns-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    dir
+}
+
+async fn start(app: &TestApp, dir: &std::path::Path, sim: &Simulator, name: &str) -> Served {
+    let rate = RATE.to_string();
+    Served::start_in(
+        app,
+        dir,
+        &sim.url(),
+        &[("FLOWCAST_INSTANCE", name), ("FLOWCAST_RATE", &rate), ("FLOWCAST_REQUEST_TIMEOUT", "3s")],
+    )
+    .await
+}
+
+async fn instances(url: &str) -> Vec<Value> {
+    let body: Value = reqwest::get(format!("{url}/api/instances")).await.unwrap().json().await.unwrap();
+    body.as_array().cloned().unwrap_or_default()
+}
+
+/// Polls `check` every 100 ms until it holds or `within` passes.
+async fn wait_for<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The most creates in any one-second window, sliding, as Studio counts.
+fn busiest_second(sim: &Simulator) -> usize {
+    let mut times: Vec<_> = sim.executions().iter().map(|e| e.date_created).collect();
+    times.sort();
+    let (mut most, mut start) = (0, 0);
+    for end in 0..times.len() {
+        while times[end] - times[start] >= chrono::Duration::seconds(1) {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_send_once_fire_each_tick_once_and_keep_the_rate_when_a_follower_and_then_the_leader_die() {
+    let Some(app) = app_on_postgres("three instances").await else { return };
+    let sim = Simulator::start(SimConfig { lifetime: None, rate_cap: Some(RATE), ..SimConfig::default() })
+        .await
+        .unwrap();
+    let big = phones(5_000);
+    let ticked: Vec<String> = (0..3).map(|i| format!("+1201556{i:04}")).collect();
+    let (big_csv, ticked_csv) = (contacts_csv(&big), contacts_csv(&ticked));
+    let big_toml = campaign_toml("big.csv", "");
+    let ticked_toml = campaign_toml("ticked.csv", "schedule = \"*/3 * * * * *\"\ntimezone = \"UTC\"");
+    let files =
+        [("big.csv", big_csv.as_str()), ("big.toml", &big_toml), ("ticked.csv", &ticked_csv), ("ticked.toml", &ticked_toml)];
+    let dirs: Vec<PathBuf> = ["one", "two", "three"].iter().map(|n| folder(&app, n, &files)).collect();
+
+    // The same folder deployed to three instances, started one after another.
+    let mut served = HashMap::new();
+    for (name, dir) in ["one", "two", "three"].iter().zip(&dirs) {
+        served.insert(name.to_string(), start(&app, dir, &sim, name).await);
+    }
+    let any = served["one"].url.clone();
+    wait_for(Duration::from_secs(20), "three instances are live and one leads", || {
+        let any = any.clone();
+        async move {
+            let live = instances(&any).await;
+            live.len() == 3 && live.iter().filter(|i| i["leader"] == true).count() == 1
+        }
+    })
+    .await;
+    let live = instances(&any).await;
+    let leader = live.iter().find(|i| i["leader"] == true).unwrap()["name"].as_str().unwrap().to_string();
+    let follower = live.iter().find(|i| i["leader"] != true).unwrap()["name"].as_str().unwrap().to_string();
+
+    // A follower dies mid-run, with creates in flight; later the leader does.
+    assert!(sim.wait_until(Duration::from_secs(60), |e| e.len() >= 1_000).await, "the run got going");
+    served.remove(&follower).unwrap().kill().await;
+    assert!(sim.wait_until(Duration::from_secs(60), |e| e.len() >= 2_500).await, "the run went on");
+    let leader_died = chrono::Utc::now();
+    served.remove(&leader).unwrap().kill().await;
+    let (survivor_name, survivor) = served.into_iter().next().unwrap();
+    wait_for(Duration::from_secs(20), "the survivor leads", || {
+        let url = survivor.url.clone();
+        async move { instances(&url).await.iter().any(|i| i["leader"] == true && i["this"] == true) }
+    })
+    .await;
+
+    let store = app.store().await;
+    wait_for(Duration::from_secs(120), "the big run finished", || {
+        let store = store.clone();
+        async move {
+            let runs = store.list_runs(Some("big"), 10).await.unwrap();
+            runs.len() == 1 && runs[0].finished_at.is_some()
+        }
+    })
+    .await;
+    // Two ticks after the leader died were fired by the new one.
+    wait_for(Duration::from_secs(30), "the new leader fired ticks", || {
+        let store = store.clone();
+        async move {
+            let runs = store.list_runs(Some("ticked"), 1000).await.unwrap();
+            runs.iter().filter(|r| r.scheduled_at > leader_died.timestamp_millis()).count() >= 2
+        }
+    })
+    .await;
+    // Stop the schedule, then let every started run finish.
+    std::fs::remove_file(dirs[["one", "two", "three"].iter().position(|n| *n == survivor_name).unwrap()].join("ticked.toml"))
+        .unwrap();
+    let before = store.list_runs(Some("ticked"), 1000).await.unwrap().len();
+    wait_for(Duration::from_secs(60), "every run finished", || {
+        let store = store.clone();
+        async move {
+            let runs = store.list_runs(None, 1000).await.unwrap();
+            runs.iter().all(|r| r.finished_at.is_some())
+        }
+    })
+    .await;
+    let log = survivor.terminate().await.1;
+
+    // One Execution per contact of the big run.
+    let executions = sim.executions();
+    let mut per_phone: HashMap<&str, usize> = HashMap::new();
+    for e in &executions {
+        *per_phone.entry(e.to.as_str()).or_default() += 1;
+    }
+    for phone in &big {
+        assert_eq!(per_phone.get(phone.as_str()), Some(&1), "{phone}: not exactly one Execution\n{log}");
+    }
+    // Each tick fired once: one run per tick, three seconds apart, no gap.
+    let mut ticks: Vec<i64> =
+        store.list_runs(Some("ticked"), 1000).await.unwrap().iter().map(|r| r.scheduled_at).collect();
+    assert!(ticks.len() >= before, "no tick run vanished");
+    ticks.sort();
+    assert!(ticks.len() >= 3, "ticks fired: {ticks:?}");
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1] - pair[0], 3_000, "ticks fired once each, none missed: {ticks:?}");
+    }
+    for phone in &ticked {
+        assert_eq!(per_phone.get(phone.as_str()), Some(&ticks.len()), "{phone}: one Execution per tick run");
+    }
+    // Together, never over the account rate.
+    assert_eq!(sim.throttled(), 0, "Studio refused creates over the rate");
+    let busiest = busiest_second(&sim);
+    assert!(busiest <= RATE as usize, "{busiest} creates in one second, over {RATE}");
+    // Every job ended, with a reason where it was not sent.
+    for run in store.list_runs(None, 1000).await.unwrap() {
+        for job in app.jobs(run.id).await {
+            assert!(!matches!(job.state, JobState::Pending | JobState::Dispatching), "job {} open", job.id);
+            assert!(job.state == JobState::Sent || job.reason.is_some(), "job {} ended without a reason", job.id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn instances_list_who_leads_and_report_a_campaign_file_that_differs_between_them() {
+    let Some(app) = app_on_postgres("instances").await else { return };
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let csv = contacts_csv(&phones(2));
+    let a = campaign_toml("c.csv", "enabled = false");
+    let b = campaign_toml("c.csv", "enabled = false\nrate = 5");
+    let first = folder(&app, "first", &[("c.csv", &csv), ("c.toml", &a)]);
+    let second = folder(&app, "second", &[("c.csv", &csv), ("c.toml", &b)]);
+    let one = start(&app, &first, &sim, "first").await;
+    wait_for(Duration::from_secs(20), "the first instance leads", || {
+        let url = one.url.clone();
+        async move { instances(&url).await.iter().any(|i| i["leader"] == true) }
+    })
+    .await;
+    let two = start(&app, &second, &sim, "second").await;
+    wait_for(Duration::from_secs(20), "the second file is reported as different", || {
+        let url = two.url.clone();
+        async move {
+            let live = instances(&url).await;
+            live.len() == 2 && live.iter().any(|i| i["name"] == "second" && i["campaigns_differ"] == serde_json::json!(["c"]))
+        }
+    })
+    .await;
+    let live = instances(&two.url).await;
+    let first_row = live.iter().find(|i| i["name"] == "first").unwrap();
+    assert_eq!(first_row["leader"], true);
+    assert_eq!(first_row["campaigns_differ"], serde_json::json!([]));
+    let health = reqwest::get(format!("{}/healthz", two.url)).await.unwrap().text().await.unwrap();
+    assert!(health.starts_with("ok\n") && health.contains("leader: false") && health.contains("lease_age_ms: "), "{health}");
+
+    let status = app.flowcast(&["status"], &[]).await;
+    let text = stdout(&status);
+    assert!(text.contains("INSTANCES") && text.contains("first") && text.contains("leader"), "{text}");
+    assert!(text.contains("campaign files differ from the version in force: c"), "{text}");
+
+    // The leader leaves; the other takes its role within seconds.
+    let (code, _) = one.terminate().await;
+    assert_eq!(code, Some(0));
+    wait_for(Duration::from_secs(10), "the second instance leads", || {
+        let url = two.url.clone();
+        async move { instances(&url).await.iter().any(|i| i["name"] == "second" && i["leader"] == true) }
+    })
+    .await;
+    let _ = two.terminate().await;
+}
