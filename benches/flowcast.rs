@@ -20,6 +20,11 @@
 //!    campaign; one contact at a time is POSTed to
 //!    `/api/campaigns/{name}/contacts` and the time until the simulator has
 //!    its Execution is measured (a free rate slot each time).
+//! 6. cluster (needs `FLOWCAST_TEST_POSTGRES`, else skipped): 1, 2 and 3
+//!    `flowcast serve` processes on one PostgreSQL ledger send one campaign at
+//!    an account rate set far above what they reach; Executions/s from the
+//!    first to the last create. Claims/s: the ledger alone, 1, 2 and 3
+//!    claimers taking and settling jobs with no Studio call.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -146,6 +151,26 @@ fn main() {
             ),
             "≤ 1 s; ≤ 150 MB".into(),
         ));
+    }
+    if wanted("cluster") {
+        for instances in 1..=3 {
+            let r = child("cluster", &["--instances", &instances.to_string()]);
+            if r.get("skipped").is_some() {
+                eprintln!("cluster: skipped ({})", r["skipped"]);
+                break;
+            }
+            rows.push((
+                format!("PostgreSQL, {instances} instance(s), {} contacts", r["contacts"]),
+                format!("{:.0} Executions/s", r["executions_per_s"].as_f64().unwrap_or(0.0)),
+                format!(
+                    "ledger alone: {:.0} claims/s with {instances} claimer(s); {} Executions for {} contacts",
+                    r["claims_per_s"].as_f64().unwrap_or(0.0),
+                    r["executions"],
+                    r["contacts"]
+                ),
+                "one Execution per contact".into(),
+            ));
+        }
     }
     if wanted("push") {
         let r = child("push", &[]);
@@ -347,6 +372,51 @@ fn dispatcher(store: &Store, url: &str, account_rate: u32, concurrency: usize) -
         settings,
         Arc::new(RateLimits::new(account_rate)),
     )
+}
+
+/// Claims per second on the ledger at `ledger` with `claimers` stores taking
+/// batches of one run's `jobs` jobs and settling them as sent, no Studio call.
+async fn claim_rate(ledger: &str, claimers: usize, jobs: usize) -> f64 {
+    use flowcast::domain::{ContactLimits, JobOutcome};
+    use flowcast::store::{Ledger, SettledJob};
+    let address = Ledger::parse(ledger).unwrap();
+    let ws = workspace(jobs, "");
+    let store = Store::open(&address).await.unwrap();
+    let (campaign, run) = create_run(&ws, &store, "c.toml", "claims").await;
+    import_run(&store, &campaign, run, Utc::now().timestamp_millis(), async |_| {}).await.unwrap();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..claimers)
+        .map(|_| {
+            let address = address.clone();
+            tokio::spawn(async move {
+                let store = Store::open(&address).await.unwrap();
+                let mut taken = 0usize;
+                loop {
+                    let now = Utc::now().timestamp_millis();
+                    let claimed = store.claim_due(run, now, 50, false, ContactLimits::default()).await.unwrap();
+                    if claimed.is_empty() {
+                        return taken;
+                    }
+                    taken += claimed.len();
+                    let settled: Vec<SettledJob> = claimed
+                        .iter()
+                        .map(|j| SettledJob {
+                            job_id: j.id,
+                            outcome: JobOutcome::Sent { sid: format!("FN{:032x}", j.id) },
+                            attempts_sent: 1,
+                            at: now,
+                        })
+                        .collect();
+                    store.record_outcomes(settled, Vec::new(), Duration::from_secs(60)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -581,6 +651,61 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             latencies.sort_by(f64::total_cmp);
             let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
             json!({ "pushes": pushes, "median_ms": at(0.5), "p95_ms": at(0.95), "max_ms": at(1.0) })
+        }
+        "cluster" => {
+            let instances: usize = arg(args, "--instances").and_then(|c| c.parse().ok()).unwrap_or(1);
+            let Some(ledger) = flowcast::store::postgres::test_ledger("cluster bench").await else {
+                return json!({ "skipped": "FLOWCAST_TEST_POSTGRES is unset" });
+            };
+            let contacts = if std::env::var("FLOWCAST_BENCH_SMOKE").is_ok() { 500 } else { 20_000 };
+            let claims_per_s = claim_rate(&ledger, instances, contacts).await;
+            // A fresh ledger for the end-to-end part.
+            let ledger = flowcast::store::postgres::test_ledger("cluster bench").await.unwrap();
+            let sim = SimProcess::start(None);
+            let ws = workspace(contacts, "");
+            let serves: Vec<Child> = (0..instances)
+                .map(|i| {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                    Command::new(env!("CARGO_BIN_EXE_flowcast"))
+                        .args(["--db", &ledger, "--campaigns", ws.folders.campaigns.to_str().unwrap()])
+                        .args(["--flows", ws.folders.flows.to_str().unwrap(), "serve"])
+                        .env("FLOWCAST_STUDIO_URL", &sim.url)
+                        .env("FLOWCAST_LISTEN", format!("127.0.0.1:{port}"))
+                        .env("FLOWCAST_INSTANCE", format!("bench-{i}"))
+                        .env("FLOWCAST_RATE", "100000")
+                        .env("FLOWCAST_CONCURRENCY", "64")
+                        .env("TWILIO_ACCOUNT_SID", "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+                        .env("TWILIO_AUTH_TOKEN", "bench-token")
+                        .env("FLOWCAST_LOG", "error")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("serve starts")
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while sim.stats()["executions"].as_u64().unwrap_or(0) < contacts as u64 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for mut serve in serves {
+                let _ = serve.kill();
+                let _ = serve.wait();
+            }
+            let mut times: Vec<DateTime<Utc>> = sim
+                .executions()
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["date_created"].as_str().and_then(|t| t.parse().ok()))
+                .collect();
+            times.sort();
+            let n = times.len();
+            let span = if n > 1 { (times[n - 1] - times[0]).num_microseconds().unwrap_or(0) as f64 / 1e6 } else { 0.0 };
+            json!({
+                "contacts": contacts, "executions": n,
+                "executions_per_s": if span > 0.0 { (n - 1) as f64 / span } else { 0.0 },
+                "claims_per_s": claims_per_s,
+            })
         }
         other => json!({ "error": format!("unknown scenario {other}") }),
     }
