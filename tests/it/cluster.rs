@@ -234,3 +234,114 @@ async fn instances_list_who_leads_and_report_a_campaign_file_that_differs_betwee
     .await;
     let _ = two.terminate().await;
 }
+
+/// A TCP relay to the test PostgreSQL server that a test can cut: `down`
+/// drops every connection through it and refuses new ones until `up`.
+struct Relay {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    _accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(upstream: String) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, l) = (open.clone(), links.clone());
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                l.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Relay { addr, open, links, _accepting: accepting }
+    }
+
+    fn down(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_away_nothing_is_sent_and_when_it_is_back_the_run_ends_with_one_execution_each() {
+    let Some(ledger) = flowcast::store::postgres::test_ledger("postgres away").await else { return };
+    // The ledger's server, reached through a relay the test can cut.
+    let config: tokio_postgres::Config = ledger.parse().unwrap();
+    let (host, port) = match (config.get_hosts().first(), config.get_ports().first()) {
+        (Some(tokio_postgres::config::Host::Tcp(h)), Some(p)) => (h.clone(), *p),
+        _ => {
+            eprintln!("skipped: FLOWCAST_TEST_POSTGRES is not a host:port URL");
+            return;
+        }
+    };
+    let relay = Relay::to(format!("{host}:{port}")).await;
+    let Some(through) = ledger.split_once(&format!("{host}:{port}")).map(|(a, b)| format!("{a}{}{b}", relay.addr))
+    else {
+        eprintln!("skipped: the URL does not name {host}:{port}");
+        return;
+    };
+    let mut app = TestApp::new();
+    app.ledger = through;
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let contacts = phones(300);
+    app.write("c.csv", contacts_csv(&contacts));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let served = Served::start_in(
+        &app,
+        &app.campaigns,
+        &sim.url(),
+        &[("FLOWCAST_INSTANCE", "only"), ("FLOWCAST_RATE", "30"), ("FLOWCAST_REQUEST_TIMEOUT", "2s")],
+    )
+    .await;
+    assert!(sim.wait_until(Duration::from_secs(30), |e| e.len() >= 60).await, "the run got going");
+
+    relay.down();
+    // What was already out lands; after that, nothing more is created.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_cut = sim.executions().len();
+    let health = reqwest::get(format!("{}/healthz", served.url)).await.unwrap();
+    assert_eq!(health.status(), 503, "healthz says the ledger is away");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.executions().len(), at_cut, "no create while the ledger is away");
+    assert!(at_cut < contacts.len(), "the run was cut mid-way");
+
+    relay.up();
+    let store = app.store().await;
+    wait_for(Duration::from_secs(90), "the run finished", || {
+        let store = store.clone();
+        async move {
+            let runs = store.list_runs(Some("c"), 10).await.unwrap();
+            runs.len() == 1 && runs[0].finished_at.is_some()
+        }
+    })
+    .await;
+    let log = served.terminate().await.1;
+    let executions = sim.executions();
+    let mut per_phone: HashMap<&str, usize> = HashMap::new();
+    for e in &executions {
+        *per_phone.entry(e.to.as_str()).or_default() += 1;
+    }
+    for phone in &contacts {
+        assert_eq!(per_phone.get(phone.as_str()), Some(&1), "{phone}: not exactly one Execution\n{log}");
+    }
+    let run = store.list_runs(Some("c"), 10).await.unwrap()[0].id;
+    assert!(app.jobs(run).await.iter().all(|j| j.state == JobState::Sent), "every job sent");
+}

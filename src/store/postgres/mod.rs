@@ -35,6 +35,9 @@ const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_le
 /// within this time.
 pub(crate) const LEASE_MS: i64 = 5_000;
 
+/// The longest a connection is waited for (from the pool, or to the server).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An open PostgreSQL ledger: a pool of connections.
 pub(crate) struct Pg {
     pool: Pool,
@@ -113,10 +116,20 @@ impl Pg {
     pub(crate) async fn open(url: &str) -> Result<Self> {
         let address = redact(url);
         let connect = |message: String| StoreError::Connect { address: address.clone(), message };
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| connect(e.to_string()))?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| connect(e.to_string()))?;
+        // A server that cannot be reached fails a request in seconds instead
+        // of the system's connect timeout (minutes): loops log and try again.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(WAIT);
+        }
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(WAIT))
+            .create_timeout(Some(WAIT))
+            .recycle_timeout(Some(WAIT))
             .build()
             .map_err(|e| connect(e.to_string()))?;
         let pg = Pg {
