@@ -256,7 +256,12 @@ impl<S: StudioApi> Dispatcher<S> {
     /// their creates out) go back to pending as ambiguous, to be reconciled
     /// with Studio before anything is resent.
     async fn take_over_expired(&self, run_id: i64) -> Result<usize, DispatchError> {
-        let taken = self.store.recover_dispatching(run_id, self.now_ms()).await?;
+        // A lease runs out when its instance stops renewing it: dead, or cut
+        // off from the ledger while its requests may still be out. Those end
+        // within the request timeout, so only a lease that ran out longer ago
+        // than that is taken over: Studio has then seen all it will see.
+        let settle = i64::try_from(self.settings.ambiguous_settle.as_millis()).unwrap_or(i64::MAX);
+        let taken = self.store.recover_dispatching(run_id, self.now_ms().saturating_sub(settle)).await?;
         if taken > 0 {
             tracing::warn!(
                 run = run_id,
@@ -272,7 +277,11 @@ impl<S: StudioApi> Dispatcher<S> {
         let ctx = Arc::new(RunContext::from_row(&run));
         // A job left `dispatching` by a process that died is ambiguous: back to
         // pending, to be reconciled with Studio before anything is resent.
-        let recovered = self.store.recover_dispatching(run_id, self.now_ms()).await?;
+        let recovered = if self.store.is_shared() {
+            self.take_over_expired(run_id).await?
+        } else {
+            self.store.recover_dispatching(run_id, self.now_ms()).await?
+        };
         if recovered > 0 {
             tracing::warn!(
                 run = run_id,

@@ -142,7 +142,9 @@ impl Leadership {
     pub(crate) async fn try_lead(&self, url: &str) -> Result<bool> {
         let mut held = self.held.lock().await;
         if let Some(client) = held.as_ref() {
-            if client.simple_query("SELECT 1").await.is_ok() {
+            // Bounded: a server gone silent must not keep a leader believing.
+            let alive = tokio::time::timeout(std::time::Duration::from_secs(2), client.simple_query("SELECT 1")).await;
+            if matches!(alive, Ok(Ok(_))) {
                 return Ok(true);
             }
             // The connection is gone, and with it the lock: another instance
