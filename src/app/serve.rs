@@ -95,11 +95,10 @@ pub(super) async fn serve(config: &Config) -> CommandResult {
         })
     };
     // Several instances: the leader alone delivers, so an event goes out once.
-    let delivering = tokio::spawn(crate::service::cluster::while_leading(
-        service.watch_leading(),
-        shutdown.clone(),
-        move |token| deliverer.clone().run(token),
-    ));
+    let delivering =
+        tokio::spawn(crate::service::cluster::while_leading(service.watch_leading(), shutdown.clone(), move |token| {
+            deliverer.clone().run(token)
+        }));
     Arc::clone(&service).run_loops(shutdown.clone()).await;
     shutdown.cancel();
     signal.abort();

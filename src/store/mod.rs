@@ -25,8 +25,9 @@ use crate::domain::{
 pub use purge::PurgeSummary;
 pub use sqlite::lock::LockError;
 pub use types::{
-    BatchCounts, CallSummary, CampaignRow, InstanceRow, ClaimedJob, ExecutionJob, JobRow, NewRun, OutboxCounts, OutboxEvent,
-    OutcomeJob, PushOutcome, PushResult, PushRow, RefusedRow, RunCounts, RunRow, SettledJob, StudioCall, Suppression,
+    BatchCounts, CallSummary, CampaignRow, ClaimedJob, ExecutionJob, InstanceRow, JobRow, NewRun, OutboxCounts,
+    OutboxEvent, OutcomeJob, PushOutcome, PushResult, PushRow, RefusedRow, RunCounts, RunRow, SettledJob, StudioCall,
+    Suppression,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -471,7 +472,9 @@ impl Store {
     ) -> Result<bool> {
         let reason = reason.map(str::to_string);
         match &self.db {
-            Db::Sqlite(db) => write(db, move |c| sqlite::runs::set_run_state(c, id, from, to, reason.as_deref(), now)).await,
+            Db::Sqlite(db) => {
+                write(db, move |c| sqlite::runs::set_run_state(c, id, from, to, reason.as_deref(), now)).await
+            }
             Db::Postgres(pg) => postgres::runs::set_run_state(pg, id, from, to, reason.as_deref(), now).await,
         }
     }
@@ -504,7 +507,9 @@ impl Store {
         now: i64,
     ) -> Result<BatchCounts> {
         match &self.db {
-            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::import_batch(c, run_id, &rows, last_line, default_due, now)).await,
+            Db::Sqlite(db) => {
+                write(db, move |c| sqlite::jobs::import_batch(c, run_id, &rows, last_line, default_due, now)).await
+            }
             Db::Postgres(pg) => postgres::jobs::import_batch(pg, run_id, &rows, last_line, default_due, now).await,
         }
     }
@@ -523,7 +528,9 @@ impl Store {
         limits: ContactLimits,
     ) -> Result<Vec<ClaimedJob>> {
         match &self.db {
-            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::claim_due(c, run_id, now, limit, only_ambiguous, &limits)).await,
+            Db::Sqlite(db) => {
+                write(db, move |c| sqlite::jobs::claim_due(c, run_id, now, limit, only_ambiguous, &limits)).await
+            }
             Db::Postgres(pg) => postgres::jobs::claim_due(pg, run_id, now, limit, only_ambiguous, &limits).await,
         }
     }
@@ -584,7 +591,9 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         match &self.db {
-            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::record_collected(c, job_id, state, &collected, now)).await,
+            Db::Sqlite(db) => {
+                write(db, move |c| sqlite::jobs::record_collected(c, job_id, state, &collected, now)).await
+            }
             Db::Postgres(pg) => postgres::jobs::record_collected(pg, job_id, state, &collected, now).await,
         }
     }
@@ -670,7 +679,9 @@ impl Store {
         let sid = sid.to_string();
         let reason = reason.map(str::to_string);
         match &self.db {
-            Db::Sqlite(db) => write(db, move |c| sqlite::jobs::record_execution_end(c, &sid, ended_at, reason.as_deref(), now)).await,
+            Db::Sqlite(db) => {
+                write(db, move |c| sqlite::jobs::record_execution_end(c, &sid, ended_at, reason.as_deref(), now)).await
+            }
             Db::Postgres(pg) => postgres::jobs::record_execution_end(pg, &sid, ended_at, reason.as_deref(), now).await,
         }
     }
@@ -739,7 +750,9 @@ impl Store {
         let (phone, scope, reason, source) =
             (phone.clone(), scope.clone(), reason.map(str::to_string), source.to_string());
         match &self.db {
-            Db::Sqlite(db) => write(db, move |c| sqlite::suppressions::add(c, &phone, &scope, reason.as_deref(), &source, now)).await,
+            Db::Sqlite(db) => {
+                write(db, move |c| sqlite::suppressions::add(c, &phone, &scope, reason.as_deref(), &source, now)).await
+            }
             Db::Postgres(pg) => postgres::suppressions::add(pg, &phone, &scope, reason.as_deref(), &source, now).await,
         }
     }
@@ -780,7 +793,9 @@ impl Store {
     ) -> Result<Option<Suppression>> {
         let (phone, campaign) = (phone.to_string(), campaign.to_string());
         match &self.db {
-            Db::Sqlite(db) => read(db, move |c| sqlite::suppressions::covering(c, &phone, &campaign, kind, channel)).await,
+            Db::Sqlite(db) => {
+                read(db, move |c| sqlite::suppressions::covering(c, &phone, &campaign, kind, channel)).await
+            }
             Db::Postgres(pg) => postgres::suppressions::covering(pg, &phone, &campaign, kind, channel).await,
         }
     }
@@ -825,7 +840,9 @@ impl Store {
     pub async fn set_ticks(&self, name: &str, last_tick_at: i64, next_fire_at: Option<i64>) -> Result<()> {
         let name = name.to_string();
         match &self.db {
-            Db::Sqlite(db) => write(db, move |c| sqlite::campaigns::set_ticks(c, &name, last_tick_at, next_fire_at)).await,
+            Db::Sqlite(db) => {
+                write(db, move |c| sqlite::campaigns::set_ticks(c, &name, last_tick_at, next_fire_at)).await
+            }
             Db::Postgres(pg) => postgres::campaigns::set_ticks(pg, &name, last_tick_at, next_fire_at).await,
         }
     }
@@ -871,7 +888,10 @@ mod tests {
     fn ledger_addresses_are_paths_or_sqlite_urls() {
         assert_eq!(Ledger::parse("flowcast.db").unwrap(), Ledger::Sqlite("flowcast.db".into()));
         assert_eq!(Ledger::parse("sqlite:///var/lib/f.db").unwrap(), Ledger::Sqlite("/var/lib/f.db".into()));
-        assert_eq!(Ledger::parse("postgres://u@localhost/x").unwrap(), Ledger::Postgres("postgres://u@localhost/x".into()));
+        assert_eq!(
+            Ledger::parse("postgres://u@localhost/x").unwrap(),
+            Ledger::Postgres("postgres://u@localhost/x".into())
+        );
         let secret = Ledger::parse("postgresql://u:hunter2@db:5432/x").unwrap();
         assert!(!secret.to_string().contains("hunter2") && !format!("{secret:?}").contains("hunter2"), "{secret}");
         assert!(Ledger::parse("postgres://db:port/x").unwrap_err().contains("not a PostgreSQL URL"));

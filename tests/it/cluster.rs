@@ -79,16 +79,19 @@ fn busiest_second(sim: &Simulator) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_send_once_fire_each_tick_once_and_keep_the_rate_when_a_follower_and_then_the_leader_die() {
     let Some(app) = app_on_postgres("three instances").await else { return };
-    let sim = Simulator::start(SimConfig { lifetime: None, rate_cap: Some(RATE), ..SimConfig::default() })
-        .await
-        .unwrap();
+    let sim =
+        Simulator::start(SimConfig { lifetime: None, rate_cap: Some(RATE), ..SimConfig::default() }).await.unwrap();
     let big = phones(5_000);
     let ticked: Vec<String> = (0..3).map(|i| format!("+1201556{i:04}")).collect();
     let (big_csv, ticked_csv) = (contacts_csv(&big), contacts_csv(&ticked));
     let big_toml = campaign_toml("big.csv", "");
     let ticked_toml = campaign_toml("ticked.csv", "schedule = \"*/3 * * * * *\"\ntimezone = \"UTC\"");
-    let files =
-        [("big.csv", big_csv.as_str()), ("big.toml", &big_toml), ("ticked.csv", &ticked_csv), ("ticked.toml", &ticked_toml)];
+    let files = [
+        ("big.csv", big_csv.as_str()),
+        ("big.toml", &big_toml),
+        ("ticked.csv", &ticked_csv),
+        ("ticked.toml", &ticked_toml),
+    ];
     let dirs: Vec<PathBuf> = ["one", "two", "three"].iter().map(|n| folder(&app, n, &files)).collect();
 
     // The same folder deployed to three instances, started one after another.
@@ -141,8 +144,10 @@ async fn three_instances_send_once_fire_each_tick_once_and_keep_the_rate_when_a_
     })
     .await;
     // Stop the schedule, then let every started run finish.
-    std::fs::remove_file(dirs[["one", "two", "three"].iter().position(|n| *n == survivor_name).unwrap()].join("ticked.toml"))
-        .unwrap();
+    std::fs::remove_file(
+        dirs[["one", "two", "three"].iter().position(|n| *n == survivor_name).unwrap()].join("ticked.toml"),
+    )
+    .unwrap();
     let before = store.list_runs(Some("ticked"), 1000).await.unwrap().len();
     wait_for(Duration::from_secs(60), "every run finished", || {
         let store = store.clone();
@@ -208,7 +213,8 @@ async fn instances_list_who_leads_and_report_a_campaign_file_that_differs_betwee
         let url = two.url.clone();
         async move {
             let live = instances(&url).await;
-            live.len() == 2 && live.iter().any(|i| i["name"] == "second" && i["campaigns_differ"] == serde_json::json!(["c"]))
+            live.len() == 2
+                && live.iter().any(|i| i["name"] == "second" && i["campaigns_differ"] == serde_json::json!(["c"]))
         }
     })
     .await;
@@ -217,7 +223,10 @@ async fn instances_list_who_leads_and_report_a_campaign_file_that_differs_betwee
     assert_eq!(first_row["leader"], true);
     assert_eq!(first_row["campaigns_differ"], serde_json::json!([]));
     let health = reqwest::get(format!("{}/healthz", two.url)).await.unwrap().text().await.unwrap();
-    assert!(health.starts_with("ok\n") && health.contains("leader: false") && health.contains("lease_age_ms: "), "{health}");
+    assert!(
+        health.starts_with("ok\n") && health.contains("leader: false") && health.contains("lease_age_ms: "),
+        "{health}"
+    );
 
     let status = app.flowcast(&["status"], &[]).await;
     let text = stdout(&status);

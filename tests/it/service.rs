@@ -67,7 +67,12 @@ impl Served {
 
     /// Starts serve on `app`'s ledger with its own campaigns folder (one
     /// instance among several sharing a PostgreSQL ledger).
-    pub async fn start_in(app: &TestApp, campaigns: &std::path::Path, studio_url: &str, env: &[(&str, &str)]) -> Served {
+    pub async fn start_in(
+        app: &TestApp,
+        campaigns: &std::path::Path,
+        studio_url: &str,
+        env: &[(&str, &str)],
+    ) -> Served {
         let port = free_port();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowcast"));
         for (k, _) in std::env::vars() {

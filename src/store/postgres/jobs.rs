@@ -7,15 +7,34 @@ use super::Pg;
 use crate::domain::*;
 use crate::store::*;
 
-pub(crate) async fn import_batch(pg: &Pg, run_id: i64, items: &[ImportRow], last_line: u64, default_due: i64, now: i64) -> Result<BatchCounts> {
+pub(crate) async fn import_batch(
+    pg: &Pg,
+    run_id: i64,
+    items: &[ImportRow],
+    last_line: u64,
+    default_due: i64,
+    now: i64,
+) -> Result<BatchCounts> {
     unimplemented!("postgres jobs::import_batch")
 }
 
-pub(crate) async fn claim_due(pg: &Pg, run_id: i64, now: i64, limit: usize, only_ambiguous: bool, limits: &ContactLimits) -> Result<Vec<ClaimedJob>> {
+pub(crate) async fn claim_due(
+    pg: &Pg,
+    run_id: i64,
+    now: i64,
+    limit: usize,
+    only_ambiguous: bool,
+    limits: &ContactLimits,
+) -> Result<Vec<ClaimedJob>> {
     unimplemented!("postgres jobs::claim_due")
 }
 
-pub(crate) async fn record_outcomes(pg: &Pg, outcomes: &[SettledJob], calls: &[StudioCall], outcome_after_ms: i64) -> Result<usize> {
+pub(crate) async fn record_outcomes(
+    pg: &Pg,
+    outcomes: &[SettledJob],
+    calls: &[StudioCall],
+    outcome_after_ms: i64,
+) -> Result<usize> {
     unimplemented!("postgres jobs::record_outcomes")
 }
 
@@ -31,7 +50,13 @@ pub(crate) async fn expire_overdue(pg: &Pg, run_id: i64, now: i64) -> Result<usi
     unimplemented!("postgres jobs::expire_overdue")
 }
 
-pub(crate) async fn jobs_page(pg: &Pg, run_id: i64, state: Option<JobState>, after: i64, limit: u32) -> Result<Vec<JobRow>> {
+pub(crate) async fn jobs_page(
+    pg: &Pg,
+    run_id: i64,
+    state: Option<JobState>,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<JobRow>> {
     unimplemented!("postgres jobs::jobs_page")
 }
 
@@ -43,11 +68,23 @@ pub(crate) async fn jobs_by_state(pg: &Pg) -> Result<Vec<(JobState, i64)>> {
     unimplemented!("postgres jobs::jobs_by_state")
 }
 
-pub(crate) async fn record_execution_end(pg: &Pg, sid: &str, ended_at: i64, reason: Option<&str>, now: i64) -> Result<(usize, usize)> {
+pub(crate) async fn record_execution_end(
+    pg: &Pg,
+    sid: &str,
+    ended_at: i64,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(usize, usize)> {
     unimplemented!("postgres jobs::record_execution_end")
 }
 
-pub(crate) async fn due_outcomes(pg: &Pg, run: Option<i64>, now: i64, limit: u32, all: bool) -> Result<Vec<OutcomeJob>> {
+pub(crate) async fn due_outcomes(
+    pg: &Pg,
+    run: Option<i64>,
+    now: i64,
+    limit: u32,
+    all: bool,
+) -> Result<Vec<OutcomeJob>> {
     unimplemented!("postgres jobs::due_outcomes")
 }
 
@@ -59,7 +96,13 @@ pub(crate) async fn next_outcome_due(pg: &Pg, run: Option<i64>) -> Result<Option
     unimplemented!("postgres jobs::next_outcome_due")
 }
 
-pub(crate) async fn record_collected(pg: &Pg, job_id: i64, state: OutcomeState, collected: &CollectedOutcome, now: i64) -> Result<bool> {
+pub(crate) async fn record_collected(
+    pg: &Pg,
+    job_id: i64,
+    state: OutcomeState,
+    collected: &CollectedOutcome,
+    now: i64,
+) -> Result<bool> {
     unimplemented!("postgres jobs::record_collected")
 }
 

@@ -228,7 +228,10 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         assert_eq!(redact("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
-        assert_eq!(redact("postgres://u@db/x?password=secret&sslmode=disable"), "postgres://u@db/x?password=***&sslmode=disable");
+        assert_eq!(
+            redact("postgres://u@db/x?password=secret&sslmode=disable"),
+            "postgres://u@db/x?password=***&sslmode=disable"
+        );
         assert_eq!(redact("postgres://db/x"), "postgres://db/x");
     }
 }
