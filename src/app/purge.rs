@@ -8,7 +8,6 @@ use anyhow::anyhow;
 
 use super::{CommandResult, Failure, open_store};
 use crate::config::Config;
-use crate::store::Ledger;
 
 pub(super) async fn purge(config: &Config, older_than: Option<Duration>, dry_run: bool) -> CommandResult {
     // Like a missing argument, which the command line answers with 2.

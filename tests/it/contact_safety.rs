@@ -207,60 +207,45 @@ struct Ledger {
 }
 
 fn ledger(app: &TestApp) -> Ledger {
-    let conn = rusqlite::Connection::open_with_flags(&app.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let jobs = conn
-        .prepare("SELECT id, attempt_started_at, created_at FROM jobs")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, LedgerJob { attempt_started_at: r.get(1)?, created_at: r.get(2)? })))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    let suppressions = conn
-        .prepare("SELECT phone, scope, created_at FROM suppressions")
-        .unwrap()
-        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
+    let int = |v: &serde_json::Value| v.as_i64();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let jobs = ledger_rows(app, "SELECT id, attempt_started_at, created_at FROM jobs")
+        .iter()
+        .map(|r| (int(&r[0]).unwrap(), LedgerJob { attempt_started_at: int(&r[1]), created_at: int(&r[2]).unwrap() }))
+        .collect();
+    let suppressions = ledger_rows(app, "SELECT phone, scope, created_at FROM suppressions")
+        .iter()
+        .map(|r| ((text(&r[0]), text(&r[1])), int(&r[2]).unwrap()))
+        .collect();
     let mut creates: HashMap<String, Vec<i64>> = HashMap::new();
-    let mut stmt = conn
-        .prepare("SELECT execution_sid, job_id FROM studio_calls WHERE operation = 'create' AND outcome = 'ok'")
-        .unwrap();
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).unwrap() {
-        let (sid, job) = row.unwrap();
-        creates.entry(sid).or_default().push(job);
+    for r in
+        ledger_rows(app, "SELECT execution_sid, job_id FROM studio_calls WHERE operation = 'create' AND outcome = 'ok'")
+    {
+        creates.entry(text(&r[0])).or_default().push(int(&r[1]).unwrap());
     }
     Ledger { jobs, suppressions, creates }
 }
 
 /// Every job of `phone` across runs, for a failure's message.
 fn history(app: &TestApp, phone: &str) -> String {
-    let conn = rusqlite::Connection::open_with_flags(&app.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let mut stmt = conn
-        .prepare(
+    // A test's own phone numbers: digits and `+` only, safe to write inline.
+    assert!(phone.chars().all(|c| c == '+' || c.is_ascii_digit()));
+    let rows = ledger_rows(
+        app,
+        &format!(
             "SELECT r.campaign, j.run_id, j.id, j.state, j.reason, j.attempt_started_at, j.sent_at, j.due_at, j.updated_at \
-             FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.phone = ?1 ORDER BY j.id",
-        )
-        .unwrap();
-    let rows = stmt
-        .query_map([phone], |r| {
-            Ok(format!(
-                "{} run {} job {}: {} {:?} claimed {:?} sent {:?} due {} updated {}",
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-                r.get::<_, Option<i64>>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, i64>(8)?
-            ))
+             FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.phone = '{phone}' ORDER BY j.id"
+        ),
+    );
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{} run {} job {}: {} {} claimed {} sent {} due {} updated {}",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]
+            )
         })
-        .unwrap()
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .unwrap();
-    rows.join("\n")
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test]

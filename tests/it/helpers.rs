@@ -309,3 +309,63 @@ pub async fn assert_exactly_once(
     }
     assert_eq!(jobs.len(), valid.len());
 }
+
+/// Runs a read-only query on the app's ledger, whichever database keeps it,
+/// for tests that look at columns no report shows. Integers, text, flags and
+/// NULLs come back as JSON values, row by row. (The SQL must be the same in
+/// both: plain SELECTs are.)
+pub fn ledger_rows(app: &TestApp, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    use serde_json::Value;
+    if !on_postgres() && !app.ledger.starts_with("postgres") {
+        let conn = rusqlite::Connection::open_with_flags(&app.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        Ok(match r.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => Value::Null,
+                            rusqlite::types::ValueRef::Integer(v) => Value::from(v),
+                            rusqlite::types::ValueRef::Real(v) => Value::from(v),
+                            rusqlite::types::ValueRef::Text(t) => Value::from(String::from_utf8_lossy(t).into_owned()),
+                            rusqlite::types::ValueRef::Blob(_) => Value::Null,
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<Value>>>()
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        return rows;
+    }
+    let (url, sql) = (app.ledger.clone(), sql.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let rows = client.query(&sql, &[]).await.unwrap();
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| match *r.columns()[i].type_() {
+                            tokio_postgres::types::Type::INT8 => {
+                                r.get::<_, Option<i64>>(i).map_or(Value::Null, Value::from)
+                            }
+                            tokio_postgres::types::Type::INT4 => {
+                                r.get::<_, Option<i32>>(i).map_or(Value::Null, Value::from)
+                            }
+                            tokio_postgres::types::Type::BOOL => {
+                                r.get::<_, Option<bool>>(i).map_or(Value::Null, Value::from)
+                            }
+                            _ => r.get::<_, Option<String>>(i).map_or(Value::Null, Value::from),
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+    })
+    .join()
+    .unwrap()
+}
