@@ -134,7 +134,8 @@ mod tests {
         let b = store.get_campaign("b").await.unwrap().unwrap();
         assert_eq!((b.last_tick_at, b.next_fire_at), (Some(T0 + 50), Some(T0 + 300)), "ticks never go back");
         // Same schedule and zone, new content: the progress stays.
-        let edited = CampaignRow { content_hash: "h2".into(), enabled: false, ..campaign("b", Some("0 9 * * *"), "UTC") };
+        let edited =
+            CampaignRow { content_hash: "h2".into(), enabled: false, ..campaign("b", Some("0 9 * * *"), "UTC") };
         store.upsert_campaign(edited, T0 + 1000).await.unwrap();
         let b = store.get_campaign("b").await.unwrap().unwrap();
         assert_eq!((b.content_hash.as_str(), b.enabled, b.updated_at), ("h2", false, T0 + 1000));
@@ -142,7 +143,10 @@ mod tests {
         // A new zone, then a new schedule: ticks count from now.
         store.upsert_campaign(campaign("b", Some("0 9 * * *"), "Europe/Paris"), T0 + 2000).await.unwrap();
         let b = store.get_campaign("b").await.unwrap().unwrap();
-        assert_eq!((b.last_tick_at, b.next_fire_at, b.timezone.as_str()), (Some(T0 + 2000), Some(T0 + 100), "Europe/Paris"));
+        assert_eq!(
+            (b.last_tick_at, b.next_fire_at, b.timezone.as_str()),
+            (Some(T0 + 2000), Some(T0 + 100), "Europe/Paris")
+        );
         store.set_ticks("b", T0 + 2500, None).await.unwrap();
         store.upsert_campaign(campaign("b", None, "Europe/Paris"), T0 + 3000).await.unwrap();
         let b = store.get_campaign("b").await.unwrap().unwrap();

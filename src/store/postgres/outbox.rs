@@ -58,9 +58,7 @@ pub(crate) async fn next_due(pg: &Pg) -> Result<Option<i64>> {
 pub(crate) async fn delivered(pg: &Pg, id: i64, now: i64) -> Result<()> {
     let client = pg.client().await?;
     let stmt = client
-        .prepare_cached(
-            "UPDATE outbox SET delivered_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1",
-        )
+        .prepare_cached("UPDATE outbox SET delivered_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1")
         .await?;
     client.execute(&stmt, &[&id, &now]).await?;
     Ok(())
@@ -127,12 +125,27 @@ mod tests {
         let rows = vec![job(2, "+12015550001"), job(3, "+12015550002")];
         let (id, _) = store.create_run_with_rows(run, rows, T0).await.unwrap().unwrap();
         // A run without `notify` writes nothing.
-        store.create_run_with_rows(new_run("reminders", "quiet", None), vec![job(2, "+12015550002")], T0).await.unwrap().unwrap();
-        let skipped = client.query_one("SELECT id FROM jobs WHERE run_id = $1 AND state = 'skipped'", &[&id]).await.unwrap().get::<_, i64>(0);
-        let sent = client.query_one("SELECT id FROM jobs WHERE run_id = $1 AND state = 'pending'", &[&id]).await.unwrap().get::<_, i64>(0);
+        store
+            .create_run_with_rows(new_run("reminders", "quiet", None), vec![job(2, "+12015550002")], T0)
+            .await
+            .unwrap()
+            .unwrap();
+        let skipped = client
+            .query_one("SELECT id FROM jobs WHERE run_id = $1 AND state = 'skipped'", &[&id])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        let sent = client
+            .query_one("SELECT id FROM jobs WHERE run_id = $1 AND state = 'pending'", &[&id])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
         // The skipped job fails too (a second event of the same job), the
         // other is sent (no event), and the run finishes.
-        client.execute("UPDATE jobs SET state = 'failed', reason = 'invalid' WHERE id = $1", &[&skipped]).await.unwrap();
+        client
+            .execute("UPDATE jobs SET state = 'failed', reason = 'invalid' WHERE id = $1", &[&skipped])
+            .await
+            .unwrap();
         client.execute("UPDATE jobs SET state = 'sent', sent_at = 1 WHERE id = $1", &[&sent]).await.unwrap();
         assert!(store.finish_run_if_done(id, T0 + 5).await.unwrap());
         let all = store.outbox_page(None, 0, 10).await.unwrap();
@@ -141,7 +154,10 @@ mod tests {
         assert!(all.iter().all(|e| e.run_id == id && e.url == "https://hooks.example.com/flowcast" && e.attempts == 0));
         let body: serde_json::Value = serde_json::from_str(&all[0].body).unwrap();
         assert_eq!(body["id"], all[0].event_id.as_str());
-        assert_eq!((body["phone"].as_str(), body["reason"].as_str()), (Some("+12015550002"), Some("suppressed: scope all, STOP")));
+        assert_eq!(
+            (body["phone"].as_str(), body["reason"].as_str()),
+            (Some("+12015550002"), Some("suppressed: scope all, STOP"))
+        );
         let finished: serde_json::Value = serde_json::from_str(&all[2].body).unwrap();
         assert_eq!(finished["jobs"], serde_json::json!({"failed": 1, "sent": 1}));
         assert_eq!(finished["state"], "finished");
@@ -158,7 +174,10 @@ mod tests {
         assert_eq!(due, [all[2].id]);
         assert_eq!(store.outbox_due(now + 1000, 10).await.unwrap()[0].id, all[0].id);
         let first = &store.outbox_page(None, 0, 1).await.unwrap()[0];
-        assert_eq!((first.attempts, first.last_error.as_deref(), first.next_attempt_at, first.gave_up_at), (1, Some("HTTP 500"), now + 1000, None));
+        assert_eq!(
+            (first.attempts, first.last_error.as_deref(), first.next_attempt_at, first.gave_up_at),
+            (1, Some("HTTP 500"), now + 1000, None)
+        );
         // Given up on: its successor is due.
         store.outbox_failed(all[0].id, "HTTP 410".into(), None, now + 1000).await.unwrap();
         let first = &store.outbox_page(None, 0, 1).await.unwrap()[0];
@@ -167,7 +186,10 @@ mod tests {
         assert_eq!(due, [all[1].id, all[2].id]);
         store.outbox_delivered(all[2].id, now + 2000).await.unwrap();
         let delivered = &store.outbox_page(Some("delivered".into()), 0, 10).await.unwrap()[0];
-        assert_eq!((delivered.id, delivered.delivered_at, delivered.attempts, delivered.last_error.clone()), (all[2].id, Some(now + 2000), 1, None));
+        assert_eq!(
+            (delivered.id, delivered.delivered_at, delivered.attempts, delivered.last_error.clone()),
+            (all[2].id, Some(now + 2000), 1, None)
+        );
         let counts = store.outbox_counts().await.unwrap();
         assert_eq!((counts.pending, counts.delivered, counts.gave_up), (1, 1, 1));
         let ids = |events: Vec<crate::store::OutboxEvent>| events.iter().map(|e| e.id).collect::<Vec<_>>();

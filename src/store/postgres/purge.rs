@@ -82,7 +82,8 @@ pub(crate) async fn count_run(pg: &Pg, run_id: i64) -> Result<(u64, u64, u64)> {
 /// The id just before run `run_id`'s first job: where its purge starts.
 pub(crate) async fn before_first_job(pg: &Pg, run_id: i64) -> Result<i64> {
     let client = pg.client().await?;
-    let first: Option<i64> = client.query_one("SELECT MIN(id) FROM jobs WHERE run_id = $1", &[&run_id]).await?.try_get(0)?;
+    let first: Option<i64> =
+        client.query_one("SELECT MIN(id) FROM jobs WHERE run_id = $1", &[&run_id]).await?.try_get(0)?;
     Ok(first.map_or(i64::MAX, |id| id - 1))
 }
 
@@ -221,9 +222,15 @@ mod tests {
         let rows = vec![job(2, "+12015550001"), job(3, "+12015550002"), rejected(4, "555"), job(5, "+12015550001")];
         let run = new_run("reminders", "k", Some(&["outcome"]));
         let (id, _) = store.create_run_with_rows(run, rows.clone(), T0).await.unwrap().unwrap();
-        let (keep, _) = store.create_run_with_rows(new_run("reminders", "recent", None), rows, T0).await.unwrap().unwrap();
-        let jobs: Vec<i64> =
-            client.query("SELECT id FROM jobs WHERE run_id = $1 ORDER BY id", &[&id]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        let (keep, _) =
+            store.create_run_with_rows(new_run("reminders", "recent", None), rows, T0).await.unwrap().unwrap();
+        let jobs: Vec<i64> = client
+            .query("SELECT id FROM jobs WHERE run_id = $1 ORDER BY id", &[&id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         // One sent with its outcome still open, one refused by Studio.
         client
             .execute(
@@ -271,7 +278,8 @@ mod tests {
         let summary = store.purge(before, T0 + 200).await.unwrap();
         assert_eq!(summary, preview);
         assert_eq!(store.get_run(id).await.unwrap().purged_at, Some(T0 + 200));
-        let salt: String = client.query_one("SELECT value FROM ledger_meta WHERE key = 'phone_salt'", &[]).await.unwrap().get(0);
+        let salt: String =
+            client.query_one("SELECT value FROM ledger_meta WHERE key = 'phone_salt'", &[]).await.unwrap().get(0);
         let purged = client
             .query(
                 "SELECT id, phone, parameters, zone, state, reason, outcome, outcome_state, outcome_due_at, last_error, \
@@ -299,8 +307,13 @@ mod tests {
         };
         assert_eq!(count("SELECT COUNT(*) FROM studio_calls").await, 1, "the other run's call stays");
         assert_eq!(count("SELECT COUNT(*) FROM push_keys").await, 0);
-        assert_eq!(count("SELECT COUNT(*) FROM outbox WHERE event_type = 'outcome'").await, 0, "closing an outcome in a purge is no event");
-        let events: Vec<String> = client.query("SELECT event_id FROM outbox", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(
+            count("SELECT COUNT(*) FROM outbox WHERE event_type = 'outcome'").await,
+            0,
+            "closing an outcome in a purge is no event"
+        );
+        let events: Vec<String> =
+            client.query("SELECT event_id FROM outbox", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
         assert_eq!(events, ["evt_2"], "an event not delivered yet stays");
         let rows: Vec<(i64, i64)> = client
             .query("SELECT run_id, COUNT(*) FROM import_rows GROUP BY run_id", &[])

@@ -129,8 +129,13 @@ mod tests {
         assert_eq!(results[1].outcome, PushOutcome::Duplicate);
         let b = client.query_opt("SELECT job_id FROM push_keys WHERE key = 'b'", &[]).await.unwrap();
         assert!(b.is_none(), "a duplicate records no key");
-        let lines: Vec<i64> =
-            client.query("SELECT line FROM jobs WHERE run_id = $1 ORDER BY id", &[&run]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        let lines: Vec<i64> = client
+            .query("SELECT line FROM jobs WHERE run_id = $1 ORDER BY id", &[&run])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         assert_eq!(lines, [2, 3, 5]);
         let refused: Vec<i64> = client
             .query("SELECT line FROM import_rows WHERE run_id = $1 ORDER BY line", &[&run])
@@ -143,7 +148,10 @@ mod tests {
         let counts = store.get_run(run).await.unwrap();
         assert_eq!((counts.rows_total, counts.imported, counts.rejected, counts.duplicates), (5, 3, 1, 1));
         // The next day's push closes yesterday's open run.
-        let (next, results) = store.push_contacts(open_run("d2"), vec![keyed(Some("a2"), job(0, "+12015550001"))], T0 + 86_400_000).await.unwrap();
+        let (next, results) = store
+            .push_contacts(open_run("d2"), vec![keyed(Some("a2"), job(0, "+12015550001"))], T0 + 86_400_000)
+            .await
+            .unwrap();
         assert_ne!(next, run);
         assert_eq!(results[0].outcome, PushOutcome::Created);
         let yesterday = store.get_run(run).await.unwrap();
@@ -151,7 +159,8 @@ mod tests {
         assert_eq!(store.get_run(next).await.unwrap().expanded_at, None);
         // The same key in another campaign is another key.
         let elsewhere = NewRun { campaign: "other".into(), ..open_run("d1") };
-        let (_, results) = store.push_contacts(elsewhere, vec![keyed(Some("a"), job(0, "+12015550001"))], T0).await.unwrap();
+        let (_, results) =
+            store.push_contacts(elsewhere, vec![keyed(Some("a"), job(0, "+12015550001"))], T0).await.unwrap();
         assert_eq!(results[0].outcome, PushOutcome::Created);
     }
 
@@ -161,7 +170,8 @@ mod tests {
         let pushes = (0..4).map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                let rows = vec![keyed(Some("same"), job(0, "+12015550001")), keyed(None, job(0, &format!("+1201555010{i}")))];
+                let rows =
+                    vec![keyed(Some("same"), job(0, "+12015550001")), keyed(None, job(0, &format!("+1201555010{i}")))];
                 store.push_contacts(open_run("d1"), rows, T0).await.unwrap()
             })
         });

@@ -9,9 +9,7 @@ use std::time::Duration;
 use tokio_postgres::{GenericClient, Row};
 
 use super::{Pg, parsed};
-use crate::domain::{
-    ConflictPolicy, FlowSid, ImportRow, JobState, NotifyRule, RowOutcome, RunState, SendWindow,
-};
+use crate::domain::{ConflictPolicy, FlowSid, ImportRow, JobState, NotifyRule, RowOutcome, RunState, SendWindow};
 use crate::store::{BatchCounts, NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
@@ -123,7 +121,11 @@ pub(crate) async fn run_by_key(pg: &Pg, campaign: &str, run_key: &str) -> Result
 }
 
 /// [`run_by_key`] on a connection or inside the caller's transaction.
-pub(crate) async fn run_by_key_in<C: GenericClient + Sync>(c: &C, campaign: &str, run_key: &str) -> Result<Option<i64>> {
+pub(crate) async fn run_by_key_in<C: GenericClient + Sync>(
+    c: &C,
+    campaign: &str,
+    run_key: &str,
+) -> Result<Option<i64>> {
     let row = c.query_opt("SELECT id FROM runs WHERE campaign = $1 AND run_key = $2", &[&campaign, &run_key]).await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
@@ -312,9 +314,8 @@ pub(crate) async fn insert_jobs(
     now: i64,
 ) -> Result<BatchCounts> {
     let mut counts = BatchCounts::default();
-    let run = tx
-        .query_one("SELECT campaign, kind, channel, dedupe_within_ms FROM runs WHERE id = $1", &[&run_id])
-        .await?;
+    let run =
+        tx.query_one("SELECT campaign, kind, channel, dedupe_within_ms FROM runs WHERE id = $1", &[&run_id]).await?;
     let (campaign, kind, channel, dedupe_within): (String, String, String, Option<i64>) =
         (run.try_get(0)?, run.try_get(1)?, run.try_get(2)?, run.try_get(3)?);
     // Without a dedupe rule no key matches: `dedupe_key = NULL` is never true.
@@ -501,7 +502,10 @@ pub(crate) mod tests {
         assert_eq!(store.run_by_key("reminders", "k2").await.unwrap(), None);
         let other = store.create_run(new_run("other", "k1", None), T0).await.unwrap().expect("another campaign's");
         let run = store.get_run(id).await.unwrap();
-        assert_eq!((run.campaign.as_str(), run.state, run.rate, run.created_at), ("reminders", RunState::Expanding, Some(20), T0));
+        assert_eq!(
+            (run.campaign.as_str(), run.state, run.rate, run.created_at),
+            ("reminders", RunState::Expanding, Some(20), T0)
+        );
         assert_eq!(run.policy.name(), "wait");
         assert_eq!(run.policy.max_wait(), Some(std::time::Duration::from_secs(90)));
         assert!(run.limits_exempt && run.expanded_at.is_none() && run.purged_at.is_none());
@@ -560,7 +564,12 @@ pub(crate) mod tests {
         assert_eq!(refused[0], (4, "555".into(), "rejected".into(), "\"555\" is not a phone number".into()));
         assert_eq!(
             refused[1],
-            (5, "+12015550001".into(), "duplicate".into(), "duplicate phone +12015550001; the first row with it is kept".into())
+            (
+                5,
+                "+12015550001".into(),
+                "duplicate".into(),
+                "duplicate phone +12015550001; the first row with it is kept".into()
+            )
         );
         let counts = store.run_counts(id).await.unwrap();
         assert_eq!((counts.get(JobState::Pending), counts.get(JobState::Skipped), counts.total()), (2, 1, 3));
@@ -574,10 +583,20 @@ pub(crate) mod tests {
             ImportRow::Job(spec) => ImportRow::Job(JobSpec { dedupe_key: Some(key.into()), ..spec }),
             other => other,
         };
-        let dedupe = |key: &str| NewRun { dedupe_within: Some(std::time::Duration::from_secs(3600)), ..new_run("reminders", key, None) };
-        let (first, _) = store.create_run_with_rows(dedupe("a"), vec![with_key(2, "+12015550001", "ada")], T0).await.unwrap().unwrap();
+        let dedupe = |key: &str| NewRun {
+            dedupe_within: Some(std::time::Duration::from_secs(3600)),
+            ..new_run("reminders", key, None)
+        };
+        let (first, _) = store
+            .create_run_with_rows(dedupe("a"), vec![with_key(2, "+12015550001", "ada")], T0)
+            .await
+            .unwrap()
+            .unwrap();
         let sent = client.query_one("SELECT id FROM jobs WHERE run_id = $1", &[&first]).await.unwrap().get::<_, i64>(0);
-        client.execute("UPDATE jobs SET state = 'sent', sent_at = $2 WHERE id = $1", &[&sent, &(T0 + 10)]).await.unwrap();
+        client
+            .execute("UPDATE jobs SET state = 'sent', sent_at = $2 WHERE id = $1", &[&sent, &(T0 + 10)])
+            .await
+            .unwrap();
         let rows = vec![with_key(2, "+12015550009", "ada"), with_key(3, "+12015550008", "bob")];
         let (second, counts) = store.create_run_with_rows(dedupe("b"), rows.clone(), T0 + 1000).await.unwrap().unwrap();
         assert_eq!(counts.imported, 2);
@@ -588,7 +607,8 @@ pub(crate) mod tests {
         // Outside the window, or without a rule, the key is no reason.
         let (third, _) = store.create_run_with_rows(dedupe("c"), rows.clone(), T0 + 3_600_010).await.unwrap().unwrap();
         assert!(job_states(&client, third).await.iter().all(|j| j.1 == "pending"));
-        let (fourth, _) = store.create_run_with_rows(new_run("reminders", "d", None), rows, T0 + 1000).await.unwrap().unwrap();
+        let (fourth, _) =
+            store.create_run_with_rows(new_run("reminders", "d", None), rows, T0 + 1000).await.unwrap().unwrap();
         assert!(job_states(&client, fourth).await.iter().all(|j| j.1 == "pending"));
     }
 
@@ -597,19 +617,30 @@ pub(crate) mod tests {
         let Some((store, client)) = ledger("pg runs state").await else { return };
         let rows = vec![job(2, "+12015550001"), job(3, "+12015550002"), job(4, "+12015550003")];
         let (id, _) = store.create_run_with_rows(new_run("reminders", "k", None), rows, T0).await.unwrap().unwrap();
-        let first = client.query_one("SELECT MIN(id) FROM jobs WHERE run_id = $1", &[&id]).await.unwrap().get::<_, i64>(0);
+        let first =
+            client.query_one("SELECT MIN(id) FROM jobs WHERE run_id = $1", &[&id]).await.unwrap().get::<_, i64>(0);
         client.execute("UPDATE jobs SET state = 'dispatching' WHERE id = $1", &[&first]).await.unwrap();
         assert!(!store.set_run_state(id, RunState::Paused, RunState::Active, None, T0).await.unwrap());
         assert!(matches!(
             store.set_run_state(9999, RunState::Active, RunState::Paused, None, T0).await,
             Err(StoreError::RunNotFound(9999))
         ));
-        assert!(store.set_run_state(id, RunState::Active, RunState::Paused, Some("paused by user"), T0 + 1).await.unwrap());
+        assert!(
+            store.set_run_state(id, RunState::Active, RunState::Paused, Some("paused by user"), T0 + 1).await.unwrap()
+        );
         let run = store.get_run(id).await.unwrap();
-        assert_eq!((run.state, run.state_reason.as_deref(), run.finished_at), (RunState::Paused, Some("paused by user"), None));
+        assert_eq!(
+            (run.state, run.state_reason.as_deref(), run.finished_at),
+            (RunState::Paused, Some("paused by user"), None)
+        );
         assert!(job_states(&client, id).await.iter().skip(1).all(|j| j.1 == "pending"), "a pause cancels nothing");
         assert!(!store.set_run_state(id, RunState::Active, RunState::Cancelled, None, T0 + 2).await.unwrap());
-        assert!(store.set_run_state(id, RunState::Paused, RunState::Cancelled, Some("cancelled by user"), T0 + 3).await.unwrap());
+        assert!(
+            store
+                .set_run_state(id, RunState::Paused, RunState::Cancelled, Some("cancelled by user"), T0 + 3)
+                .await
+                .unwrap()
+        );
         let run = store.get_run(id).await.unwrap();
         assert_eq!((run.state, run.finished_at), (RunState::Cancelled, Some(T0 + 3)));
         let states = job_states(&client, id).await;

@@ -162,12 +162,21 @@ mod tests {
         let bob = Phone::from_e164("+12015550002".into());
         let reminders = Scope::Campaign("reminders".into());
         assert!(store.suppress(&ada, &reminders, None, "api", T0).await.unwrap());
-        assert!(store.suppress(&bob, &Scope::Channel(Channel::Whatsapp), Some("STOP"), "messaging webhook", T0 + 1).await.unwrap());
+        assert!(
+            store
+                .suppress(&bob, &Scope::Channel(Channel::Whatsapp), Some("STOP"), "messaging webhook", T0 + 1)
+                .await
+                .unwrap()
+        );
         assert!(store.suppress(&ada, &Scope::All, Some("STOP"), "messaging webhook", T0 + 2).await.unwrap());
-        assert!(!store.suppress(&ada, &Scope::All, Some("again"), "cli", T0 + 3).await.unwrap(), "the first entry stays");
+        assert!(
+            !store.suppress(&ada, &Scope::All, Some("again"), "cli", T0 + 3).await.unwrap(),
+            "the first entry stays"
+        );
         assert!(store.suppress(&bob, &Scope::Kind(CampaignKind::Survey), None, "cli", T0 + 4).await.unwrap());
         let all = store.suppressions(0, 10).await.unwrap();
-        let listed: Vec<(String, String)> = all.iter().map(|s| (s.phone.as_str().to_string(), s.scope.as_text())).collect();
+        let listed: Vec<(String, String)> =
+            all.iter().map(|s| (s.phone.as_str().to_string(), s.scope.as_text())).collect();
         assert_eq!(
             listed,
             [
@@ -177,23 +186,35 @@ mod tests {
                 ("+12015550002".into(), "survey".into()),
             ]
         );
-        assert_eq!((all[2].reason.as_deref(), all[2].source.as_str(), all[2].created_at), (Some("STOP"), "messaging webhook", T0 + 2));
+        assert_eq!(
+            (all[2].reason.as_deref(), all[2].source.as_str(), all[2].created_at),
+            (Some("STOP"), "messaging webhook", T0 + 2)
+        );
         let page: Vec<i64> = store.suppressions(all[1].id, 2).await.unwrap().iter().map(|s| s.id).collect();
         assert_eq!(page, [all[2].id, all[3].id]);
         // The earliest entry that covers the campaign.
-        let covering = store.suppression_for("+12015550001", "reminders", CampaignKind::Reminder, Channel::Sms).await.unwrap();
+        let covering =
+            store.suppression_for("+12015550001", "reminders", CampaignKind::Reminder, Channel::Sms).await.unwrap();
         assert_eq!(covering.unwrap().scope, reminders);
-        let covering = store.suppression_for("+12015550001", "other", CampaignKind::Reminder, Channel::Sms).await.unwrap();
+        let covering =
+            store.suppression_for("+12015550001", "other", CampaignKind::Reminder, Channel::Sms).await.unwrap();
         assert_eq!(covering.unwrap().scope, Scope::All);
-        assert_eq!(store.suppression_for("+12015550002", "reminders", CampaignKind::Reminder, Channel::Sms).await.unwrap(), None);
+        assert_eq!(
+            store.suppression_for("+12015550002", "reminders", CampaignKind::Reminder, Channel::Sms).await.unwrap(),
+            None
+        );
         let survey = store.suppression_for("+12015550002", "poll", CampaignKind::Survey, Channel::Sms).await.unwrap();
         assert_eq!(survey.unwrap().scope, Scope::Kind(CampaignKind::Survey));
-        let whatsapp = store.suppression_for("+12015550002", "poll", CampaignKind::Survey, Channel::Whatsapp).await.unwrap();
+        let whatsapp =
+            store.suppression_for("+12015550002", "poll", CampaignKind::Survey, Channel::Whatsapp).await.unwrap();
         assert_eq!(whatsapp.unwrap().scope, Scope::Channel(Channel::Whatsapp));
         // Before a create: the run's state, and its campaign's entry.
         let run = store.create_run(new_run("reminders", "k", None), T0).await.unwrap().unwrap();
         let (state, entry) = store.before_create(run, "+12015550001").await.unwrap();
-        assert_eq!((state, entry.map(|e| (e.scope, e.id))), (RunState::Expanding, Some((reminders.clone(), all[0].id))));
+        assert_eq!(
+            (state, entry.map(|e| (e.scope, e.id))),
+            (RunState::Expanding, Some((reminders.clone(), all[0].id)))
+        );
         let (_, entry) = store.before_create(run, "+12015550002").await.unwrap();
         assert_eq!(entry, None);
         let (_, entry) = store.before_create(run, "+12015550003").await.unwrap();
