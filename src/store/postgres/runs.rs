@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::future::try_join_all;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 use super::{Pg, parsed};
@@ -350,58 +352,81 @@ pub(crate) async fn insert_jobs(
     let insert_row = tx
         .prepare("INSERT INTO import_rows (run_id, line, raw_phone, outcome, reason) VALUES ($1, $2, $3, $4, $5)")
         .await?;
+    // The statements are pipelined (sent without waiting for each answer):
+    // the server runs them in the order sent, so a phone's first row is the
+    // one kept, as when each waits its turn.
+    struct Args<'a> {
+        phone: &'a str,
+        line: i64,
+        zone: &'a str,
+        parameters: &'a str,
+        due: i64,
+        expires: Option<i64>,
+        key: Option<&'a str>,
+    }
+    let args: Vec<Args<'_>> = items
+        .iter()
+        .filter_map(|item| match item {
+            ImportRow::Job(spec) => Some(Args {
+                phone: spec.phone.as_str(),
+                line: spec.line as i64,
+                zone: spec.zone.name(),
+                parameters: spec.parameters.as_json(),
+                due: spec.due_at.map_or(default_due, |t| t.timestamp_millis()),
+                expires: spec.expires_at.map(|t| t.timestamp_millis()),
+                key: spec.dedupe_key.as_deref(),
+            }),
+            ImportRow::Rejected(_) => None,
+        })
+        .collect();
+    let inserted = try_join_all(args.iter().map(|a| {
+        let params: [&(dyn ToSql + Sync); 13] = [
+            &run_id,
+            &a.phone,
+            &a.line,
+            &a.zone,
+            &a.parameters,
+            &a.due,
+            &a.expires,
+            &now,
+            &kind,
+            &campaign,
+            &channel,
+            &a.key,
+            &dedupe_since,
+        ];
+        tx.execute_raw(&insert_job, params)
+    }))
+    .await?;
+    let mut inserted = inserted.into_iter();
+    // The refused rows, in file order: (line, raw phone, outcome, reason).
+    let mut refused: Vec<(i64, &str, &str, String)> = Vec::new();
     for item in items {
         match item {
             ImportRow::Job(spec) => {
-                let due = spec.due_at.map_or(default_due, |t| t.timestamp_millis());
-                let line = spec.line as i64;
-                let inserted = tx
-                    .execute(
-                        &insert_job,
-                        &[
-                            &run_id,
-                            &spec.phone.as_str(),
-                            &line,
-                            &spec.zone.name(),
-                            &spec.parameters.as_json(),
-                            &due,
-                            &spec.expires_at.map(|t| t.timestamp_millis()),
-                            &now,
-                            &kind,
-                            &campaign,
-                            &channel,
-                            &spec.dedupe_key,
-                            &dedupe_since,
-                        ],
-                    )
-                    .await?;
-                if inserted == 1 {
+                if inserted.next() == Some(1) {
                     counts.imported += 1;
                 } else {
                     counts.duplicates += 1;
-                    tx.execute(
-                        &insert_row,
-                        &[
-                            &run_id,
-                            &line,
-                            &spec.phone.as_str(),
-                            &RowOutcome::Duplicate.as_str(),
-                            &format!("duplicate phone {}; the first row with it is kept", spec.phone),
-                        ],
-                    )
-                    .await?;
+                    refused.push((
+                        spec.line as i64,
+                        spec.phone.as_str(),
+                        RowOutcome::Duplicate.as_str(),
+                        format!("duplicate phone {}; the first row with it is kept", spec.phone),
+                    ));
                 }
             }
             ImportRow::Rejected(r) => {
                 counts.rejected += 1;
-                tx.execute(
-                    &insert_row,
-                    &[&run_id, &(r.line as i64), &r.raw_phone, &RowOutcome::Rejected.as_str(), &r.reason],
-                )
-                .await?;
+                refused.push((r.line as i64, &r.raw_phone, RowOutcome::Rejected.as_str(), r.reason.clone()));
             }
         }
     }
+    try_join_all(refused.iter().map(|(line, raw, outcome, reason)| {
+        let params: [&(dyn ToSql + Sync); 5] = [&run_id, line, raw, outcome, reason];
+        tx.execute_raw(&insert_row, params)
+    }))
+    .await?;
     tx.execute(
         "UPDATE runs SET rows_total = rows_total + $2, imported = imported + $3, rejected = rejected + $4, \
          duplicates = duplicates + $5, import_line = GREATEST(import_line, $6) WHERE id = $1",
@@ -574,6 +599,35 @@ pub(crate) mod tests {
         let counts = store.run_counts(id).await.unwrap();
         assert_eq!((counts.get(JobState::Pending), counts.get(JobState::Skipped), counts.total()), (2, 1, 3));
         assert!(!store.finish_run_if_done(id, T0).await.unwrap(), "two jobs are pending");
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_keeps_each_phones_first_row_and_file_order() {
+        let Some((store, client)) = ledger("pg runs large batch").await else { return };
+        // 1,500 rows: 1,000 phones, the first 500 of them again later on.
+        let rows: Vec<ImportRow> = (0..1500u64).map(|i| job(i + 2, &format!("+1201555{:04}", i % 1000))).collect();
+        let started = std::time::Instant::now();
+        let (id, counts) =
+            store.create_run_with_rows(new_run("reminders", "k", None), rows, T0).await.unwrap().unwrap();
+        eprintln!("1,500 rows in {:?}", started.elapsed());
+        assert_eq!((counts.imported, counts.duplicates), (1000, 500));
+        let lines: Vec<i64> = client
+            .query("SELECT line FROM jobs WHERE run_id = $1 ORDER BY id", &[&id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(lines, (2..1002).collect::<Vec<i64>>(), "ids in file order, each phone's first row kept");
+        let duplicates: Vec<i64> = client
+            .query("SELECT line FROM import_rows WHERE run_id = $1 ORDER BY line", &[&id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(duplicates, (1002..1502).collect::<Vec<i64>>());
+        assert_eq!(store.import_line(id).await.unwrap(), 1501);
     }
 
     #[tokio::test]
