@@ -18,6 +18,9 @@ const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, 
      max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
      created_at, expanded_at, finished_at, outcome_fields, channel, limits_exempt, dedupe_within_ms, purged_at";
 
+/// Statements [`insert_jobs`] sends before it reads their answers.
+const PIPELINE: usize = 500;
+
 fn corrupt(idx: usize, message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("column {idx}: {message}"))
 }
@@ -316,8 +319,10 @@ pub(crate) async fn insert_jobs(
     now: i64,
 ) -> Result<BatchCounts> {
     let mut counts = BatchCounts::default();
-    let run =
-        tx.query_one("SELECT campaign, kind, channel, dedupe_within_ms FROM runs WHERE id = $1", &[&run_id]).await?;
+    let run = tx
+        .query_opt("SELECT campaign, kind, channel, dedupe_within_ms FROM runs WHERE id = $1", &[&run_id])
+        .await?
+        .ok_or(StoreError::RunNotFound(run_id))?;
     let (campaign, kind, channel, dedupe_within): (String, String, String, Option<i64>) =
         (run.try_get(0)?, run.try_get(1)?, run.try_get(2)?, run.try_get(3)?);
     // Without a dedupe rule no key matches: `dedupe_key = NULL` is never true.
@@ -379,25 +384,31 @@ pub(crate) async fn insert_jobs(
             ImportRow::Rejected(_) => None,
         })
         .collect();
-    let inserted = try_join_all(args.iter().map(|a| {
-        let params: [&(dyn ToSql + Sync); 13] = [
-            &run_id,
-            &a.phone,
-            &a.line,
-            &a.zone,
-            &a.parameters,
-            &a.due,
-            &a.expires,
-            &now,
-            &kind,
-            &campaign,
-            &channel,
-            &a.key,
-            &dedupe_since,
-        ];
-        tx.execute_raw(&insert_job, params)
-    }))
-    .await?;
+    let mut inserted = Vec::with_capacity(args.len());
+    // In chunks, so that a very large batch does not hold a future per row.
+    for chunk in args.chunks(PIPELINE) {
+        inserted.extend(
+            try_join_all(chunk.iter().map(|a| {
+                let params: [&(dyn ToSql + Sync); 13] = [
+                    &run_id,
+                    &a.phone,
+                    &a.line,
+                    &a.zone,
+                    &a.parameters,
+                    &a.due,
+                    &a.expires,
+                    &now,
+                    &kind,
+                    &campaign,
+                    &channel,
+                    &a.key,
+                    &dedupe_since,
+                ];
+                tx.execute_raw(&insert_job, params)
+            }))
+            .await?,
+        );
+    }
     let mut inserted = inserted.into_iter();
     // The refused rows, in file order: (line, raw phone, outcome, reason).
     let mut refused: Vec<(i64, &str, &str, String)> = Vec::new();
@@ -422,11 +433,13 @@ pub(crate) async fn insert_jobs(
             }
         }
     }
-    try_join_all(refused.iter().map(|(line, raw, outcome, reason)| {
-        let params: [&(dyn ToSql + Sync); 5] = [&run_id, line, raw, outcome, reason];
-        tx.execute_raw(&insert_row, params)
-    }))
-    .await?;
+    for chunk in refused.chunks(PIPELINE) {
+        try_join_all(chunk.iter().map(|(line, raw, outcome, reason)| {
+            let params: [&(dyn ToSql + Sync); 5] = [&run_id, line, raw, outcome, reason];
+            tx.execute_raw(&insert_row, params)
+        }))
+        .await?;
+    }
     tx.execute(
         "UPDATE runs SET rows_total = rows_total + $2, imported = imported + $3, rejected = rejected + $4, \
          duplicates = duplicates + $5, import_line = GREATEST(import_line, $6) WHERE id = $1",
