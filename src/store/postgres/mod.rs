@@ -41,7 +41,6 @@ const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// An open PostgreSQL ledger: a pool of connections.
 pub(crate) struct Pg {
     pool: Pool,
-    address: String,
     /// The full URL, password included, for the leader's own connection;
     /// never shown.
     url: String,
@@ -82,10 +81,10 @@ pub(super) fn redact(url: &str) -> String {
         None => (rest, ""),
     };
     match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
+        Some((user, host)) => match user.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
         None => url.to_string(),
     }
     .replace_password_query()
@@ -134,7 +133,6 @@ impl Pg {
             .map_err(|e| connect(e.to_string()))?;
         let pg = Pg {
             pool,
-            address: address.clone(),
             url: url.to_string(),
             leadership: cluster::Leadership::default(),
             instance: instance_name(),
@@ -147,10 +145,6 @@ impl Pg {
     /// A connection from the pool.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
-    }
-
-    pub(crate) fn address(&self) -> &str {
-        &self.address
     }
 
     pub(crate) fn url(&self) -> &str {
@@ -221,21 +215,6 @@ pub(super) fn parsed<T: std::str::FromStr<Err = String>>(row: &tokio_postgres::R
     text.parse::<T>().map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(redact("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
-        assert_eq!(
-            redact("postgres://u@db/x?password=secret&sslmode=disable"),
-            "postgres://u@db/x?password=***&sslmode=disable"
-        );
-        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
-    }
-}
-
 /// A fresh ledger in a schema of its own on the test server named by
 /// `FLOWCAST_TEST_POSTGRES`, as a `postgres://` address; `None` (and a line
 /// saying why) when that variable is unset.
@@ -254,3 +233,19 @@ pub async fn test_ledger(label: &str) -> Option<String> {
     let sep = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(
+            redact("postgres://u@db/x?password=secret&sslmode=disable"),
+            "postgres://u@db/x?password=***&sslmode=disable"
+        );
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+    }
+}
+

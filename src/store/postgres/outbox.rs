@@ -1,32 +1,205 @@
-//! PostgreSQL twin of `sqlite/outbox.rs` (being ported).
-#![allow(unused)]
+//! PostgreSQL twin of `sqlite/outbox.rs`: the outbox of signed events (written
+//! by the ledger's triggers): read what is due (in order per job), and record
+//! each delivery attempt.
 
-use std::collections::HashMap;
+use tokio_postgres::Row;
 
 use super::Pg;
-use crate::domain::*;
-use crate::store::*;
+use crate::store::{OutboxCounts, OutboxEvent, Result};
 
-pub(crate) async fn due(pg: &Pg, now: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
-    unimplemented!("postgres outbox::due")
+const COLUMNS: &str = "id, event_id, event_type, run_id, job_id, url, body, created_at, attempts, next_attempt_at, \
+     delivered_at, gave_up_at, last_error";
+
+fn from_row(r: &Row) -> Result<OutboxEvent> {
+    Ok(OutboxEvent {
+        id: r.try_get(0)?,
+        event_id: r.try_get(1)?,
+        event_type: r.try_get(2)?,
+        run_id: r.try_get(3)?,
+        job_id: r.try_get(4)?,
+        url: r.try_get(5)?,
+        body: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        attempts: r.try_get(8)?,
+        next_attempt_at: r.try_get(9)?,
+        delivered_at: r.try_get(10)?,
+        gave_up_at: r.try_get(11)?,
+        last_error: r.try_get(12)?,
+    })
 }
 
+/// Events due for an attempt, oldest first. An event waits while an earlier
+/// event of the same job is still undelivered: receivers see a job's events
+/// in the order they happened.
+pub(crate) async fn due(pg: &Pg, now: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
+    let client = pg.client().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM outbox o \
+             WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1 \
+               AND (job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
+                                                  AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)) \
+             ORDER BY id LIMIT $2"
+        ))
+        .await?;
+    let rows = client.query(&stmt, &[&now, &i64::from(limit)]).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// When the next undelivered event is due, if any.
 pub(crate) async fn next_due(pg: &Pg) -> Result<Option<i64>> {
-    unimplemented!("postgres outbox::next_due")
+    let client = pg.client().await?;
+    let row = client
+        .query_one("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL AND gave_up_at IS NULL", &[])
+        .await?;
+    Ok(row.try_get(0)?)
 }
 
 pub(crate) async fn delivered(pg: &Pg, id: i64, now: i64) -> Result<()> {
-    unimplemented!("postgres outbox::delivered")
+    let client = pg.client().await?;
+    let stmt = client
+        .prepare_cached("UPDATE outbox SET delivered_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1")
+        .await?;
+    client.execute(&stmt, &[&id, &now]).await?;
+    Ok(())
 }
 
+/// A failed attempt: try again at `retry_at`, or give up (`None`).
 pub(crate) async fn failed(pg: &Pg, id: i64, error: &str, retry_at: Option<i64>, now: i64) -> Result<()> {
-    unimplemented!("postgres outbox::failed")
+    let client = pg.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = COALESCE($3::BIGINT, next_attempt_at), \
+                 gave_up_at = CASE WHEN $3::BIGINT IS NULL THEN $4::BIGINT END \
+             WHERE id = $1",
+        )
+        .await?;
+    client.execute(&stmt, &[&id, &error, &retry_at, &now]).await?;
+    Ok(())
 }
 
 pub(crate) async fn counts(pg: &Pg) -> Result<OutboxCounts> {
-    unimplemented!("postgres outbox::counts")
+    let client = pg.client().await?;
+    let row = client
+        .query_one(
+            "SELECT COUNT(*) FILTER (WHERE delivered_at IS NULL AND gave_up_at IS NULL), \
+                    COUNT(*) FILTER (WHERE delivered_at IS NOT NULL), \
+                    COUNT(*) FILTER (WHERE gave_up_at IS NOT NULL) FROM outbox",
+            &[],
+        )
+        .await?;
+    Ok(OutboxCounts { pending: row.try_get(0)?, delivered: row.try_get(1)?, gave_up: row.try_get(2)? })
 }
 
+/// A page of events by id; `state` is `pending`, `delivered`, `gave_up` or
+/// `None` for all.
 pub(crate) async fn page(pg: &Pg, state: Option<&str>, after: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
-    unimplemented!("postgres outbox::page")
+    let filter = match state {
+        Some("pending") => "delivered_at IS NULL AND gave_up_at IS NULL",
+        Some("delivered") => "delivered_at IS NOT NULL",
+        Some("gave_up") => "gave_up_at IS NOT NULL",
+        _ => "TRUE",
+    };
+    let client = pg.client().await?;
+    let rows = client
+        .query(
+            &format!("SELECT {COLUMNS} FROM outbox WHERE id > $1 AND {filter} ORDER BY id LIMIT $2"),
+            &[&after, &i64::from(limit)],
+        )
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{Phone, RunState, Scope};
+    use crate::store::postgres::runs::tests::{T0, job, ledger, new_run};
+
+    #[tokio::test]
+    async fn events_from_the_triggers_are_due_in_order_per_job_and_record_their_attempts() {
+        let Some((store, client)) = ledger("pg outbox").await else { return };
+        assert_eq!(store.outbox_next_due().await.unwrap(), None);
+        store.suppress(&Phone::from_e164("+12015550002".into()), &Scope::All, Some("STOP"), "cli", T0).await.unwrap();
+        let run = new_run("reminders", "k", Some(&["run.finished", "job.skipped", "job.failed"]));
+        let rows = vec![job(2, "+12015550001"), job(3, "+12015550002")];
+        let (id, _) = store.create_run_with_rows(run, rows, T0).await.unwrap().unwrap();
+        // A run without `notify` writes nothing.
+        store
+            .create_run_with_rows(new_run("reminders", "quiet", None), vec![job(2, "+12015550002")], T0)
+            .await
+            .unwrap()
+            .unwrap();
+        let skipped = client
+            .query_one("SELECT id FROM jobs WHERE run_id = $1 AND state = 'skipped'", &[&id])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        let sent = client
+            .query_one("SELECT id FROM jobs WHERE run_id = $1 AND state = 'pending'", &[&id])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        // The skipped job fails too (a second event of the same job), the
+        // other is sent (no event), and the run finishes.
+        client
+            .execute("UPDATE jobs SET state = 'failed', reason = 'invalid' WHERE id = $1", &[&skipped])
+            .await
+            .unwrap();
+        client.execute("UPDATE jobs SET state = 'sent', sent_at = 1 WHERE id = $1", &[&sent]).await.unwrap();
+        assert!(store.finish_run_if_done(id, T0 + 5).await.unwrap());
+        let all = store.outbox_page(None, 0, 10).await.unwrap();
+        let types: Vec<(&str, Option<i64>)> = all.iter().map(|e| (e.event_type.as_str(), e.job_id)).collect();
+        assert_eq!(types, [("job.skipped", Some(skipped)), ("job.failed", Some(skipped)), ("run.finished", None)]);
+        assert!(all.iter().all(|e| e.run_id == id && e.url == "https://hooks.example.com/flowcast" && e.attempts == 0));
+        let body: serde_json::Value = serde_json::from_str(&all[0].body).unwrap();
+        assert_eq!(body["id"], all[0].event_id.as_str());
+        assert_eq!(
+            (body["phone"].as_str(), body["reason"].as_str()),
+            (Some("+12015550002"), Some("suppressed: scope all, STOP"))
+        );
+        let finished: serde_json::Value = serde_json::from_str(&all[2].body).unwrap();
+        assert_eq!(finished["jobs"], serde_json::json!({"failed": 1, "sent": 1}));
+        assert_eq!(finished["state"], "finished");
+        let now = all.iter().map(|e| e.next_attempt_at).max().unwrap();
+        assert_eq!(store.outbox_next_due().await.unwrap(), Some(all[0].next_attempt_at));
+        // The job's second event waits for its first.
+        let due: Vec<i64> = store.outbox_due(now, 10).await.unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(due, [all[0].id, all[2].id]);
+        assert!(store.outbox_due(all[0].next_attempt_at - 1, 10).await.unwrap().is_empty());
+        assert_eq!(store.outbox_due(now, 1).await.unwrap().len(), 1);
+        // A failed attempt to retry keeps it pending (and its successor waiting).
+        store.outbox_failed(all[0].id, "HTTP 500".into(), Some(now + 1000), now).await.unwrap();
+        let due: Vec<i64> = store.outbox_due(now, 10).await.unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(due, [all[2].id]);
+        assert_eq!(store.outbox_due(now + 1000, 10).await.unwrap()[0].id, all[0].id);
+        let first = &store.outbox_page(None, 0, 1).await.unwrap()[0];
+        assert_eq!(
+            (first.attempts, first.last_error.as_deref(), first.next_attempt_at, first.gave_up_at),
+            (1, Some("HTTP 500"), now + 1000, None)
+        );
+        // Given up on: its successor is due.
+        store.outbox_failed(all[0].id, "HTTP 410".into(), None, now + 1000).await.unwrap();
+        let first = &store.outbox_page(None, 0, 1).await.unwrap()[0];
+        assert_eq!((first.attempts, first.next_attempt_at, first.gave_up_at), (2, now + 1000, Some(now + 1000)));
+        let due: Vec<i64> = store.outbox_due(now, 10).await.unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(due, [all[1].id, all[2].id]);
+        store.outbox_delivered(all[2].id, now + 2000).await.unwrap();
+        let delivered = &store.outbox_page(Some("delivered".into()), 0, 10).await.unwrap()[0];
+        assert_eq!(
+            (delivered.id, delivered.delivered_at, delivered.attempts, delivered.last_error.clone()),
+            (all[2].id, Some(now + 2000), 1, None)
+        );
+        let counts = store.outbox_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.delivered, counts.gave_up), (1, 1, 1));
+        let ids = |events: Vec<crate::store::OutboxEvent>| events.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.outbox_page(Some("pending".into()), 0, 10).await.unwrap()), [all[1].id]);
+        assert_eq!(ids(store.outbox_page(Some("gave_up".into()), 0, 10).await.unwrap()), [all[0].id]);
+        assert_eq!(ids(store.outbox_page(None, all[0].id, 10).await.unwrap()), [all[1].id, all[2].id]);
+        assert_eq!(store.outbox_next_due().await.unwrap(), Some(all[1].next_attempt_at));
+        // A run cancelled is no `run.finished`.
+        let other = store.create_run(new_run("reminders", "k2", Some(&["run.finished"])), T0).await.unwrap().unwrap();
+        assert!(store.set_run_state(other, RunState::Expanding, RunState::Cancelled, None, T0).await.unwrap());
+        assert_eq!(store.outbox_page(None, 0, 10).await.unwrap().len(), 3);
+    }
 }

@@ -1,12 +1,29 @@
-//! PostgreSQL twin of `sqlite/suppressions.rs` (being ported).
-#![allow(unused)]
+//! PostgreSQL twin of `sqlite/suppressions.rs`: the suppression list, and the
+//! checks every import and every create make against it. An entry's place in
+//! the list is `seq` (SQLite's rowid).
 
-use std::collections::HashMap;
+use tokio_postgres::{GenericClient, Row};
 
-use super::Pg;
-use crate::domain::*;
-use crate::store::*;
+use super::{Pg, parsed};
+use crate::domain::{CampaignKind, Channel, Phone, RunState, Scope};
+use crate::store::{Result, StoreError, Suppression};
 
+fn from_row(r: &Row) -> Result<Suppression> {
+    let scope: String = r.try_get(2)?;
+    Ok(Suppression {
+        id: r.try_get(0)?,
+        phone: Phone::from_e164(r.try_get(1)?),
+        scope: Scope::parse(&scope).map_err(|e| StoreError::Corrupt(format!("column 2: {e}")))?,
+        reason: r.try_get(3)?,
+        source: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+    })
+}
+
+const COLUMNS: &str = "seq, phone, scope, reason, source, created_at";
+
+/// Adds an entry; `false` when the phone was already suppressed in that scope
+/// (the first entry, with its reason and source, stays).
 pub(crate) async fn add(
     pg: &Pg,
     phone: &Phone,
@@ -15,17 +32,43 @@ pub(crate) async fn add(
     source: &str,
     now: i64,
 ) -> Result<bool> {
-    unimplemented!("postgres suppressions::add")
+    let client = pg.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO suppressions (phone, scope, reason, source, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    let added = client.execute(&stmt, &[&phone.as_str(), &scope.as_text(), &reason, &source, &now]).await?;
+    Ok(added == 1)
 }
 
+/// Removes a phone's entries, in one scope or (`None`) in every scope.
 pub(crate) async fn remove(pg: &Pg, phone: &Phone, scope: Option<&Scope>) -> Result<usize> {
-    unimplemented!("postgres suppressions::remove")
+    let client = pg.client().await?;
+    let removed = client
+        .execute(
+            "DELETE FROM suppressions WHERE phone = $1 AND ($2::TEXT IS NULL OR scope = $2)",
+            &[&phone.as_str(), &scope.map(Scope::as_text)],
+        )
+        .await?;
+    Ok(removed as usize)
 }
 
+/// A page of the list in the order entries were added, after entry `after`.
 pub(crate) async fn page(pg: &Pg, after: i64, limit: u32) -> Result<Vec<Suppression>> {
-    unimplemented!("postgres suppressions::page")
+    let client = pg.client().await?;
+    let rows = client
+        .query(
+            &format!("SELECT {COLUMNS} FROM suppressions WHERE seq > $1 ORDER BY seq LIMIT $2"),
+            &[&after, &i64::from(limit)],
+        )
+        .await?;
+    rows.iter().map(from_row).collect()
 }
 
+/// The entry that keeps `phone` from campaign `campaign` of `kind` on
+/// `channel`, if any.
 pub(crate) async fn covering(
     pg: &Pg,
     phone: &str,
@@ -33,13 +76,162 @@ pub(crate) async fn covering(
     kind: CampaignKind,
     channel: Channel,
 ) -> Result<Option<Suppression>> {
-    unimplemented!("postgres suppressions::covering")
+    let client = pg.client().await?;
+    covering_in(&**client, phone, campaign, kind, channel).await
 }
 
+async fn covering_in<C: GenericClient + Sync>(
+    c: &C,
+    phone: &str,
+    campaign: &str,
+    kind: CampaignKind,
+    channel: Channel,
+) -> Result<Option<Suppression>> {
+    let [all, kind, channel, name] = Scope::covering(campaign, kind, channel);
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM suppressions WHERE phone = $1 AND scope IN ($2, $3, $4, $5) \
+                 ORDER BY seq LIMIT 1"
+            ),
+            &[&phone, &all, &kind, &channel, &name],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// What a create checks right before it goes out, in one read: the run's
+/// state (a pause or cancel wins) and whether the contact is suppressed for
+/// this run's campaign (an opt-out that arrived mid-run wins).
 pub(crate) async fn before_create(pg: &Pg, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
-    unimplemented!("postgres suppressions::before_create")
+    let client = pg.client().await?;
+    // One statement, so the two answers come from one snapshot.
+    let stmt = client
+        .prepare_cached(
+            "SELECT r.state, s.seq, s.phone, s.scope, s.reason, s.source, s.created_at FROM runs r \
+             LEFT JOIN LATERAL (SELECT seq, phone, scope, reason, source, created_at FROM suppressions \
+                                WHERE phone = $2 AND scope IN ('all', r.kind, r.channel, r.campaign) \
+                                ORDER BY seq LIMIT 1) s ON TRUE \
+             WHERE r.id = $1",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&run_id, &phone]).await?.ok_or(StoreError::RunNotFound(run_id))?;
+    let state: RunState = parsed(&row, 0)?;
+    let seq: Option<i64> = row.try_get(1)?;
+    let suppression = match seq {
+        None => None,
+        Some(id) => {
+            let scope: String = row.try_get(3)?;
+            Some(Suppression {
+                id,
+                phone: Phone::from_e164(row.try_get(2)?),
+                scope: Scope::parse(&scope).map_err(|e| StoreError::Corrupt(format!("column 3: {e}")))?,
+                reason: row.try_get(4)?,
+                source: row.try_get(5)?,
+                created_at: row.try_get(6)?,
+            })
+        }
+    };
+    Ok((state, suppression))
 }
 
+/// Lifts a phone's scope-`all` entries that came from `sources` only: an opt-in
+/// from Twilio undoes Twilio's opt-out, never an entry someone added by hand
+/// or imported.
 pub(crate) async fn remove_from(pg: &Pg, phone: &Phone, sources: &[&str]) -> Result<usize> {
-    unimplemented!("postgres suppressions::remove_from")
+    let client = pg.client().await?;
+    let removed = client
+        .execute(
+            "DELETE FROM suppressions WHERE phone = $1 AND scope = 'all' AND source = ANY($2)",
+            &[&phone.as_str(), &sources],
+        )
+        .await?;
+    Ok(removed as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{CampaignKind, Channel, Phone, RunState, Scope};
+    use crate::store::StoreError;
+    use crate::store::postgres::runs::tests::{T0, ledger, new_run};
+
+    #[tokio::test]
+    async fn suppressions_are_added_once_paged_in_order_and_cover_their_scopes() {
+        let Some((store, _client)) = ledger("pg suppressions").await else { return };
+        let ada = Phone::from_e164("+12015550001".into());
+        let bob = Phone::from_e164("+12015550002".into());
+        let reminders = Scope::Campaign("reminders".into());
+        assert!(store.suppress(&ada, &reminders, None, "api", T0).await.unwrap());
+        assert!(
+            store
+                .suppress(&bob, &Scope::Channel(Channel::Whatsapp), Some("STOP"), "messaging webhook", T0 + 1)
+                .await
+                .unwrap()
+        );
+        assert!(store.suppress(&ada, &Scope::All, Some("STOP"), "messaging webhook", T0 + 2).await.unwrap());
+        assert!(
+            !store.suppress(&ada, &Scope::All, Some("again"), "cli", T0 + 3).await.unwrap(),
+            "the first entry stays"
+        );
+        assert!(store.suppress(&bob, &Scope::Kind(CampaignKind::Survey), None, "cli", T0 + 4).await.unwrap());
+        let all = store.suppressions(0, 10).await.unwrap();
+        let listed: Vec<(String, String)> =
+            all.iter().map(|s| (s.phone.as_str().to_string(), s.scope.as_text())).collect();
+        assert_eq!(
+            listed,
+            [
+                ("+12015550001".into(), "reminders".into()),
+                ("+12015550002".into(), "whatsapp".into()),
+                ("+12015550001".into(), "all".into()),
+                ("+12015550002".into(), "survey".into()),
+            ]
+        );
+        assert_eq!(
+            (all[2].reason.as_deref(), all[2].source.as_str(), all[2].created_at),
+            (Some("STOP"), "messaging webhook", T0 + 2)
+        );
+        let page: Vec<i64> = store.suppressions(all[1].id, 2).await.unwrap().iter().map(|s| s.id).collect();
+        assert_eq!(page, [all[2].id, all[3].id]);
+        // The earliest entry that covers the campaign.
+        let covering =
+            store.suppression_for("+12015550001", "reminders", CampaignKind::Reminder, Channel::Sms).await.unwrap();
+        assert_eq!(covering.unwrap().scope, reminders);
+        let covering =
+            store.suppression_for("+12015550001", "other", CampaignKind::Reminder, Channel::Sms).await.unwrap();
+        assert_eq!(covering.unwrap().scope, Scope::All);
+        assert_eq!(
+            store.suppression_for("+12015550002", "reminders", CampaignKind::Reminder, Channel::Sms).await.unwrap(),
+            None
+        );
+        let survey = store.suppression_for("+12015550002", "poll", CampaignKind::Survey, Channel::Sms).await.unwrap();
+        assert_eq!(survey.unwrap().scope, Scope::Kind(CampaignKind::Survey));
+        let whatsapp =
+            store.suppression_for("+12015550002", "poll", CampaignKind::Survey, Channel::Whatsapp).await.unwrap();
+        assert_eq!(whatsapp.unwrap().scope, Scope::Channel(Channel::Whatsapp));
+        // Before a create: the run's state, and its campaign's entry.
+        let run = store.create_run(new_run("reminders", "k", None), T0).await.unwrap().unwrap();
+        let (state, entry) = store.before_create(run, "+12015550001").await.unwrap();
+        assert_eq!(
+            (state, entry.map(|e| (e.scope, e.id))),
+            (RunState::Expanding, Some((reminders.clone(), all[0].id)))
+        );
+        let (_, entry) = store.before_create(run, "+12015550002").await.unwrap();
+        assert_eq!(entry, None);
+        let (_, entry) = store.before_create(run, "+12015550003").await.unwrap();
+        assert_eq!(entry, None);
+        assert!(matches!(store.before_create(9999, "+12015550001").await, Err(StoreError::RunNotFound(9999))));
+        // Lifted only from the sources named, only in scope all.
+        assert_eq!(store.unsuppress_from(&bob, &["messaging webhook"]).await.unwrap(), 0, "bob's is a channel entry");
+        assert_eq!(store.unsuppress_from(&ada, &["cli", "studio"]).await.unwrap(), 0);
+        assert_eq!(store.unsuppress_from(&ada, &["cli", "messaging webhook"]).await.unwrap(), 1);
+        let (_, entry) = store.before_create(run, "+12015550001").await.unwrap();
+        assert_eq!(entry.unwrap().scope, reminders, "the campaign's entry still covers it");
+        assert_eq!(store.unsuppress(&ada, Some(&Scope::All)).await.unwrap(), 0);
+        assert_eq!(store.unsuppress(&ada, Some(&reminders)).await.unwrap(), 1);
+        assert_eq!(store.unsuppress(&bob, None).await.unwrap(), 2);
+        assert!(store.suppressions(0, 10).await.unwrap().is_empty());
+        // Added again: later in the list than anything before.
+        assert!(store.suppress(&ada, &Scope::All, None, "cli", T0 + 9).await.unwrap());
+        assert!(store.suppressions(0, 10).await.unwrap()[0].id > all[3].id);
+    }
 }
