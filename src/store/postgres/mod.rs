@@ -110,7 +110,10 @@ impl Pg {
         let connect = |message: String| StoreError::Connect { address: address.clone(), message };
         let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| connect(e.to_string()))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager).max_size(16).build().map_err(|e| connect(e.to_string()))?;
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| connect(e.to_string()))?;
         let pg = Pg { pool, address: address.clone(), instance: instance_name() };
         let mut client = pg.pool.get().await.map_err(|e| connect(e.to_string()))?;
         migrate(&mut client).await.map_err(|e| connect(format!("migration failed: {e}")))?;
@@ -197,10 +200,7 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         assert_eq!(redact("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
-        assert_eq!(
-            redact("postgres://u@db/x?password=secret&sslmode=disable"),
-            "postgres://u@db/x?password=***&sslmode=disable"
-        );
+        assert_eq!(redact("postgres://u@db/x?password=secret&sslmode=disable"), "postgres://u@db/x?password=***&sslmode=disable");
         assert_eq!(redact("postgres://db/x"), "postgres://db/x");
     }
 }

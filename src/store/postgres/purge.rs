@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use super::Pg;
 use crate::domain::*;
-pub(crate) use crate::store::sqlite::purge::{JobBatch, keyed_hash};
 use crate::store::*;
+pub(crate) use crate::store::sqlite::purge::{JobBatch, keyed_hash};
 
 pub(crate) async fn due_runs(pg: &Pg, before: i64) -> Result<Vec<i64>> {
     unimplemented!("postgres purge::due_runs")

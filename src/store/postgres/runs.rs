@@ -15,12 +15,7 @@ pub(crate) async fn run_by_key(pg: &Pg, campaign: &str, run_key: &str) -> Result
     unimplemented!("postgres runs::run_by_key")
 }
 
-pub(crate) async fn create_run_with_rows(
-    pg: &Pg,
-    run: &NewRun,
-    rows: &[ImportRow],
-    now: i64,
-) -> Result<std::result::Result<(i64, BatchCounts), i64>> {
+pub(crate) async fn create_run_with_rows(pg: &Pg, run: &NewRun, rows: &[ImportRow], now: i64) -> Result<std::result::Result<(i64, BatchCounts), i64>> {
     unimplemented!("postgres runs::create_run_with_rows")
 }
 
@@ -48,14 +43,7 @@ pub(crate) async fn import_line(pg: &Pg, id: i64) -> Result<u64> {
     unimplemented!("postgres runs::import_line")
 }
 
-pub(crate) async fn set_run_state(
-    pg: &Pg,
-    id: i64,
-    from: RunState,
-    to: RunState,
-    reason: Option<&str>,
-    now: i64,
-) -> Result<bool> {
+pub(crate) async fn set_run_state(pg: &Pg, id: i64, from: RunState, to: RunState, reason: Option<&str>, now: i64) -> Result<bool> {
     unimplemented!("postgres runs::set_run_state")
 }
 

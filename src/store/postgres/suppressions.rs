@@ -7,14 +7,7 @@ use super::Pg;
 use crate::domain::*;
 use crate::store::*;
 
-pub(crate) async fn add(
-    pg: &Pg,
-    phone: &Phone,
-    scope: &Scope,
-    reason: Option<&str>,
-    source: &str,
-    now: i64,
-) -> Result<bool> {
+pub(crate) async fn add(pg: &Pg, phone: &Phone, scope: &Scope, reason: Option<&str>, source: &str, now: i64) -> Result<bool> {
     unimplemented!("postgres suppressions::add")
 }
 
@@ -26,13 +19,7 @@ pub(crate) async fn page(pg: &Pg, after: i64, limit: u32) -> Result<Vec<Suppress
     unimplemented!("postgres suppressions::page")
 }
 
-pub(crate) async fn covering(
-    pg: &Pg,
-    phone: &str,
-    campaign: &str,
-    kind: CampaignKind,
-    channel: Channel,
-) -> Result<Option<Suppression>> {
+pub(crate) async fn covering(pg: &Pg, phone: &str, campaign: &str, kind: CampaignKind, channel: Channel) -> Result<Option<Suppression>> {
     unimplemented!("postgres suppressions::covering")
 }
 
