@@ -7,7 +7,7 @@
 //!   never claim the same job and never wait on each other for one; it writes
 //!   this instance as the job's lease owner, for [`LEASE_MS`];
 //! - the per-contact caps and dedupe checks, which SQLite serialises with its
-//!   one writer, hold a transaction-scoped advisory lock ([`claim_lock`]) from
+//!   one writer, hold a transaction-scoped advisory lock ([`CLAIM_LOCK`]) from
 //!   before the checks until the claims commit;
 //! - an outcome applies only to a job still leased to this instance (or to
 //!   none), and clears the lease;
@@ -35,12 +35,11 @@ const JOB_COLUMNS: &str = "id, run_id, line, phone, state, reason, execution_sid
 const CLAIMED_COLUMNS: &str = "id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
      attempt_started_at, ambiguous_since, conflict_sid, conflict_since";
 
-/// The advisory lock (one per ledger schema) that serialises the claims
+/// The advisory lock (one per ledger schema: test ledgers in other schemas
+/// of one database do not wait on each other) that serialises the claims
 /// checking per-contact caps or dedupe keys across instances, as SQLite's
-/// single writer does.
-fn claim_lock() -> &'static str {
-    "SELECT pg_advisory_xact_lock(hashtext('flowcast claim checks ' || current_schema()))"
-}
+/// single writer does. Held from before the checks until the claims commit.
+const CLAIM_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('flowcast claim checks ' || current_schema()))";
 
 fn corrupt(idx: usize, message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("column {idx}: {message}"))
@@ -360,7 +359,7 @@ pub(crate) async fn claim_due(
 
     // Checks to make: one claimer at a time across instances, from here to
     // the commit.
-    tx.execute(claim_lock(), &[]).await?;
+    tx.execute(CLAIM_LOCK, &[]).await?;
     let due = tx
         .prepare_cached(
             "SELECT id, phone, dedupe_key, expires_at, ambiguous_since FROM jobs \
@@ -683,7 +682,8 @@ pub(crate) async fn next_due_at(pg: &Pg, run_id: i64, now: i64) -> Result<Option
 /// attempt's fate is unknown is left to be claimed: Studio is asked first
 /// whether that attempt created an Execution. Returns how many.
 ///
-/// A job another instance is claiming right now is left for the next sweep.
+/// A job another instance is claiming right now is waited for, then seen as
+/// it was left (no longer `pending` if claimed).
 pub(crate) async fn expire_overdue(pg: &Pg, run_id: i64, now: i64) -> Result<usize> {
     let client = pg.client().await?;
     let stmt = client
