@@ -1361,4 +1361,60 @@ mod tests {
             .get(0);
         assert_eq!(held as usize, phones);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn dedupe_holds_across_two_claimers() {
+        let Some((url, store, client)) = ledger("pg jobs dedupe").await else { return };
+        let keys = 120;
+        let day = Some(86_400_000);
+        let (run_a, run_b) = (new_run(&client, "c", false, day).await, new_run(&client, "c", false, day).await);
+        // The same keys, other phones: only the dedupe rule links them.
+        let rows = |offset: usize| -> Vec<ImportRow> {
+            (0..keys).map(|n| job(n as u64 + 2, &phone(n + offset), Some(&format!("k{n}")))).collect()
+        };
+        import_batch(pg(&store), run_a, &rows(0), 200, NOW, NOW).await.unwrap();
+        import_batch(pg(&store), run_b, &rows(1000), 200, NOW, NOW).await.unwrap();
+        let other = Store::open(&Ledger::parse(&url).unwrap()).await.unwrap();
+        let claimer = |store: Store, run: i64, record: bool| {
+            tokio::spawn(async move {
+                let mut claimed_keys = Vec::new();
+                loop {
+                    if store.next_due_at(run, NOW).await.unwrap().is_none_or(|due| due > NOW) {
+                        return claimed_keys;
+                    }
+                    let claimed = store.claim_due(run, NOW, 4, false, ContactLimits::default()).await.unwrap();
+                    claimed_keys.extend(claimed.iter().map(|j| {
+                        let n: usize = j.phone.as_str()[8..].parse().unwrap();
+                        n % 1000
+                    }));
+                    if record {
+                        let outcomes: Vec<SettledJob> = claimed
+                            .iter()
+                            .map(|j| settled(j.id, JobOutcome::Sent { sid: format!("FN{}", j.id) }))
+                            .collect();
+                        store.record_outcomes(outcomes, vec![], std::time::Duration::from_secs(60)).await.unwrap();
+                    }
+                }
+            })
+        };
+        let (a, b) = (claimer(store.clone(), run_a, true), claimer(other, run_b, false));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let mut all: Vec<usize> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        let total = all.len();
+        all.dedup();
+        assert_eq!(all.len(), total, "a key claimed twice ({} and {})", a.len(), b.len());
+        assert_eq!(total, keys, "every key claimed once");
+        // Those held back by a send are skipped as already sent; those held
+        // back by an attempt in flight look again in a second.
+        let r = client
+            .query_one(
+                "SELECT COUNT(*) FILTER (WHERE state = 'skipped' AND reason LIKE 'already_sent: run %'), \
+                        COUNT(*) FILTER (WHERE state = 'pending' AND due_at = $1) FROM jobs",
+                &[&(NOW + IN_FLIGHT_RECHECK_MS)],
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.get::<_, i64>(0) + r.get::<_, i64>(1)) as usize, keys);
+    }
 }
