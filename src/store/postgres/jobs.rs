@@ -1417,4 +1417,108 @@ mod tests {
             .unwrap();
         assert_eq!((r.get::<_, i64>(0) + r.get::<_, i64>(1)) as usize, keys);
     }
+
+    #[tokio::test]
+    async fn every_outcome_applies_once() {
+        let Some((_url, store, client)) = ledger("pg jobs outcomes").await else { return };
+        let pg = pg(&store);
+        let run = new_run(&client, "c", false, None).await;
+        let rows: Vec<ImportRow> = (0..6).map(|n| job(n as u64 + 2, &phone(n), None)).collect();
+        import_batch(pg, run, &rows, 7, NOW, NOW).await.unwrap();
+        let ids: Vec<i64> =
+            claim_due(pg, run, NOW, 10, false, &ContactLimits::default()).await.unwrap().iter().map(|j| j.id).collect();
+        let outcomes = vec![
+            settled(
+                ids[0],
+                JobOutcome::Skipped {
+                    reason: JobReason::with_detail(ReasonKind::Conflict, "busy"),
+                    sid: Some("FNx".into()),
+                },
+            ),
+            settled(ids[1], JobOutcome::Expired),
+            settled(
+                ids[2],
+                JobOutcome::Retry {
+                    due_at: NOW + 500,
+                    failures: 2,
+                    throttled: true,
+                    ambiguous_since: Some(NOW),
+                    conflict: Some(("FNbusy".into(), NOW + 1)),
+                    last_error: Some("503".into()),
+                },
+            ),
+            settled(ids[3], JobOutcome::Cancelled),
+            settled(ids[4], JobOutcome::Sent { sid: "FN4".into() }),
+            settled(ids[5], JobOutcome::Sent { sid: "FN5".into() }),
+        ];
+        assert_eq!(record_outcomes(pg, &outcomes, &[], 1_000).await.unwrap(), 6);
+        // Applied once: the jobs are no longer dispatching.
+        assert_eq!(record_outcomes(pg, &outcomes, &[], 1_000).await.unwrap(), 0);
+        let page = jobs_page(pg, run, None, 0, 10).await.unwrap();
+        let states: Vec<JobState> = page.iter().map(|j| j.state).collect();
+        assert_eq!(
+            states,
+            [
+                JobState::Skipped,
+                JobState::Expired,
+                JobState::Pending,
+                JobState::Cancelled,
+                JobState::Sent,
+                JobState::Sent
+            ]
+        );
+        assert_eq!(page[0].reason.as_ref().unwrap().to_string(), "conflict: busy");
+        assert_eq!(page[0].execution_sid.as_deref(), Some("FNx"));
+        assert_eq!(page[1].reason.as_ref().unwrap().to_string(), "expired");
+        assert_eq!(page[3].reason.as_ref().unwrap().to_string(), "run cancelled");
+        assert_eq!((page[2].due_at, page[2].attempts, page[2].last_error.as_deref()), (NOW + 500, 1, Some("503")));
+        let r = client
+            .query_one(
+                "SELECT failures, throttles, ambiguous_since, conflict_sid, conflict_since FROM jobs WHERE id = $1",
+                &[&ids[2]],
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (2, 1));
+        assert_eq!(r.get::<_, Option<i64>>(2), Some(NOW));
+        assert_eq!(
+            (r.get::<_, Option<String>>(3).as_deref(), r.get::<_, Option<i64>>(4)),
+            (Some("FNbusy"), Some(NOW + 1))
+        );
+        // The Execution it waits on ends: it is due now.
+        assert_eq!(record_execution_end(pg, "FNbusy", NOW + 50, None, NOW + 60).await.unwrap(), (0, 1));
+        assert_eq!(jobs_page(pg, run, Some(JobState::Pending), 0, 10).await.unwrap()[0].due_at, NOW + 60);
+        // Outcomes: rescheduled, then read.
+        assert_eq!(open_outcomes(pg, None).await.unwrap(), 2);
+        assert!(due_outcomes(pg, None, NOW, 10, false).await.unwrap().is_empty());
+        assert_eq!(due_outcomes(pg, None, NOW, 10, true).await.unwrap().len(), 2);
+        reschedule_outcome(pg, ids[4], NOW + 5_000, NOW + 100).await.unwrap();
+        let due = due_outcomes(pg, Some(run), NOW + 2_000, 10, false).await.unwrap();
+        assert_eq!(due.iter().map(|o| (o.id, o.polls)).collect::<Vec<_>>(), [(ids[5], 0)]);
+        assert_eq!(next_outcome_due(pg, Some(run)).await.unwrap(), Some(NOW + 10 + 1_000));
+        let mut values = serde_json::Map::new();
+        values.insert("score".into(), serde_json::json!(2.5));
+        let mut notes = serde_json::Map::new();
+        notes.insert("score".into(), serde_json::json!("kept as text"));
+        let collected = CollectedOutcome { status: "active".into(), ended_in: None, values, notes };
+        assert!(record_collected(pg, ids[4], OutcomeState::Unknown, &collected, NOW + 200).await.unwrap());
+        assert_eq!(outcome_counts(pg, run, "score").await.unwrap(), [(Some("2.5".to_string()), 1)]);
+        let row = jobs_page(pg, run, Some(JobState::Sent), 0, 10).await.unwrap().remove(0);
+        assert_eq!(row.outcome_state, Some(OutcomeState::Unknown));
+        assert_eq!(row.outcome_notes["score"], serde_json::json!("kept as text"));
+        assert_eq!(open_outcomes(pg, Some(run)).await.unwrap(), 1);
+    }
+
+    #[test]
+    fn json_values_read_as_sqlite_reads_them() {
+        let v = |kind: &str, text: &str| sqlite_json_value(Some(kind), Some(text.to_string()));
+        assert_eq!(v("number", "9"), Some("9".into()));
+        assert_eq!(v("number", "3.0"), Some("3".into()));
+        assert_eq!(v("number", "2.5"), Some("2.5".into()));
+        assert_eq!(v("boolean", "false"), Some("0".into()));
+        assert_eq!(v("string", "a \"b\""), Some("\"a \\\"b\\\"\"".into()));
+        assert_eq!(v("array", "[1, 2]"), Some("\"[1,2]\"".into()));
+        assert_eq!(sqlite_json_value(Some("null"), None), None);
+        assert_eq!(sqlite_json_value(None, None), None);
+    }
 }
