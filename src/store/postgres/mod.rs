@@ -131,12 +131,8 @@ impl Pg {
             .recycle_timeout(Some(WAIT))
             .build()
             .map_err(|e| connect(e.to_string()))?;
-        let pg = Pg {
-            pool,
-            url: url.to_string(),
-            leadership: cluster::Leadership::default(),
-            instance: instance_name(),
-        };
+        let pg =
+            Pg { pool, url: url.to_string(), leadership: cluster::Leadership::default(), instance: instance_name() };
         let mut client = pg.pool.get().await.map_err(|e| connect(e.to_string()))?;
         migrate(&mut client).await.map_err(|e| connect(format!("migration failed: {e}")))?;
         Ok(pg)
@@ -203,11 +199,6 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> std::result::Result<
     tx.commit().await.map_err(|e| e.to_string())
 }
 
-/// A millisecond count or other `u64` as PostgreSQL's BIGINT.
-pub(super) fn big(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 /// Reads a text column into its domain type; a value the type refuses means
 /// the ledger was changed by hand or by a newer flowcast.
 pub(super) fn parsed<T: std::str::FromStr<Err = String>>(row: &tokio_postgres::Row, idx: usize) -> Result<T> {
@@ -248,4 +239,3 @@ mod tests {
         assert_eq!(redact("postgres://db/x"), "postgres://db/x");
     }
 }
-

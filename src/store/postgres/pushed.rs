@@ -10,7 +10,8 @@
 
 use tokio_postgres::GenericClient;
 
-use super::runs::{create_run_in, insert_jobs, run_by_key_in};
+use super::jobs::insert_batch;
+use super::runs::{create_run_in, run_by_key_in};
 use super::{Pg, parsed};
 use crate::domain::{ImportRow, JobState};
 use crate::store::{NewRun, PushOutcome, PushResult, PushRow, Result, StoreError};
@@ -48,7 +49,7 @@ pub(crate) async fn push(pg: &Pg, open: &NewRun, rows: &[PushRow], now: i64) -> 
             ImportRow::Job(spec) => ImportRow::Job(crate::domain::JobSpec { line, ..spec.clone() }),
             ImportRow::Rejected(r) => ImportRow::Rejected(crate::domain::Rejection { line, ..r.clone() }),
         };
-        let counts = insert_jobs(&tx, run_id, std::slice::from_ref(&item), line, now, now).await?;
+        let counts = insert_batch(&tx, run_id, std::slice::from_ref(&item), line, now, now).await?;
         let spec = match &item {
             ImportRow::Job(spec) => spec,
             ImportRow::Rejected(r) => {

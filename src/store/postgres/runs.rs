@@ -1,25 +1,18 @@
 //! PostgreSQL twin of `sqlite/runs.rs`: runs, one firing of a campaign, with
-//! its frozen settings and import counts; and [`insert_jobs`], the twin of
-//! `sqlite::jobs::insert_batch`, for the transactions here that write a run's
-//! jobs together with the run.
+//! its frozen settings and import counts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::future::try_join_all;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 use super::{Pg, parsed};
-use crate::domain::{ConflictPolicy, FlowSid, ImportRow, JobState, NotifyRule, RowOutcome, RunState, SendWindow};
+use crate::domain::{ConflictPolicy, FlowSid, ImportRow, JobState, NotifyRule, RunState, SendWindow};
 use crate::store::{BatchCounts, NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
      max_wait_ms, rate, window_start, window_end, state, state_reason, rows_total, imported, rejected, duplicates, \
      created_at, expanded_at, finished_at, outcome_fields, channel, limits_exempt, dedupe_within_ms, purged_at";
-
-/// Statements [`insert_jobs`] sends before it reads their answers.
-const PIPELINE: usize = 500;
 
 fn corrupt(idx: usize, message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("column {idx}: {message}"))
@@ -154,7 +147,7 @@ pub(crate) async fn create_run_with_rows(
         return Ok(Err(existing));
     };
     let last_line = rows.iter().map(ImportRow::line).max().unwrap_or(1);
-    let counts = insert_jobs(&tx, id, rows, last_line, now, now).await?;
+    let counts = super::jobs::insert_batch(&tx, id, rows, last_line, now, now).await?;
     tx.execute(
         "UPDATE runs SET expanded_at = $2, state = 'active' WHERE id = $1 AND state = 'expanding'",
         &[&id, &now],
@@ -303,157 +296,6 @@ pub(crate) async fn run_counts(pg: &Pg, id: i64) -> Result<RunCounts> {
         counts.insert(parsed::<JobState>(&row, 0)?, row.try_get::<_, i64>(1)?);
     }
     Ok(RunCounts(counts))
-}
-
-/// Writes a batch of imported rows inside the caller's transaction (the twin
-/// of `sqlite::jobs::insert_batch`). A phone already in the run is a
-/// duplicate: the first row stays, this one is recorded as such. The run's
-/// counts and `import_line` (the last CSV line this batch covers) are updated
-/// in the same transaction, so a resumed import starts after it.
-pub(crate) async fn insert_jobs(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: i64,
-    items: &[ImportRow],
-    last_line: u64,
-    default_due: i64,
-    now: i64,
-) -> Result<BatchCounts> {
-    let mut counts = BatchCounts::default();
-    let run = tx
-        .query_opt("SELECT campaign, kind, channel, dedupe_within_ms FROM runs WHERE id = $1", &[&run_id])
-        .await?
-        .ok_or(StoreError::RunNotFound(run_id))?;
-    let (campaign, kind, channel, dedupe_within): (String, String, String, Option<i64>) =
-        (run.try_get(0)?, run.try_get(1)?, run.try_get(2)?, run.try_get(3)?);
-    // Without a dedupe rule no key matches: `dedupe_key = NULL` is never true.
-    let dedupe_since = dedupe_within.map_or(i64::MAX, |w| now - w);
-    // A suppressed contact's job, and one whose dedupe key was already sent by
-    // this campaign within the window (a cumulative CSV dropped again), is
-    // recorded and ends `skipped` at once: counted and reported like any
-    // other, never sent, and costing no send slot. The claim checks the key
-    // again for runs that overlap. (Parameters are typed: PostgreSQL does not
-    // infer them from an INSERT's target columns through a SELECT.)
-    let insert_job = tx
-        .prepare(
-            "INSERT INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at, \
-                               dedupe_key, state, reason, finished_at) \
-             SELECT $1::BIGINT, $2::TEXT, $3::BIGINT, $4::TEXT, $5::TEXT, $6::BIGINT, $7::BIGINT, $8::BIGINT, \
-                    $8::BIGINT, $12::TEXT, \
-                    CASE WHEN s.phone IS NULL AND d.id IS NULL THEN 'pending' ELSE 'skipped' END, \
-                    CASE WHEN s.phone IS NOT NULL \
-                              THEN 'suppressed: scope ' || s.scope || COALESCE(', ' || s.reason, '') \
-                         WHEN d.id IS NOT NULL THEN 'already_sent: run ' || d.run_id || ', job ' || d.id END, \
-                    CASE WHEN s.phone IS NULL AND d.id IS NULL THEN NULL ELSE $8::BIGINT END \
-             FROM (SELECT 1) AS one \
-             LEFT JOIN (SELECT phone, scope, reason FROM suppressions \
-                        WHERE phone = $2::TEXT AND scope IN ('all', $9::TEXT, $10::TEXT, $11::TEXT) \
-                        ORDER BY seq LIMIT 1) s ON TRUE \
-             LEFT JOIN (SELECT j.run_id, j.id FROM jobs j JOIN runs r ON r.id = j.run_id \
-                        WHERE j.dedupe_key = $12::TEXT AND r.campaign = $10::TEXT AND j.sent_at > $13::BIGINT \
-                        ORDER BY j.id LIMIT 1) d ON TRUE \
-             ON CONFLICT DO NOTHING",
-        )
-        .await?;
-    let insert_row = tx
-        .prepare("INSERT INTO import_rows (run_id, line, raw_phone, outcome, reason) VALUES ($1, $2, $3, $4, $5)")
-        .await?;
-    // The statements are pipelined (sent without waiting for each answer):
-    // the server runs them in the order sent, so a phone's first row is the
-    // one kept, as when each waits its turn.
-    struct Args<'a> {
-        phone: &'a str,
-        line: i64,
-        zone: &'a str,
-        parameters: &'a str,
-        due: i64,
-        expires: Option<i64>,
-        key: Option<&'a str>,
-    }
-    let args: Vec<Args<'_>> = items
-        .iter()
-        .filter_map(|item| match item {
-            ImportRow::Job(spec) => Some(Args {
-                phone: spec.phone.as_str(),
-                line: spec.line as i64,
-                zone: spec.zone.name(),
-                parameters: spec.parameters.as_json(),
-                due: spec.due_at.map_or(default_due, |t| t.timestamp_millis()),
-                expires: spec.expires_at.map(|t| t.timestamp_millis()),
-                key: spec.dedupe_key.as_deref(),
-            }),
-            ImportRow::Rejected(_) => None,
-        })
-        .collect();
-    let mut inserted = Vec::with_capacity(args.len());
-    // In chunks, so that a very large batch does not hold a future per row.
-    for chunk in args.chunks(PIPELINE) {
-        inserted.extend(
-            try_join_all(chunk.iter().map(|a| {
-                let params: [&(dyn ToSql + Sync); 13] = [
-                    &run_id,
-                    &a.phone,
-                    &a.line,
-                    &a.zone,
-                    &a.parameters,
-                    &a.due,
-                    &a.expires,
-                    &now,
-                    &kind,
-                    &campaign,
-                    &channel,
-                    &a.key,
-                    &dedupe_since,
-                ];
-                tx.execute_raw(&insert_job, params)
-            }))
-            .await?,
-        );
-    }
-    let mut inserted = inserted.into_iter();
-    // The refused rows, in file order: (line, raw phone, outcome, reason).
-    let mut refused: Vec<(i64, &str, &str, String)> = Vec::new();
-    for item in items {
-        match item {
-            ImportRow::Job(spec) => {
-                if inserted.next() == Some(1) {
-                    counts.imported += 1;
-                } else {
-                    counts.duplicates += 1;
-                    refused.push((
-                        spec.line as i64,
-                        spec.phone.as_str(),
-                        RowOutcome::Duplicate.as_str(),
-                        format!("duplicate phone {}; the first row with it is kept", spec.phone),
-                    ));
-                }
-            }
-            ImportRow::Rejected(r) => {
-                counts.rejected += 1;
-                refused.push((r.line as i64, &r.raw_phone, RowOutcome::Rejected.as_str(), r.reason.clone()));
-            }
-        }
-    }
-    for chunk in refused.chunks(PIPELINE) {
-        try_join_all(chunk.iter().map(|(line, raw, outcome, reason)| {
-            let params: [&(dyn ToSql + Sync); 5] = [&run_id, line, raw, outcome, reason];
-            tx.execute_raw(&insert_row, params)
-        }))
-        .await?;
-    }
-    tx.execute(
-        "UPDATE runs SET rows_total = rows_total + $2, imported = imported + $3, rejected = rejected + $4, \
-         duplicates = duplicates + $5, import_line = GREATEST(import_line, $6) WHERE id = $1",
-        &[
-            &run_id,
-            &(counts.imported + counts.rejected + counts.duplicates),
-            &counts.imported,
-            &counts.rejected,
-            &counts.duplicates,
-            &(last_line as i64),
-        ],
-    )
-    .await?;
-    Ok(counts)
 }
 
 #[cfg(test)]
