@@ -49,9 +49,20 @@ pub enum StoreError {
     #[error("ledger {address}: {message}")]
     Connect { address: String, message: String },
     #[error("ledger: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(String),
     #[error("ledger: {0}")]
     Pool(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// The server's own message and SQLSTATE (its `detail`, which may quote
+    /// the values of a row, phones included, is left out).
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(match e.as_db_error() {
+            Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            None => e.to_string(),
+        })
+    }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {

@@ -118,10 +118,12 @@ pub(crate) async fn reserve_slots(pg: &Pg, key: &str, n: i64, period_us: i64) ->
     let client = pg.client().await?;
     let row = client
         .query_one(
-            "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT AS us) \
-             INSERT INTO rate_grid AS g (key, next_us) SELECT $1, now.us + $2 * $3 FROM now \
-             ON CONFLICT (key) DO UPDATE SET next_us = GREATEST(g.next_us, (SELECT us FROM now)) + $2 * $3 \
-             RETURNING g.next_us - $2 * $3, (SELECT us FROM now)",
+            "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::BIGINT AS us), \
+                  span AS (SELECT $2::BIGINT * $3::BIGINT AS us) \
+             INSERT INTO rate_grid AS g (key, next_us) SELECT $1, now.us + span.us FROM now, span \
+             ON CONFLICT (key) DO UPDATE \
+               SET next_us = GREATEST(g.next_us, (SELECT us FROM now)) + (SELECT us FROM span) \
+             RETURNING g.next_us - (SELECT us FROM span), (SELECT us FROM now)",
             &[&key, &n, &period_us],
         )
         .await?;
