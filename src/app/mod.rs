@@ -80,7 +80,11 @@ pub async fn main(cli: Cli) -> u8 {
 fn init_logging(config: &Config, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = config.log.clone().unwrap_or_else(|| default.to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| EnvFilter::new("warn"))
+        // The PostgreSQL client logs each statement's parameters (phones,
+        // Parameters) at debug: never let those through, whatever the filter.
+        .add_directive("tokio_postgres=warn".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -116,7 +116,6 @@ impl<S: StudioApi> Service<S> {
         settings: ServiceSettings,
         resolver: Box<dyn FlowResolver>,
     ) -> Self {
-        let store_shared = store.is_shared();
         let collector =
             Arc::new(Collector::new(store.clone(), dispatcher.studio(), Arc::clone(&clock), settings.collect.clone()));
         Service {
@@ -132,9 +131,10 @@ impl<S: StudioApi> Service<S> {
             imports: Imports::default(),
             wake: tokio::sync::Notify::new(),
             events: tokio::sync::broadcast::channel(256).0,
-            // One process on a SQLite ledger leads; on a shared ledger the
-            // role is taken first.
-            leading: tokio::sync::watch::Sender::new(!store_shared),
+            // A service leads until its loops start (it is then alone: a test
+            // driving it step by step); on a shared ledger `run_loops` bids
+            // for the role before anything else.
+            leading: tokio::sync::watch::Sender::new(true),
             renewed_at: std::sync::atomic::AtomicI64::new(0),
             address: None,
         }

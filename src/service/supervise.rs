@@ -142,10 +142,14 @@ impl<S: StudioApi> Service<S> {
                 Arc::clone(&collector).run(token)
             }))
         };
-        let alive = self
-            .store
-            .is_shared()
-            .then(|| tokio::spawn(Arc::clone(&self).keep_alive(self.address.clone(), shutdown.clone())));
+        let alive = if self.store.is_shared() {
+            // Whether this instance leads is known before it scans or fires.
+            let leads = self.store.try_lead().await.unwrap_or(false);
+            self.leading.send_replace(leads);
+            Some(tokio::spawn(Arc::clone(&self).keep_alive(self.address.clone(), shutdown.clone())))
+        } else {
+            None
+        };
         let purging =
             self.settings.retention.map(|r| tokio::spawn(Arc::clone(&self).keep_purging(r, shutdown.clone())));
         self.recover_imports().await;

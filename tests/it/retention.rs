@@ -150,7 +150,12 @@ async fn purge_takes_the_configured_retention_and_says_what_it_needs_without_one
     assert!(stderr(&bad).contains("FLOWCAST_RETENTION: duration \"90 days\""), "{}", stderr(&bad));
     assert_eq!(kept.status.code(), Some(2), "keep never purges: {}", stderr(&kept));
     assert_eq!(configured.status.code(), Some(0), "{}", stderr(&configured));
-    assert!(stdout(&configured).contains("nothing to purge: no ledger at"), "{}", stdout(&configured));
+    if on_postgres() {
+        // A server's ledger is never "missing": an empty one has nothing to purge.
+        assert!(stdout(&configured).contains("would purge 0 runs"), "{}", stdout(&configured));
+    } else {
+        assert!(stdout(&configured).contains("nothing to purge: no ledger at"), "{}", stdout(&configured));
+    }
     assert!(!app.db.exists(), "a purge never creates a ledger");
     assert_eq!(bad_file.status.code(), Some(1));
     assert!(stderr(&bad_file).contains("flowcast.toml: retention: duration \"3 months\""), "{}", stderr(&bad_file));
