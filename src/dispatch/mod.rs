@@ -289,6 +289,23 @@ impl<S: StudioApi> Dispatcher<S> {
                 "jobs found mid-dispatch; they will be reconciled with Studio first"
             );
         }
+        // The jobs this run has claimed and not settled: on a shared ledger
+        // their leases are renewed every second while their creates are out,
+        // and only theirs, so that a claim this task lost track of (it ended
+        // on an error) runs out and is taken over.
+        let held: Arc<std::sync::Mutex<std::collections::HashSet<i64>>> = Arc::default();
+        let _renewing = self.store.is_shared().then(|| {
+            let (store, held, clock) = (self.store.clone(), Arc::clone(&held), Arc::clone(&self.clock));
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let ids: Vec<i64> = lock_held(&held).iter().copied().collect();
+                    if let Err(e) = store.renew_leases(ids, clock.now().timestamp_millis()).await {
+                        tracing::warn!(error = %e, "cannot renew the leases of creates in flight");
+                    }
+                }
+            }))
+        });
         let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         let mut tasks: JoinSet<Processed> = JoinSet::new();
         let mut stop: Option<StopReason> = None;
@@ -303,7 +320,7 @@ impl<S: StudioApi> Dispatcher<S> {
 
         loop {
             while let Some(done) = tasks.try_join_next() {
-                self.settle(done, &mut stop, &mut breaker, &mut settled);
+                self.settle(done, &mut stop, &mut breaker, &mut settled, &held);
             }
             if settled.len() >= FLUSH_AT || (!settled.is_empty() && last_flush.elapsed() >= FLUSH_EVERY) {
                 self.flush(&mut settled).await?;
@@ -330,6 +347,7 @@ impl<S: StudioApi> Dispatcher<S> {
                     .store
                     .claim_due(run_id, self.now_ms(), tokens, reconciling, self.settings.contact_limits)
                     .await?;
+                lock_held(&held).extend(claimed.iter().map(|j| j.id));
                 if claimed.is_empty() && reconciling && tasks.is_empty() {
                     reconciling = false;
                     continue;
@@ -421,7 +439,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 tokio::select! {
                     done = tasks.join_next() => {
                         if let Some(done) = done {
-                            self.settle(done, &mut stop, &mut breaker, &mut settled);
+                            self.settle(done, &mut stop, &mut breaker, &mut settled, &held);
                         }
                     }
                     _ = tokio::time::sleep(wait.min(self.settings.idle_poll)) => {}
@@ -437,7 +455,7 @@ impl<S: StudioApi> Dispatcher<S> {
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
         loop {
             match tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                Ok(Some(done)) => self.settle(done, &mut stop, &mut breaker, &mut settled),
+                Ok(Some(done)) => self.settle(done, &mut stop, &mut breaker, &mut settled, &held),
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
@@ -495,9 +513,11 @@ impl<S: StudioApi> Dispatcher<S> {
         stop: &mut Option<StopReason>,
         breaker: &mut Breaker,
         settled: &mut Vec<SettledJob>,
+        held: &std::sync::Mutex<std::collections::HashSet<i64>>,
     ) {
         match done {
             Ok(processed) => {
+                lock_held(held).remove(&processed.job_id);
                 settled.push(SettledJob {
                     job_id: processed.job_id,
                     outcome: processed.outcome.clone(),
@@ -548,5 +568,21 @@ impl Breaker {
                 None
             }
         }
+    }
+}
+
+fn lock_held(
+    held: &std::sync::Mutex<std::collections::HashSet<i64>>,
+) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+    // A set of ids, each change complete: still consistent after a panic.
+    held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stops a background task when the scope that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

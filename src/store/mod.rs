@@ -199,13 +199,14 @@ impl Store {
             }
             Db::Postgres(pg) => {
                 // Nothing to lock; what this process claims holds by its
-                // leases, renewed every second while the lock is held.
+                // leases: its imports' are renewed here every second while the
+                // lock is held, its creates' by the dispatcher while they are out.
                 let pg = Arc::clone(pg);
                 let renewing = tokio::spawn(async move {
                     loop {
                         let now = chrono::Utc::now().timestamp_millis();
-                        if let Err(e) = postgres::cluster::renew_leases(&pg, now).await {
-                            tracing::warn!(error = %e, "cannot renew this instance's leases in the ledger");
+                        if let Err(e) = postgres::cluster::renew_import_leases(&pg, now).await {
+                            tracing::warn!(error = %e, "cannot renew this instance's import leases in the ledger");
                         }
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
@@ -278,6 +279,15 @@ impl Store {
         match &self.db {
             Db::Sqlite(_) => Ok(()),
             Db::Postgres(pg) => postgres::cluster::announce(pg, address, leader, now).await,
+        }
+    }
+
+    /// Renews the leases of jobs `ids`, claimed by this instance and still
+    /// out (nothing to renew on SQLite).
+    pub async fn renew_leases(&self, ids: Vec<i64>, now: i64) -> Result<()> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(pg) => postgres::cluster::renew_leases(pg, &ids, now).await,
         }
     }
 

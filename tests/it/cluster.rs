@@ -335,14 +335,18 @@ async fn while_postgres_is_away_nothing_is_sent_and_when_it_is_back_the_run_ends
 
     relay.up();
     let store = app.store().await;
-    wait_for(Duration::from_secs(90), "the run finished", || {
-        let store = store.clone();
-        async move {
-            let runs = store.list_runs(Some("c"), 10).await.unwrap();
-            runs.len() == 1 && runs[0].finished_at.is_some()
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let runs = store.list_runs(Some("c"), 10).await.unwrap();
+        if runs.len() == 1 && runs[0].finished_at.is_some() {
+            break;
         }
-    })
-    .await;
+        if tokio::time::Instant::now() > deadline {
+            let counts = store.run_counts(runs[0].id).await.unwrap();
+            panic!("the run did not finish: {counts:?}, {} Executions\n{}", sim.executions().len(), served.log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let log = served.terminate().await.1;
     let executions = sim.executions();
     let mut per_phone: HashMap<&str, usize> = HashMap::new();

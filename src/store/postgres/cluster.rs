@@ -23,21 +23,30 @@ pub(crate) async fn announce(pg: &Pg, address: Option<&str>, leader: bool, now: 
     Ok(())
 }
 
-/// Renews every lease this instance holds: the claims whose creates are out
-/// and the imports it is running.
-pub(crate) async fn renew_leases(pg: &Pg, now: i64) -> Result<()> {
+/// Renews the leases of jobs `ids` (claims whose creates are still out)
+/// while they are this instance's.
+pub(crate) async fn renew_leases(pg: &Pg, ids: &[i64], now: i64) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     let client = pg.client().await?;
-    let until = now + LEASE_MS;
     client
         .execute(
-            "UPDATE jobs SET lease_until = $2 WHERE lease_owner = $1 AND state = 'dispatching' AND lease_until < $2",
-            &[&pg.instance, &until],
+            "UPDATE jobs SET lease_until = $3 WHERE id = ANY($1) AND lease_owner = $2 AND state = 'dispatching'",
+            &[&ids, &pg.instance, &(now + LEASE_MS)],
         )
         .await?;
+    Ok(())
+}
+
+/// Renews the leases of the imports this instance is running (a process
+/// that stops renewing has stopped importing: another resumes its imports).
+pub(crate) async fn renew_import_leases(pg: &Pg, now: i64) -> Result<()> {
+    let client = pg.client().await?;
     client
         .execute(
             "UPDATE runs SET import_lease_until = $2 WHERE import_owner = $1 AND state = 'expanding'",
-            &[&pg.instance, &until],
+            &[&pg.instance, &(now + LEASE_MS)],
         )
         .await?;
     Ok(())
