@@ -118,19 +118,33 @@ impl<S: StudioApi> Dispatcher<S> {
             if let Some(opens) = self.outside_window(ctx, job) {
                 return (self.retry_at(job, opens), None);
             }
-            // A pause or cancel issued while this job waited for its turn wins,
-            // and so does an opt-out that arrived since the job was imported.
-            match self.store.before_create(ctx.run_id, job.phone.as_str()).await {
-                Ok((_, Some(suppressed))) => {
-                    let reason = JobReason::with_detail(ReasonKind::Suppressed, suppressed.describe());
-                    return (JobOutcome::Skipped { reason, sid: None }, None);
+            loop {
+                // Several instances: the account's slot, shared through the
+                // ledger, is waited for here, so that only the checks below sit
+                // between it and the request.
+                let slot = tokio::select! {
+                    slot = self.limits.send_slot() => slot,
+                    _ = self.shutdown.cancelled() => return (JobOutcome::Release, None),
+                };
+                // A pause or cancel issued while this job waited for its turn wins,
+                // and so does an opt-out that arrived since the job was imported.
+                match self.store.before_create(ctx.run_id, job.phone.as_str()).await {
+                    Ok((_, Some(suppressed))) => {
+                        let reason = JobReason::with_detail(ReasonKind::Suppressed, suppressed.describe());
+                        return (JobOutcome::Skipped { reason, sid: None }, None);
+                    }
+                    Ok((state, None)) if state.is_dispatchable() => {}
+                    Ok((crate::domain::RunState::Cancelled, None)) => return (JobOutcome::Cancelled, None),
+                    Ok(_) => return (JobOutcome::Release, None),
+                    Err(e) => {
+                        tracing::error!(run = ctx.run_id, error = %e, "cannot read the run's state; not sending");
+                        return (JobOutcome::Release, None);
+                    }
                 }
-                Ok((state, None)) if state.is_dispatchable() => {}
-                Ok((crate::domain::RunState::Cancelled, None)) => return (JobOutcome::Cancelled, None),
-                Ok(_) => return (JobOutcome::Release, None),
-                Err(e) => {
-                    tracing::error!(run = ctx.run_id, error = %e, "cannot read the run's state; not sending");
-                    return (JobOutcome::Release, None);
+                // A slot the checks made late is not used late: another
+                // instance may be sending on the next one.
+                if slot.is_none_or(|slot| self.limits.in_time(slot)) {
+                    break;
                 }
             }
             let result = self.studio.create_execution(&ctx.flow, &request).await;

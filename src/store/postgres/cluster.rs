@@ -188,3 +188,58 @@ impl Leadership {
         self.held.lock().await.take();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Ledger, Store};
+
+    async fn store(label: &str) -> Option<(Store, String)> {
+        let url = super::super::test_ledger(label).await?;
+        Some((Store::open(&Ledger::parse(&url).unwrap()).await.unwrap(), url))
+    }
+
+    #[tokio::test]
+    async fn slots_reserved_by_several_instances_at_once_never_overlap_and_keep_the_period() {
+        let Some((first, url)) = store("grid").await else { return };
+        let second = Store::open(&Ledger::parse(&url).unwrap()).await.unwrap();
+        let period = 10_000; // 100/s, in microseconds
+        let mut tasks = Vec::new();
+        for s in [first, second] {
+            tasks.push(tokio::spawn(async move {
+                let mut starts = Vec::new();
+                for _ in 0..50 {
+                    let (start, _) = s.reserve_slots("account", 5, period).await.unwrap().unwrap();
+                    starts.extend((0..5).map(|i| start + i * period));
+                }
+                starts
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        assert_eq!(all.len(), 500);
+        assert!(all.windows(2).all(|w| w[1] - w[0] >= period), "two slots closer than a period");
+    }
+
+    #[tokio::test]
+    async fn an_import_held_by_a_live_instance_is_not_taken_until_its_lease_runs_out() {
+        let Some((store, url)) = store("imports").await else { return };
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "INSERT INTO runs (campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
+                 on_conflict, state, created_at, import_owner, import_lease_until) \
+                 VALUES ('c', 'reminder', 'manual', 'k', 0, 'c.toml', 'FW', '+1', 'skip', 'expanding', 0, 'other', 10000)",
+            )
+            .await
+            .unwrap();
+        assert!(!store.claim_import(1, 9_000).await.unwrap(), "the other instance's lease holds");
+        assert!(store.claim_import(1, 10_001).await.unwrap(), "its lease ran out: taken over");
+        assert!(store.claim_import(1, 10_002).await.unwrap(), "and kept by the new holder");
+        client.batch_execute("UPDATE runs SET state = 'active'").await.unwrap();
+        assert!(!store.claim_import(1, 20_000).await.unwrap(), "an imported run has nothing to take");
+    }
+}
