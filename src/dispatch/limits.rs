@@ -161,11 +161,11 @@ impl Pacer {
 
 /// How late, checked right before the request is sent, a slot of the
 /// shared grid may still be used.
-const SHARED_TOLERANCE: Duration = Duration::from_millis(20);
+const SHARED_TOLERANCE: Duration = Duration::from_millis(10);
 
 /// The shared grid's headroom below the nominal rate: with slots 3 % over
 /// `1 s / rate` apart, a create may reach Studio up to ~30 ms after its slot
-/// (20 ms of lateness allowed at the send, the rest for the way there) and
+/// (10 ms of lateness allowed at the send, the rest for the way there) and
 /// every one-second window still holds at most `rate`. With 1 %, and the slot
 /// taken before the claim and the pre-send checks (each a round trip to the
 /// ledger), a loaded 2-core machine running three instances drew 429s at 100/s.
@@ -184,6 +184,38 @@ pub struct SharedGrid {
     slots: Mutex<VecDeque<Instant>>,
     /// One reservation at a time.
     refill: tokio::sync::Mutex<()>,
+    /// The server's clock as read from here: the best estimate so far.
+    clock: Mutex<Option<ClockSample>>,
+}
+
+/// One reading of the server's clock: how far ahead of it this machine's
+/// wall clock was (`offset_us`, from the midpoint of the round trip), known
+/// to within half the round trip (`rtt_us`), taken `at`.
+#[derive(Clone, Copy)]
+struct ClockSample {
+    offset_us: i64,
+    rtt_us: i64,
+    at: Instant,
+}
+
+impl ClockSample {
+    /// Keeps the reading with the shortest round trip (the least uncertain),
+    /// renewed every ten seconds so that the clocks' drift is followed. A slow
+    /// reply (a busy machine) would otherwise make every slot of its batch
+    /// look later than it is, and this instance send on other instances'
+    /// slots.
+    fn better(old: Option<ClockSample>, new: ClockSample) -> ClockSample {
+        match old {
+            Some(old) if old.rtt_us < new.rtt_us && old.at.elapsed() < Duration::from_secs(10) => old,
+            _ => new,
+        }
+    }
+}
+
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 impl SharedGrid {
@@ -199,6 +231,7 @@ impl SharedGrid {
             batch,
             slots: Mutex::new(VecDeque::new()),
             refill: tokio::sync::Mutex::new(()),
+            clock: Mutex::new(None),
         }
     }
 
@@ -239,19 +272,30 @@ impl SharedGrid {
                 continue;
             }
             let period_us = i64::try_from(self.period.as_micros()).unwrap_or(i64::MAX);
+            let asked = wall_us();
             match self.store.reserve_slots(&self.key, self.batch as i64, period_us).await {
                 Ok(Some((first_us, server_now_us))) => {
-                    // The server's clock, read as this one's: the reply's way
-                    // back makes each slot look a little earlier than it is,
-                    // which only makes this instance send a little later.
-                    let base = Instant::now();
+                    let answered = wall_us();
+                    let sample = ClockSample {
+                        offset_us: (asked + answered) / 2 - server_now_us,
+                        rtt_us: answered - asked,
+                        at: Instant::now(),
+                    };
+                    let offset_us = {
+                        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+                        let best = ClockSample::better(*clock, sample);
+                        *clock = Some(best);
+                        best.offset_us
+                    };
+                    // Each slot on this machine's clock, then as an instant.
+                    let (base, now_us) = (Instant::now(), wall_us());
                     let mut slots = self.lock();
                     for i in 0..self.batch as i64 {
-                        let offset = first_us + i * period_us - server_now_us;
-                        let at = if offset >= 0 {
-                            base + Duration::from_micros(offset as u64)
+                        let ahead = first_us + i * period_us + offset_us - now_us;
+                        let at = if ahead >= 0 {
+                            base + Duration::from_micros(ahead as u64)
                         } else {
-                            base.checked_sub(Duration::from_micros(offset.unsigned_abs())).unwrap_or(base)
+                            base.checked_sub(Duration::from_micros(ahead.unsigned_abs())).unwrap_or(base)
                         };
                         slots.push_back(at);
                     }

@@ -5,7 +5,6 @@ mod helpers;
 
 mod api_runs;
 mod campaign_input;
-mod cluster;
 mod commands;
 mod contact_limits;
 mod contact_safety;
@@ -26,6 +25,7 @@ mod pushed;
 mod rates;
 mod retention;
 mod schedule;
+mod served;
 mod service;
 mod simulator_flows;
 mod studio_http;
