@@ -9,6 +9,7 @@
 //! and no transaction is ever held across a network call: a claim commits
 //! `dispatching` first, Studio is called, then the outcome is committed.
 
+mod claim_checks;
 pub mod postgres;
 pub(crate) mod purge;
 pub(crate) mod sqlite;

@@ -21,8 +21,9 @@ use tokio_postgres::Row;
 use super::{LEASE_MS, Pg, parsed};
 use crate::domain::{
     CollectedOutcome, ContactLimits, ImportRow, JobOutcome, JobReason, JobState, OutcomeState, Parameters, Phone,
-    ReasonKind, RowOutcome,
+    RowOutcome,
 };
+use crate::store::claim_checks::{Candidate, Contacts, Earlier, Verdict, caps_verdict, dedupe_verdict};
 use crate::store::{
     BatchCounts, CallSummary, ClaimedJob, JobRow, OutcomeJob, RefusedRow, Result, SettledJob, StoreError, StudioCall,
 };
@@ -371,7 +372,13 @@ pub(crate) async fn claim_due(
         .await?;
     let mut candidates: Vec<Candidate> = Vec::new();
     for r in tx.query(&due, &[&run_id, &now, &limit, &only_ambiguous]).await? {
-        candidates.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?));
+        candidates.push(Candidate {
+            id: r.try_get(0)?,
+            phone: r.try_get(1)?,
+            dedupe_key: r.try_get(2)?,
+            expires_at: r.try_get(3)?,
+            ambiguous_since: r.try_get(4)?,
+        });
     }
     let claim = tx
         .prepare_cached(&format!(
@@ -381,47 +388,28 @@ pub(crate) async fn claim_due(
         ))
         .await?;
     let mut jobs = Vec::new();
-    for (id, phone, key, expires_at, ambiguous_since) in candidates {
-        // An attempt whose fate is unknown is reconciled before anything
-        // else: it may already be the contact the checks would count.
-        if ambiguous_since.is_none() {
-            if let (Some(within), Some(key)) = (dedupe_within, key.as_deref()) {
-                match earlier_with_key(&tx, &campaign, key, id, now.saturating_sub(within)).await? {
-                    Some(Earlier { run, job, in_flight: false }) => {
-                        let reason = JobReason::with_detail(ReasonKind::AlreadySent, format!("run {run}, job {job}"));
-                        skip(&tx, id, &reason, now).await?;
-                        continue;
-                    }
-                    Some(Earlier { in_flight: true, .. }) => {
-                        // Its attempt may yet fail: look again shortly rather
-                        // than skip on a send that never happened.
-                        defer(&tx, id, now + IN_FLIGHT_RECHECK_MS, now).await?;
-                        continue;
-                    }
-                    None => {}
-                }
+    for candidate in candidates {
+        let id = candidate.id;
+        if candidate.needs_checks() {
+            let mut verdict = None;
+            if let (Some(within), Some(key)) = (dedupe_within, candidate.dedupe_key.as_deref()) {
+                let earlier = earlier_with_key(&tx, &campaign, key, id, now.saturating_sub(within)).await?;
+                verdict = dedupe_verdict(earlier, now);
             }
-            if let Some(caps) = caps {
-                let Contacts { sent, in_flight } =
-                    contacts_of(&tx, &phone, id, now.saturating_sub(caps.horizon_ms())).await?;
-                // Only Executions known to be sent move the job on, or end it.
-                let allowed = caps.next_allowed(&sent, now);
-                if allowed > now {
-                    if expires_at.is_some_and(|e| e <= allowed) || allowed == i64::MAX {
-                        let reason = JobReason::with_detail(ReasonKind::FrequencyCap, caps.describe());
-                        skip(&tx, id, &reason, now).await?;
-                    } else {
-                        defer(&tx, id, allowed, now).await?;
-                    }
+            if let (None, Some(caps)) = (&verdict, caps) {
+                let contacts = contacts_of(&tx, &candidate.phone, id, now.saturating_sub(caps.horizon_ms())).await?;
+                verdict = caps_verdict(caps, contacts, candidate.expires_at, now);
+            }
+            match verdict {
+                Some(Verdict::Skip(reason)) => {
+                    skip(&tx, id, &reason, now).await?;
                     continue;
                 }
-                // Attempts still out may yet count, or may send nothing (an
-                // opt-out, a 409, a failure): not now, but look again shortly
-                // rather than a day later on a send that never happened.
-                if !in_flight.is_empty() && caps.next_allowed(&[sent, in_flight].concat(), now) > now {
-                    defer(&tx, id, now + IN_FLIGHT_RECHECK_MS, now).await?;
+                Some(Verdict::Defer(due_at)) => {
+                    defer(&tx, id, due_at, now).await?;
                     continue;
                 }
+                None => {}
             }
         }
         if let Some(row) = tx.query_opt(&claim, &[&id, &now, &pg.instance, &lease_until]).await? {
@@ -430,22 +418,6 @@ pub(crate) async fn claim_due(
     }
     tx.commit().await?;
     Ok(jobs)
-}
-
-/// A due job before the checks: id, phone, dedupe key, expiry, and the start
-/// of an attempt of unknown fate.
-type Candidate = (i64, String, Option<String>, Option<i64>, Option<i64>);
-
-/// How soon a job held back only by another job's attempt still out (its
-/// dedupe key, or a contact the caps would count) looks again.
-const IN_FLIGHT_RECHECK_MS: i64 = 1_000;
-
-/// An earlier job of the same campaign with the same dedupe key.
-struct Earlier {
-    run: i64,
-    job: i64,
-    /// Its attempt is out (or its fate unknown): not yet known to be sent.
-    in_flight: bool,
 }
 
 /// The earliest job of `campaign` other than `job_id` whose key is `key` and
@@ -471,14 +443,6 @@ async fn earlier_with_key(
     }
 }
 
-/// The instants (ms) of a phone's contacts by campaigns that count.
-struct Contacts {
-    /// Executions sent.
-    sent: Vec<i64>,
-    /// Attempts out, or of unknown fate: they may yet be contacts, or not.
-    in_flight: Vec<i64>,
-}
-
 /// `phone`'s contacts since `since` by campaigns that count (not exempt).
 async fn contacts_of(tx: &Transaction<'_>, phone: &str, job_id: i64, since: i64) -> Result<Contacts> {
     let stmt = tx
@@ -489,7 +453,7 @@ async fn contacts_of(tx: &Transaction<'_>, phone: &str, job_id: i64, since: i64)
                AND (j.sent_at > $3 OR j.state = 'dispatching' OR j.ambiguous_since IS NOT NULL)",
         )
         .await?;
-    let mut contacts = Contacts { sent: Vec::new(), in_flight: Vec::new() };
+    let mut contacts = Contacts::default();
     for row in tx.query(&stmt, &[&phone, &job_id, &since]).await? {
         match (row.try_get::<_, Option<i64>>(0)?, row.try_get::<_, bool>(1)?) {
             (Some(at), true) => contacts.sent.push(at),
@@ -998,7 +962,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::domain::{JobSpec, Rejection};
+    use crate::domain::{JobSpec, ReasonKind, Rejection};
+    use crate::store::claim_checks::IN_FLIGHT_RECHECK_MS;
     use crate::store::{Db, Ledger, Store};
 
     const NOW: i64 = 1_800_000_000_000;

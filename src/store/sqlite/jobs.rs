@@ -6,8 +6,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{corrupt, parsed};
 use crate::domain::{
     CollectedOutcome, ContactLimits, ImportRow, JobOutcome, JobReason, JobState, OutcomeState, Parameters, Phone,
-    ReasonKind, RowOutcome,
+    RowOutcome,
 };
+use crate::store::claim_checks::{Candidate, Contacts, Earlier, Verdict, caps_verdict, dedupe_verdict};
 use crate::store::{
     BatchCounts, CallSummary, ClaimedJob, JobRow, OutcomeJob, RefusedRow, Result, SettledJob, StudioCall,
 };
@@ -219,7 +220,13 @@ pub fn claim_due(
         )?;
         let candidates: Vec<Candidate> = due
             .query_map(params![run_id, now, limit as i64, only_ambiguous], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok(Candidate {
+                    id: r.get(0)?,
+                    phone: r.get(1)?,
+                    dedupe_key: r.get(2)?,
+                    expires_at: r.get(3)?,
+                    ambiguous_since: r.get(4)?,
+                })
             })?
             .collect::<rusqlite::Result<_>>()?;
         let mut claim = tx.prepare_cached(
@@ -228,48 +235,27 @@ pub fn claim_due(
              RETURNING id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
                        attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
         )?;
-        for (id, phone, key, expires_at, ambiguous_since) in candidates {
-            // An attempt whose fate is unknown is reconciled before anything
-            // else: it may already be the contact the checks would count.
-            if ambiguous_since.is_none() {
-                if let (Some(within), Some(key)) = (dedupe_within, key.as_deref()) {
-                    match earlier_with_key(&tx, &campaign, key, id, now - within)? {
-                        Some(Earlier { run, job, in_flight: false }) => {
-                            let reason =
-                                JobReason::with_detail(ReasonKind::AlreadySent, format!("run {run}, job {job}"));
-                            skip(&tx, id, &reason, now)?;
-                            continue;
-                        }
-                        Some(Earlier { in_flight: true, .. }) => {
-                            // Its attempt may yet fail: look again shortly
-                            // rather than skip on a send that never happened.
-                            defer(&tx, id, now + IN_FLIGHT_RECHECK_MS, now)?;
-                            continue;
-                        }
-                        None => {}
-                    }
+        for candidate in candidates {
+            let id = candidate.id;
+            if candidate.needs_checks() {
+                let mut verdict = None;
+                if let (Some(within), Some(key)) = (dedupe_within, candidate.dedupe_key.as_deref()) {
+                    verdict = dedupe_verdict(earlier_with_key(&tx, &campaign, key, id, now - within)?, now);
                 }
-                if let Some(caps) = caps {
-                    let Contacts { sent, in_flight } = contacts_of(&tx, &phone, id, now - caps.horizon_ms())?;
-                    // Only Executions known to be sent move the job on, or end it.
-                    let allowed = caps.next_allowed(&sent, now);
-                    if allowed > now {
-                        if expires_at.is_some_and(|e| e <= allowed) || allowed == i64::MAX {
-                            let reason = JobReason::with_detail(ReasonKind::FrequencyCap, caps.describe());
-                            skip(&tx, id, &reason, now)?;
-                        } else {
-                            defer(&tx, id, allowed, now)?;
-                        }
+                if let (None, Some(caps)) = (&verdict, caps) {
+                    let contacts = contacts_of(&tx, &candidate.phone, id, now - caps.horizon_ms())?;
+                    verdict = caps_verdict(caps, contacts, candidate.expires_at, now);
+                }
+                match verdict {
+                    Some(Verdict::Skip(reason)) => {
+                        skip(&tx, id, &reason, now)?;
                         continue;
                     }
-                    // Attempts still out may yet count, or may send nothing (an
-                    // opt-out, a 409, a failure): not now, but look again
-                    // shortly rather than a day later on a send that never
-                    // happened.
-                    if !in_flight.is_empty() && caps.next_allowed(&[sent, in_flight].concat(), now) > now {
-                        defer(&tx, id, now + IN_FLIGHT_RECHECK_MS, now)?;
+                    Some(Verdict::Defer(due_at)) => {
+                        defer(&tx, id, due_at, now)?;
                         continue;
                     }
+                    None => {}
                 }
             }
             let job = claim
@@ -301,22 +287,6 @@ pub fn claim_due(
     Ok(jobs)
 }
 
-/// A due job before the checks: id, phone, dedupe key, expiry, and the start
-/// of an attempt of unknown fate.
-type Candidate = (i64, String, Option<String>, Option<i64>, Option<i64>);
-
-/// How soon a job held back only by another job's attempt still out (its
-/// dedupe key, or a contact the caps would count) looks again.
-const IN_FLIGHT_RECHECK_MS: i64 = 1_000;
-
-/// An earlier job of the same campaign with the same dedupe key.
-struct Earlier {
-    run: i64,
-    job: i64,
-    /// Its attempt is out (or its fate unknown): not yet known to be sent.
-    in_flight: bool,
-}
-
 /// The earliest job of `campaign` other than `job_id` whose key is `key` and
 /// that got (or may be getting) an Execution since `since`.
 fn earlier_with_key(conn: &Connection, campaign: &str, key: &str, job_id: i64, since: i64) -> Result<Option<Earlier>> {
@@ -333,14 +303,6 @@ fn earlier_with_key(conn: &Connection, campaign: &str, key: &str, job_id: i64, s
         .optional()?)
 }
 
-/// The instants (ms) of a phone's contacts by campaigns that count.
-struct Contacts {
-    /// Executions sent.
-    sent: Vec<i64>,
-    /// Attempts out, or of unknown fate: they may yet be contacts, or not.
-    in_flight: Vec<i64>,
-}
-
 /// `phone`'s contacts since `since` by campaigns that count (not exempt).
 fn contacts_of(conn: &Connection, phone: &str, job_id: i64, since: i64) -> Result<Contacts> {
     let mut stmt = conn.prepare_cached(
@@ -349,7 +311,7 @@ fn contacts_of(conn: &Connection, phone: &str, job_id: i64, since: i64) -> Resul
          WHERE j.phone = ?1 AND j.id != ?2 AND r.limits_exempt = 0 \
            AND (j.sent_at > ?3 OR j.state = 'dispatching' OR j.ambiguous_since IS NOT NULL)",
     )?;
-    let mut contacts = Contacts { sent: Vec::new(), in_flight: Vec::new() };
+    let mut contacts = Contacts::default();
     for row in stmt.query_map(params![phone, job_id, since], |r| Ok((r.get::<_, Option<i64>>(0)?, r.get(1)?)))? {
         match row? {
             (Some(at), true) => contacts.sent.push(at),
