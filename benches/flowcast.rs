@@ -166,7 +166,7 @@ fn main() {
             }
             let list = |key: &str, unit: &str| {
                 r[key].as_array().map_or(String::new(), |v| {
-                    v.iter().map(|x| format!("{:.0}{unit}", x.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(" + ")
+                    v.iter().map(|x| format!("{:.1}{unit}", x.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(" + ")
                 })
             };
             rows.push((
@@ -174,7 +174,8 @@ fn main() {
                 format!("{:.0} Executions/s", r["executions_per_s"].as_f64().unwrap_or(0.0)),
                 format!(
                     "ledger alone: {:.0} claims/s with {instances} claimer(s); {} Executions for {} imported \
-                     (run {}) in {:.1} s; CPU s: serve {}, PostgreSQL {:.0}, simulator {:.0}; \
+                     (run {}) in {:.1} s; CPU s: serve {}, PostgreSQL backends {:.1} (all PostgreSQL {:.1}), \
+                     simulator {:.1}; \
                      serve peak RSS {}; load {} → {}",
                     r["claims_per_s"].as_f64().unwrap_or(0.0),
                     r["executions"],
@@ -182,6 +183,7 @@ fn main() {
                     r["state"].as_str().unwrap_or("not ended"),
                     r["send_seconds"].as_f64().unwrap_or(0.0),
                     list("serve_cpu_s", ""),
+                    r["backends_cpu_s"].as_f64().unwrap_or(0.0),
                     r["postgres_cpu_s"].as_f64().unwrap_or(0.0),
                     r["simulator_cpu_s"].as_f64().unwrap_or(0.0),
                     list("serve_peak_rss_mb", " MB"),
@@ -388,6 +390,19 @@ fn proc_cpu_seconds(pid: &str) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU time so far of the PostgreSQL backends whose connections are named
+/// `app` (the server must run on this machine).
+async fn backends_cpu_seconds(app: &str) -> f64 {
+    let Ok(url) = std::env::var("FLOWCAST_TEST_POSTGRES") else { return 0.0 };
+    let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return 0.0 };
+    let task = tokio::spawn(connection);
+    let rows =
+        client.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1", &[&app]).await.unwrap_or_default();
+    drop(client);
+    let _ = task.await;
+    rows.iter().map(|r| proc_cpu_seconds(&r.get::<_, i32>(0).to_string())).sum()
 }
 
 /// The machine's load average over the last minute, as `uptime` shows it.
@@ -769,6 +784,10 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             let ledger = flowcast::store::postgres::test_ledger("cluster bench").await.unwrap();
             let sim = SimProcess::start(None);
             let ws = workspace(contacts, "");
+            // The serves' connections carry a name of their own, so that the
+            // PostgreSQL backends working for them can be told from others'.
+            let app = format!("flowcast-bench-{}", std::process::id());
+            let serve_ledger = format!("{ledger}&application_name={app}");
             let postgres_cpu_before = postgres_cpu_seconds();
             let sim_cpu_before = proc_cpu_seconds(&sim.child.id().to_string());
             let started = Instant::now();
@@ -777,7 +796,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                     let name = format!("bench-{i}");
                     let log = ws.db.with_file_name(format!("{name}.log"));
                     spawn_serve(
-                        &ledger,
+                        &serve_ledger,
                         &ws.folders,
                         &sim.url,
                         &[("FLOWCAST_INSTANCE", &name), ("FLOWCAST_RATE", "10000"), ("FLOWCAST_CONCURRENCY", "64")],
@@ -816,6 +835,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             let wall = started.elapsed().as_secs_f64();
             let serve_cpu: Vec<f64> = serves.iter().map(|s| proc_cpu_seconds(&s.child.id().to_string())).collect();
             let serve_rss: Vec<f64> = serves.iter().map(|s| proc_peak_rss_mb(&s.child.id().to_string())).collect();
+            let backends_cpu = backends_cpu_seconds(&app).await;
             let postgres_cpu = postgres_cpu_seconds() - postgres_cpu_before;
             let sim_cpu = proc_cpu_seconds(&sim.child.id().to_string()) - sim_cpu_before;
             drop(serves);
@@ -834,7 +854,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 "executions_per_s": if span > 0.0 { (n - 1) as f64 / span } else { 0.0 },
                 "send_seconds": span, "wall_seconds": wall,
                 "serve_cpu_s": serve_cpu, "serve_peak_rss_mb": serve_rss,
-                "postgres_cpu_s": postgres_cpu, "simulator_cpu_s": sim_cpu,
+                "backends_cpu_s": backends_cpu, "postgres_cpu_s": postgres_cpu, "simulator_cpu_s": sim_cpu,
                 "claims_per_s": claims_per_s, "load_before": load_before, "load_after": load_average(),
             })
         }
