@@ -20,10 +20,12 @@
 //!    campaign; one contact at a time is POSTed to
 //!    `/api/campaigns/{name}/contacts` and the time until the simulator has
 //!    its Execution is measured (a free rate slot each time).
-//! 6. cluster (by name only; needs `FLOWCAST_TEST_POSTGRES`): 1, 2 and 3
-//!    `flowcast serve` processes on one PostgreSQL ledger send one campaign at
-//!    an account rate set far above what they reach; Executions/s from the
-//!    first to the last create. Claims/s: the ledger alone, 1, 2 and 3
+//! 6. cluster (by name, or in the smoke set; needs `FLOWCAST_TEST_POSTGRES`,
+//!    skipped without): 1, 2 and 3 `flowcast serve` processes on one
+//!    PostgreSQL ledger send one one-off campaign at an account rate set far
+//!    above what they reach, until the run has ended; Executions/s from the
+//!    first to the last create, and the CPU of each serve, of PostgreSQL and
+//!    of the simulator meanwhile. Claims/s: the ledger alone, 1, 2 and 3
 //!    claimers taking and settling jobs with no Studio call.
 
 use std::io::{BufRead, BufReader, Write};
@@ -152,25 +154,43 @@ fn main() {
             "≤ 1 s; ≤ 150 MB".into(),
         ));
     }
-    // Asked for by name only: it needs a PostgreSQL server, and its
-    // end-to-end part does not finish yet (see the README).
-    if only.iter().any(|o| o.as_str() == "cluster") {
+    // It needs a PostgreSQL server (it says it skipped without one), and at
+    // full size takes minutes: asked for by name, or in the smoke set at its
+    // tiny size.
+    if only.iter().any(|o| o.as_str() == "cluster") || (smoke && only.is_empty()) {
         for instances in 1..=3 {
             let r = child("cluster", &["--instances", &instances.to_string()]);
             if r.get("skipped").is_some() {
                 eprintln!("cluster: skipped ({})", r["skipped"]);
                 break;
             }
+            let list = |key: &str, unit: &str| {
+                r[key].as_array().map_or(String::new(), |v| {
+                    v.iter().map(|x| format!("{:.1}{unit}", x.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(" + ")
+                })
+            };
             rows.push((
                 format!("PostgreSQL, {instances} instance(s), {} contacts", r["contacts"]),
                 format!("{:.0} Executions/s", r["executions_per_s"].as_f64().unwrap_or(0.0)),
                 format!(
-                    "ledger alone: {:.0} claims/s with {instances} claimer(s); {} Executions for {} contacts",
+                    "ledger alone: {:.0} claims/s with {instances} claimer(s); {} Executions for {} imported \
+                     (run {}) in {:.1} s; CPU s: serve {}, PostgreSQL backends {:.1} (all PostgreSQL {:.1}), \
+                     simulator {:.1}; \
+                     serve peak RSS {}; load {} → {}",
                     r["claims_per_s"].as_f64().unwrap_or(0.0),
                     r["executions"],
-                    r["contacts"]
+                    r["imported"],
+                    r["state"].as_str().unwrap_or("not ended"),
+                    r["send_seconds"].as_f64().unwrap_or(0.0),
+                    list("serve_cpu_s", ""),
+                    r["backends_cpu_s"].as_f64().unwrap_or(0.0),
+                    r["postgres_cpu_s"].as_f64().unwrap_or(0.0),
+                    r["simulator_cpu_s"].as_f64().unwrap_or(0.0),
+                    list("serve_peak_rss_mb", " MB"),
+                    r["load_before"].as_str().unwrap_or("?"),
+                    r["load_after"].as_str().unwrap_or("?"),
                 ),
-                "one Execution per contact".into(),
+                "one Execution per imported contact".into(),
             ));
         }
     }
@@ -260,6 +280,79 @@ impl Drop for SimProcess {
     }
 }
 
+/// A `flowcast serve` child (the release binary) on a port of its own; killed
+/// on drop. Its log goes to a file, so that a serve that sends nothing can be
+/// asked why (`log_tail`).
+struct ServeProcess {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+/// Starts `flowcast serve` on ledger `db` with `folders`, against the
+/// simulator at `studio_url`, with `env` on top of the defaults below; its
+/// stderr goes to `log`.
+fn spawn_serve(db: &str, folders: &Folders, studio_url: &str, env: &[(&str, &str)], log: &Path) -> ServeProcess {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowcast"));
+    // Only the settings given here: a FLOWCAST_* variable of the shell that
+    // runs the bench (a ledger, a rate, a log filter) would change what is
+    // measured.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLOWCAST_") || k.starts_with("TWILIO_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["--db", db, "--campaigns", folders.campaigns.to_str().unwrap()])
+        .args(["--flows", folders.flows.to_str().unwrap(), "serve"])
+        .env("FLOWCAST_STUDIO_URL", studio_url)
+        .env("FLOWCAST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TWILIO_ACCOUNT_SID", "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+        .env("TWILIO_AUTH_TOKEN", "bench-token")
+        .env("FLOWCAST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("serve's log file"));
+    let child = cmd.spawn().expect("serve starts");
+    ServeProcess { child, url: format!("http://127.0.0.1:{port}"), log: log.to_path_buf() }
+}
+
+impl ServeProcess {
+    /// Waits until serve has a campaign in force (it answers before its
+    /// first scan of the folder).
+    async fn campaigns_in_force(&mut self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = client.get(format!("{}/api/campaigns", self.url)).send().await;
+            if let Ok(r) = listed
+                && let Ok(v) = r.json::<Value>().await
+                && v["campaigns"].as_array().is_some_and(|c| !c.is_empty())
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("serve exited ({status}):\n{}", self.log_tail());
+            }
+            assert!(Instant::now() < deadline, "serve never listed the campaign:\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines serve logged.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn get_json(url: &str) -> Value {
     // A blocking GET without another HTTP client: the bench has reqwest (async).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -270,7 +363,12 @@ fn get_json(url: &str) -> Value {
 }
 
 fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    proc_peak_rss_mb("self")
+}
+
+/// Peak RSS of process `pid` (or `self`) so far, in MB.
+fn proc_peak_rss_mb(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
@@ -280,13 +378,52 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    proc_cpu_seconds("self")
+}
+
+/// CPU time (user and system) of process `pid` (or `self`) so far, in seconds.
+fn proc_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU time so far of the PostgreSQL backends whose connections are named
+/// `app` (the server must run on this machine).
+async fn backends_cpu_seconds(app: &str) -> f64 {
+    let Ok(url) = std::env::var("FLOWCAST_TEST_POSTGRES") else { return 0.0 };
+    let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return 0.0 };
+    let task = tokio::spawn(connection);
+    let rows =
+        client.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1", &[&app]).await.unwrap_or_default();
+    drop(client);
+    let _ = task.await;
+    rows.iter().map(|r| proc_cpu_seconds(&r.get::<_, i32>(0).to_string())).sum()
+}
+
+/// The machine's load average over the last minute, as `uptime` shows it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_default()
+}
+
+/// CPU time of every process on this machine named `postgres` (the server
+/// and its backends, whoever they serve), in seconds: a difference of two
+/// readings is the server's share of the machine in between, when it runs
+/// here.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(String::from))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(|pid| proc_cpu_seconds(&pid))
+        .sum()
 }
 
 /// Writes a CSV of `n` contacts with random valid numbers across regions.
@@ -595,35 +732,17 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 ),
             )
             .unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut serve = Command::new(env!("CARGO_BIN_EXE_flowcast"))
-                .args(["--db", ws.db.to_str().unwrap(), "--campaigns", ws.folders.campaigns.to_str().unwrap()])
-                .args(["--flows", ws.folders.flows.to_str().unwrap(), "serve"])
-                .env("FLOWCAST_STUDIO_URL", &sim.url)
-                .env("FLOWCAST_LISTEN", format!("127.0.0.1:{port}"))
-                .env("FLOWCAST_RATE", "100")
-                .env("TWILIO_ACCOUNT_SID", "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
-                .env("TWILIO_AUTH_TOKEN", "bench-token")
-                .env("FLOWCAST_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("serve starts");
-            let base = format!("http://127.0.0.1:{port}");
+            let log = ws.db.with_extension("serve.log");
+            let mut serve = spawn_serve(
+                ws.db.to_str().unwrap(),
+                &ws.folders,
+                &sim.url,
+                &[("FLOWCAST_RATE", "100"), ("FLOWCAST_LOG", "error")],
+                &log,
+            );
+            let base = serve.url.clone();
             let client = reqwest::Client::new();
-            // Serve is ready when the campaign is in force.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let listed = client.get(format!("{base}/api/campaigns")).send().await;
-                if let Ok(r) = listed
-                    && let Ok(v) = r.json::<Value>().await
-                    && v["campaigns"].as_array().is_some_and(|c| !c.is_empty())
-                {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "serve never listed the campaign");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            serve.campaigns_in_force(&client).await;
             let pushes = if std::env::var("FLOWCAST_BENCH_SMOKE").is_ok() { 5 } else { 100 };
             let mut latencies = Vec::with_capacity(pushes);
             let stats = format!("{}/_simulator/stats", sim.url);
@@ -648,8 +767,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 // More than a rate slot apart, so each push finds one free.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let _ = serve.kill();
-            let _ = serve.wait();
+            drop(serve);
             latencies.sort_by(f64::total_cmp);
             let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
             json!({ "pushes": pushes, "median_ms": at(0.5), "p95_ms": at(0.95), "max_ms": at(1.0) })
@@ -660,39 +778,67 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 return json!({ "skipped": "FLOWCAST_TEST_POSTGRES is unset" });
             };
             let contacts = if std::env::var("FLOWCAST_BENCH_SMOKE").is_ok() { 500 } else { 20_000 };
+            let load_before = load_average();
             let claims_per_s = claim_rate(&ledger, instances, contacts).await;
             // A fresh ledger for the end-to-end part.
             let ledger = flowcast::store::postgres::test_ledger("cluster bench").await.unwrap();
             let sim = SimProcess::start(None);
             let ws = workspace(contacts, "");
-            let serves: Vec<Child> = (0..instances)
+            // The serves' connections carry a name of their own, so that the
+            // PostgreSQL backends working for them can be told from others'.
+            let app = format!("flowcast-bench-{}", std::process::id());
+            let serve_ledger = format!("{ledger}&application_name={app}");
+            let postgres_cpu_before = postgres_cpu_seconds();
+            let sim_cpu_before = proc_cpu_seconds(&sim.child.id().to_string());
+            let started = Instant::now();
+            let mut serves: Vec<ServeProcess> = (0..instances)
                 .map(|i| {
-                    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-                    Command::new(env!("CARGO_BIN_EXE_flowcast"))
-                        .args(["--db", &ledger, "--campaigns", ws.folders.campaigns.to_str().unwrap()])
-                        .args(["--flows", ws.folders.flows.to_str().unwrap(), "serve"])
-                        .env("FLOWCAST_STUDIO_URL", &sim.url)
-                        .env("FLOWCAST_LISTEN", format!("127.0.0.1:{port}"))
-                        .env("FLOWCAST_INSTANCE", format!("bench-{i}"))
-                        .env("FLOWCAST_RATE", "10000")
-                        .env("FLOWCAST_CONCURRENCY", "64")
-                        .env("TWILIO_ACCOUNT_SID", "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
-                        .env("TWILIO_AUTH_TOKEN", "bench-token")
-                        .env("FLOWCAST_LOG", "error")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .expect("serve starts")
+                    let name = format!("bench-{i}");
+                    let log = ws.db.with_file_name(format!("{name}.log"));
+                    spawn_serve(
+                        &serve_ledger,
+                        &ws.folders,
+                        &sim.url,
+                        &[("FLOWCAST_INSTANCE", &name), ("FLOWCAST_RATE", "10000"), ("FLOWCAST_CONCURRENCY", "64")],
+                        &log,
+                    )
                 })
                 .collect();
+            let client = reqwest::Client::new();
+            for serve in &mut serves {
+                serve.campaigns_in_force(&client).await;
+            }
+            // Done when the one-off run has ended: some generated numbers are
+            // invalid on purpose, so fewer Executions than contacts are made.
             let deadline = Instant::now() + Duration::from_secs(600);
-            while sim.stats()["executions"].as_u64().unwrap_or(0) < contacts as u64 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            for mut serve in serves {
-                let _ = serve.kill();
-                let _ = serve.wait();
-            }
+            let run = loop {
+                let runs = client.get(format!("{}/api/runs", serves[0].url)).send().await;
+                if let Ok(r) = runs
+                    && let Ok(v) = r.json::<Value>().await
+                    && let Some(run) = v["runs"].get(0)
+                    && matches!(run["state"].as_str(), Some("finished" | "cancelled"))
+                {
+                    break run.clone();
+                }
+                if Instant::now() > deadline {
+                    for s in &serves {
+                        eprintln!(
+                            "cluster: serve at {} did not finish the run; its log ends:\n{}",
+                            s.url,
+                            s.log_tail()
+                        );
+                    }
+                    break Value::Null;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let wall = started.elapsed().as_secs_f64();
+            let serve_cpu: Vec<f64> = serves.iter().map(|s| proc_cpu_seconds(&s.child.id().to_string())).collect();
+            let serve_rss: Vec<f64> = serves.iter().map(|s| proc_peak_rss_mb(&s.child.id().to_string())).collect();
+            let backends_cpu = backends_cpu_seconds(&app).await;
+            let postgres_cpu = postgres_cpu_seconds() - postgres_cpu_before;
+            let sim_cpu = proc_cpu_seconds(&sim.child.id().to_string()) - sim_cpu_before;
+            drop(serves);
             let mut times: Vec<DateTime<Utc>> = sim
                 .executions()
                 .as_array()
@@ -704,9 +850,12 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             let n = times.len();
             let span = if n > 1 { (times[n - 1] - times[0]).num_microseconds().unwrap_or(0) as f64 / 1e6 } else { 0.0 };
             json!({
-                "contacts": contacts, "executions": n,
+                "contacts": contacts, "imported": run["imported"], "state": run["state"], "executions": n,
                 "executions_per_s": if span > 0.0 { (n - 1) as f64 / span } else { 0.0 },
-                "claims_per_s": claims_per_s,
+                "send_seconds": span, "wall_seconds": wall,
+                "serve_cpu_s": serve_cpu, "serve_peak_rss_mb": serve_rss,
+                "backends_cpu_s": backends_cpu, "postgres_cpu_s": postgres_cpu, "simulator_cpu_s": sim_cpu,
+                "claims_per_s": claims_per_s, "load_before": load_before, "load_after": load_average(),
             })
         }
         other => json!({ "error": format!("unknown scenario {other}") }),
