@@ -28,8 +28,9 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CampaignRow> {
 /// the schedule or zone changed: then ticks count from `now`, so that editing a
 /// schedule does not fire the new schedule's past ticks as "missed".
 pub fn upsert_campaign(conn: &Connection, row: &CampaignRow, now: i64) -> Result<()> {
-    conn.execute(
-            "INSERT INTO campaigns (name, kind, source, content_hash, schedule, timezone, enabled, last_tick_at, \
+    super::exec(
+        conn,
+        "INSERT INTO campaigns (name, kind, source, content_hash, schedule, timezone, enabled, last_tick_at, \
                                     next_fire_at, removed_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10) \
              ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, source = excluded.source, \
@@ -40,19 +41,19 @@ pub fn upsert_campaign(conn: &Connection, row: &CampaignRow, now: i64) -> Result
                  next_fire_at = CASE WHEN campaigns.schedule IS excluded.schedule AND campaigns.timezone = excluded.timezone \
                                      THEN campaigns.next_fire_at ELSE excluded.next_fire_at END, \
                  schedule = excluded.schedule, timezone = excluded.timezone",
-            params![
-                row.name,
-                row.kind.as_str(),
-                row.source,
-                row.content_hash,
-                row.schedule,
-                row.timezone,
-                row.enabled,
-                row.last_tick_at.unwrap_or(now),
-                row.next_fire_at,
-                now
-            ],
-        )?;
+        params![
+            row.name,
+            row.kind.as_str(),
+            row.source,
+            row.content_hash,
+            row.schedule,
+            row.timezone,
+            row.enabled,
+            row.last_tick_at.unwrap_or(now),
+            row.next_fire_at,
+            now
+        ],
+    )?;
     Ok(())
 }
 
@@ -68,7 +69,8 @@ pub fn list_campaigns(conn: &Connection) -> Result<Vec<CampaignRow>> {
 
 /// Records that every tick up to `last_tick_at` is handled, and the next one.
 pub fn set_ticks(conn: &Connection, name: &str, last_tick_at: i64, next_fire_at: Option<i64>) -> Result<()> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE campaigns SET last_tick_at = MAX(COALESCE(last_tick_at, ?2), ?2), next_fire_at = ?3 WHERE name = ?1",
         params![name, last_tick_at, next_fire_at],
     )?;
@@ -77,7 +79,8 @@ pub fn set_ticks(conn: &Connection, name: &str, last_tick_at: i64, next_fire_at:
 
 /// The campaign's file is gone: it fires no new runs.
 pub fn mark_campaign_removed(conn: &Connection, name: &str, now: i64) -> Result<()> {
-    conn.execute(
+    super::exec(
+        conn,
         "UPDATE campaigns SET removed_at = ?2, next_fire_at = NULL WHERE name = ?1 AND removed_at IS NULL",
         params![name, now],
     )?;

@@ -157,7 +157,8 @@ pub(super) fn insert_batch(
             }
         }
     }
-    tx.execute(
+    super::exec(
+        &tx,
         "UPDATE runs SET rows_total = rows_total + ?2, imported = imported + ?3, rejected = rejected + ?4, \
          duplicates = duplicates + ?5, import_line = MAX(import_line, ?6) WHERE id = ?1",
         params![
@@ -379,30 +380,35 @@ fn apply_outcome(
     outcome_after_ms: i64,
 ) -> Result<bool> {
     let changed = match outcome {
-        JobOutcome::Sent { sid } => conn.execute(
+        JobOutcome::Sent { sid } => super::exec(
+            conn,
             "UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = ?2, attempts = attempts + ?3, \
                  ambiguous_since = NULL, conflict_sid = NULL, sent_at = ?4, finished_at = ?4, updated_at = ?4, \
                  outcome_state = 'open', outcome_due_at = ?4 + ?5 \
                  WHERE id = ?1 AND state = 'dispatching'",
             params![job_id, sid, attempts_sent, now, outcome_after_ms],
         )?,
-        JobOutcome::Skipped { reason, sid } => conn.execute(
+        JobOutcome::Skipped { reason, sid } => super::exec(
+            conn,
             "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
                  ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 WHERE id = ?1 AND state = 'dispatching'",
             params![job_id, reason.to_string(), sid, attempts_sent, now],
         )?,
-        JobOutcome::Failed { reason, last_error } => conn.execute(
+        JobOutcome::Failed { reason, last_error } => super::exec(
+            conn,
             "UPDATE jobs SET state = 'failed', reason = ?2, last_error = COALESCE(?3, last_error), \
                  attempts = attempts + ?4, ambiguous_since = NULL, finished_at = ?5, updated_at = ?5 \
                  WHERE id = ?1 AND state = 'dispatching'",
             params![job_id, reason.to_string(), last_error, attempts_sent, now],
         )?,
-        JobOutcome::Expired => conn.execute(
+        JobOutcome::Expired => super::exec(
+            conn,
             "UPDATE jobs SET state = 'expired', reason = 'expired', attempts = attempts + ?2, \
                  finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
             params![job_id, attempts_sent, now],
         )?,
-        JobOutcome::Retry { due_at, failures, throttled, ambiguous_since, conflict, last_error } => conn.execute(
+        JobOutcome::Retry { due_at, failures, throttled, ambiguous_since, conflict, last_error } => super::exec(
+            conn,
             "UPDATE jobs SET state = 'pending', due_at = ?2, failures = ?3, throttles = throttles + ?4, \
                  ambiguous_since = ?5, conflict_sid = ?6, conflict_since = ?7, last_error = COALESCE(?8, last_error), \
                  attempts = attempts + ?9, updated_at = ?10 WHERE id = ?1 AND state = 'dispatching'",
@@ -419,12 +425,14 @@ fn apply_outcome(
                 now
             ],
         )?,
-        JobOutcome::Cancelled => conn.execute(
+        JobOutcome::Cancelled => super::exec(
+            conn,
             "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', attempts = attempts + ?2, \
                  finished_at = ?3, updated_at = ?3 WHERE id = ?1 AND state = 'dispatching'",
             params![job_id, attempts_sent, now],
         )?,
-        JobOutcome::Release => conn.execute(
+        JobOutcome::Release => super::exec(
+            conn,
             "UPDATE jobs SET state = 'pending', attempts = attempts + ?2, updated_at = ?3 \
                  WHERE id = ?1 AND state = 'dispatching'",
             params![job_id, attempts_sent, now],
@@ -436,7 +444,8 @@ fn apply_outcome(
 /// Jobs left `dispatching` by a process that died: back to `pending`, marked
 /// ambiguous from their attempt's start, so Studio is asked before any resend.
 pub fn recover_dispatching(conn: &Connection, run_id: i64, now: i64) -> Result<usize> {
-    Ok(conn.execute(
+    Ok(super::exec(
+        conn,
         "UPDATE jobs SET state = 'pending', ambiguous_since = COALESCE(ambiguous_since, attempt_started_at, ?2), \
          due_at = MIN(due_at, ?2), updated_at = ?2 WHERE run_id = ?1 AND state = 'dispatching'",
         params![run_id, now],
@@ -518,7 +527,8 @@ pub fn record_execution_end(
 ) -> Result<(usize, usize)> {
     let tx = super::write_transaction(conn)?;
     // An ended Execution's outcome can be read at once.
-    let recorded = tx.execute(
+    let recorded = super::exec(
+        &tx,
         "UPDATE jobs SET execution_ended_at = COALESCE(execution_ended_at, ?2), \
          ended_reason = COALESCE(ended_reason, ?3), updated_at = ?4, \
          outcome_due_at = CASE WHEN outcome_state = 'open' THEN MIN(COALESCE(outcome_due_at, ?4), ?4) \
@@ -526,7 +536,8 @@ pub fn record_execution_end(
          WHERE execution_sid = ?1 AND state = 'sent'",
         params![sid, ended_at, reason, now],
     )?;
-    let woken = tx.execute(
+    let woken = super::exec(
+        &tx,
         "UPDATE jobs SET due_at = MIN(due_at, ?2), updated_at = ?2 WHERE conflict_sid = ?1 AND state = 'pending'",
         params![sid, now],
     )?;

@@ -114,7 +114,21 @@ fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     // (A purge also zeroes the pages it frees: see `purge`.)
     conn.pragma_update(None, "secure_delete", "FAST")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Every statement flowcast runs, kept compiled (rusqlite keeps 16 by
+    // default, fewer than the dispatcher alone cycles through).
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
+}
+
+/// How many compiled statements each connection keeps.
+const STATEMENT_CACHE: usize = 256;
+
+/// Runs one statement through the connection's statement cache. Compiling an
+/// UPDATE of `jobs` also compiles the outbox triggers on that table, which
+/// costs more than running it: compiled afresh for each outcome, it took a
+/// fifth of the dispatcher's CPU in a profile.
+pub(super) fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
 
 /// Starts a transaction that takes the write lock at once (`BEGIN

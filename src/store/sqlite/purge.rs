@@ -197,11 +197,12 @@ pub fn finish(conn: &mut Connection, run_id: i64, now: i64) -> Result<Option<u64
         }
         let calls =
             tx.prepare_cached("DELETE FROM studio_calls WHERE job_id IS NULL AND run_id = ?1")?.execute([run_id])?;
-        tx.execute(
+        super::exec(
+            &tx,
             "DELETE FROM outbox WHERE run_id = ?1 AND job_id IS NULL AND (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL)",
             [run_id],
         )?;
-        tx.execute("UPDATE runs SET purged_at = ?2 WHERE id = ?1", params![run_id, now])?;
+        super::exec(&tx, "UPDATE runs SET purged_at = ?2 WHERE id = ?1", params![run_id, now])?;
         tx.commit()?;
         Ok(Some(calls as u64))
     })

@@ -17,7 +17,8 @@ pub fn push(conn: &mut Connection, open: &NewRun, rows: &[PushRow], now: i64) ->
     };
     // Yesterday's open run takes no more contacts: its import is complete, so
     // it finishes once its jobs are settled.
-    tx.execute(
+    super::exec(
+        &tx,
         "UPDATE runs SET expanded_at = ?3, state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END \
          WHERE campaign = ?1 AND trigger = 'contacts' AND expanded_at IS NULL AND id != ?2",
         params![open.campaign, run_id, now],

@@ -57,7 +57,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 /// Records a new run in state `expanding`. `None` if the campaign already has a
 /// run with this key (the same tick or content never makes two runs).
 pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<Option<i64>> {
-    let inserted = conn.execute(
+    let inserted = super::exec(
+        conn,
         "INSERT OR IGNORE INTO runs (campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, \
          from_addr, on_conflict, max_wait_ms, rate, window_start, window_end, state, created_at, outcome_fields, \
          channel, limits_exempt, dedupe_within_ms, notify_url, notify_events) \
@@ -114,7 +115,8 @@ pub fn create_run_with_rows(
     };
     let last_line = rows.iter().map(ImportRow::line).max().unwrap_or(1);
     let counts = super::jobs::insert_batch(&tx, id, rows, last_line, now, now)?;
-    tx.execute(
+    super::exec(
+        &tx,
         "UPDATE runs SET expanded_at = ?2, state = 'active' WHERE id = ?1 AND state = 'expanding'",
         params![id, now],
     )?;
@@ -162,13 +164,15 @@ pub fn unfinished_runs(conn: &Connection) -> Result<Vec<RunRow>> {
 /// meanwhile). Its jobs were claimable while it was `expanding`.
 pub fn finish_expansion(conn: &mut Connection, id: i64, now: i64) -> Result<()> {
     let tx = super::write_transaction(conn)?;
-    tx.execute(
+    super::exec(
+        &tx,
         "UPDATE runs SET expanded_at = ?2, state = CASE WHEN state = 'expanding' THEN 'active' ELSE state END \
          WHERE id = ?1",
         params![id, now],
     )?;
     // Jobs written by a batch that raced a cancel are cancelled too.
-    tx.execute(
+    super::exec(
+        &tx,
         "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', updated_at = ?2, finished_at = ?2 \
          WHERE run_id = ?1 AND state = 'pending' AND (SELECT state FROM runs WHERE id = ?1) = 'cancelled'",
         params![id, now],
@@ -198,7 +202,8 @@ pub fn set_run_state(
 ) -> Result<bool> {
     let tx = super::write_transaction(conn)?;
     let finished = to.is_over().then_some(now);
-    let changed = tx.execute(
+    let changed = super::exec(
+        &tx,
         "UPDATE runs SET state = ?3, state_reason = ?4, finished_at = COALESCE(?5, finished_at) \
          WHERE id = ?1 AND state = ?2",
         params![id, from.as_str(), to.as_str(), reason, finished],
@@ -211,7 +216,8 @@ pub fn set_run_state(
     if to == RunState::Cancelled {
         // Jobs not yet handed to Studio never will be. A job in `dispatching`
         // has a request in flight; its outcome is recorded when it returns.
-        tx.execute(
+        super::exec(
+            &tx,
             "UPDATE jobs SET state = 'cancelled', reason = 'run cancelled', updated_at = ?2, finished_at = ?2 \
              WHERE run_id = ?1 AND state = 'pending'",
             params![id, now],
@@ -223,7 +229,8 @@ pub fn set_run_state(
 
 /// Marks the run finished when no job is open; returns whether it did.
 pub fn finish_run_if_done(conn: &Connection, id: i64, now: i64) -> Result<bool> {
-    let changed = conn.execute(
+    let changed = super::exec(
+        conn,
         "UPDATE runs SET state = 'finished', finished_at = ?2 WHERE id = ?1 AND state = 'active' \
          AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND state IN ('pending', 'dispatching'))",
         params![id, now],
