@@ -25,6 +25,11 @@ pub(crate) async fn announce(pg: &Pg, address: Option<&str>, leader: bool, now: 
 
 /// Renews the leases of jobs `ids` (claims whose creates are still out)
 /// while they are this instance's.
+///
+/// A job whose row is locked is skipped, not waited for: the lock is its
+/// outcome being written (it needs no lease after that), and waiting for it
+/// while holding the locks of the others deadlocked against that write,
+/// which locks the same rows in another order.
 pub(crate) async fn renew_leases(pg: &Pg, ids: &[i64], now: i64) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
@@ -32,7 +37,9 @@ pub(crate) async fn renew_leases(pg: &Pg, ids: &[i64], now: i64) -> Result<()> {
     let client = pg.client().await?;
     client
         .execute(
-            "UPDATE jobs SET lease_until = $3 WHERE id = ANY($1) AND lease_owner = $2 AND state = 'dispatching'",
+            "UPDATE jobs SET lease_until = $3 WHERE id IN ( \
+                 SELECT id FROM jobs WHERE id = ANY($1) AND lease_owner = $2 AND state = 'dispatching' \
+                 ORDER BY id FOR UPDATE SKIP LOCKED)",
             &[&ids, &pg.instance, &(now + LEASE_MS)],
         )
         .await?;
@@ -241,5 +248,45 @@ mod tests {
         assert!(store.claim_import(1, 10_002).await.unwrap(), "and kept by the new holder");
         client.batch_execute("UPDATE runs SET state = 'active'").await.unwrap();
         assert!(!store.claim_import(1, 20_000).await.unwrap(), "an imported run has nothing to take");
+    }
+
+    #[tokio::test]
+    async fn renewing_leases_never_waits_for_a_job_whose_outcome_is_being_written() {
+        let Some((store, url)) = store("renew").await else { return };
+        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let owner = store.instance().expect("a shared ledger names its instance").to_string();
+        client
+            .batch_execute(
+                "INSERT INTO runs (campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
+                 on_conflict, state, created_at) \
+                 VALUES ('c', 'reminder', 'manual', 'k', 0, 'c.toml', 'FW', '+1', 'skip', 'active', 0)",
+            )
+            .await
+            .unwrap();
+        for id in [1_i64, 2] {
+            client
+                .execute(
+                    "INSERT INTO jobs (id, run_id, line, phone, zone, parameters, state, due_at, created_at, updated_at, \
+                     lease_owner, lease_until) VALUES ($1, 1, $1, $3, 'UTC', '{}', 'dispatching', 0, 0, 0, $2, 10)",
+                    &[&id, &owner, &format!("+1500555000{id}")],
+                )
+                .await
+                .unwrap();
+        }
+        // Job 1's outcome is being written (its row locked, not committed).
+        let writing = client.transaction().await.unwrap();
+        writing.execute("UPDATE jobs SET updated_at = 1 WHERE id = 1", &[]).await.unwrap();
+        let renewed = tokio::time::timeout(std::time::Duration::from_secs(5), store.renew_leases(vec![2, 1], 1_000));
+        renewed.await.expect("the renewal waited on the locked row").unwrap();
+        writing.rollback().await.unwrap();
+        let leases: Vec<(i64, Option<i64>)> = client
+            .query("SELECT id, lease_until FROM jobs ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(leases, vec![(1, Some(10)), (2, Some(1_000 + super::LEASE_MS))], "only the free job renewed");
     }
 }

@@ -505,7 +505,11 @@ pub(crate) async fn record_outcomes(
     let mut client = pg.client().await?;
     let tx = client.transaction().await?;
     let mut applied = 0;
-    for o in outcomes {
+    // Rows are locked in id order, as every statement that locks several
+    // jobs does, so that two of them never wait on each other.
+    let mut ordered: Vec<&SettledJob> = outcomes.iter().collect();
+    ordered.sort_by_key(|o| o.job_id);
+    for o in ordered {
         if apply_outcome(&tx, &pg.instance, o, outcome_after_ms).await? {
             applied += 1;
         } else {
@@ -615,14 +619,18 @@ async fn apply_outcome(tx: &Transaction<'_>, instance: &str, o: &SettledJob, out
 /// Jobs left `dispatching` by an instance that died: those whose lease ran
 /// out (or that have none) go back to `pending`, marked ambiguous from their
 /// attempt's start, so Studio is asked before any resend. A job whose lease
-/// still holds is a live instance's request in flight, and stays its own.
+/// still holds is a live instance's request in flight, and stays its own;
+/// so does one whose row is locked right now (its outcome being written):
+/// the next sweep sees what that write left.
 pub(crate) async fn recover_dispatching(pg: &Pg, run_id: i64, now: i64) -> Result<usize> {
     let client = pg.client().await?;
     let stmt = client
         .prepare_cached(
             "UPDATE jobs SET state = 'pending', ambiguous_since = COALESCE(ambiguous_since, attempt_started_at, $2), \
              due_at = LEAST(due_at, $2), updated_at = $2, lease_owner = NULL, lease_until = NULL \
-             WHERE run_id = $1 AND state = 'dispatching' AND (lease_until IS NULL OR lease_until < $2)",
+             WHERE id IN (SELECT id FROM jobs \
+                          WHERE run_id = $1 AND state = 'dispatching' AND (lease_until IS NULL OR lease_until < $2) \
+                          ORDER BY id FOR UPDATE SKIP LOCKED)",
         )
         .await?;
     Ok(client.execute(&stmt, &[&run_id, &now]).await? as usize)
