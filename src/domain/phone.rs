@@ -1,11 +1,19 @@
 //! E.164 phone numbers, normalised with the `phonenumber` crate (Google's
 //! libphonenumber metadata) and checked with `is_valid`, not just parsed.
+//!
+//! Plainly written numbers (digits, spaces, `-`, `.`, parentheses, a leading
+//! `+`) get the library's verdict from [`matcher`], which follows the library's
+//! steps over its metadata compiled once per region, without the library's
+//! one lock around every pattern; the rest go to the library itself.
+
+mod matcher;
 
 use std::fmt;
 use std::str::FromStr;
 
-use phonenumber::Mode;
 use phonenumber::country::Id;
+
+use matcher::Verdict;
 
 /// A valid phone number in E.164 form (`+15017122661`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,11 +45,11 @@ impl Phone {
         if !raw.starts_with('+') && !raw.starts_with("00") && default_region.is_none() {
             return Err(PhoneError::NoRegion(raw.to_string()));
         }
-        let number = phonenumber::parse(default_region, raw).map_err(|_| PhoneError::Unparseable(raw.to_string()))?;
-        if !phonenumber::is_valid(&number) {
-            return Err(PhoneError::Invalid(raw.to_string()));
+        match matcher::verdict(raw, default_region).unwrap_or_else(|| library_verdict(raw, default_region)) {
+            Verdict::Valid(e164) => Ok(Phone(e164)),
+            Verdict::Invalid => Err(PhoneError::Invalid(raw.to_string())),
+            Verdict::Unparseable => Err(PhoneError::Unparseable(raw.to_string())),
         }
-        Ok(Phone(number.format().mode(Mode::E164).to_string()))
     }
 
     /// Wraps an already-normalised E.164 string read back from the ledger. A
@@ -98,6 +106,20 @@ pub fn mask_phones_in(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The `phonenumber` crate's own verdict: `parse`, then `is_valid`.
+fn library_verdict(raw: &str, default_region: Option<Id>) -> Verdict {
+    let Ok(number) = phonenumber::parse(default_region, raw) else {
+        return Verdict::Unparseable;
+    };
+    if !phonenumber::is_valid(&number) {
+        return Verdict::Invalid;
+    }
+    // What the crate's formatter writes in E.164 mode (`Mode::E164`), without
+    // the search through the region's national formats (every one of their
+    // patterns through the shared cache) that it makes first and E.164 ignores.
+    Verdict::Valid(format!("+{}{}", number.code().value(), number.national()))
 }
 
 /// Parses a two-letter region code such as `US` or `de`.

@@ -70,9 +70,9 @@ pub async fn import_run(
     let mut reader = ContactReader::open(contacts, campaign.read_options())?;
     let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let resume_after = store.import_line(run_id).await?;
-    // Reading the CSV, normalising phones (the costliest part: libphonenumber's
-    // validity patterns) and rendering each row run on a blocking thread; the
-    // ledger writes each batch on the blocking pool meanwhile. A small bounded
+    // Reading the CSV, normalising phones and rendering each row run on a
+    // blocking thread; the ledger writes each batch on the blocking pool
+    // meanwhile, and is the slower of the two. A small bounded
     // channel keeps memory flat; dropping the receiver (a cancel) stops the
     // reader at its next chunk.
     let (chunks, mut received) = tokio::sync::mpsc::channel::<Result<Vec<ImportRow>, ContactsError>>(4);
