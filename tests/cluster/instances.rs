@@ -196,6 +196,12 @@ async fn three_instances_send_once_fire_each_tick_once_and_keep_the_rate_when_a_
     let busiest = busiest_second(&sim);
     let creates = sim.executions().len();
     eprintln!("busiest second: {busiest} creates; 429s: {} of {creates} creates", sim.throttled());
+    // The pace the three reached together before the first death (a figure
+    // for the README, not asserted: timing on a shared machine).
+    let mut times: Vec<_> = sim.executions().iter().map(|e| e.date_created).collect();
+    times.sort();
+    let span = (times[999] - times[99]).num_milliseconds().max(1) as f64 / 1000.0;
+    eprintln!("three instances together: {:.1} creates/s of {RATE}/s (creates 100 to 1,000)", 900.0 / span);
     assert!(busiest <= RATE as usize, "{busiest} creates in one second, over {RATE}");
     assert!(sim.throttled() as usize * 100 <= creates, "{} creates refused over the rate", sim.throttled());
     // Every job ended, with a reason where it was not sent.
