@@ -158,7 +158,7 @@ pub(super) fn insert_batch(
         }
     }
     super::exec(
-        &tx,
+        tx,
         "UPDATE runs SET rows_total = rows_total + ?2, imported = imported + ?3, rejected = rejected + ?4, \
          duplicates = duplicates + ?5, import_line = MAX(import_line, ?6) WHERE id = ?1",
         params![
