@@ -17,7 +17,8 @@
 //! is on target when its wall time is within start-up plus 1.15 × 20,000 /
 //! 10,000 s. To tell what bounds it, its import time (the run's state in the
 //! ledger, read while it runs) and its achieved rate while importing and
-//! after are reported apart.
+//! after are reported apart; `FLOWCAST_BENCH_PEER_CONCURRENCY` sets flowcast's
+//! requests in flight (its default otherwise).
 
 use std::collections::HashSet;
 use std::io::Write;
