@@ -46,6 +46,11 @@ use flowcast::studio::simulator::{SimConfig, Simulator};
 use flowcast::studio::{Credentials, HttpStudio, StudioConfig};
 use serde_json::{Value, json};
 
+// A crate root looks for its modules beside it; the scenarios live in
+// `benches/flowcast/`, next to the harness they belong to.
+#[path = "flowcast/peer.rs"]
+mod peer;
+
 const FLOW: &str = "FW0123456789abcdef0123456789abcdef";
 
 #[derive(Clone, Copy)]
@@ -193,6 +198,10 @@ fn main() {
                 "one Execution per imported contact".into(),
             ));
         }
+    }
+    // It may install the Python helper (pip), so it runs by name only.
+    if only.iter().any(|o| o.as_str() == "peer") {
+        rows.extend(peer::rows(&child("peer", &[])));
     }
     if wanted("push") {
         let r = child("push", &[]);
@@ -858,6 +867,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 "claims_per_s": claims_per_s, "load_before": load_before, "load_after": load_average(),
             })
         }
+        "peer" => peer::scenario(),
         other => json!({ "error": format!("unknown scenario {other}") }),
     }
 }
