@@ -46,6 +46,10 @@ use flowcast::studio::simulator::{SimConfig, Simulator};
 use flowcast::studio::{Credentials, HttpStudio, StudioConfig};
 use serde_json::{Value, json};
 
+// A crate root looks for modules beside itself; this one lives in benches/flowcast/.
+#[path = "flowcast/scale.rs"]
+mod scale;
+
 const FLOW: &str = "FW0123456789abcdef0123456789abcdef";
 
 #[derive(Clone, Copy)]
@@ -193,6 +197,12 @@ fn main() {
                 "one Execution per imported contact".into(),
             ));
         }
+    }
+    // Builds a ledger of ten million jobs on its first full-size run (kept
+    // under target/bench-scale/): asked for by name, or in the smoke set at
+    // its tiny size.
+    if only.iter().any(|o| o.as_str() == "scale") || (smoke && only.is_empty()) {
+        rows.extend(scale::rows(&child("scale", &[])));
     }
     if wanted("push") {
         let r = child("push", &[]);
@@ -858,6 +868,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 "claims_per_s": claims_per_s, "load_before": load_before, "load_after": load_average(),
             })
         }
+        "scale" => scale::scenario().await,
         other => json!({ "error": format!("unknown scenario {other}") }),
     }
 }
