@@ -50,6 +50,8 @@ use serde_json::{Value, json};
 // `benches/flowcast/`, next to the harness they belong to.
 #[path = "flowcast/peer.rs"]
 mod peer;
+#[path = "flowcast/scale.rs"]
+mod scale;
 
 const FLOW: &str = "FW0123456789abcdef0123456789abcdef";
 
@@ -202,6 +204,12 @@ fn main() {
     // It may install the Python helper (pip), so it runs by name only.
     if only.iter().any(|o| o.as_str() == "peer") {
         rows.extend(peer::rows(&child("peer", &[])));
+    }
+    // Builds a ledger of ten million jobs on its first full-size run (kept
+    // under target/bench-scale/): asked for by name, or in the smoke set at
+    // its tiny size.
+    if only.iter().any(|o| o.as_str() == "scale") || (smoke && only.is_empty()) {
+        rows.extend(scale::rows(&child("scale", &[])));
     }
     if wanted("push") {
         let r = child("push", &[]);
@@ -868,6 +876,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             })
         }
         "peer" => peer::scenario(),
+        "scale" => scale::scenario().await,
         other => json!({ "error": format!("unknown scenario {other}") }),
     }
 }

@@ -28,7 +28,10 @@ use tokio_postgres::NoTls;
 use super::{Result, StoreError};
 
 /// The migrations, in order; each is applied once, whole or not at all.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_ledger.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/postgres/0001_ledger.sql"),
+    include_str!("../../../migrations/postgres/0002_job_pages.sql"),
+];
 
 /// How long a claim, an import or the leader role holds without renewal:
 /// an instance renews its own every second, so one that died is taken over

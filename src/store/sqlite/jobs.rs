@@ -488,14 +488,20 @@ pub fn jobs_page(
     after: i64,
     limit: u32,
 ) -> Result<Vec<JobRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3 \
-         ORDER BY id LIMIT ?4"
-    ))?;
+    let mut stmt = conn.prepare_cached(&jobs_page_sql())?;
     let rows = stmt
         .query_map(params![run_id, state.map(JobState::as_str), after, limit], job_from_row)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
+}
+
+/// [`jobs_page`]'s query: a range read of the `jobs_page` index from `after`
+/// on, in id order, so a page costs its own rows however large the run.
+pub(super) fn jobs_page_sql() -> String {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3 \
+         ORDER BY id LIMIT ?4"
+    )
 }
 
 /// The latest jobs that ended failed, skipped or expired, across runs.

@@ -40,6 +40,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0011_pushed_contacts.sql")),
         M::up(include_str!("../../../migrations/0012_notify.sql")),
         M::up(include_str!("../../../migrations/0013_retention.sql")),
+        M::up(include_str!("../../../migrations/0014_job_pages.sql")),
     ])
 }
 
@@ -177,5 +178,28 @@ mod tests {
         drop(ledger);
         let again = Sqlite::open(&path).unwrap();
         assert_eq!(again.integrity_check().unwrap(), "ok");
+    }
+
+    /// A page of a run's jobs reads the run's entries from `after` on in id
+    /// order: no reading every job of the run and sorting them (which cost
+    /// seconds per page on a run of a million jobs), with or without a state.
+    #[test]
+    fn a_page_of_a_runs_jobs_is_a_range_read_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
+        let conn = ledger.reader();
+        let sql = format!("EXPLAIN QUERY PLAN {}", jobs::jobs_page_sql());
+        for state in [None, Some("failed")] {
+            let plan: Vec<String> = conn
+                .prepare(&sql)
+                .unwrap()
+                .query_map(rusqlite::params![7, state, 1_000, 100], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.contains("USING INDEX jobs_page (run_id=? AND id>?)"), "{state:?}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{state:?}: {plan}");
+        }
     }
 }
