@@ -110,8 +110,8 @@ pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -
         .collect();
     let mut runs = Vec::new();
     for run in store.list_runs(only, 50).await.map_err(Failure::input)? {
-        let counts = store.run_counts(run.id).await.map_err(Failure::input)?;
-        let outcomes = crate::runs::outcome_summaries(&store, &run).await.map_err(Failure::input)?;
+        let (counts, outcomes) =
+            crate::runs::summarise(&store, &run, now.timestamp_millis()).await.map_err(Failure::input)?;
         runs.push(views::run(&run, &counts, &outcomes));
     }
     let outbox = store.outbox_counts().await.map_err(Failure::input)?;

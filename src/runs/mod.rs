@@ -27,5 +27,5 @@ pub use end_active::{
 };
 pub use given::{GivenError, GivenStart, RefusedContact, push_contacts, read_given, start_with_contacts};
 pub use import::{BATCH_ROWS, DryRun, ImportCounts, ImportError, dry_run, import_run, suppressed_phones};
-pub use outcomes::outcome_summaries;
+pub use outcomes::summarise;
 pub use start::{Imports, new_run, set_default_notify, start};

@@ -1,17 +1,24 @@
-//! A run's outcome summaries: each field's values, answers missing, mean and
-//! (for `nps`) the Net Promoter Score, from the ledger's counts.
+//! A run's summary as status and the API show it: jobs per state, and each
+//! outcome field's values, answers missing, mean and (for `nps`) the Net
+//! Promoter Score, from the ledger's counts (kept once the run is settled).
 
 use std::collections::BTreeMap;
 
 use crate::domain::FieldSummary;
-use crate::store::{RunRow, Store, StoreError};
+use crate::store::{RunCounts, RunRow, Store, StoreError};
 
-/// Each outcome field of `run`, summarised over the jobs read back so far.
-pub async fn outcome_summaries(store: &Store, run: &RunRow) -> Result<BTreeMap<String, FieldSummary>, StoreError> {
+/// Run `run`'s jobs per state, and each of its outcome fields summarised over
+/// the jobs read back so far.
+pub async fn summarise(
+    store: &Store,
+    run: &RunRow,
+    now: i64,
+) -> Result<(RunCounts, BTreeMap<String, FieldSummary>), StoreError> {
+    let summary = store.run_summary(run, now).await?;
     let mut out = BTreeMap::new();
     for field in &run.outcomes {
-        let counts = store.outcome_counts(run.id, &field.name).await?;
-        out.insert(field.name.clone(), FieldSummary::from_counts(field.kind, &counts));
+        let counts = summary.outcomes.get(&field.name).map_or(&[][..], Vec::as_slice);
+        out.insert(field.name.clone(), FieldSummary::from_counts(field.kind, counts));
     }
-    Ok(out)
+    Ok((summary.counts, out))
 }

@@ -24,6 +24,7 @@ mod registry;
 mod retention;
 mod scan;
 mod schedules;
+mod summaries;
 mod supervise;
 pub mod webhook;
 
@@ -81,6 +82,8 @@ pub enum ServiceEvent {
     Scanned { started: Vec<i64> },
     /// A dispatch task ended for this run.
     RunDispatched { run: i64 },
+    /// A look for settled runs without a kept summary ended; it kept this many.
+    Summarised { runs: usize },
 }
 
 /// The service's state, shared by its loops and HTTP handlers.

@@ -152,6 +152,12 @@ impl<S: StudioApi> Service<S> {
         };
         let purging =
             self.settings.retention.map(|r| tokio::spawn(Arc::clone(&self).keep_purging(r, shutdown.clone())));
+        let summarising = {
+            let this = Arc::clone(&self);
+            tokio::spawn(super::cluster::while_leading(self.watch_leading(), shutdown.clone(), move |token| {
+                Arc::clone(&this).keep_summarising(token)
+            }))
+        };
         self.recover_imports().await;
         self.scan().await;
         let mut last_scan = tokio::time::Instant::now();
@@ -194,6 +200,7 @@ impl<S: StudioApi> Service<S> {
         if let Some(purging) = purging {
             let _ = purging.await;
         }
+        let _ = summarising.await;
     }
 }
 

@@ -13,6 +13,7 @@ mod claim_checks;
 pub mod postgres;
 pub(crate) mod purge;
 pub(crate) mod sqlite;
+mod summaries;
 mod types;
 
 use std::fmt;
@@ -25,6 +26,7 @@ use crate::domain::{
 
 pub use purge::PurgeSummary;
 pub use sqlite::lock::LockError;
+pub use summaries::{RunSummary, ValueCounts};
 pub use types::{
     BatchCounts, CallSummary, CampaignRow, ClaimedJob, ExecutionJob, InstanceRow, JobRow, NewRun, OutboxCounts,
     OutboxEvent, OutcomeJob, PushOutcome, PushResult, PushRow, RefusedRow, RunCounts, RunRow, SettledJob, StudioCall,
@@ -628,16 +630,6 @@ impl Store {
         }
     }
 
-    /// How often each value of outcome field `name` was given in a run (JSON
-    /// text; `None`: no answer).
-    pub async fn outcome_counts(&self, run_id: i64, name: &str) -> Result<Vec<(Option<String>, i64)>> {
-        let name = name.to_string();
-        match &self.db {
-            Db::Sqlite(db) => read(db, move |c| sqlite::jobs::outcome_counts(c, run_id, &name)).await,
-            Db::Postgres(pg) => postgres::jobs::outcome_counts(pg, run_id, &name).await,
-        }
-    }
-
     /// Jobs left `dispatching` by a process that died: back to `pending`,
     /// marked ambiguous, so Studio is asked before any resend.
     pub async fn recover_dispatching(&self, run_id: i64, now: i64) -> Result<usize> {
@@ -678,14 +670,6 @@ impl Store {
         match &self.db {
             Db::Sqlite(db) => read(db, move |c| sqlite::jobs::recent_problems(c, limit)).await,
             Db::Postgres(pg) => postgres::jobs::recent_problems(pg, limit).await,
-        }
-    }
-
-    /// Jobs per state across every run (for metrics).
-    pub async fn jobs_by_state(&self) -> Result<Vec<(JobState, i64)>> {
-        match &self.db {
-            Db::Sqlite(db) => read(db, sqlite::jobs::jobs_by_state).await,
-            Db::Postgres(pg) => postgres::jobs::jobs_by_state(pg).await,
         }
     }
 
@@ -895,6 +879,15 @@ async fn read<T: Send + 'static>(
 ) -> Result<T> {
     let db = Arc::clone(db);
     blocking(move || f(&db.reader())).await
+}
+
+/// Runs `f` with the SQLite connection for long reads on the blocking pool.
+async fn report<T: Send + 'static>(
+    db: &Arc<sqlite::Sqlite>,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let db = Arc::clone(db);
+    blocking(move || f(&db.reports())).await
 }
 
 /// Runs blocking ledger work on tokio's blocking pool.

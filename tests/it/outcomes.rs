@@ -216,3 +216,50 @@ async fn an_execution_studio_refuses_to_show_is_given_up_on_not_asked_forever() 
     assert!(stdout(&out).contains("1 outcome(s) read back, 0 still open"), "{}{}", stdout(&out), stderr(&out));
     assert_eq!(report(&app).await[0]["outcome_state"], "unknown");
 }
+
+async fn status_run(app: &TestApp) -> Value {
+    let out = app.flowcast(&["status", "--json"], &[]).await;
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    status["runs"][0].clone()
+}
+
+#[tokio::test]
+async fn a_settled_runs_summary_is_kept_once_and_status_the_api_and_metrics_agree_with_it() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    campaign_with_outcomes(&app, 6);
+    let url = sim.url();
+    let run = app.flowcast(&["run", "c"], &env(&url)).await;
+    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
+    let executions = sim.executions();
+    for e in &executions[..4] {
+        sim.finish_execution(&e.sid);
+    }
+    app.flowcast(&["collect"], &env(&url)).await;
+
+    // Finished, two outcomes still to read back: counted on every request.
+    let open = status_run(&app).await;
+    assert_eq!(open["outcomes"]["visits"]["values"].as_object().map(|v| v.len()), Some(4), "{open}");
+    assert!(ledger_rows(&app, "SELECT run_id FROM run_summaries").is_empty(), "nothing kept while outcomes are open");
+
+    for e in &executions[4..] {
+        sim.finish_execution(&e.sid);
+    }
+    app.flowcast(&["collect"], &env(&url)).await;
+    let settled = status_run(&app).await;
+
+    assert_eq!(settled["state"], "finished", "{settled}");
+    assert_eq!(settled["jobs"], json!({"sent": 6}), "{settled}");
+    assert_eq!(settled["outcomes"]["visits"]["values"].as_object().map(|v| v.len()), Some(6), "{settled}");
+    assert_eq!(settled["outcomes"]["visits"]["mean"], 2.5, "{settled}");
+    let kept = ledger_rows(&app, "SELECT run_id, counts FROM run_summaries");
+    assert_eq!(kept, vec![vec![json!(1), json!("{\"sent\":6}")]], "kept once settled");
+    assert_eq!(status_run(&app).await, settled, "the kept summary reads back as counted");
+
+    let served = Served::start(&app, &url).await;
+    let api: Value = reqwest::get(format!("{}/api/runs/1", served.url)).await.unwrap().json().await.unwrap();
+    assert_eq!(api, settled, "the API shows what status shows");
+    let metrics = reqwest::get(format!("{}/metrics", served.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "flowcast_jobs{state=\"sent\"} 6"), "{metrics}");
+    served.terminate().await;
+}

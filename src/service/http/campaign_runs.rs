@@ -42,7 +42,7 @@ pub(super) async fn start_run<S: StudioApi>(
                 Ok(run) => run,
                 Err(e) => return store_error(e),
             };
-            match run_view(&svc.store, &run).await {
+            match run_view(svc, &run).await {
                 Ok(view) => {
                     let mut response = json_body(status, view);
                     if let Ok(location) = HeaderValue::from_str(&format!("/api/runs/{id}")) {

@@ -513,7 +513,7 @@ async fn runs<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) -> R
     };
     let mut out = Vec::with_capacity(list.len());
     for run in list {
-        match run_view(store, &run).await {
+        match run_view(&state.service, &run).await {
             Ok(view) => out.push(view),
             Err(e) => return store_error(e),
         }
@@ -522,9 +522,8 @@ async fn runs<S: StudioApi>(State(state): St<S>, RawQuery(query): RawQuery) -> R
 }
 
 /// A run with its counts and outcome summaries.
-async fn run_view(store: &crate::store::Store, run: &crate::store::RunRow) -> Result<Value, StoreError> {
-    let counts = store.run_counts(run.id).await?;
-    let outcomes = crate::runs::outcome_summaries(store, run).await?;
+async fn run_view<S: StudioApi>(svc: &Service<S>, run: &crate::store::RunRow) -> Result<Value, StoreError> {
+    let (counts, outcomes) = crate::runs::summarise(&svc.store, run, svc.now_ms()).await?;
     Ok(views::run(run, &counts, &outcomes))
 }
 
@@ -534,7 +533,7 @@ async fn get_run<S: StudioApi>(State(state): St<S>, ApiPath(id): ApiPath<i64>) -
         Ok(run) => run,
         Err(e) => return store_error(e),
     };
-    match run_view(store, &run).await {
+    match run_view(&state.service, &run).await {
         Ok(view) => json_body(StatusCode::OK, view),
         Err(e) => store_error(e),
     }

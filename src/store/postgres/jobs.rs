@@ -705,13 +705,6 @@ pub(crate) async fn recent_problems(pg: &Pg, limit: u32) -> Result<Vec<JobRow>> 
     client.query(&stmt, &[&i64::from(limit)]).await?.iter().map(job_from_row).collect()
 }
 
-/// Jobs per state across every run (for metrics).
-pub(crate) async fn jobs_by_state(pg: &Pg) -> Result<Vec<(JobState, i64)>> {
-    let client = pg.client().await?;
-    let stmt = client.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state").await?;
-    client.query(&stmt, &[]).await?.iter().map(|r| Ok((parsed(r, 0)?, r.try_get(1)?))).collect()
-}
-
 /// Studio says Execution `sid` ended: record it on the job it belongs to, and
 /// make every `wait`-policy job blocked on it due now. Repeated or late
 /// deliveries change nothing further. Returns (jobs recorded, jobs woken).
@@ -846,8 +839,18 @@ pub(crate) async fn reschedule_outcome(pg: &Pg, job_id: i64, due_at: i64, now: i
 /// JSON text, as SQLite's `json_extract` gives them: a number as written
 /// (a whole one as an integer), `true`/`false` as 1/0, a string (or an object
 /// or array, as compact JSON text) as a JSON string.
+#[cfg(test)]
 pub(crate) async fn outcome_counts(pg: &Pg, run_id: i64, name: &str) -> Result<Vec<(Option<String>, i64)>> {
-    let client = pg.client().await?;
+    outcome_counts_in(&pg.client().await?, run_id, name).await
+}
+
+/// Outcome value counts as above, through `client` (a transaction, for one
+/// consistent read).
+pub(crate) async fn outcome_counts_in<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    run_id: i64,
+    name: &str,
+) -> Result<Vec<(Option<String>, i64)>> {
     let stmt = client
         .prepare_cached(
             "SELECT jsonb_typeof(outcome::jsonb -> $2), outcome::jsonb ->> $2, COUNT(*) FROM jobs \
@@ -1180,7 +1183,8 @@ mod tests {
         assert_eq!(row.outcome_state, Some(OutcomeState::Known));
         assert_eq!(row.execution_ended_at, Some(NOW + 30));
         assert_eq!(row.outcome["score"], serde_json::json!(9));
-        let by_state: HashMap<JobState, i64> = jobs_by_state(pg).await.unwrap().into_iter().collect();
+        let by_state: HashMap<JobState, i64> =
+            crate::store::postgres::summaries::jobs_by_state(pg).await.unwrap().0.into_iter().collect();
         assert_eq!(by_state[&JobState::Pending], 1);
 
         // Dedupe at import: a later run of the campaign with key k0 skips it.

@@ -20,6 +20,7 @@ pub(crate) mod outbox;
 pub(crate) mod purge;
 pub(crate) mod pushed;
 pub(crate) mod runs;
+pub(crate) mod summaries;
 pub(crate) mod suppressions;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -31,6 +32,7 @@ use super::{Result, StoreError};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_ledger.sql"),
     include_str!("../../../migrations/postgres/0002_job_pages.sql"),
+    include_str!("../../../migrations/postgres/0003_run_summaries.sql"),
 ];
 
 /// How long a claim, an import or the leader role holds without renewal:

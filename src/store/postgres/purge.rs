@@ -190,6 +190,9 @@ pub(crate) async fn finish(pg: &Pg, run_id: i64, now: i64) -> Result<Option<u64>
     )
     .await?;
     tx.execute("UPDATE runs SET purged_at = $2 WHERE id = $1", &[&run_id, &now]).await?;
+    // The kept summary counts the outcome values just blanked (a reply's text
+    // among them); the next read summarises what is left.
+    tx.execute("DELETE FROM run_summaries WHERE run_id = $1", &[&run_id]).await?;
     tx.commit().await?;
     Ok(Some(calls))
 }

@@ -289,10 +289,14 @@ pub(crate) async fn finish_run_if_done(pg: &Pg, id: i64, now: i64) -> Result<boo
 }
 
 pub(crate) async fn run_counts(pg: &Pg, id: i64) -> Result<RunCounts> {
-    let client = pg.client().await?;
-    let stmt = client.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE run_id = $1 GROUP BY state").await?;
+    run_counts_in(&pg.client().await?, id).await
+}
+
+/// [`run_counts`] through `c` (a transaction, for one consistent read).
+pub(crate) async fn run_counts_in<C: deadpool_postgres::GenericClient>(c: &C, id: i64) -> Result<RunCounts> {
+    let stmt = c.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE run_id = $1 GROUP BY state").await?;
     let mut counts = BTreeMap::new();
-    for row in client.query(&stmt, &[&id]).await? {
+    for row in c.query(&stmt, &[&id]).await? {
         counts.insert(parsed::<JobState>(&row, 0)?, row.try_get::<_, i64>(1)?);
     }
     Ok(RunCounts(counts))

@@ -514,13 +514,6 @@ pub fn recent_problems(conn: &Connection, limit: u32) -> Result<Vec<JobRow>> {
     Ok(rows)
 }
 
-/// Jobs per state across every run (for metrics).
-pub fn jobs_by_state(conn: &Connection) -> Result<Vec<(JobState, i64)>> {
-    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-    let rows = stmt.query_map([], |r| Ok((parsed(r, 0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
-}
-
 /// Studio says Execution `sid` ended: record it on the job it belongs to, and
 /// make every `wait`-policy job blocked on it due now. Repeated or late
 /// deliveries change nothing further. Returns (jobs recorded, jobs woken).

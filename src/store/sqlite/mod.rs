@@ -15,6 +15,7 @@ pub(super) mod outbox;
 pub(crate) mod purge;
 pub(super) mod pushed;
 pub(super) mod runs;
+pub(super) mod summaries;
 pub(super) mod suppressions;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0012_notify.sql")),
         M::up(include_str!("../../../migrations/0013_retention.sql")),
         M::up(include_str!("../../../migrations/0014_job_pages.sql")),
+        M::up(include_str!("../../../migrations/0015_run_summaries.sql")),
     ])
 }
 
@@ -49,6 +51,10 @@ pub(super) struct Sqlite {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// Reads that may take seconds (counting a big run for its summary,
+    /// ledger-wide counts), on a connection of their own so that they never
+    /// hold up the dispatcher's pre-send checks on `reader`.
+    reports: Mutex<Connection>,
 }
 
 impl Sqlite {
@@ -65,7 +71,17 @@ impl Sqlite {
         migrations().to_latest(&mut writer).map_err(|source| StoreError::Migrate { path: shown.clone(), source })?;
         let mut reader = Connection::open(path).map_err(open_error)?;
         configure(&mut reader).map_err(open_error)?;
-        Ok(Sqlite { path: path.to_path_buf(), writer: Mutex::new(writer), reader: Mutex::new(reader) })
+        let mut reports = Connection::open(path).map_err(open_error)?;
+        configure(&mut reports).map_err(open_error)?;
+        // Its reads are scans of one run's entries in index order: a big
+        // cache would only hold pages they never read again.
+        reports.pragma_update(None, "cache_size", -8_192).map_err(open_error)?;
+        Ok(Sqlite {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            reports: Mutex::new(reports),
+        })
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -82,6 +98,11 @@ impl Sqlite {
     /// The connection for reads; it sees every committed change.
     pub(super) fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection for long reads (see the field).
+    pub(super) fn reports(&self) -> MutexGuard<'_, Connection> {
+        self.reports.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `true` when the ledger accepts a write (for health checks).

@@ -203,6 +203,9 @@ pub fn finish(conn: &mut Connection, run_id: i64, now: i64) -> Result<Option<u64
             [run_id],
         )?;
         super::exec(&tx, "UPDATE runs SET purged_at = ?2 WHERE id = ?1", params![run_id, now])?;
+        // The kept summary counts the outcome values just blanked (a reply's
+        // text among them); the next read summarises what is left.
+        super::exec(&tx, "DELETE FROM run_summaries WHERE run_id = ?1", [run_id])?;
         tx.commit()?;
         Ok(Some(calls as u64))
     })
