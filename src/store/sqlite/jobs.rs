@@ -699,3 +699,188 @@ fn insert_call(conn: &Connection, call: &StudioCall) -> Result<()> {
     ])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::domain::{
+        CampaignKind, Channel, ConflictPolicy, ContactLimits, FlowSid, ImportRow, JobOutcome, JobSpec, JobState,
+        Parameters, Phone, Rejection, RowOutcome, Scope, Trigger,
+    };
+    use crate::store::{BatchCounts, NewRun, SettledJob, Store};
+
+    /// 2026-06-01T00:00:00Z.
+    const T0: i64 = 1_780_272_000_000;
+    const DAY: i64 = 86_400_000;
+
+    fn phone(i: usize) -> String {
+        format!("+1201555{i:04}")
+    }
+
+    /// A run of reminder campaign `campaign` on SMS, deduping over
+    /// `dedupe_days` when given.
+    async fn new_run(store: &Store, campaign: &str, key: &str, dedupe_days: Option<u64>) -> i64 {
+        let run = NewRun {
+            campaign: campaign.into(),
+            kind: CampaignKind::Reminder,
+            trigger: Trigger::Manual,
+            run_key: key.into(),
+            scheduled_at: T0,
+            source: format!("campaigns/{campaign}.toml"),
+            flow: FlowSid::parse("FW0123456789abcdef0123456789abcdef").unwrap(),
+            from: "+15017122661".into(),
+            policy: ConflictPolicy::from_parts("skip", None).unwrap(),
+            rate: None,
+            window: None,
+            outcomes: Vec::new(),
+            channel: Channel::Sms,
+            limits_exempt: false,
+            dedupe_within: dedupe_days.map(|d| Duration::from_secs(d * 86_400)),
+            notify: None,
+        };
+        store.create_run(run, T0).await.unwrap().expect("a new run")
+    }
+
+    fn job(line: u64, phone_no: usize, key: Option<&str>) -> ImportRow {
+        ImportRow::Job(JobSpec {
+            line,
+            phone: Phone::from_e164(phone(phone_no)),
+            zone: chrono_tz::UTC,
+            parameters: Parameters::from_map(&serde_json::Map::new()),
+            due_at: None,
+            expires_at: None,
+            dedupe_key: key.map(str::to_string),
+        })
+    }
+
+    async fn import(store: &Store, run: i64, rows: Vec<ImportRow>, now: i64) -> BatchCounts {
+        let last = rows.iter().map(ImportRow::line).max().unwrap();
+        store.import_batch(run, rows, last, now, now).await.unwrap()
+    }
+
+    fn counts(imported: i64, rejected: i64, duplicates: i64) -> BatchCounts {
+        BatchCounts { imported, rejected, duplicates }
+    }
+
+    /// A run's jobs in id order: phone, state, reason and when it ended.
+    async fn jobs(store: &Store, run: i64) -> Vec<(String, JobState, Option<String>, Option<i64>)> {
+        let page = store.jobs_page(run, None, 0, 100).await.unwrap();
+        page.into_iter()
+            .map(|j| (j.phone.as_str().to_string(), j.state, j.reason.map(|r| r.to_string()), j.finished_at))
+            .collect()
+    }
+
+    fn pending(phone_no: usize) -> (String, JobState, Option<String>, Option<i64>) {
+        (phone(phone_no), JobState::Pending, None, None)
+    }
+
+    fn skipped(phone_no: usize, reason: &str, at: i64) -> (String, JobState, Option<String>, Option<i64>) {
+        (phone(phone_no), JobState::Skipped, Some(reason.to_string()), Some(at))
+    }
+
+    async fn suppress(store: &Store, phone_no: usize, scope: Scope, reason: Option<&str>) {
+        assert!(store.suppress(&Phone::from_e164(phone(phone_no)), &scope, reason, "cli", T0).await.unwrap());
+    }
+
+    /// Every job is checked at import against the suppression list and the
+    /// run's dedupe rule as they stand when its batch is written (a
+    /// suppression added between two batches of one import applies to the
+    /// second), and a phone already in the run, from an earlier batch or the
+    /// same one, is a duplicate.
+    #[tokio::test]
+    async fn each_batch_checks_suppressions_dedupe_keys_and_duplicates_as_they_stand() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_path(&dir.path().join("ledger.db")).await.unwrap();
+
+        // Run a of campaign "orders" sends key K0 (job 1) at T0.
+        let a = new_run(&store, "orders", "a", Some(30)).await;
+        let rejected =
+            ImportRow::Rejected(Rejection { line: 4, raw_phone: "555".into(), reason: "not a phone number".into() });
+        let rows = vec![job(2, 0, Some("K0")), job(3, 1, Some("K1")), rejected];
+        assert_eq!(import(&store, a, rows, T0).await, counts(2, 1, 0));
+        let claimed = store.claim_due(a, T0, 1, false, ContactLimits::default()).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let sent = SettledJob {
+            job_id: claimed[0].id,
+            outcome: JobOutcome::Sent { sid: "FN00000000000000000000000000000001".into() },
+            attempts_sent: 1,
+            at: T0,
+        };
+        assert_eq!(store.record_outcomes(vec![sent], Vec::new(), Duration::from_secs(60)).await.unwrap(), 1);
+        let ran = claimed[0].run_id;
+        let already_sent = format!("already_sent: run {ran}, job {}", claimed[0].id);
+
+        // Run b of the same campaign, a day later. Its first batch meets an
+        // empty suppression list.
+        let b = new_run(&store, "orders", "b", Some(30)).await;
+        let (t1, t2) = (T0 + DAY, T0 + DAY + 1_000);
+        let rows = vec![job(2, 2, Some("K0")), job(3, 1, Some("K1")), job(4, 8, None)];
+        assert_eq!(import(&store, b, rows, t1).await, counts(3, 0, 0));
+
+        // Suppressions added while b imports apply to its next batch.
+        suppress(&store, 3, Scope::All, Some("asked")).await;
+        suppress(&store, 4, Scope::Kind(CampaignKind::Reminder), None).await;
+        suppress(&store, 5, Scope::Campaign("other".into()), None).await;
+        // Two entries cover phone 6: the first one added is the one named.
+        suppress(&store, 6, Scope::Channel(Channel::Sms), Some("by letter")).await;
+        suppress(&store, 6, Scope::All, Some("later")).await;
+        let rows = vec![
+            // Suppressed and its key already sent: the suppression is named.
+            job(5, 3, Some("K0")),
+            job(6, 4, None),
+            job(7, 5, None),
+            job(8, 6, None),
+            // In the run since the first batch.
+            job(9, 2, Some("K5")),
+            job(10, 7, Some("K9")),
+            // Twice in this batch: the first row is kept.
+            job(11, 7, None),
+            job(12, 9, Some("K0")),
+        ];
+        assert_eq!(import(&store, b, rows, t2).await, counts(6, 0, 2));
+        assert_eq!(
+            jobs(&store, b).await,
+            [
+                skipped(2, &already_sent, t1),
+                pending(1),
+                pending(8),
+                skipped(3, "suppressed: scope all, asked", t2),
+                skipped(4, "suppressed: scope reminder", t2),
+                pending(5),
+                skipped(6, "suppressed: scope sms, by letter", t2),
+                pending(7),
+                skipped(9, &already_sent, t2),
+            ]
+        );
+        let refused: Vec<(i64, String, RowOutcome, String)> = store
+            .refused_rows(b)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.line, r.raw_phone, r.outcome, r.reason))
+            .collect();
+        let duplicate = |line: i64, phone_no: usize| {
+            let p = phone(phone_no);
+            (line, p.clone(), RowOutcome::Duplicate, format!("duplicate phone {p}; the first row with it is kept"))
+        };
+        assert_eq!(refused, [duplicate(9, 2), duplicate(11, 7)]);
+        let run = store.get_run(b).await.unwrap();
+        assert_eq!((run.rows_total, run.imported, run.rejected, run.duplicates), (11, 9, 0, 2));
+
+        // Another campaign: only its own scope and its own sends count.
+        let c = new_run(&store, "other", "c", Some(30)).await;
+        assert_eq!(import(&store, c, vec![job(2, 5, None), job(3, 10, Some("K0"))], t1).await, counts(2, 0, 0));
+        assert_eq!(jobs(&store, c).await, [skipped(5, "suppressed: scope other", t1), pending(10)]);
+
+        // The same campaign, with a window the send at T0 is outside of.
+        let d = new_run(&store, "orders", "d", Some(1)).await;
+        assert_eq!(import(&store, d, vec![job(2, 11, Some("K0"))], T0 + 2 * DAY).await, counts(1, 0, 0));
+        assert_eq!(jobs(&store, d).await, [pending(11)]);
+
+        // Without a dedupe rule a key is never checked.
+        let e = new_run(&store, "orders", "e", None).await;
+        assert_eq!(import(&store, e, vec![job(2, 12, Some("K0"))], t1).await, counts(1, 0, 0));
+        assert_eq!(jobs(&store, e).await, [pending(12)]);
+    }
+}
