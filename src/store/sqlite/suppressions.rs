@@ -64,9 +64,15 @@ pub fn covering(
     channel: Channel,
 ) -> Result<Option<Suppression>> {
     let [all, kind, channel, name] = Scope::covering(campaign, kind, channel);
+    // The entry added first names the reason. `+scope` reads the phone's few
+    // entries in one range of the (phone, scope) key and takes the lowest
+    // rowid, where `scope IN (…) ORDER BY rowid` seeks once per scope and
+    // sorts what it found in a temporary b-tree on every call: the dispatcher
+    // makes this check before each create, and the sort's set-up cost the most.
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM suppressions WHERE phone = ?1 AND scope IN (?2, ?3, ?4, ?5) ORDER BY rowid LIMIT 1"
+            "SELECT {COLUMNS} FROM suppressions WHERE rowid = \
+               (SELECT MIN(rowid) FROM suppressions WHERE phone = ?1 AND +scope IN (?2, ?3, ?4, ?5))"
         ))?
         .query_row(params![phone, all, kind, channel, name], from_row)
         .optional()?)
@@ -102,4 +108,35 @@ pub fn remove_from(conn: &Connection, phone: &Phone, sources: &[&str]) -> Result
             .execute(params![phone.as_str(), source])?;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{CampaignKind, Channel, Phone, Scope};
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn the_entry_added_first_among_those_covering_a_campaign_is_the_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_path(&dir.path().join("flowcast.db")).await.unwrap();
+        let ada = Phone::from_e164("+12015550001".into());
+        let reminders = Scope::Campaign("reminders".into());
+        // Added in this order; the (phone, scope) key sorts them otherwise.
+        for (scope, at) in [(Scope::Kind(CampaignKind::Survey), 1), (reminders.clone(), 2), (Scope::All, 3)] {
+            assert!(store.suppress(&ada, &scope, Some("asked"), "cli", at).await.unwrap());
+        }
+        let named = |campaign: &'static str, kind| {
+            let store = store.clone();
+            async move {
+                store.suppression_for("+12015550001", campaign, kind, Channel::Sms).await.unwrap().map(|e| e.scope)
+            }
+        };
+        assert_eq!(named("reminders", CampaignKind::Reminder).await, Some(reminders));
+        assert_eq!(named("poll", CampaignKind::Survey).await, Some(Scope::Kind(CampaignKind::Survey)));
+        assert_eq!(named("other", CampaignKind::Reminder).await, Some(Scope::All));
+        assert_eq!(
+            store.suppression_for("+12015550002", "reminders", CampaignKind::Reminder, Channel::Sms).await.unwrap(),
+            None
+        );
+    }
 }
