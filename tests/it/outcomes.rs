@@ -263,3 +263,27 @@ async fn a_settled_runs_summary_is_kept_once_and_status_the_api_and_metrics_agre
     assert!(metrics.lines().any(|l| l == "flowcast_jobs{state=\"sent\"} 6"), "{metrics}");
     served.terminate().await;
 }
+
+#[tokio::test]
+async fn serve_keeps_a_settled_runs_summary_without_being_asked() {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    campaign_with_outcomes(&app, 3);
+    let url = sim.url();
+    let run = app.flowcast(&["run", "c"], &env(&url)).await;
+    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
+    for e in sim.executions() {
+        sim.finish_execution(&e.sid);
+    }
+    let collect = app.flowcast(&["collect"], &env(&url)).await;
+    assert!(stdout(&collect).contains("0 still open"), "{}", stdout(&collect));
+    assert!(ledger_rows(&app, "SELECT run_id FROM run_summaries").is_empty(), "nothing has asked for it yet");
+
+    let served = Served::start(&app, &url).await;
+
+    let kept =
+        eventually(Duration::from_secs(15), async || !ledger_rows(&app, "SELECT run_id FROM run_summaries").is_empty())
+            .await;
+    assert!(kept, "serve kept no summary of the settled run:\n{}", served.log());
+    served.terminate().await;
+}
