@@ -7,10 +7,13 @@
 //! that is *settled* (over, no job pending or in flight, no outcome still to
 //! be read back) has a summary that the dispatcher and the outcome reader can
 //! no longer change, so it is computed once from one consistent read and kept
-//! in `run_summaries`. The one later change is retention's purge, which
-//! blanks outcome values; it deletes the kept summary when it finishes a run,
-//! and a summary computed from a read taken before that is only kept if the
-//! run's `purged_at` is still what that read saw.
+//! in `run_summaries`. What can still change such a run's jobs bumps the
+//! run's `jobs_version` and deletes the kept summary in the same transaction:
+//! each step of retention's purge (it blanks outcome values), and an import
+//! or push batch that lands in a run already over (a push dated by a clock
+//! that disagrees, a stalled importer on another instance). A summary counted
+//! from a read is only kept if the run's `jobs_version` is still the one that
+//! read saw.
 //!
 //! Runs that are not settled are summarised live, as before. The encoding of
 //! a kept summary is the same for both backends and lives here.
@@ -40,8 +43,8 @@ pub(crate) enum Found {
         summary: RunSummary,
         /// Settled in the read the summary was counted from.
         settled: bool,
-        /// The run's `purged_at` in that read.
-        purged_at: Option<i64>,
+        /// The run's `jobs_version` in that read.
+        version: i64,
     },
 }
 
@@ -98,19 +101,14 @@ impl Store {
     /// Run `run`'s summary: the kept one if there is one, else counted now
     /// (and kept if the run is settled).
     pub async fn run_summary(&self, run: &RunRow, now: i64) -> Result<RunSummary> {
-        let fields: Vec<String> = run.outcomes.iter().map(|f| f.name.clone()).collect();
         let id = run.id;
-        let found = match &self.db {
-            Db::Sqlite(db) => super::report(db, move |c| sqlite::summaries::summary(c, id, &fields)).await?,
-            Db::Postgres(pg) => postgres::summaries::summary(pg, id, &fields).await?,
-        };
-        match found {
+        match self.read_summary(run).await? {
             Found::Kept(summary) => Ok(summary),
             Found::Live { summary, settled: false, .. } => Ok(summary),
-            Found::Live { summary, settled: true, purged_at } => {
+            Found::Live { summary, settled: true, version } => {
                 // Keeping is an optimisation: a ledger that takes no write now
                 // (a read-only copy, a busy writer) still gets its answer.
-                if let Err(e) = self.keep_summary(id, &summary, purged_at, now).await {
+                if let Err(e) = self.keep_summary(id, &summary, version, now).await {
                     tracing::debug!(run = id, error = %e, "a settled run's summary was not kept");
                 }
                 Ok(summary)
@@ -118,13 +116,32 @@ impl Store {
         }
     }
 
-    async fn keep_summary(&self, run_id: i64, summary: &RunSummary, purged_at: Option<i64>, now: i64) -> Result<bool> {
+    /// Run `run`'s kept summary, or its counts now with whether it is settled.
+    async fn read_summary(&self, run: &RunRow) -> Result<Found> {
+        let fields: Vec<String> = run.outcomes.iter().map(|f| f.name.clone()).collect();
+        let id = run.id;
+        match &self.db {
+            Db::Sqlite(db) => super::report(db, move |c| sqlite::summaries::summary(c, id, &fields)).await,
+            Db::Postgres(pg) => postgres::summaries::summary(pg, id, &fields).await,
+        }
+    }
+
+    async fn keep_summary(&self, run_id: i64, summary: &RunSummary, version: i64, now: i64) -> Result<bool> {
         let (counts, outcomes) = encode(summary);
         match &self.db {
             Db::Sqlite(db) => {
-                super::write(db, move |c| sqlite::summaries::keep(c, run_id, &counts, &outcomes, purged_at, now)).await
+                super::write(db, move |c| sqlite::summaries::keep(c, run_id, &counts, &outcomes, version, now)).await
             }
-            Db::Postgres(pg) => postgres::summaries::keep(pg, run_id, &counts, &outcomes, purged_at, now).await,
+            Db::Postgres(pg) => postgres::summaries::keep(pg, run_id, &counts, &outcomes, version, now).await,
+        }
+    }
+
+    /// Counts settled run `id`'s summary and keeps it; whether it was kept.
+    async fn summarise_one(&self, id: i64, now: i64) -> Result<bool> {
+        let run = self.get_run(id).await?;
+        match self.read_summary(&run).await? {
+            Found::Live { summary, settled: true, version } => self.keep_summary(id, &summary, version, now).await,
+            _ => Ok(false),
         }
     }
 
@@ -139,16 +156,12 @@ impl Store {
         };
         let mut kept = 0;
         for id in ids {
-            let run = self.get_run(id).await?;
-            let fields: Vec<String> = run.outcomes.iter().map(|f| f.name.clone()).collect();
-            let found = match &self.db {
-                Db::Sqlite(db) => super::report(db, move |c| sqlite::summaries::summary(c, id, &fields)).await?,
-                Db::Postgres(pg) => postgres::summaries::summary(pg, id, &fields).await?,
-            };
-            if let Found::Live { summary, settled: true, purged_at } = found
-                && self.keep_summary(id, &summary, purged_at, now).await?
-            {
-                kept += 1;
+            // One run that cannot be summarised (a damaged row, say) leaves
+            // the others to be kept; requests still count it live.
+            match self.summarise_one(id, now).await {
+                Ok(true) => kept += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(run = id, error = %e, "a settled run's summary could not be kept"),
             }
         }
         Ok(kept)
@@ -268,18 +281,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_landing_in_a_settled_run_drops_its_kept_summary_and_a_count_from_before_it_is_not_kept() {
+        use crate::domain::{ImportRow, JobSpec, Parameters, Phone};
+        for backend in Backend::all("summaries late batch").await {
+            let store = &backend.store;
+            let (run, _) = backend.settled_run("settled").await;
+            let Found::Live { summary: counted, settled: true, version } = store.read_summary(&run).await.unwrap()
+            else {
+                panic!("settled, nothing kept yet");
+            };
+            assert_eq!(store.run_summary(&run, T0).await.unwrap(), counted, "kept");
+            // A push dated by a clock that disagrees lands in the run after it was kept.
+            let late = ImportRow::Job(JobSpec {
+                line: 100,
+                phone: Phone::from_e164("+12015550999".into()),
+                zone: chrono_tz::UTC,
+                parameters: Parameters::from_map(&Map::new()),
+                due_at: None,
+                expires_at: None,
+                dedupe_key: None,
+            });
+            store.import_batch(run.id, vec![late], 100, T0, T0).await.unwrap();
+
+            assert!(!store.keep_summary(run.id, &counted, version, T0).await.unwrap(), "counted before the batch");
+            let after = store.run_summary(&run, T0).await.unwrap();
+            assert_eq!(after.counts.total(), counted.counts.total() + 1, "the late job is counted: {after:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_stopped_after_its_first_batch_leaves_no_kept_summary_behind() {
+        let backend = Backend::all("summaries half purge").await.remove(0);
+        let store = &backend.store;
+        let (run, _) = backend.settled_run("settled").await;
+        let before = store.run_summary(&run, T0).await.unwrap();
+        assert!(before.outcomes["answer"].iter().any(|(v, _)| v.is_some()), "replies counted: {before:?}");
+        let salt = store.read(sqlite::purge::salt).await.unwrap();
+        let id = run.id;
+
+        let first = store.write(move |c| sqlite::purge::purge_jobs(c, id, &salt, 0, 2)).await.unwrap();
+
+        assert_eq!(first.jobs, 2);
+        let kept: i64 =
+            store.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM run_summaries", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(kept, 0, "the kept summary went with the first batch");
+    }
+
+    #[tokio::test]
     async fn a_purge_drops_the_kept_summary_with_its_replies_and_a_count_from_before_it_is_not_kept() {
         for backend in Backend::all("summaries purge").await {
             let store = &backend.store;
             let (run, _) = backend.settled_run("settled").await;
+            let Found::Live { summary: counted, version, .. } = store.read_summary(&run).await.unwrap() else {
+                panic!("nothing kept yet");
+            };
             let before = store.run_summary(&run, T0).await.unwrap();
+            assert_eq!(before, counted);
             assert!(before.outcomes["answer"].iter().any(|(v, _)| v.is_some()), "{before:?}");
 
             store.purge(T0 + DAY, T0 + 2 * DAY).await.unwrap();
 
             assert!(
-                !store.keep_summary(run.id, &before, None, T0 + 2 * DAY).await.unwrap(),
-                "counted before the purge (purged_at was unset): not kept"
+                !store.keep_summary(run.id, &counted, version, T0 + 2 * DAY).await.unwrap(),
+                "counted before the purge: not kept after it"
             );
             let run = store.get_run(run.id).await.unwrap();
             let after = store.run_summary(&run, T0 + 2 * DAY).await.unwrap();

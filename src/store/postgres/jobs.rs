@@ -269,7 +269,8 @@ pub(crate) async fn insert_batch(
     let update_run = tx
         .prepare_cached(
             "UPDATE runs SET rows_total = rows_total + $2, imported = imported + $3, rejected = rejected + $4, \
-             duplicates = duplicates + $5, import_line = GREATEST(import_line, $6) WHERE id = $1",
+             duplicates = duplicates + $5, import_line = GREATEST(import_line, $6), jobs_version = jobs_version + 1 \
+             WHERE id = $1",
         )
         .await?;
     tx.execute(
@@ -284,6 +285,12 @@ pub(crate) async fn insert_batch(
         ],
     )
     .await?;
+    // Jobs added to a run whose summary was kept (a push or a late batch
+    // landing in a run already over) make the kept one wrong: it goes, and
+    // the version bump above (which waits for a keep holding the run's row)
+    // stops a count from before this batch being kept.
+    let forget = tx.prepare_cached("DELETE FROM run_summaries WHERE run_id = $1").await?;
+    tx.execute(&forget, &[&run_id]).await?;
     Ok(counts)
 }
 

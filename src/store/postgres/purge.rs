@@ -152,8 +152,20 @@ pub(crate) async fn purge_jobs(pg: &Pg, run_id: i64, salt: &str, after: i64, lim
         &[&ids, &phones, &reasons],
     )
     .await?;
+    forget_summary(&*tx, run_id).await?;
     tx.commit().await?;
     Ok(JobBatch { jobs: ids.len() as u64, calls, last: ids.last().copied() })
+}
+
+/// A kept summary counts the outcome values a purge blanks (a reply's text
+/// among them): each step of a purge drops it, so that one stopped half-way
+/// leaves none behind, and bumps the run's `jobs_version` first (waiting for
+/// a keep that holds the run's row), so that a summary counted before the
+/// step is not kept after it. The next read counts what is left.
+async fn forget_summary<C: GenericClient + Sync>(tx: &C, run_id: i64) -> Result<()> {
+    tx.execute("UPDATE runs SET jobs_version = jobs_version + 1 WHERE id = $1", &[&run_id]).await?;
+    tx.execute("DELETE FROM run_summaries WHERE run_id = $1", &[&run_id]).await?;
+    Ok(())
 }
 
 /// Deletes up to `limit` of the run's rejected and duplicate rows (the run
@@ -190,9 +202,7 @@ pub(crate) async fn finish(pg: &Pg, run_id: i64, now: i64) -> Result<Option<u64>
     )
     .await?;
     tx.execute("UPDATE runs SET purged_at = $2 WHERE id = $1", &[&run_id, &now]).await?;
-    // The kept summary counts the outcome values just blanked (a reply's text
-    // among them); the next read summarises what is left.
-    tx.execute("DELETE FROM run_summaries WHERE run_id = $1", &[&run_id]).await?;
+    forget_summary(&*tx, run_id).await?;
     tx.commit().await?;
     Ok(Some(calls))
 }

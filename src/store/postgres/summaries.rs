@@ -22,10 +22,9 @@ pub(crate) async fn summary(pg: &Pg, run_id: i64, fields: &[String]) -> Result<F
     if let Some(row) = tx.query_opt(&stmt, &[&run_id]).await? {
         return Ok(Found::Kept(decode(run_id, row.try_get(0)?, row.try_get(1)?)?));
     }
-    let stmt = tx.prepare_cached("SELECT state, expanded_at IS NOT NULL, purged_at FROM runs WHERE id = $1").await?;
+    let stmt = tx.prepare_cached("SELECT state, expanded_at IS NOT NULL, jobs_version FROM runs WHERE id = $1").await?;
     let row = tx.query_opt(&stmt, &[&run_id]).await?.ok_or(StoreError::RunNotFound(run_id))?;
-    let (state, imported, purged_at): (RunState, bool, Option<i64>) =
-        (parsed(&row, 0)?, row.try_get(1)?, row.try_get(2)?);
+    let (state, imported, version): (RunState, bool, i64) = (parsed(&row, 0)?, row.try_get(1)?, row.try_get(2)?);
     let counts = super::runs::run_counts_in(&tx, run_id).await?;
     let mut outcomes = BTreeMap::new();
     for field in fields {
@@ -36,31 +35,25 @@ pub(crate) async fn summary(pg: &Pg, run_id: i64, fields: &[String]) -> Result<F
     let open_outcomes: bool = tx.query_one(&stmt, &[&run_id]).await?.try_get(0)?;
     tx.commit().await?;
     let settled = is_settled(state, imported, &counts, open_outcomes);
-    Ok(Found::Live { summary: RunSummary { counts, outcomes }, settled, purged_at })
+    Ok(Found::Live { summary: RunSummary { counts, outcomes }, settled, version })
 }
 
-/// Keeps a settled run's summary, unless one is kept already or the run was
-/// purged since the read it was counted from (`purged_at` then differs). The
-/// run's row is share-locked, so a purge finishing meanwhile either commits
-/// first (and the insert sees its `purged_at`) or waits and then deletes
-/// what was kept.
-pub(crate) async fn keep(
-    pg: &Pg,
-    run_id: i64,
-    counts: &str,
-    outcomes: &str,
-    purged_at: Option<i64>,
-    now: i64,
-) -> Result<bool> {
+/// Keeps a settled run's summary, unless one is kept already or the run's
+/// jobs changed since the read it was counted from (`version` then differs).
+/// The run's row is share-locked, so a write that bumps the version
+/// meanwhile (an import or push batch, a purge step) either commits first
+/// (and the insert sees the new version) or waits and then deletes what was
+/// kept.
+pub(crate) async fn keep(pg: &Pg, run_id: i64, counts: &str, outcomes: &str, version: i64, now: i64) -> Result<bool> {
     let client = pg.client().await?;
     let stmt = client
         .prepare_cached(
             "INSERT INTO run_summaries (run_id, counts, outcomes, computed_at) \
-             SELECT id, $2, $3, $4 FROM runs WHERE id = $1 AND purged_at IS NOT DISTINCT FROM $5 FOR SHARE \
+             SELECT id, $2, $3, $4 FROM runs WHERE id = $1 AND jobs_version = $5 FOR SHARE \
              ON CONFLICT (run_id) DO NOTHING",
         )
         .await?;
-    Ok(client.execute(&stmt, &[&run_id, &counts, &outcomes, &now, &purged_at]).await? == 1)
+    Ok(client.execute(&stmt, &[&run_id, &counts, &outcomes, &now, &version]).await? == 1)
 }
 
 /// Settled runs with no kept summary, oldest first.

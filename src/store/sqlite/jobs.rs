@@ -191,7 +191,8 @@ pub(super) fn insert_batch(
     super::exec(
         tx,
         "UPDATE runs SET rows_total = rows_total + ?2, imported = imported + ?3, rejected = rejected + ?4, \
-         duplicates = duplicates + ?5, import_line = MAX(import_line, ?6) WHERE id = ?1",
+         duplicates = duplicates + ?5, import_line = MAX(import_line, ?6), jobs_version = jobs_version + 1 \
+         WHERE id = ?1",
         params![
             run_id,
             counts.imported + counts.rejected + counts.duplicates,
@@ -201,6 +202,10 @@ pub(super) fn insert_batch(
             last_line as i64
         ],
     )?;
+    // Jobs added to a run whose summary was kept (a push or a late batch
+    // landing in a run already over) make the kept one wrong: it goes, and
+    // the version bump above stops a count from before this batch being kept.
+    super::exec(tx, "DELETE FROM run_summaries WHERE run_id = ?1", [run_id])?;
     Ok(counts)
 }
 

@@ -43,6 +43,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0013_retention.sql")),
         M::up(include_str!("../../../migrations/0014_job_pages.sql")),
         M::up(include_str!("../../../migrations/0015_run_summaries.sql")),
+        M::up(include_str!("../../../migrations/0016_jobs_version.sql")),
     ])
 }
 

@@ -164,6 +164,7 @@ fn purge_job_batch(conn: &mut Connection, run_id: i64, salt: &str, after: i64, l
     tx.prepare_cached("DELETE FROM main.jobs WHERE id IN (SELECT id FROM temp.purging)")?.execute([])?;
     tx.prepare_cached("INSERT INTO main.jobs SELECT * FROM temp.purging ORDER BY id")?.execute([])?;
     tx.prepare_cached("DELETE FROM temp.purging")?.execute([])?;
+    forget_summary(&tx, run_id)?;
     tx.commit()?;
     Ok(JobBatch { jobs: jobs.len() as u64, calls, last: jobs.last().map(|j| j.1) })
 }
@@ -203,12 +204,21 @@ pub fn finish(conn: &mut Connection, run_id: i64, now: i64) -> Result<Option<u64
             [run_id],
         )?;
         super::exec(&tx, "UPDATE runs SET purged_at = ?2 WHERE id = ?1", params![run_id, now])?;
-        // The kept summary counts the outcome values just blanked (a reply's
-        // text among them); the next read summarises what is left.
-        super::exec(&tx, "DELETE FROM run_summaries WHERE run_id = ?1", [run_id])?;
+        forget_summary(&tx, run_id)?;
         tx.commit()?;
         Ok(Some(calls as u64))
     })
+}
+
+/// A kept summary counts the outcome values a purge blanks (a reply's text
+/// among them): each step of a purge drops it, so that one stopped half-way
+/// leaves none behind, and bumps the run's `jobs_version`, so that a summary
+/// counted before the step is not kept after it. The next read counts what
+/// is left.
+fn forget_summary(tx: &Connection, run_id: i64) -> Result<()> {
+    super::exec(tx, "UPDATE runs SET jobs_version = jobs_version + 1 WHERE id = ?1", [run_id])?;
+    super::exec(tx, "DELETE FROM run_summaries WHERE run_id = ?1", [run_id])?;
+    Ok(())
 }
 
 /// Runs `f` with SQLite's secure delete on: what a purge deletes or rewrites

@@ -23,9 +23,9 @@ pub fn summary(conn: &Connection, run_id: i64, fields: &[String]) -> Result<Foun
     if let Some((counts, outcomes)) = kept {
         return Ok(Found::Kept(decode(run_id, &counts, &outcomes)?));
     }
-    let (state, imported, purged_at) = tx
-        .prepare_cached("SELECT state, expanded_at IS NOT NULL, purged_at FROM runs WHERE id = ?1")?
-        .query_row([run_id], |r| Ok((parsed::<RunState>(r, 0)?, r.get::<_, bool>(1)?, r.get::<_, Option<i64>>(2)?)))
+    let (state, imported, version) = tx
+        .prepare_cached("SELECT state, expanded_at IS NOT NULL, jobs_version FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| Ok((parsed::<RunState>(r, 0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?)))
         .optional()?
         .ok_or(StoreError::RunNotFound(run_id))?;
     let counts = super::runs::run_counts(&tx, run_id)?;
@@ -37,24 +37,17 @@ pub fn summary(conn: &Connection, run_id: i64, fields: &[String]) -> Result<Foun
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND outcome_state = 'open')")?
         .query_row([run_id], |r| r.get(0))?;
     let settled = is_settled(state, imported, &counts, open_outcomes);
-    Ok(Found::Live { summary: RunSummary { counts, outcomes }, settled, purged_at })
+    Ok(Found::Live { summary: RunSummary { counts, outcomes }, settled, version })
 }
 
-/// Keeps a settled run's summary, unless one is kept already or the run was
-/// purged since the read it was counted from (`purged_at` then differs).
-pub fn keep(
-    conn: &Connection,
-    run_id: i64,
-    counts: &str,
-    outcomes: &str,
-    purged_at: Option<i64>,
-    now: i64,
-) -> Result<bool> {
+/// Keeps a settled run's summary, unless one is kept already or the run's
+/// jobs changed since the read it was counted from (`version` then differs).
+pub fn keep(conn: &Connection, run_id: i64, counts: &str, outcomes: &str, version: i64, now: i64) -> Result<bool> {
     let kept = super::exec(
         conn,
         "INSERT OR IGNORE INTO run_summaries (run_id, counts, outcomes, computed_at) \
-         SELECT id, ?2, ?3, ?4 FROM runs WHERE id = ?1 AND purged_at IS ?5",
-        params![run_id, counts, outcomes, now, purged_at],
+         SELECT id, ?2, ?3, ?4 FROM runs WHERE id = ?1 AND jobs_version = ?5",
+        params![run_id, counts, outcomes, now, version],
     )?;
     Ok(kept == 1)
 }
