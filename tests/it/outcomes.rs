@@ -46,6 +46,17 @@ fn env(url: &str) -> Vec<(&str, &str)> {
     ]
 }
 
+/// A simulator whose Executions run until finished, and an app that has sent
+/// [`campaign_with_outcomes`] to `contacts` contacts through it.
+async fn sent_with_outcomes(contacts: usize) -> (Simulator, TestApp) {
+    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
+    let app = TestApp::new();
+    campaign_with_outcomes(&app, contacts);
+    let run = app.flowcast(&["run", "c"], &env(&sim.url())).await;
+    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
+    (sim, app)
+}
+
 async fn report(app: &TestApp) -> Vec<Value> {
     let out = app.flowcast(&["report", "1", "--format", "json"], &[]).await;
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -54,12 +65,8 @@ async fn report(app: &TestApp) -> Vec<Value> {
 
 #[tokio::test]
 async fn collect_reads_each_ended_execution_back_and_leaves_running_ones_open_across_restarts() {
-    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
-    let app = TestApp::new();
-    campaign_with_outcomes(&app, 6);
+    let (sim, app) = sent_with_outcomes(6).await;
     let url = sim.url();
-    let run = app.flowcast(&["run", "c"], &env(&url)).await;
-    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
     let executions = sim.executions();
     for e in &executions[..4] {
         sim.finish_execution(&e.sid);
@@ -225,12 +232,8 @@ async fn status_run(app: &TestApp) -> Value {
 
 #[tokio::test]
 async fn a_settled_runs_summary_is_kept_once_and_status_the_api_and_metrics_agree_with_it() {
-    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
-    let app = TestApp::new();
-    campaign_with_outcomes(&app, 6);
+    let (sim, app) = sent_with_outcomes(6).await;
     let url = sim.url();
-    let run = app.flowcast(&["run", "c"], &env(&url)).await;
-    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
     let executions = sim.executions();
     for e in &executions[..4] {
         sim.finish_execution(&e.sid);
@@ -266,12 +269,8 @@ async fn a_settled_runs_summary_is_kept_once_and_status_the_api_and_metrics_agre
 
 #[tokio::test]
 async fn serve_keeps_a_settled_runs_summary_without_being_asked() {
-    let sim = Simulator::start(SimConfig { lifetime: None, ..SimConfig::default() }).await.unwrap();
-    let app = TestApp::new();
-    campaign_with_outcomes(&app, 3);
+    let (sim, app) = sent_with_outcomes(3).await;
     let url = sim.url();
-    let run = app.flowcast(&["run", "c"], &env(&url)).await;
-    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
     for e in sim.executions() {
         sim.finish_execution(&e.sid);
     }

@@ -810,8 +810,8 @@ mod tests {
     use std::time::Duration;
 
     use crate::domain::{
-        CampaignKind, Channel, ConflictPolicy, ContactLimits, FlowSid, ImportRow, JobOutcome, JobSpec, JobState,
-        Parameters, Phone, Rejection, RowOutcome, Scope, Trigger,
+        CampaignKind, Channel, ConflictPolicy, ContactLimits, ImportRow, JobOutcome, JobSpec, JobState, Parameters,
+        Phone, Rejection, RowOutcome, Scope,
     };
     use crate::store::{BatchCounts, NewRun, SettledJob, Store};
 
@@ -827,22 +827,11 @@ mod tests {
     /// `dedupe_days` when given.
     async fn new_run(store: &Store, campaign: &str, key: &str, dedupe_days: Option<u64>) -> i64 {
         let run = NewRun {
-            campaign: campaign.into(),
-            kind: CampaignKind::Reminder,
-            trigger: Trigger::Manual,
-            run_key: key.into(),
-            scheduled_at: T0,
-            source: format!("campaigns/{campaign}.toml"),
-            flow: FlowSid::parse("FW0123456789abcdef0123456789abcdef").unwrap(),
-            from: "+15017122661".into(),
             policy: ConflictPolicy::from_parts("skip", None).unwrap(),
             rate: None,
-            window: None,
-            outcomes: Vec::new(),
-            channel: Channel::Sms,
             limits_exempt: false,
             dedupe_within: dedupe_days.map(|d| Duration::from_secs(d * 86_400)),
-            notify: None,
+            ..crate::store::postgres::runs::tests::new_run(campaign, key, None)
         };
         store.create_run(run, T0).await.unwrap().expect("a new run")
     }
