@@ -9,7 +9,7 @@ use super::{CommandResult, Failure, folders, open_store};
 use crate::campaign::{self, Campaign};
 use crate::config::Config;
 use crate::domain::JobState;
-use crate::schedule::{Clock, SystemClock, next_fire, parse_cron};
+use crate::schedule::{Clock, SystemClock};
 use crate::store::Store;
 use crate::views;
 
@@ -90,24 +90,12 @@ pub(super) async fn print_refused_rows(store: &Store, run_id: i64, limit: usize)
 
 /// `flowcast status [CAMPAIGN] [--json]`
 pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -> CommandResult {
+    // The numbering metadata (for the campaign files' `from` numbers) loads
+    // on a thread of its own while the ledger is opened and read: it costs as
+    // much as parsing hundreds of campaign files.
+    std::thread::spawn(crate::domain::Phone::load_metadata);
     let store = open_store(config).await?;
-    let loaded = campaign::load_folder(&folders(config))
-        .map_err(|e| Failure::input(anyhow!("campaigns folder {}: {e}", config.campaigns.display())))?;
     let now = SystemClock.now();
-    let mut campaigns = Vec::new();
-    for c in loaded.campaigns.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
-        let next =
-            c.schedule.as_deref().and_then(|s| parse_cron(s).ok()).and_then(|cron| next_fire(&cron, c.timezone, now));
-        let mut summary = c.summary(next);
-        summary["status"] = json!(if c.enabled { "enabled" } else { "disabled" });
-        campaigns.push(summary);
-    }
-    let refused: Vec<_> = loaded
-        .refused
-        .iter()
-        .filter(|(p, _)| only.is_none_or(|o| p.file_stem().is_some_and(|s| s == o)))
-        .map(|(p, e)| json!({ "file": p.display().to_string(), "status": "refused", "errors": e.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>() }))
-        .collect();
     let mut runs = Vec::new();
     for run in store.list_runs(only, 50).await.map_err(Failure::input)? {
         let (counts, outcomes) =
@@ -126,6 +114,21 @@ pub(super) async fn status(config: &Config, only: Option<&str>, as_json: bool) -
                 "address": i.address, "campaigns_differ": i.differs,
             })
         })
+        .collect();
+    let loaded = campaign::load_folder(&folders(config))
+        .map_err(|e| Failure::input(anyhow!("campaigns folder {}: {e}", config.campaigns.display())))?;
+    let mut campaigns = Vec::new();
+    for c in loaded.campaigns.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
+        let next = c.schedule.as_ref().and_then(|s| s.next_fire(c.timezone, now));
+        let mut summary = c.summary(next);
+        summary["status"] = json!(if c.enabled { "enabled" } else { "disabled" });
+        campaigns.push(summary);
+    }
+    let refused: Vec<_> = loaded
+        .refused
+        .iter()
+        .filter(|(p, _)| only.is_none_or(|o| p.file_stem().is_some_and(|s| s == o)))
+        .map(|(p, e)| json!({ "file": p.display().to_string(), "status": "refused", "errors": e.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>() }))
         .collect();
     if as_json {
         let mut body = json!({ "campaigns": campaigns, "refused": refused, "runs": runs, "notify": outbox });

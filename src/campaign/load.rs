@@ -127,8 +127,9 @@ pub fn load_files(files: &[PathBuf], folders: &Folders) -> Vec<(PathBuf, Result<
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     files
         .iter()
-        .map(|file| {
-            let loaded = load_one(file, folders).and_then(|c| match seen.get(&c.name) {
+        .zip(load_each(files, folders))
+        .map(|(file, loaded)| {
+            let loaded = loaded.and_then(|c| match seen.get(&c.name) {
                 Some(first) => Err(name_taken(file, &c.name, first)),
                 None => {
                     seen.insert(c.name.clone(), file.clone());
@@ -138,6 +139,31 @@ pub fn load_files(files: &[PathBuf], folders: &Folders) -> Vec<(PathBuf, Result<
             (file.clone(), loaded)
         })
         .collect()
+}
+
+/// Folders smaller than this are read on the calling thread alone.
+const FILES_PER_THREAD: usize = 64;
+
+/// Reads and checks each file, in order. A large folder is split between as
+/// many threads as there are cores: each file is independent of the others,
+/// and a folder of a thousand campaigns is read at every start, every rescan
+/// and every `status`.
+fn load_each(files: &[PathBuf], folders: &Folders) -> Vec<Result<Campaign, CampaignError>> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = cores.min(files.len() / FILES_PER_THREAD);
+    if threads <= 1 {
+        return files.iter().map(|file| load_one(file, folders)).collect();
+    }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = files
+            .chunks(files.len().div_ceil(threads))
+            .map(|part| scope.spawn(move || part.iter().map(|file| load_one(file, folders)).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
 }
 
 /// Every campaign file in the folder: the valid ones and the refused ones.
@@ -204,6 +230,42 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let err = load_one(&dir, &folders).unwrap_err();
         assert_eq!(only_message(&err), (1, "a directory, not a campaign file: campaign files are regular files"));
+    }
+
+    #[test]
+    fn a_folder_read_on_several_threads_keeps_file_order_and_the_first_file_keeps_a_shared_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folders = folders(&tmp);
+        // Enough files for every core's share; one name claimed at both ends,
+        // so the two claims land in different threads' parts, and a refused
+        // file in the middle.
+        let count = FILES_PER_THREAD * 4 + 3;
+        let mut files = Vec::new();
+        for i in 0..count {
+            let file = folders.campaigns.join(format!("c{i:04}.toml"));
+            let text = match i {
+                0 => format!("name = \"shared\"\n{BODY}"),
+                _ if i == count - 1 => format!("name = \"shared\"\n{BODY}"),
+                _ if i == count / 2 => "kind = \"survey\"\n".to_string(),
+                _ => BODY.to_string(),
+            };
+            std::fs::write(&file, text).unwrap();
+            files.push(file);
+        }
+        let loaded = load_files(&files, &folders);
+        assert_eq!(loaded.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(), files);
+        for (i, (file, result)) in loaded.iter().enumerate() {
+            match i {
+                0 => assert_eq!(result.as_ref().unwrap().name, "shared"),
+                _ if i == count - 1 => {
+                    let err = result.as_ref().unwrap_err();
+                    assert!(only_message(err).1.contains("already used by"), "{err}");
+                    assert!(only_message(err).1.contains("c0000.toml"), "{err}");
+                }
+                _ if i == count / 2 => assert!(result.is_err(), "{}", file.display()),
+                _ => assert_eq!(result.as_ref().unwrap().name, format!("c{i:04}")),
+            }
+        }
     }
 
     #[cfg(unix)]

@@ -81,7 +81,7 @@ pub struct Campaign {
     /// The contacts CSV, resolved and checked to lie inside the campaigns
     /// folder; `None` for `trigger = "api"`, whose contacts come over HTTP.
     pub contacts: Option<PathBuf>,
-    pub schedule: Option<String>,
+    pub schedule: Option<crate::schedule::Schedule>,
     pub timezone: Tz,
     pub on_conflict: ConflictPolicy,
     pub rate: Option<u32>,
@@ -116,7 +116,7 @@ impl Campaign {
             "name": self.name,
             "kind": self.kind,
             "file": self.source.display().to_string(),
-            "schedule": self.schedule,
+            "schedule": self.schedule.as_ref().map(crate::schedule::Schedule::line),
             "timezone": self.timezone.name(),
             "enabled": self.enabled,
             "next_fire_utc": next_fire.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),

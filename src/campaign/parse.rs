@@ -280,10 +280,12 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
         None => chrono_tz::UTC,
     };
 
-    let schedule = raw.schedule.as_ref().and_then(|s| match crate::schedule::parse_cron(s.get_ref()) {
+    let schedule = raw.schedule.as_ref().and_then(|s| match crate::schedule::Schedule::parse(s.get_ref()) {
         // A line that parses but never comes round would leave the campaign
         // waiting forever, looking like a one-off that never ran.
-        Ok(cron) if crate::schedule::first_fire_within_horizon(&cron, timezone, chrono::Utc::now()).is_none() => {
+        Ok(schedule)
+            if crate::schedule::first_fire_within_horizon(schedule.cron(), timezone, chrono::Utc::now()).is_none() =>
+        {
             p.at(
                 s.span(),
                 format!(
@@ -294,7 +296,7 @@ pub fn parse_campaign(file: &Path, text: &str, folders: &Folders) -> Result<Camp
             );
             None
         }
-        Ok(_) => Some(s.get_ref().trim().to_string()),
+        Ok(schedule) => Some(schedule),
         Err(e) => {
             p.at(s.span(), format!("schedule: {e}"));
             None
@@ -925,7 +927,7 @@ floor       = 3
         );
         // 29 February comes round at least once in any ten years.
         let body = format!("{SURVEY}schedule = \"0 0 29 2 *\"\n");
-        assert_eq!(parse(&dir, "s.toml", &body).unwrap().schedule.as_deref(), Some("0 0 29 2 *"));
+        assert_eq!(parse(&dir, "s.toml", &body).unwrap().schedule.as_ref().map(|s| s.line()), Some("0 0 29 2 *"));
     }
 
     #[test]

@@ -35,6 +35,13 @@ impl Phone {
     /// What a purged job's phone starts with: a keyed hash follows, not a number.
     pub const HASH_PREFIX: &str = "hash:";
 
+    /// Loads the numbering metadata every parse needs, once per process. A
+    /// command that reads the ledger before it parses any number can load it
+    /// on another thread meanwhile.
+    pub fn load_metadata() {
+        matcher::load();
+    }
+
     /// Parses `raw` as written in a CSV: with a `+country` prefix, or national
     /// format in `default_region`.
     pub fn parse(raw: &str, default_region: Option<Id>) -> Result<Self, PhoneError> {

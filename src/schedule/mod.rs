@@ -71,6 +71,36 @@ pub fn parse_cron(line: &str) -> Result<Cron, String> {
         .map_err(|e| format!("{line:?} is not a valid cron line: {e}"))
 }
 
+/// A campaign's schedule: the line as written (trimmed) and its parsed form.
+/// The line is parsed once, when its file is read: croner's parser costs
+/// about as much as the rest of a campaign file together, and a service with
+/// a thousand campaigns would otherwise parse a thousand lines at every tick.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    line: String,
+    cron: Cron,
+}
+
+impl Schedule {
+    pub fn parse(line: &str) -> Result<Self, String> {
+        Ok(Schedule { line: line.trim().to_string(), cron: parse_cron(line)? })
+    }
+
+    /// The line as written in the campaign file, trimmed.
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    pub fn cron(&self) -> &Cron {
+        &self.cron
+    }
+
+    /// The first fire time strictly after `after`, in `zone`'s wall-clock time.
+    pub fn next_fire(&self, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        next_fire(&self.cron, zone, after)
+    }
+}
+
 /// Which ticks of a schedule are due at `now`, given the last one handled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickPlan {

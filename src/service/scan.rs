@@ -51,7 +51,7 @@ impl<S: StudioApi> Service<S> {
                         kind: campaign.kind,
                         source: campaign.source.display().to_string(),
                         content_hash: hash.clone(),
-                        schedule: campaign.schedule.clone(),
+                        schedule: campaign.schedule.as_ref().map(|s| s.line().to_string()),
                         timezone: campaign.timezone.name().to_string(),
                         enabled: campaign.enabled,
                         last_tick_at: None,

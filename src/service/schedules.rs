@@ -6,13 +6,12 @@ use chrono::{DateTime, Utc};
 use super::Service;
 use crate::campaign::Campaign;
 use crate::domain::Trigger;
-use crate::schedule::{parse_cron, plan_ticks};
+use crate::schedule::plan_ticks;
 use crate::studio::StudioApi;
 
 impl<S: StudioApi> Service<S> {
     pub(super) fn next_fire(&self, campaign: &Campaign, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let cron = parse_cron(campaign.schedule.as_deref()?).ok()?;
-        crate::schedule::next_fire(&cron, campaign.timezone, after)
+        campaign.schedule.as_ref()?.next_fire(campaign.timezone, after)
     }
 
     /// Fires every schedule tick due at `now` (and missed ticks younger than
@@ -24,11 +23,10 @@ impl<S: StudioApi> Service<S> {
             return started;
         }
         for campaign in self.campaigns() {
-            let Some(schedule) = campaign.schedule.as_deref() else { continue };
+            let Some(schedule) = &campaign.schedule else { continue };
             if !campaign.enabled {
                 continue;
             }
-            let Ok(cron) = parse_cron(schedule) else { continue };
             let row = match self.store.get_campaign(&campaign.name).await {
                 Ok(Some(row)) => row,
                 Ok(None) => continue,
@@ -38,7 +36,7 @@ impl<S: StudioApi> Service<S> {
                 }
             };
             let last = row.last_tick_at.and_then(DateTime::from_timestamp_millis).unwrap_or(now);
-            let plan = plan_ticks(&cron, campaign.timezone, last, now, self.settings.catch_up);
+            let plan = plan_ticks(schedule.cron(), campaign.timezone, last, now, self.settings.catch_up);
             if plan.skipped > 0 {
                 tracing::warn!(
                     campaign = %campaign.name,

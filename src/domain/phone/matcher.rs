@@ -57,6 +57,13 @@ impl From<std::num::ParseIntError> for Stop {
     }
 }
 
+/// Loads the phone library's metadata and this module's tables now rather
+/// than at the first number (the library's load alone costs as much as
+/// reading a few hundred campaign files).
+pub(crate) fn load() {
+    tables();
+}
+
 /// The verdict for `raw` (already trimmed) with `region` for national numbers,
 /// or `None` when the text is not one this module decides.
 pub(crate) fn verdict(raw: &str, region: Option<Id>) -> Option<Verdict> {
