@@ -228,19 +228,41 @@ const JOB_VALUES: usize = 13;
 /// returning the phone of each job it inserted.
 fn insert_jobs_sql(n: usize) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        let row = format!("({})", vec!["?"; JOB_VALUES].join(", "));
-        (0..=JOBS_PER_STATEMENT.trailing_zeros())
-            .map(|k| {
-                format!(
-                    "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, \
-                                                 created_at, updated_at, dedupe_key, state, reason, finished_at) \
-                     VALUES {} RETURNING phone",
-                    vec![row.as_str(); 1 << k].join(", ")
-                )
-            })
-            .collect()
-    });
+    let row = format!("({})", vec!["?"; JOB_VALUES].join(", "));
+    sized_sql(&SQL, JOBS_PER_STATEMENT, n, |k| {
+        format!(
+            "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, \
+                                         created_at, updated_at, dedupe_key, state, reason, finished_at) \
+             VALUES {} RETURNING phone",
+            vec![row.as_str(); k].join(", ")
+        )
+    })
+}
+
+/// Splits `items` into runs whose lengths are powers of two up to `max`,
+/// longest first: one statement per length, prepared once and cached, then
+/// writes any number of rows.
+fn power_of_two_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (chunk, after) = rest.split_at(1 << rest.len().min(max).ilog2());
+        rest = after;
+        Some(chunk)
+    })
+}
+
+/// The statement for `n` rows (a power of two up to `max`), built by `make`
+/// for every such length the first time one is asked for.
+fn sized_sql(
+    cache: &'static OnceLock<Vec<String>>,
+    max: usize,
+    n: usize,
+    make: impl Fn(usize) -> String,
+) -> &'static str {
+    let all = cache.get_or_init(|| (0..=max.trailing_zeros()).map(|k| make(1 << k)).collect());
     &all[n.trailing_zeros() as usize]
 }
 
@@ -255,12 +277,8 @@ fn insert_jobs(
     now: i64,
     inserted: &mut HashSet<String>,
 ) -> Result<()> {
-    let mut rest = jobs;
-    while !rest.is_empty() {
-        let n = 1 << rest.len().min(JOBS_PER_STATEMENT).ilog2();
-        let (chunk, after) = rest.split_at(n);
-        rest = after;
-        let mut stmt = tx.prepare_cached(insert_jobs_sql(n))?;
+    for chunk in power_of_two_chunks(jobs, JOBS_PER_STATEMENT) {
+        let mut stmt = tx.prepare_cached(insert_jobs_sql(chunk.len()))?;
         for (i, (spec, skip)) in chunk.iter().enumerate() {
             let at = i * JOB_VALUES;
             stmt.raw_bind_parameter(at + 1, run_id)?;
@@ -322,82 +340,106 @@ pub fn claim_due(
         return Ok(Vec::new());
     };
     let caps = (!exempt && !limits.is_unlimited()).then_some(limits);
-    let mut jobs = Vec::new();
-    {
-        let mut due = tx.prepare_cached(
-            "SELECT id, phone, dedupe_key, expires_at, ambiguous_since FROM jobs \
+    let candidates: Vec<(Candidate, ClaimedJob)> = tx
+        .prepare_cached(
+            "SELECT id, phone, dedupe_key, expires_at, ambiguous_since, run_id, zone, parameters, attempts, failures, \
+                    throttles, conflict_sid, conflict_since FROM jobs \
              WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
                AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL) \
                AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
              ORDER BY due_at, id LIMIT ?3",
-        )?;
-        let candidates: Vec<Candidate> = due
-            .query_map(params![run_id, now, limit as i64, only_ambiguous], |r| {
-                Ok(Candidate {
-                    id: r.get(0)?,
-                    phone: r.get(1)?,
-                    dedupe_key: r.get(2)?,
-                    expires_at: r.get(3)?,
-                    ambiguous_since: r.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut claim = tx.prepare_cached(
-            "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?2, updated_at = ?2 \
-             WHERE id = ?1 AND state = 'pending' \
-             RETURNING id, run_id, phone, zone, parameters, attempts, failures, throttles, expires_at, \
-                       attempt_started_at, ambiguous_since, conflict_sid, conflict_since",
-        )?;
-        for candidate in candidates {
-            let id = candidate.id;
-            if candidate.needs_checks() {
-                let mut verdict = None;
-                if let (Some(within), Some(key)) = (dedupe_within, candidate.dedupe_key.as_deref()) {
-                    verdict = dedupe_verdict(earlier_with_key(&tx, &campaign, key, id, now - within)?, now);
-                }
-                if let (None, Some(caps)) = (&verdict, caps) {
-                    let contacts = contacts_of(&tx, &candidate.phone, id, now - caps.horizon_ms())?;
-                    verdict = caps_verdict(caps, contacts, candidate.expires_at, now);
-                }
-                match verdict {
-                    Some(Verdict::Skip(reason)) => {
-                        skip(&tx, id, &reason, now)?;
-                        continue;
-                    }
-                    Some(Verdict::Defer(due_at)) => {
-                        defer(&tx, id, due_at, now)?;
-                        continue;
-                    }
-                    None => {}
-                }
+        )?
+        .query_map(params![run_id, now, limit as i64, only_ambiguous], |r| {
+            let candidate = Candidate {
+                id: r.get(0)?,
+                phone: r.get(1)?,
+                dedupe_key: r.get(2)?,
+                expires_at: r.get(3)?,
+                ambiguous_since: r.get(4)?,
+            };
+            let zone: String = r.get(6)?;
+            let job = ClaimedJob {
+                id: candidate.id,
+                run_id: r.get(5)?,
+                phone: Phone::from_e164(candidate.phone.clone()),
+                // The zone was a valid IANA name when the job was imported; a
+                // name a newer tz database dropped falls back to UTC.
+                zone: zone.parse().unwrap_or(chrono_tz::UTC),
+                parameters: Parameters::from_ledger(r.get(7)?),
+                attempts: r.get(8)?,
+                failures: r.get(9)?,
+                throttles: r.get(10)?,
+                expires_at: candidate.expires_at,
+                attempt_started_at: now,
+                ambiguous_since: candidate.ambiguous_since,
+                conflict_sid: r.get(11)?,
+                conflict_since: r.get(12)?,
+            };
+            Ok((candidate, job))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut jobs = Vec::with_capacity(candidates.len());
+    for (candidate, job) in candidates {
+        let id = candidate.id;
+        if candidate.needs_checks() {
+            let mut verdict = None;
+            if let (Some(within), Some(key)) = (dedupe_within, candidate.dedupe_key.as_deref()) {
+                verdict = dedupe_verdict(earlier_with_key(&tx, &campaign, key, id, now - within)?, now);
             }
-            let job = claim
-                .query_row(params![id, now], |r| {
-                    let zone: String = r.get(3)?;
-                    Ok(ClaimedJob {
-                        id: r.get(0)?,
-                        run_id: r.get(1)?,
-                        phone: Phone::from_e164(r.get(2)?),
-                        // The zone was a valid IANA name when the job was imported; a
-                        // name a newer tz database dropped falls back to UTC.
-                        zone: zone.parse().unwrap_or(chrono_tz::UTC),
-                        parameters: Parameters::from_ledger(r.get(4)?),
-                        attempts: r.get(5)?,
-                        failures: r.get(6)?,
-                        throttles: r.get(7)?,
-                        expires_at: r.get(8)?,
-                        attempt_started_at: r.get(9)?,
-                        ambiguous_since: r.get(10)?,
-                        conflict_sid: r.get(11)?,
-                        conflict_since: r.get(12)?,
-                    })
-                })
-                .optional()?;
-            jobs.extend(job);
+            if let (None, Some(caps)) = (&verdict, caps) {
+                let contacts = contacts_of(&tx, &candidate.phone, id, now - caps.horizon_ms())?;
+                verdict = caps_verdict(caps, contacts, candidate.expires_at, now);
+            }
+            match verdict {
+                Some(Verdict::Skip(reason)) => {
+                    skip(&tx, id, &reason, now)?;
+                    continue;
+                }
+                Some(Verdict::Defer(due_at)) => {
+                    defer(&tx, id, due_at, now)?;
+                    continue;
+                }
+                None => {}
+            }
         }
+        jobs.push(job);
     }
+    let marked = mark_dispatching(&tx, &jobs, now)?;
+    jobs.retain(|job| marked.contains(&job.id));
     tx.commit()?;
     Ok(jobs)
+}
+
+/// Jobs marked `dispatching` per UPDATE, a power of two (see
+/// [`JOBS_PER_STATEMENT`]): each UPDATE of `jobs` copies every page it changes
+/// to a statement journal first, so one statement for the batch copies each
+/// page once rather than once per job.
+const CLAIMS_PER_STATEMENT: usize = 64;
+
+/// Marks `jobs` (pending, read in this transaction) `dispatching` from `now`;
+/// returns the ids it marked.
+fn mark_dispatching(tx: &Connection, jobs: &[ClaimedJob], now: i64) -> Result<HashSet<i64>> {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let mut marked = HashSet::with_capacity(jobs.len());
+    for chunk in power_of_two_chunks(jobs, CLAIMS_PER_STATEMENT) {
+        let sql = sized_sql(&SQL, CLAIMS_PER_STATEMENT, chunk.len(), |k| {
+            format!(
+                "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?1, updated_at = ?1 \
+                 WHERE id IN ({}) AND state = 'pending' RETURNING id",
+                (2..k + 2).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+            )
+        });
+        let mut stmt = tx.prepare_cached(sql)?;
+        stmt.raw_bind_parameter(1, now)?;
+        for (i, job) in chunk.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 2, job.id)?;
+        }
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next()? {
+            marked.insert(row.get(0)?);
+        }
+    }
+    Ok(marked)
 }
 
 /// The earliest job of `campaign` other than `job_id` whose key is `key` and
@@ -468,38 +510,71 @@ pub fn record_outcomes(
         return Ok(0);
     }
     let tx = super::write_transaction(conn)?;
-    let mut applied = 0;
-    for o in outcomes {
-        if apply_outcome(&tx, o.job_id, &o.outcome, o.attempts_sent, o.at, outcome_after_ms)? {
-            applied += 1;
-        } else {
-            tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
+    // Executions created, nearly every outcome of a run, are written many to
+    // a statement; the rest one at a time.
+    let (sent, others): (Vec<&SettledJob>, Vec<&SettledJob>) =
+        outcomes.iter().partition(|o| matches!(o.outcome, JobOutcome::Sent { .. }));
+    let mut applied = mark_sent(&tx, &sent, outcome_after_ms)?;
+    for o in others {
+        if apply_outcome(&tx, o, outcome_after_ms)? {
+            applied.insert(o.job_id);
         }
     }
-    for call in calls {
-        insert_call(&tx, call)?;
+    for o in outcomes.iter().filter(|o| !applied.contains(&o.job_id)) {
+        tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
     }
+    insert_calls(&tx, calls)?;
     tx.commit()?;
-    Ok(applied)
+    Ok(applied.len())
 }
 
-fn apply_outcome(
-    conn: &Connection,
-    job_id: i64,
-    outcome: &JobOutcome,
-    attempts_sent: i64,
-    now: i64,
-    outcome_after_ms: i64,
-) -> Result<bool> {
+/// Outcomes written per statement, a power of two (see [`CLAIMS_PER_STATEMENT`]).
+const OUTCOMES_PER_STATEMENT: usize = 64;
+
+/// Records `sent` (each a [`JobOutcome::Sent`] of a job still `dispatching`):
+/// the job is sent, its Execution's outcome due `outcome_after_ms` later.
+/// Returns the ids it recorded.
+fn mark_sent(tx: &Connection, sent: &[&SettledJob], outcome_after_ms: i64) -> Result<HashSet<i64>> {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let mut marked = HashSet::with_capacity(sent.len());
+    for chunk in power_of_two_chunks(sent, OUTCOMES_PER_STATEMENT) {
+        let sql = sized_sql(&SQL, OUTCOMES_PER_STATEMENT, chunk.len(), |k| {
+            format!(
+                "WITH sent (id, sid, attempts, at) AS (VALUES {}) \
+                 UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = sent.sid, \
+                     attempts = jobs.attempts + sent.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
+                     sent_at = sent.at, finished_at = sent.at, updated_at = sent.at, \
+                     outcome_state = 'open', outcome_due_at = sent.at + ?1 \
+                 FROM sent WHERE jobs.id = sent.id AND jobs.state = 'dispatching' RETURNING jobs.id",
+                (0..k)
+                    .map(|i| format!("(?{}, ?{}, ?{}, ?{})", 2 + i * 4, 3 + i * 4, 4 + i * 4, 5 + i * 4))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+        let mut stmt = tx.prepare_cached(sql)?;
+        stmt.raw_bind_parameter(1, outcome_after_ms)?;
+        for (i, o) in chunk.iter().enumerate() {
+            let JobOutcome::Sent { sid } = &o.outcome else { unreachable!("only sent outcomes are passed") };
+            let at = 2 + i * 4;
+            stmt.raw_bind_parameter(at, o.job_id)?;
+            stmt.raw_bind_parameter(at + 1, sid)?;
+            stmt.raw_bind_parameter(at + 2, o.attempts_sent)?;
+            stmt.raw_bind_parameter(at + 3, o.at)?;
+        }
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next()? {
+            marked.insert(row.get(0)?);
+        }
+    }
+    Ok(marked)
+}
+
+/// Records one outcome of a job still `dispatching`; whether it did.
+fn apply_outcome(conn: &Connection, settled: &SettledJob, outcome_after_ms: i64) -> Result<bool> {
+    let SettledJob { job_id, ref outcome, attempts_sent, at: now, .. } = *settled;
     let changed = match outcome {
-        JobOutcome::Sent { sid } => super::exec(
-            conn,
-            "UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = ?2, attempts = attempts + ?3, \
-                 ambiguous_since = NULL, conflict_sid = NULL, sent_at = ?4, finished_at = ?4, updated_at = ?4, \
-                 outcome_state = 'open', outcome_due_at = ?4 + ?5 \
-                 WHERE id = ?1 AND state = 'dispatching'",
-            params![job_id, sid, attempts_sent, now, outcome_after_ms],
-        )?,
+        JobOutcome::Sent { .. } => mark_sent(conn, &[settled], outcome_after_ms)?.len(),
         JobOutcome::Skipped { reason, sid } => super::exec(
             conn,
             "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
@@ -616,10 +691,11 @@ pub(super) fn jobs_page_sql() -> String {
     )
 }
 
-/// The latest jobs that ended failed, skipped or expired, across runs.
+/// The latest jobs that ended failed, skipped or expired, across runs,
+/// through `jobs_finished` (its condition, as written there, is in the WHERE).
 pub fn recent_problems(conn: &Connection, limit: u32) -> Result<Vec<JobRow>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('failed', 'skipped', 'expired') \
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE (state = 'failed' OR state = 'skipped' OR state = 'expired') \
          ORDER BY finished_at DESC, id DESC LIMIT ?1"
     ))?;
     let rows = stmt.query_map(params![limit], job_from_row)?.collect::<rusqlite::Result<_>>()?;
@@ -785,23 +861,36 @@ pub fn calls_for_job(conn: &Connection, job_id: i64) -> Result<Vec<CallSummary>>
     Ok(rows)
 }
 
-fn insert_call(conn: &Connection, call: &StudioCall) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO studio_calls (run_id, job_id, at, operation, request, http_status, response, outcome, execution_sid, note) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        call.run_id,
-        call.job_id,
-        call.at,
-        call.operation,
-        call.request,
-        call.http_status,
-        call.response,
-        call.outcome,
-        call.execution_sid,
-        call.note
-    ])?;
+/// Studio calls written per INSERT, a power of two (see [`CLAIMS_PER_STATEMENT`]).
+const CALLS_PER_STATEMENT: usize = 32;
+
+/// Appends `calls` to the audit trail, in order.
+fn insert_calls(conn: &Connection, calls: &[StudioCall]) -> Result<()> {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    for chunk in power_of_two_chunks(calls, CALLS_PER_STATEMENT) {
+        let sql = sized_sql(&SQL, CALLS_PER_STATEMENT, chunk.len(), |k| {
+            format!(
+                "INSERT INTO studio_calls (run_id, job_id, at, operation, request, http_status, response, outcome, \
+                                           execution_sid, note) VALUES {}",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; k].join(", ")
+            )
+        });
+        let mut stmt = conn.prepare_cached(sql)?;
+        for (i, call) in chunk.iter().enumerate() {
+            let at = 1 + i * 10;
+            stmt.raw_bind_parameter(at, call.run_id)?;
+            stmt.raw_bind_parameter(at + 1, call.job_id)?;
+            stmt.raw_bind_parameter(at + 2, call.at)?;
+            stmt.raw_bind_parameter(at + 3, call.operation)?;
+            stmt.raw_bind_parameter(at + 4, &call.request)?;
+            stmt.raw_bind_parameter(at + 5, call.http_status)?;
+            stmt.raw_bind_parameter(at + 6, &call.response)?;
+            stmt.raw_bind_parameter(at + 7, &call.outcome)?;
+            stmt.raw_bind_parameter(at + 8, &call.execution_sid)?;
+            stmt.raw_bind_parameter(at + 9, &call.note)?;
+        }
+        stmt.raw_execute()?;
+    }
     Ok(())
 }
 
