@@ -340,16 +340,23 @@ pub fn claim_due(
         return Ok(Vec::new());
     };
     let caps = (!exempt && !limits.is_unlimited()).then_some(limits);
+    // Two statements rather than one with `(?4 = 0 OR ambiguous_since IS NOT
+    // NULL)`: SQLite prepares a statement with a bound value in such a term
+    // afresh at every execution.
+    const DUE: &str = "SELECT id, phone, dedupe_key, expires_at, ambiguous_since, run_id, zone, parameters, attempts, \
+                              failures, throttles, conflict_sid, conflict_since FROM jobs \
+                       WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
+                         AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL)";
+    static AMBIGUOUS: OnceLock<String> = OnceLock::new();
+    static ANY: OnceLock<String> = OnceLock::new();
+    let sql = if only_ambiguous {
+        AMBIGUOUS.get_or_init(|| format!("{DUE} AND ambiguous_since IS NOT NULL ORDER BY due_at, id LIMIT ?3"))
+    } else {
+        ANY.get_or_init(|| format!("{DUE} ORDER BY due_at, id LIMIT ?3"))
+    };
     let candidates: Vec<(Candidate, ClaimedJob)> = tx
-        .prepare_cached(
-            "SELECT id, phone, dedupe_key, expires_at, ambiguous_since, run_id, zone, parameters, attempts, failures, \
-                    throttles, conflict_sid, conflict_since FROM jobs \
-             WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
-               AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL) \
-               AND (?4 = 0 OR ambiguous_since IS NOT NULL) \
-             ORDER BY due_at, id LIMIT ?3",
-        )?
-        .query_map(params![run_id, now, limit as i64, only_ambiguous], |r| {
+        .prepare_cached(sql)?
+        .query_map(params![run_id, now, limit as i64], |r| {
             let candidate = Candidate {
                 id: r.get(0)?,
                 phone: r.get(1)?,
@@ -902,7 +909,7 @@ mod tests {
         CampaignKind, Channel, ConflictPolicy, ContactLimits, ImportRow, JobOutcome, JobSpec, JobState, Parameters,
         Phone, Rejection, RowOutcome, Scope,
     };
-    use crate::store::{BatchCounts, NewRun, SettledJob, Store};
+    use crate::store::{BatchCounts, NewRun, SettledJob, Store, StudioCall};
 
     /// 2026-06-01T00:00:00Z.
     const T0: i64 = 1_780_272_000_000;
@@ -977,6 +984,73 @@ mod tests {
     /// suppression added between two batches of one import applies to the
     /// second), and a phone already in the run, from an earlier batch or the
     /// same one, is a duplicate.
+    #[tokio::test]
+    async fn claims_and_outcomes_of_more_jobs_than_one_statement_holds_each_apply_once_to_their_own_job() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        // 101 jobs: statements of 64, 32, 4 and 1 rows.
+        import(&store, run, (0..101).map(|i| job(i as u64 + 2, i, None)).collect(), T0).await;
+        let limits = ContactLimits::default();
+        let claimed = store.claim_due(run, T0 + 1, 500, false, limits).await.unwrap();
+        let phones: Vec<String> = claimed.iter().map(|j| j.phone.as_str().to_string()).collect();
+        assert_eq!(phones, (0..101).map(phone).collect::<Vec<_>>(), "every job, in due order");
+        assert!(claimed.iter().all(|j| j.attempt_started_at == T0 + 1 && j.attempts == 0));
+        assert!(store.claim_due(run, T0 + 1, 500, false, limits).await.unwrap().is_empty(), "each job once");
+
+        // Job 50 is taken out of `dispatching` behind the dispatcher's back.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("UPDATE jobs SET state = 'cancelled' WHERE id = ?1", [claimed[50].id]).unwrap();
+        let sid = |i: usize| format!("FN{i:032}");
+        let settled: Vec<SettledJob> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, j)| SettledJob {
+                job_id: j.id,
+                outcome: if i == 100 { JobOutcome::Expired } else { JobOutcome::Sent { sid: sid(i) } },
+                attempts_sent: 1,
+                at: T0 + 2 + i as i64,
+            })
+            .collect();
+        let calls: Vec<StudioCall> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, j)| StudioCall {
+                run_id: Some(run),
+                job_id: Some(j.id),
+                at: T0 + 2,
+                operation: "create",
+                request: format!("To={}", j.phone.as_str()),
+                http_status: None,
+                response: Some(sid(i)),
+                outcome: "ok".into(),
+                execution_sid: Some(sid(i)),
+                note: Some(format!("call {i}")),
+            })
+            .collect();
+        assert_eq!(store.record_outcomes(settled, calls, Duration::from_secs(60)).await.unwrap(), 100);
+
+        let page = store.jobs_page(run, None, 0, 500).await.unwrap();
+        for (i, job) in page.iter().enumerate() {
+            let expected = match i {
+                50 => (JobState::Cancelled, None, None, 0),
+                100 => (JobState::Expired, None, None, 1),
+                _ => (JobState::Sent, Some(sid(i)), Some(T0 + 2 + i as i64), 1),
+            };
+            assert_eq!((job.state, job.execution_sid.clone(), job.sent_at, job.attempts), expected, "job {i}");
+            let calls = store.calls_for_job(job.id).await.unwrap();
+            assert_eq!(calls.len(), 1, "job {i}");
+            assert_eq!(
+                (calls[0].execution_sid.clone(), calls[0].note.clone()),
+                (Some(sid(i)), Some(format!("call {i}")))
+            );
+        }
+        let due: Option<i64> =
+            conn.query_row("SELECT outcome_due_at FROM jobs WHERE id = ?1", [page[7].id], |r| r.get(0)).unwrap();
+        assert_eq!(due, Some(T0 + 9 + 60_000), "read back a minute after its send");
+    }
+
     #[tokio::test]
     async fn each_batch_checks_suppressions_dedupe_keys_and_duplicates_as_they_stand() {
         let dir = tempfile::tempdir().unwrap();
