@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::RETRY_AFTER;
+use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 
 use super::{StudioError, StudioResult};
@@ -62,7 +62,9 @@ pub struct StudioConfig {
 pub struct HttpStudio {
     pub(super) client: reqwest::Client,
     base: String,
-    credentials: Credentials,
+    /// `Basic …` of the credentials, encoded once rather than per request;
+    /// marked sensitive, so it never prints.
+    authorization: HeaderValue,
 }
 
 /// The paging part of a list answer, read by every list endpoint.
@@ -82,7 +84,7 @@ impl HttpStudio {
         Ok(HttpStudio {
             client,
             base: config.base_url.trim_end_matches('/').to_string(),
-            credentials: config.credentials,
+            authorization: basic_authorization(&config.credentials),
         })
     }
 
@@ -113,7 +115,7 @@ impl HttpStudio {
         request: reqwest::RequestBuilder,
         ambiguous: bool,
     ) -> StudioResult<T> {
-        let request = request.basic_auth(&self.credentials.username, Some(&self.credentials.secret));
+        let request = request.header(AUTHORIZATION, self.authorization.clone());
         let response = request.send().await.map_err(|e| transport_error(&e, ambiguous))?;
         let status = response.status().as_u16();
         let retry_after = response
@@ -123,15 +125,16 @@ impl HttpStudio {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        let body = response.text().await.map_err(|e| transport_error(&e, ambiguous))?;
+        // Studio answers JSON in UTF-8: read as bytes, not decoded as text first.
+        let body = response.bytes().await.map_err(|e| transport_error(&e, ambiguous))?;
         if (200..300).contains(&status) {
-            serde_json::from_str(&body).map_err(|e| StudioError::Transient {
+            serde_json::from_slice(&body).map_err(|e| StudioError::Transient {
                 message: format!("HTTP {status} with an unreadable body: {e}"),
                 status: Some(status),
                 ambiguous,
             })
         } else {
-            Err(StudioError::from_response(status, retry_after, &body, ambiguous))
+            Err(StudioError::from_response(status, retry_after, &String::from_utf8_lossy(&body), ambiguous))
         }
     }
 
@@ -152,6 +155,17 @@ impl HttpStudio {
     }
 }
 
+/// The `Authorization` header of Basic auth, as reqwest's `basic_auth` writes it.
+fn basic_authorization(credentials: &Credentials) -> HeaderValue {
+    use base64::Engine;
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", credentials.username, credentials.secret));
+    // Base64 is always a valid header value.
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
 fn transport_error(e: &reqwest::Error, ambiguous: bool) -> StudioError {
     // A refused connection never reached Studio; anything later might have.
     let reached = !e.is_connect();
@@ -169,6 +183,27 @@ fn transport_error(e: &reqwest::Error, ambiguous: bool) -> StudioError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_authorization_header_is_reqwests_basic_auth_and_never_prints() {
+        let credentials = Credentials::new("AC0123456789abcdef0123456789abcdef", "s3cret:with colon");
+        let reqwest_s = reqwest::Client::new()
+            .get("http://127.0.0.1/")
+            .basic_auth(&credentials.username, Some(&credentials.secret))
+            .build()
+            .unwrap();
+        let ours = basic_authorization(&credentials);
+        assert_eq!(reqwest_s.headers()[AUTHORIZATION].to_str().unwrap(), ours.to_str().unwrap());
+        let studio = HttpStudio::new(StudioConfig {
+            base_url: "http://127.0.0.1:9".into(),
+            credentials,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let shown = format!("{studio:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains(ours.to_str().unwrap()), "{shown}");
+    }
 
     #[test]
     fn the_base_url_follows_region_and_edge_like_twilios_helpers() {
