@@ -656,7 +656,13 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             }
             // Requests in flight: 16 covers low rates; at 1,000/s and above a
             // loopback round trip and a claim take about a period each.
-            let d = Arc::new(dispatcher(&store, &sim.url, rate, if rate > 100 { 64 } else { 16 }));
+            // `FLOWCAST_BENCH_RATE_CONCURRENCY` sets it instead, to see what
+            // bounds a row.
+            let concurrency = std::env::var("FLOWCAST_BENCH_RATE_CONCURRENCY")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(if rate > 100 { 64 } else { 16 });
+            let d = Arc::new(dispatcher(&store, &sim.url, rate, concurrency));
             let tasks: Vec<_> = runs
                 .iter()
                 .map(|&run| {

@@ -92,7 +92,31 @@ impl Browser {
             created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();
         Some(Browser { http, session: format!("{base}/session/{session}"), _driver: child, _profile: profile })
     }
+}
 
+impl Drop for Browser {
+    /// Ends the WebDriver session, so that chromedriver closes its browser:
+    /// killing chromedriver alone (when its child is dropped) leaves chromium
+    /// running with init as its parent, one more after every test. Plain
+    /// blocking HTTP, as a drop cannot await; it also runs when a test panics.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some((host, path)) = self.session.strip_prefix("http://").and_then(|s| s.split_once('/')) else {
+            return;
+        };
+        if let Ok(mut stream) = std::net::TcpStream::connect(host) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request =
+                format!("DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if stream.write_all(request.as_bytes()).is_ok() {
+                // chromedriver answers once the browser is closed.
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
+    }
+}
+
+impl Browser {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut request = self.http.request(method, format!("{}{path}", self.session));
         if let Some(body) = body {
