@@ -125,16 +125,18 @@ impl HttpStudio {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        // Studio answers JSON in UTF-8: read as bytes, not decoded as text first.
-        let body = response.bytes().await.map_err(|e| transport_error(&e, ambiguous))?;
+        // Read as bytes and decoded as `text()` would (invalid UTF-8 replaced,
+        // not refused), without its copy when the body is valid.
+        let bytes = response.bytes().await.map_err(|e| transport_error(&e, ambiguous))?;
+        let body = String::from_utf8_lossy(&bytes);
         if (200..300).contains(&status) {
-            serde_json::from_slice(&body).map_err(|e| StudioError::Transient {
+            serde_json::from_str(&body).map_err(|e| StudioError::Transient {
                 message: format!("HTTP {status} with an unreadable body: {e}"),
                 status: Some(status),
                 ambiguous,
             })
         } else {
-            Err(StudioError::from_response(status, retry_after, &String::from_utf8_lossy(&body), ambiguous))
+            Err(StudioError::from_response(status, retry_after, &body, ambiguous))
         }
     }
 

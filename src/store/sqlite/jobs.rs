@@ -1,7 +1,7 @@
 //! Jobs: import in batched transactions, claim by due time, outcomes guarded by
 //! id and state, and the audit record of Studio calls.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -386,12 +386,20 @@ pub fn claim_due(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut jobs = Vec::with_capacity(candidates.len());
+    // The jobs are marked `dispatching` together after the checks, so a key
+    // taken by a job earlier in this claim is not in the ledger yet: it is
+    // remembered here, and a later job with it waits as for one in flight.
+    let mut keys_taken: HashMap<String, i64> = HashMap::new();
     for (candidate, job) in candidates {
         let id = candidate.id;
         if candidate.needs_checks() {
             let mut verdict = None;
             if let (Some(within), Some(key)) = (dedupe_within, candidate.dedupe_key.as_deref()) {
-                verdict = dedupe_verdict(earlier_with_key(&tx, &campaign, key, id, now - within)?, now);
+                let earlier = match keys_taken.get(key) {
+                    Some(&job) => Some(Earlier { run: run_id, job, in_flight: true }),
+                    None => earlier_with_key(&tx, &campaign, key, id, now - within)?,
+                };
+                verdict = dedupe_verdict(earlier, now);
             }
             if let (None, Some(caps)) = (&verdict, caps) {
                 let contacts = contacts_of(&tx, &candidate.phone, id, now - caps.horizon_ms())?;
@@ -408,6 +416,9 @@ pub fn claim_due(
                 }
                 None => {}
             }
+        }
+        if let (Some(_), Some(key)) = (dedupe_within, candidate.dedupe_key) {
+            keys_taken.entry(key).or_insert(id);
         }
         jobs.push(job);
     }
@@ -517,22 +528,41 @@ pub fn record_outcomes(
         return Ok(0);
     }
     let tx = super::write_transaction(conn)?;
-    // Executions created, nearly every outcome of a run, are written many to
-    // a statement; the rest one at a time.
-    let (sent, others): (Vec<&SettledJob>, Vec<&SettledJob>) =
-        outcomes.iter().partition(|o| matches!(o.outcome, JobOutcome::Sent { .. }));
-    let mut applied = mark_sent(&tx, &sent, outcome_after_ms)?;
-    for o in others {
-        if apply_outcome(&tx, o, outcome_after_ms)? {
-            applied.insert(o.job_id);
-        }
-    }
-    for o in outcomes.iter().filter(|o| !applied.contains(&o.job_id)) {
+    let mut applied = 0;
+    let not_applied = |o: &SettledJob| {
         tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
+    };
+    let mut ids = HashSet::with_capacity(outcomes.len());
+    if outcomes.iter().all(|o| ids.insert(o.job_id)) {
+        // One outcome per job (a job is settled once per claim): Executions
+        // created, nearly every outcome of a run, are written many to a
+        // statement; the rest one at a time.
+        let (sent, others): (Vec<&SettledJob>, Vec<&SettledJob>) =
+            outcomes.iter().partition(|o| matches!(o.outcome, JobOutcome::Sent { .. }));
+        let marked = mark_sent(&tx, &sent, outcome_after_ms)?;
+        applied += marked.len();
+        sent.iter().filter(|o| !marked.contains(&o.job_id)).for_each(|o| not_applied(o));
+        for o in others {
+            if apply_outcome(&tx, o, outcome_after_ms)? {
+                applied += 1;
+            } else {
+                not_applied(o);
+            }
+        }
+    } else {
+        // Two outcomes for one job: each in the batch's order, so the first
+        // to find the job `dispatching` is the one recorded.
+        for o in outcomes {
+            if apply_outcome(&tx, o, outcome_after_ms)? {
+                applied += 1;
+            } else {
+                not_applied(o);
+            }
+        }
     }
     insert_calls(&tx, calls)?;
     tx.commit()?;
-    Ok(applied.len())
+    Ok(applied)
 }
 
 /// Outcomes written per statement, a power of two (see [`CLAIMS_PER_STATEMENT`]).
@@ -984,6 +1014,41 @@ mod tests {
     /// suppression added between two batches of one import applies to the
     /// second), and a phone already in the run, from an earlier batch or the
     /// same one, is a duplicate.
+    #[tokio::test]
+    async fn two_jobs_with_one_dedupe_key_due_in_one_claim_are_not_both_claimed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_path(&tmp.path().join("ledger.db")).await.unwrap();
+        let run = new_run(&store, "c", "k", Some(1)).await;
+        // One order under two phones, and another order.
+        import(&store, run, vec![job(2, 0, Some("A1")), job(3, 1, Some("A1")), job(4, 2, Some("B2"))], T0).await;
+        let claimed = store.claim_due(run, T0 + 1, 10, false, ContactLimits::default()).await.unwrap();
+        let phones: Vec<&str> = claimed.iter().map(|j| j.phone.as_str()).collect();
+        assert_eq!(phones, vec![phone(0), phone(2)], "the second A1 waits for the first's outcome");
+        let page = store.jobs_page(run, None, 0, 10).await.unwrap();
+        assert_eq!(page[1].state, JobState::Pending);
+        assert_eq!(page[1].due_at, T0 + 1 + crate::store::claim_checks::IN_FLIGHT_RECHECK_MS);
+    }
+
+    #[tokio::test]
+    async fn of_two_outcomes_for_one_job_in_a_batch_the_first_is_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_path(&tmp.path().join("ledger.db")).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        import(&store, run, vec![job(2, 0, None), job(3, 1, None)], T0).await;
+        let claimed = store.claim_due(run, T0 + 1, 10, false, ContactLimits::default()).await.unwrap();
+        let settled = |id: i64, outcome: JobOutcome| SettledJob { job_id: id, outcome, attempts_sent: 1, at: T0 + 2 };
+        let sent = |sid: &str| JobOutcome::Sent { sid: sid.into() };
+        let batch = vec![
+            settled(claimed[0].id, JobOutcome::Expired),
+            settled(claimed[0].id, sent("FN0")),
+            settled(claimed[1].id, sent("FN1")),
+        ];
+        assert_eq!(store.record_outcomes(batch, Vec::new(), Duration::ZERO).await.unwrap(), 2);
+        let page = store.jobs_page(run, None, 0, 10).await.unwrap();
+        assert_eq!((page[0].state, page[0].execution_sid.as_deref()), (JobState::Expired, None));
+        assert_eq!((page[1].state, page[1].execution_sid.as_deref()), (JobState::Sent, Some("FN1")));
+    }
+
     #[tokio::test]
     async fn claims_and_outcomes_of_more_jobs_than_one_statement_holds_each_apply_once_to_their_own_job() {
         let tmp = tempfile::tempdir().unwrap();
