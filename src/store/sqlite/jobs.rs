@@ -395,9 +395,12 @@ pub fn claim_due(
         if candidate.needs_checks() {
             let mut verdict = None;
             if let (Some(within), Some(key)) = (dedupe_within, candidate.dedupe_key.as_deref()) {
-                let earlier = match keys_taken.get(key) {
-                    Some(&job) => Some(Earlier { run: run_id, job, in_flight: true }),
-                    None => earlier_with_key(&tx, &campaign, key, id, now - within)?,
+                // A sent job in the ledger decides first (it skips this one),
+                // as the ledger's own order has it; else one taken here waits.
+                let earlier = match (earlier_with_key(&tx, &campaign, key, id, now - within)?, keys_taken.get(key)) {
+                    (Some(sent), _) if !sent.in_flight => Some(sent),
+                    (_, Some(&job)) => Some(Earlier { run: run_id, job, in_flight: true }),
+                    (in_ledger, None) => in_ledger,
                 };
                 verdict = dedupe_verdict(earlier, now);
             }
@@ -1027,6 +1030,37 @@ mod tests {
         let page = store.jobs_page(run, None, 0, 10).await.unwrap();
         assert_eq!(page[1].state, JobState::Pending);
         assert_eq!(page[1].due_at, T0 + 1 + crate::store::claim_checks::IN_FLIGHT_RECHECK_MS);
+    }
+
+    #[tokio::test]
+    async fn a_key_sent_before_skips_a_job_even_when_an_ambiguous_job_of_this_claim_took_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let limits = ContactLimits::default();
+        // Two runs of the campaign imported while neither had sent A1; then
+        // the first sends it.
+        let earlier = new_run(&store, "c", "k1", Some(1)).await;
+        import(&store, earlier, vec![job(2, 9, Some("A1"))], T0).await;
+        let run = new_run(&store, "c", "k2", Some(1)).await;
+        import(&store, run, vec![job(2, 0, Some("A1")), job(3, 1, Some("A1"))], T0).await;
+        let sent = store.claim_due(earlier, T0, 10, false, limits).await.unwrap();
+        let outcome = JobOutcome::Sent { sid: "FN1".into() };
+        let settled = vec![SettledJob { job_id: sent[0].id, outcome, attempts_sent: 1, at: T0 }];
+        store.record_outcomes(settled, Vec::new(), Duration::ZERO).await.unwrap();
+        // The second run's first job had an attempt of unknown fate, so it is
+        // claimed unchecked (to be reconciled).
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("UPDATE jobs SET ambiguous_since = ?2 WHERE run_id = ?1 AND line = 2", rusqlite::params![run, T0])
+            .unwrap();
+        let claimed = store.claim_due(run, T0 + 1, 10, false, limits).await.unwrap();
+        assert_eq!(claimed.iter().map(|j| j.phone.as_str()).collect::<Vec<_>>(), vec![phone(0)]);
+        let page = store.jobs_page(run, None, 0, 10).await.unwrap();
+        assert_eq!(page[1].state, JobState::Skipped, "already sent by the earlier run, not held back");
+        assert_eq!(
+            page[1].reason.as_ref().unwrap().to_string(),
+            format!("already_sent: run {earlier}, job {}", sent[0].id)
+        );
     }
 
     #[tokio::test]
