@@ -531,36 +531,32 @@ pub fn record_outcomes(
         return Ok(0);
     }
     let tx = super::write_transaction(conn)?;
-    let mut applied = 0;
-    let not_applied = |o: &SettledJob| {
-        tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
-    };
+    // Executions created, nearly every outcome of a run, are written many to
+    // a statement, the rest one at a time; that order is free only when each
+    // job has one outcome in the batch (it is settled once per claim). With
+    // two for one job, all go one at a time in the batch's order, so the
+    // first to find the job `dispatching` is the one recorded.
     let mut ids = HashSet::with_capacity(outcomes.len());
-    if outcomes.iter().all(|o| ids.insert(o.job_id)) {
-        // One outcome per job (a job is settled once per claim): Executions
-        // created, nearly every outcome of a run, are written many to a
-        // statement; the rest one at a time.
-        let (sent, others): (Vec<&SettledJob>, Vec<&SettledJob>) =
-            outcomes.iter().partition(|o| matches!(o.outcome, JobOutcome::Sent { .. }));
-        let marked = mark_sent(&tx, &sent, outcome_after_ms)?;
-        applied += marked.len();
-        sent.iter().filter(|o| !marked.contains(&o.job_id)).for_each(|o| not_applied(o));
-        for o in others {
-            if apply_outcome(&tx, o, outcome_after_ms)? {
-                applied += 1;
-            } else {
-                not_applied(o);
-            }
+    let one_each = outcomes.iter().all(|o| ids.insert(o.job_id));
+    fn sid_of(o: &SettledJob, one_each: bool) -> Option<&str> {
+        match &o.outcome {
+            JobOutcome::Sent { sid } if one_each => Some(sid),
+            _ => None,
         }
-    } else {
-        // Two outcomes for one job: each in the batch's order, so the first
-        // to find the job `dispatching` is the one recorded.
-        for o in outcomes {
-            if apply_outcome(&tx, o, outcome_after_ms)? {
-                applied += 1;
-            } else {
-                not_applied(o);
-            }
+    }
+    let batched: Vec<(i64, &str, i64, i64)> =
+        outcomes.iter().filter_map(|o| Some((o.job_id, sid_of(o, one_each)?, o.attempts_sent, o.at))).collect();
+    let marked = mark_sent(&tx, &batched, outcome_after_ms)?;
+    let mut applied = 0;
+    for o in outcomes {
+        let recorded = match sid_of(o, one_each) {
+            Some(_) => marked.contains(&o.job_id),
+            None => apply_outcome(&tx, o, outcome_after_ms)?,
+        };
+        if recorded {
+            applied += 1;
+        } else {
+            tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
         }
     }
     insert_calls(&tx, calls)?;
@@ -571,10 +567,10 @@ pub fn record_outcomes(
 /// Outcomes written per statement, a power of two (see [`CLAIMS_PER_STATEMENT`]).
 const OUTCOMES_PER_STATEMENT: usize = 64;
 
-/// Records `sent` (each a [`JobOutcome::Sent`] of a job still `dispatching`):
-/// the job is sent, its Execution's outcome due `outcome_after_ms` later.
-/// Returns the ids it recorded.
-fn mark_sent(tx: &Connection, sent: &[&SettledJob], outcome_after_ms: i64) -> Result<HashSet<i64>> {
+/// Records `sent` (job id, Execution SID, attempts sent, when) for jobs still
+/// `dispatching`: each job is sent, its Execution's outcome due
+/// `outcome_after_ms` later. Returns the ids it recorded.
+fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: i64) -> Result<HashSet<i64>> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let mut marked = HashSet::with_capacity(sent.len());
     for chunk in power_of_two_chunks(sent, OUTCOMES_PER_STATEMENT) {
@@ -594,13 +590,12 @@ fn mark_sent(tx: &Connection, sent: &[&SettledJob], outcome_after_ms: i64) -> Re
         });
         let mut stmt = tx.prepare_cached(sql)?;
         stmt.raw_bind_parameter(1, outcome_after_ms)?;
-        for (i, o) in chunk.iter().enumerate() {
-            let JobOutcome::Sent { sid } = &o.outcome else { unreachable!("only sent outcomes are passed") };
+        for (i, &(job_id, sid, attempts_sent, sent_at)) in chunk.iter().enumerate() {
             let at = 2 + i * 4;
-            stmt.raw_bind_parameter(at, o.job_id)?;
+            stmt.raw_bind_parameter(at, job_id)?;
             stmt.raw_bind_parameter(at + 1, sid)?;
-            stmt.raw_bind_parameter(at + 2, o.attempts_sent)?;
-            stmt.raw_bind_parameter(at + 3, o.at)?;
+            stmt.raw_bind_parameter(at + 2, attempts_sent)?;
+            stmt.raw_bind_parameter(at + 3, sent_at)?;
         }
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next()? {
@@ -614,7 +609,9 @@ fn mark_sent(tx: &Connection, sent: &[&SettledJob], outcome_after_ms: i64) -> Re
 fn apply_outcome(conn: &Connection, settled: &SettledJob, outcome_after_ms: i64) -> Result<bool> {
     let SettledJob { job_id, ref outcome, attempts_sent, at: now, .. } = *settled;
     let changed = match outcome {
-        JobOutcome::Sent { .. } => mark_sent(conn, &[settled], outcome_after_ms)?.len(),
+        JobOutcome::Sent { sid } => {
+            mark_sent(conn, &[(job_id, sid.as_str(), attempts_sent, now)], outcome_after_ms)?.len()
+        }
         JobOutcome::Skipped { reason, sid } => super::exec(
             conn,
             "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
