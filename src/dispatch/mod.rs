@@ -317,6 +317,9 @@ impl<S: StudioApi> Dispatcher<S> {
         self.sweep_expired(run_id).await?;
         // Jobs found mid-dispatch are reconciled before anything new is sent.
         let mut reconciling = recovered > 0;
+        // The ledger had more jobs due right after the last claim: the next
+        // pass claims without asking it again (once; then it asks).
+        let mut more_due = false;
 
         loop {
             while let Some(done) = tasks.try_join_next() {
@@ -331,7 +334,10 @@ impl<S: StudioApi> Dispatcher<S> {
             }
             let free = slots.available_permits();
             let now = self.now_ms();
-            if free > 0 && self.store.next_due_at(run_id, now).await?.is_some_and(|due| due <= now) {
+            if free > 0
+                && (std::mem::take(&mut more_due)
+                    || self.store.next_due_at(run_id, now).await?.is_some_and(|due| due <= now))
+            {
                 // Take a send token first and claim after, so that a job is
                 // `dispatching` only while its request is about to go out: a pause
                 // or a crash then finds almost nothing in flight.
@@ -343,11 +349,13 @@ impl<S: StudioApi> Dispatcher<S> {
                 while tokens < free && self.limits.try_acquire(&ctx.campaign, ctx.campaign_rate) {
                     tokens += 1;
                 }
-                let claimed = self
+                let at = self.now_ms();
+                let (claimed, next_due) = self
                     .store
-                    .claim_due(run_id, self.now_ms(), tokens, reconciling, self.settings.contact_limits)
+                    .claim_due_then_next(run_id, at, tokens, reconciling, self.settings.contact_limits)
                     .await?;
                 lock_held(&held).extend(claimed.iter().map(|j| j.id));
+                more_due = next_due.is_some_and(|due| due <= at);
                 if claimed.is_empty() && reconciling && tasks.is_empty() {
                     reconciling = false;
                     continue;
@@ -368,9 +376,17 @@ impl<S: StudioApi> Dispatcher<S> {
             } else if reconciling && tasks.is_empty() {
                 reconciling = false;
             }
-            // Before deciding anything from the ledger, or waiting, record what
-            // has settled.
-            self.flush(&mut settled).await?;
+            // Before deciding anything from the ledger, or waiting for a due
+            // time, record what has settled. While every request slot is busy
+            // the loop only waits for one to free up: outcomes then wait for
+            // their batch (`FLUSH_AT`, `FLUSH_EVERY`), rather than a commit
+            // of one or two outcomes sitting between each finished request
+            // and the next claim.
+            let busy = free == 0 && !tasks.is_empty();
+            if !busy {
+                self.flush(&mut settled).await?;
+                last_flush = std::time::Instant::now();
+            }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 self.sweep_expired(run_id).await?;
                 if self.store.is_shared() && self.take_over_expired(run_id).await? > 0 {
@@ -432,9 +448,13 @@ impl<S: StudioApi> Dispatcher<S> {
                     }
                 }
             } else {
-                let wait = match self.store.next_due_at(run_id, self.now_ms()).await? {
-                    Some(due) if free > 0 => Duration::from_millis((due - self.now_ms()).max(1) as u64),
-                    _ => self.settings.idle_poll,
+                let wait = match busy {
+                    true if settled.is_empty() => self.settings.idle_poll,
+                    true => FLUSH_EVERY.saturating_sub(last_flush.elapsed()),
+                    false => match self.store.next_due_at(run_id, self.now_ms()).await? {
+                        Some(due) if free > 0 => Duration::from_millis((due - self.now_ms()).max(1) as u64),
+                        _ => self.settings.idle_poll,
+                    },
                 };
                 tokio::select! {
                     done = tasks.join_next() => {

@@ -559,6 +559,33 @@ impl Store {
         }
     }
 
+    /// [`claim_due`](Self::claim_due), then the run's next due time as
+    /// [`next_due_at`](Self::next_due_at) sees it once the claim is committed
+    /// (on SQLite in the same trip to the blocking pool): the run loop's next
+    /// pass knows from it whether more jobs are due without asking again.
+    pub async fn claim_due_then_next(
+        &self,
+        run_id: i64,
+        now: i64,
+        limit: usize,
+        only_ambiguous: bool,
+        limits: ContactLimits,
+    ) -> Result<(Vec<ClaimedJob>, Option<i64>)> {
+        match &self.db {
+            Db::Sqlite(db) => {
+                write(db, move |c| {
+                    let jobs = sqlite::jobs::claim_due(c, run_id, now, limit, only_ambiguous, &limits)?;
+                    Ok((jobs, sqlite::jobs::next_due_at(c, run_id, now)?))
+                })
+                .await
+            }
+            Db::Postgres(pg) => {
+                let jobs = postgres::jobs::claim_due(pg, run_id, now, limit, only_ambiguous, &limits).await?;
+                Ok((jobs, postgres::jobs::next_due_at(pg, run_id, now).await?))
+            }
+        }
+    }
+
     /// Records attempt outcomes and Studio calls in one transaction; returns
     /// how many outcomes applied (a job that changed state meanwhile is left).
     /// A job sent is due to be read back `outcome_after` later.

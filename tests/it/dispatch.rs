@@ -2,11 +2,13 @@
 //! contact, the three 409 policies, adoption of our own Executions, retries.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use flowcast::dispatch::RunEnd;
-use flowcast::domain::FlowSid;
+use flowcast::dispatch::{DispatchSettings, Dispatcher, RateLimits, RunEnd};
+use flowcast::domain::{FlowSid, JobState};
+use flowcast::schedule::SystemClock;
 use flowcast::store::JobRow;
 use flowcast::studio::simulator::{SimConfig, Simulator};
 use flowcast::studio::{CreateRequest, Execution, HttpStudio, ListFilter, Step, StudioApi, StudioError, StudioResult};
@@ -250,15 +252,31 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
     assert_eq!(sim.executions().len(), 3, "exactly one Execution per contact");
 }
 
-/// Wraps a Studio and fails the first `n` creates with the given error.
+/// Wraps a Studio: fails the first `remaining` creates with `error`, and
+/// with `hold`, keeps the create numbered `hold.0` (from 0) waiting until
+/// `hold.1` gives it a permit.
 struct FailingCreates {
     inner: HttpStudio,
     remaining: AtomicU32,
     error: StudioError,
+    hold: Option<(u32, Arc<tokio::sync::Semaphore>)>,
+    creates: AtomicU32,
+}
+
+impl FailingCreates {
+    fn new(inner: HttpStudio, failures: u32, error: StudioError) -> Self {
+        FailingCreates { inner, remaining: AtomicU32::new(failures), error, hold: None, creates: AtomicU32::new(0) }
+    }
 }
 
 impl StudioApi for FailingCreates {
     async fn create_execution(&self, flow: &FlowSid, request: &CreateRequest) -> StudioResult<Execution> {
+        let n = self.creates.fetch_add(1, Ordering::SeqCst);
+        if let Some((held, gate)) = &self.hold
+            && n == *held
+        {
+            let _go = gate.acquire().await.expect("the gate is never closed");
+        }
         if self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(self.error.clone());
         }
@@ -291,11 +309,11 @@ async fn transient_failures_are_retried_with_backoff_until_they_succeed() {
     app.write("c.csv", contacts_csv(&phones(1)));
     app.write("c.toml", campaign_toml("c.csv", ""));
     let run = app.start_run("c.toml").await;
-    let studio = FailingCreates {
-        inner: http_studio(&sim.url()),
-        remaining: AtomicU32::new(2),
-        error: StudioError::Transient { message: "HTTP 503".into(), status: Some(503), ambiguous: false },
-    };
+    let studio = FailingCreates::new(
+        http_studio(&sim.url()),
+        2,
+        StudioError::Transient { message: "HTTP 503".into(), status: Some(503), ambiguous: false },
+    );
 
     app.dispatch_with(run, studio, 1000).await;
 
@@ -313,11 +331,11 @@ async fn transient_failures_past_the_bound_fail_the_job_with_the_last_error() {
     app.write("c.csv", contacts_csv(&phones(1)));
     app.write("c.toml", campaign_toml("c.csv", ""));
     let run = app.start_run("c.toml").await;
-    let studio = FailingCreates {
-        inner: http_studio(&sim.url()),
-        remaining: AtomicU32::new(100),
-        error: StudioError::Transient { message: "connection reset".into(), status: None, ambiguous: true },
-    };
+    let studio = FailingCreates::new(
+        http_studio(&sim.url()),
+        100,
+        StudioError::Transient { message: "connection reset".into(), status: None, ambiguous: true },
+    );
 
     app.dispatch_with(run, studio, 1000).await;
 
@@ -327,6 +345,55 @@ async fn transient_failures_past_the_bound_fail_the_job_with_the_last_error() {
     assert_eq!(rows[0].last_error.as_deref(), Some("connection reset"));
     assert_eq!(rows[0].attempts, i64::from(fast_settings().max_failures));
     assert!(sim.executions().is_empty());
+}
+
+#[tokio::test]
+async fn an_outcome_is_recorded_while_every_request_slot_is_still_busy() {
+    // One request slot: the second contact's create hangs while the first's
+    // outcome waits to be recorded. The loop must not wait for a slot to
+    // free up (nor its idle poll, a minute here) before recording it.
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(2)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let studio = FailingCreates {
+        hold: Some((1, Arc::clone(&gate))),
+        ..FailingCreates::new(
+            http_studio(&sim.url()),
+            0,
+            StudioError::Transient { message: "unused".into(), status: None, ambiguous: false },
+        )
+    };
+    let settings = DispatchSettings { concurrency: 1, idle_poll: Duration::from_secs(60), ..fast_settings() };
+    let dispatcher = Arc::new(Dispatcher::new(
+        app.store().await,
+        Arc::new(studio),
+        Arc::new(SystemClock),
+        settings,
+        Arc::new(RateLimits::new(1000)),
+    ));
+    let running = tokio::spawn({
+        let dispatcher = Arc::clone(&dispatcher);
+        async move { dispatcher.run_to_end(run).await.unwrap() }
+    });
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let states = loop {
+        let states: Vec<JobState> = jobs(&app, run).await.iter().map(|j| j.state).collect();
+        if states.contains(&JobState::Sent) || tokio::time::Instant::now() > deadline {
+            break states;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(states, [JobState::Sent, JobState::Dispatching], "the first outcome while the second create hangs");
+    assert_eq!(sim.executions().len(), 1);
+
+    gate.add_permits(1);
+    let end = tokio::time::timeout(Duration::from_secs(20), running).await.expect("the run ends").unwrap();
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+    assert!(jobs(&app, run).await.iter().all(|j| j.state == JobState::Sent));
 }
 
 #[tokio::test]
