@@ -22,9 +22,9 @@ use crate::schedule::Clock;
 use crate::store::{RunCounts, RunRow, SettledJob, Store, StoreError};
 use crate::studio::{StudioApi, TwilioError};
 
-/// Settled outcomes are committed together once this many are waiting, or once
-/// the oldest has waited this long (and always before the loop waits or decides
-/// anything from the ledger).
+/// Settled outcomes are committed together once this many are waiting, or this
+/// long after the last commit (and always before the loop reads the run's
+/// state or waits for a due time with a request slot free).
 const FLUSH_AT: usize = 256;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
@@ -318,7 +318,7 @@ impl<S: StudioApi> Dispatcher<S> {
         // Jobs found mid-dispatch are reconciled before anything new is sent.
         let mut reconciling = recovered > 0;
         // The ledger had more jobs due right after the last claim: the next
-        // pass claims without asking it again (once; then it asks).
+        // pass with a free request slot claims without asking it again.
         let mut more_due = false;
 
         loop {
@@ -340,10 +340,26 @@ impl<S: StudioApi> Dispatcher<S> {
             {
                 // Take a send token first and claim after, so that a job is
                 // `dispatching` only while its request is about to go out: a pause
-                // or a crash then finds almost nothing in flight.
-                tokio::select! {
-                    _ = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate) => {}
-                    _ = self.shutdown.cancelled() => break,
+                // or a crash then finds almost nothing in flight. The wait can be
+                // long (a 429's Retry-After holds every create): outcomes settled
+                // before it are recorded on their batch's deadline meanwhile.
+                // The token is reserved when the wait starts, so it is one wait,
+                // polled across the flushes.
+                let ready = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate);
+                tokio::pin!(ready);
+                let cancelled = loop {
+                    let flush_in = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
+                    tokio::select! {
+                        _ = &mut ready => break false,
+                        _ = self.shutdown.cancelled() => break true,
+                        _ = tokio::time::sleep(flush_in), if !settled.is_empty() => {
+                            self.flush(&mut settled).await?;
+                            last_flush = std::time::Instant::now();
+                        }
+                    }
+                };
+                if cancelled {
+                    break;
                 }
                 let mut tokens = 1;
                 while tokens < free && self.limits.try_acquire(&ctx.campaign, ctx.campaign_rate) {
@@ -376,8 +392,8 @@ impl<S: StudioApi> Dispatcher<S> {
             } else if reconciling && tasks.is_empty() {
                 reconciling = false;
             }
-            // Before deciding anything from the ledger, or waiting for a due
-            // time, record what has settled. While every request slot is busy
+            // Before reading the run's state or waiting for a due time, record
+            // what has settled. While every request slot is busy
             // the loop only waits for one to free up: outcomes then wait for
             // their batch (`FLUSH_AT`, `FLUSH_EVERY`), rather than a commit
             // of one or two outcomes sitting between each finished request

@@ -379,21 +379,80 @@ async fn an_outcome_is_recorded_while_every_request_slot_is_still_busy() {
         async move { dispatcher.run_to_end(run).await.unwrap() }
     });
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let states = loop {
-        let states: Vec<JobState> = jobs(&app, run).await.iter().map(|j| j.state).collect();
-        if states.contains(&JobState::Sent) || tokio::time::Instant::now() > deadline {
-            break states;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(states, [JobState::Sent, JobState::Dispatching], "the first outcome while the second create hangs");
+    // (If the first create took over 200 ms, its outcome may be recorded
+    // before the second job is claimed: the states then pass through
+    // [Sent, Pending] first.)
+    let expected = [JobState::Sent, JobState::Dispatching];
+    let rows = jobs_once(&app, run, |rows| states(rows) == expected).await;
+    assert_eq!(states(&rows), expected, "the first outcome while the second create hangs");
     assert_eq!(sim.executions().len(), 1);
 
     gate.add_permits(1);
     let end = tokio::time::timeout(Duration::from_secs(20), running).await.expect("the run ends").unwrap();
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
     assert!(jobs(&app, run).await.iter().all(|j| j.state == JobState::Sent));
+}
+
+/// The run's jobs once `done` holds for them, or as they are after 20 s.
+async fn jobs_once(app: &TestApp, run: i64, done: impl Fn(&[JobRow]) -> bool) -> Vec<JobRow> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = jobs(app, run).await;
+        if done(&rows) || tokio::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn states(rows: &[JobRow]) -> Vec<JobState> {
+    rows.iter().map(|j| j.state).collect()
+}
+
+#[tokio::test]
+async fn an_outcome_is_recorded_while_a_429_holds_every_create() {
+    // The first create is throttled for a minute; the run loop then waits
+    // for a send token for the second job. The first job's outcome (back to
+    // pending, due after the hold) must not wait with it.
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(2)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml").await;
+    let throttled = StudioError::Throttled {
+        error: flowcast::studio::TwilioError {
+            status: 429,
+            code: Some(20429),
+            message: "Too Many Requests".into(),
+            more_info: None,
+            details: Vec::new(),
+        },
+        retry_after: Some(Duration::from_secs(60)),
+    };
+    let studio = FailingCreates::new(http_studio(&sim.url()), 1, throttled);
+    let settings = DispatchSettings { concurrency: 1, ..fast_settings() };
+    let dispatcher = Arc::new(Dispatcher::new(
+        app.store().await,
+        Arc::new(studio),
+        Arc::new(SystemClock),
+        settings,
+        Arc::new(RateLimits::new(1000)),
+    ));
+    let running = tokio::spawn({
+        let dispatcher = Arc::clone(&dispatcher);
+        async move { dispatcher.run_to_end(run).await.unwrap() }
+    });
+
+    let held_past = chrono::Utc::now().timestamp_millis() + 30_000;
+    let rows = jobs_once(&app, run, |rows| rows[0].due_at > held_past).await;
+    assert_eq!(states(&rows), [JobState::Pending, JobState::Pending], "the throttled job is back during the hold");
+    assert!(rows[0].due_at > held_past, "due after the Retry-After");
+    assert_eq!(rows[0].attempts, 0, "a 429 is no attempt");
+    assert!(sim.executions().is_empty(), "nothing is sent during the hold");
+
+    dispatcher.shutdown_token().cancel();
+    let end = tokio::time::timeout(Duration::from_secs(20), running).await.expect("the run stops").unwrap();
+    assert!(matches!(end, RunEnd::Interrupted), "{end:?}");
 }
 
 #[tokio::test]
