@@ -367,17 +367,7 @@ async fn an_outcome_is_recorded_while_every_request_slot_is_still_busy() {
         )
     };
     let settings = DispatchSettings { concurrency: 1, idle_poll: Duration::from_secs(60), ..fast_settings() };
-    let dispatcher = Arc::new(Dispatcher::new(
-        app.store().await,
-        Arc::new(studio),
-        Arc::new(SystemClock),
-        settings,
-        Arc::new(RateLimits::new(1000)),
-    ));
-    let running = tokio::spawn({
-        let dispatcher = Arc::clone(&dispatcher);
-        async move { dispatcher.run_to_end(run).await.unwrap() }
-    });
+    let (_dispatcher, running) = spawn_dispatch(&app, run, studio, settings).await;
 
     // (If the first create took over 200 ms, its outcome may be recorded
     // before the second job is claimed: the states then pass through
@@ -391,6 +381,27 @@ async fn an_outcome_is_recorded_while_every_request_slot_is_still_busy() {
     let end = tokio::time::timeout(Duration::from_secs(20), running).await.expect("the run ends").unwrap();
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
     assert!(jobs(&app, run).await.iter().all(|j| j.state == JobState::Sent));
+}
+
+/// Dispatches `run` to its end in a task of its own (at 1,000/s).
+async fn spawn_dispatch<S: StudioApi>(
+    app: &TestApp,
+    run: i64,
+    studio: S,
+    settings: DispatchSettings,
+) -> (Arc<Dispatcher<S>>, tokio::task::JoinHandle<RunEnd>) {
+    let dispatcher = Arc::new(Dispatcher::new(
+        app.store().await,
+        Arc::new(studio),
+        Arc::new(SystemClock),
+        settings,
+        Arc::new(RateLimits::new(1000)),
+    ));
+    let running = tokio::spawn({
+        let dispatcher = Arc::clone(&dispatcher);
+        async move { dispatcher.run_to_end(run).await.unwrap() }
+    });
+    (dispatcher, running)
 }
 
 /// The run's jobs once `done` holds for them, or as they are after 20 s.
@@ -431,17 +442,7 @@ async fn an_outcome_is_recorded_while_a_429_holds_every_create() {
     };
     let studio = FailingCreates::new(http_studio(&sim.url()), 1, throttled);
     let settings = DispatchSettings { concurrency: 1, ..fast_settings() };
-    let dispatcher = Arc::new(Dispatcher::new(
-        app.store().await,
-        Arc::new(studio),
-        Arc::new(SystemClock),
-        settings,
-        Arc::new(RateLimits::new(1000)),
-    ));
-    let running = tokio::spawn({
-        let dispatcher = Arc::clone(&dispatcher);
-        async move { dispatcher.run_to_end(run).await.unwrap() }
-    });
+    let (dispatcher, running) = spawn_dispatch(&app, run, studio, settings).await;
 
     let held_past = chrono::Utc::now().timestamp_millis() + 30_000;
     let rows = jobs_once(&app, run, |rows| rows[0].due_at > held_past).await;
