@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0002_job_pages.sql"),
     include_str!("../../../migrations/postgres/0003_run_summaries.sql"),
     include_str!("../../../migrations/postgres/0004_jobs_version.sql"),
+    include_str!("../../../migrations/postgres/0005_outbox_counts.sql"),
 ];
 
 /// How long a claim, an import or the leader role holds without renewal:

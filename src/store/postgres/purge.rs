@@ -280,6 +280,8 @@ mod tests {
             )
             .await
             .unwrap();
+        let counts = |c: crate::store::OutboxCounts| (c.pending, c.delivered, c.gave_up);
+        assert_eq!(counts(store.outbox_counts().await.unwrap()), (1, 1, 0), "an event written delivered counts");
         assert!(store.finish_run_if_done(id, T0 + 10).await.unwrap());
         client.execute("UPDATE jobs SET state = 'sent' WHERE run_id = $1", &[&keep]).await.unwrap();
         assert!(store.finish_run_if_done(keep, T0 + 10).await.unwrap());
@@ -328,6 +330,7 @@ mod tests {
         let events: Vec<String> =
             client.query("SELECT event_id FROM outbox", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
         assert_eq!(events, ["evt_2"], "an event not delivered yet stays");
+        assert_eq!(counts(store.outbox_counts().await.unwrap()), (1, 0, 0), "the purged event no longer counts");
         let rows: Vec<(i64, i64)> = client
             .query("SELECT run_id, COUNT(*) FROM import_rows GROUP BY run_id", &[])
             .await

@@ -45,6 +45,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0015_run_summaries.sql")),
         M::up(include_str!("../../../migrations/0016_jobs_version.sql")),
         M::up(include_str!("../../../migrations/0017_finished_index.sql")),
+        M::up(include_str!("../../../migrations/0018_outbox_counts.sql")),
     ])
 }
 

@@ -68,26 +68,139 @@ pub fn failed(conn: &Connection, id: i64, error: &str, retry_at: Option<i64>, no
     Ok(())
 }
 
+/// Delivered and given-up events from the tally the outbox's triggers keep;
+/// pending ones counted through the index that holds only them (not a read
+/// of every event ever written).
 pub fn counts(conn: &Connection) -> Result<OutboxCounts> {
-    Ok(conn.query_row(
-        "SELECT COALESCE(SUM(delivered_at IS NULL AND gave_up_at IS NULL), 0), \
-                COALESCE(SUM(delivered_at IS NOT NULL), 0), COALESCE(SUM(gave_up_at IS NOT NULL), 0) FROM outbox",
-        [],
-        |r| Ok(OutboxCounts { pending: r.get(0)?, delivered: r.get(1)?, gave_up: r.get(2)? }),
-    )?)
+    Ok(conn
+        .prepare_cached(COUNTS_SQL)?
+        .query_row([], |r| Ok(OutboxCounts { pending: r.get(0)?, delivered: r.get(1)?, gave_up: r.get(2)? }))?)
 }
 
+pub(super) const COUNTS_SQL: &str = "SELECT (SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND gave_up_at IS NULL), delivered, gave_up \
+     FROM outbox_tally WHERE id = 1";
+
 /// A page of events by id; `state` is `pending`, `delivered`, `gave_up` or
-/// `None` for all.
+/// `None` for all. Each filter is written as its partial index's condition,
+/// so that a pending or given-up page reads only those events.
 pub fn page(conn: &Connection, state: Option<&str>, after: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
+    let mut stmt = conn.prepare(&page_sql(state))?;
+    let rows = stmt.query_map(params![after, limit], from_row)?.collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+pub(super) fn page_sql(state: Option<&str>) -> String {
     let filter = match state {
         Some("pending") => "delivered_at IS NULL AND gave_up_at IS NULL",
         Some("delivered") => "delivered_at IS NOT NULL",
         Some("gave_up") => "gave_up_at IS NOT NULL",
         _ => "1",
     };
-    let mut stmt =
-        conn.prepare(&format!("SELECT {COLUMNS} FROM outbox WHERE id > ?1 AND {filter} ORDER BY id LIMIT ?2"))?;
-    let rows = stmt.query_map(params![after, limit], from_row)?.collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+    format!("SELECT {COLUMNS} FROM outbox WHERE id > ?1 AND {filter} ORDER BY id LIMIT ?2")
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, params};
+
+    use super::super::Sqlite;
+    use super::{COUNTS_SQL, counts, page_sql};
+
+    fn add(conn: &Connection, id: i64, delivered: Option<i64>, gave_up: Option<i64>) {
+        conn.execute(
+            "INSERT INTO outbox (id, event_id, event_type, run_id, job_id, url, body, created_at, next_attempt_at, \
+                                 delivered_at, gave_up_at) VALUES (?1, 'evt_' || ?1, 'job.failed', 1, ?1, 'u', '{}', 0, 0, ?2, ?3)",
+            params![id, delivered, gave_up],
+        )
+        .unwrap();
+    }
+
+    /// The counts as a read of every event gives them.
+    fn counted(conn: &Connection) -> (i64, i64, i64) {
+        conn.query_row(
+            "SELECT COALESCE(SUM(delivered_at IS NULL AND gave_up_at IS NULL), 0), \
+                    COALESCE(SUM(delivered_at IS NOT NULL), 0), COALESCE(SUM(gave_up_at IS NOT NULL), 0) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    }
+
+    fn kept(conn: &Connection) -> (i64, i64, i64) {
+        let c = counts(conn).unwrap();
+        (c.pending, c.delivered, c.gave_up)
+    }
+
+    fn plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        plan.join("; ")
+    }
+
+    /// Whatever writes an event (written delivered, delivered, given up, put
+    /// back, deleted by a purge), the kept counts are the ones a read of
+    /// every event gives.
+    #[test]
+    fn the_outbox_counts_follow_every_change_to_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
+        let conn = ledger.writer();
+        assert_eq!(kept(&conn), (0, 0, 0));
+        for id in 1..=6 {
+            add(&conn, id, None, None);
+        }
+        add(&conn, 7, Some(5), None);
+        add(&conn, 8, None, Some(5));
+        assert_eq!(kept(&conn), (6, 1, 1));
+        super::delivered(&conn, 1, 10).unwrap();
+        super::delivered(&conn, 2, 10).unwrap();
+        super::failed(&conn, 3, "HTTP 500", Some(20), 10).unwrap();
+        super::failed(&conn, 4, "HTTP 410", None, 10).unwrap();
+        // Delivered again (a duplicate answer) changes nothing.
+        super::delivered(&conn, 1, 11).unwrap();
+        assert_eq!(kept(&conn), (3, 3, 2));
+        conn.execute("UPDATE outbox SET gave_up_at = NULL, next_attempt_at = 30 WHERE id = 4", []).unwrap();
+        conn.execute("DELETE FROM outbox WHERE id IN (1, 5, 8)", []).unwrap();
+        assert_eq!(kept(&conn), counted(&conn));
+        assert_eq!(kept(&conn), (3, 2, 0));
+    }
+
+    /// A ledger from before the kept counts has them from its events once
+    /// upgraded.
+    #[test]
+    fn an_upgraded_ledger_counts_the_events_it_already_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("flowcast.db")).unwrap();
+        super::super::migrations().to_version(&mut conn, 17).unwrap();
+        add(&conn, 1, None, None);
+        add(&conn, 2, Some(5), None);
+        add(&conn, 3, Some(5), None);
+        add(&conn, 4, None, Some(5));
+        super::super::migrations().to_latest(&mut conn).unwrap();
+        assert_eq!(kept(&conn), (1, 2, 1));
+    }
+
+    /// Counting the outbox and a page of pending or given-up events read
+    /// those events alone: the outbox keeps every event until the retention
+    /// purge, and a read of all of them took seconds at millions.
+    #[test]
+    fn the_outbox_counts_and_pages_read_no_event_they_do_not_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
+        let conn = ledger.reader();
+        let counts = plan(&conn, COUNTS_SQL, []);
+        assert!(counts.contains("outbox_tally"), "{counts}");
+        assert!(!counts.split("; ").any(|step| step == "SCAN outbox"), "no read of every event: {counts}");
+        assert!(counts.contains("INDEX outbox_pending") || counts.contains("INDEX outbox_due"), "{counts}");
+        for (state, index) in [("pending", "outbox_pending (id>?)"), ("gave_up", "outbox_gave_up (id>?)")] {
+            let page = plan(&conn, &page_sql(Some(state)), params![0, 50]);
+            assert!(page.contains(&format!("USING INDEX {index}")), "{state}: {page}");
+            assert!(!page.contains("TEMP B-TREE"), "{state}: {page}");
+        }
+    }
 }
