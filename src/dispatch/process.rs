@@ -151,11 +151,15 @@ impl<S: StudioApi> Dispatcher<S> {
             if !matches!(result, Err(StudioError::Throttled { .. })) {
                 *sent += 1;
             }
+            // The Parameters sent are the job's own (`jobs.parameters`) with
+            // the `flowcast` key naming campaign, run and job: the job row
+            // keeps them, and this record goes when the job does (a purge),
+            // so a copy here only doubled each create's record.
             self.audit(
                 ctx,
                 job,
                 "create",
-                format!("To={} From={} Parameters={}", request.to, request.from, request.parameters),
+                format!("To={} From={}", request.to, request.from),
                 &result.as_ref().map(|e| e.sid.clone()),
                 None,
             );
@@ -453,10 +457,10 @@ impl<S: StudioApi> Dispatcher<S> {
         note: Option<String>,
     ) {
         let (http_status, response, outcome, execution_sid) = match result {
-            Ok(detail) => {
-                let sid = detail.starts_with("FN").then(|| detail.clone());
-                (None, Some(detail.clone()), "ok".to_string(), sid)
-            }
+            // An answer that is an Execution SID is kept once, as the
+            // record's `execution_sid`.
+            Ok(detail) if detail.starts_with("FN") => (None, None, "ok".to_string(), Some(detail.clone())),
+            Ok(detail) => (None, Some(detail.clone()), "ok".to_string(), None),
             Err(e) => {
                 let sid = match e {
                     StudioError::Conflict { active_sid, .. } => active_sid.as_ref().map(|s| s.to_string()),

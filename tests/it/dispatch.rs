@@ -56,6 +56,39 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
     }
 }
 
+/// A create's audit record names the contact, the sender and the Execution;
+/// what else was sent is the job's own Parameters with the `flowcast` key,
+/// which the job row keeps (a copy in every record doubled its size).
+#[tokio::test]
+async fn a_creates_record_and_its_job_say_together_what_was_sent() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    app.write("few.csv", contacts_csv(&phones(3)));
+    app.write("few.toml", campaign_toml("few.csv", ""));
+    let run = app.start_run("few.toml").await;
+    let end = app.dispatch(run, &sim.url()).await;
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+    let executions = sim.executions();
+    assert_eq!(executions.len(), 3);
+    let rows = ledger_rows(
+        &app,
+        "SELECT c.request, c.response, c.execution_sid, j.execution_sid, j.parameters, j.id, j.phone \
+         FROM studio_calls c JOIN jobs j ON j.id = c.job_id WHERE c.operation = 'create' ORDER BY c.id",
+    );
+    assert_eq!(rows.len(), 3, "one record per create: {rows:?}");
+    for r in &rows {
+        let phone = r[6].as_str().unwrap();
+        assert_eq!(r[0], json!(format!("To={phone} From=+15017122661")), "{r:?}");
+        assert_eq!(r[1], serde_json::Value::Null, "the SID is kept once: {r:?}");
+        assert_eq!(r[2], r[3], "{r:?}");
+        let sent = executions.iter().find(|e| json!(e.sid) == r[2]).expect("the recorded Execution exists");
+        assert_eq!(sent.to, phone);
+        let mut parameters: serde_json::Value = serde_json::from_str(r[4].as_str().unwrap()).unwrap();
+        parameters["flowcast"] = json!({ "campaign": "few", "run": run, "job": r[5] });
+        assert_eq!(sent.parameters, parameters, "the job's Parameters and key are what was sent");
+    }
+}
+
 #[tokio::test]
 async fn skip_policy_creates_nothing_for_active_contacts_and_records_the_active_sid() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
