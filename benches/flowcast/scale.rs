@@ -8,7 +8,9 @@
 //! migrations) and filled with direct inserts shaped as a dispatch leaves its
 //! rows: a sent job with its Execution SID, send and outcome times and read-back
 //! outcome, its `create` audit record; a few failed and skipped jobs and
-//! refused CSV rows. Building takes minutes, so the file is kept under
+//! refused CSV rows; and, as every campaign had `notify`, one event per job in
+//! the outbox (delivered, but for the newest run's last ones: given up, then
+//! pending, as while a receiver is down). Building takes minutes, so the file is kept under
 //! `target/bench-scale/` and reused while its sizes and layout version match.
 
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ use super::{FLOW, Folders, ServeProcess, SimProcess, Store, load_average, proc_p
 
 /// Bump when the rows the builder writes change, so a cached ledger of the
 /// old layout is not reused.
-const LAYOUT: u32 = 2;
+const LAYOUT: u32 = 3;
 
 #[derive(Clone, Copy, Debug)]
 struct Sizes {
@@ -34,13 +36,23 @@ struct Sizes {
     big_run: usize,
     /// Requests per API route.
     requests: usize,
+    /// The newest run's last events: this many pending, and before them
+    /// as many given up.
+    undelivered: usize,
 }
 
 fn sizes() -> Sizes {
     if std::env::var("FLOWCAST_BENCH_SMOKE").is_ok() {
-        Sizes { jobs: 20_000, campaigns: 20, runs_per_campaign: 5, big_run: 2_000, requests: 3 }
+        Sizes { jobs: 20_000, campaigns: 20, runs_per_campaign: 5, big_run: 2_000, requests: 3, undelivered: 100 }
     } else {
-        Sizes { jobs: 10_000_000, campaigns: 1_000, runs_per_campaign: 5, big_run: 1_000_000, requests: 5 }
+        Sizes {
+            jobs: 10_000_000,
+            campaigns: 1_000,
+            runs_per_campaign: 5,
+            big_run: 1_000_000,
+            requests: 5,
+            undelivered: 1_000,
+        }
     }
 }
 
@@ -170,6 +182,44 @@ fn build(db: &Path, s: Sizes) -> Value {
                      execution_sid) VALUES (?1, ?2, ?3, 'create', ?4, ?5, ?6, ?7, ?8)",
                 )
                 .unwrap();
+            let mut event = tx
+                .prepare_cached(
+                    "INSERT INTO outbox (event_id, event_type, run_id, job_id, url, body, created_at, attempts, \
+                     next_attempt_at, delivered_at, gave_up_at, last_error) \
+                     VALUES (?1, ?2, ?3, ?4, 'https://hooks.example.com/flowcast', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .unwrap();
+            // One event per job, written when the job settled, as the
+            // triggers write it; delivered a moment later, but the newest
+            // run's last ones.
+            let mut add_event = |job_id: i64,
+                                 k: usize,
+                                 kind: &str,
+                                 at: i64,
+                                 phone: &str,
+                                 state: &str,
+                                 reason: Option<&str>,
+                                 outcome: &str| {
+                let id = format!("evt_{:016x}{:016x}", mix(job_id as u64 ^ 0xe7e7), mix(job_id as u64 ^ 0x7e7e));
+                let time = chrono::DateTime::from_timestamp_millis(at).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+                let body = json!({
+                    "id": id, "type": kind, "time": time.to_string(), "campaign": name, "run": run_id, "job": job_id,
+                    "phone": phone, "state": state, "reason": reason,
+                    "outcome": serde_json::from_str::<Value>(outcome).unwrap(),
+                })
+                .to_string();
+                let last = r + 1 == runs;
+                let (attempts, next, delivered, gave_up, error) = if last && k + s.undelivered >= n {
+                    (3, now + 60_000, None, None, Some("HTTP 503"))
+                } else if last && k + 2 * s.undelivered >= n {
+                    (12, at, None, Some(at + 86_400_000), Some("HTTP 503"))
+                } else {
+                    (1, at, Some(at + 150), None, None)
+                };
+                event
+                    .execute(params![id, kind, run_id, job_id, body, at, attempts, next, delivered, gave_up, error])
+                    .unwrap();
+            };
             let mut refused = tx
                 .prepare_cached(
                     "INSERT INTO import_rows (run_id, line, raw_phone, outcome, reason) \
@@ -223,13 +273,15 @@ fn build(db: &Path, s: Sizes) -> Value {
                             run_id,
                             job_id,
                             sent_at,
-                            format!("To={phone} From=+15017122661 Parameters={params_json}"),
+                            format!("To={phone} From=+15017122661"),
                             400,
                             format!("Studio refused the request (400): {error}"),
                             "invalid",
                             None::<String>,
                         ])
                         .unwrap();
+                        let reason = format!("invalid: {error}");
+                        add_event(job_id, k, "job.failed", sent_at, &phone, "failed", Some(&reason), "null");
                     }
                     2 => {
                         job.execute(params![
@@ -257,6 +309,8 @@ fn build(db: &Path, s: Sizes) -> Value {
                             None::<String>,
                         ])
                         .unwrap();
+                        let reason = Some("suppressed: scope all, STOP received");
+                        add_event(job_id, k, "job.skipped", created, &phone, "skipped", reason, "null");
                     }
                     _ => {
                         let sid = format!("FN{:016x}{:016x}", mix(h), mix(h ^ 1));
@@ -286,21 +340,24 @@ fn build(db: &Path, s: Sizes) -> Value {
                             format!(r#"{{"decision":"{}"}}"#, decisions[pick]),
                         ])
                         .unwrap();
-                        let with_key = format!(
-                            r#"{},"flowcast":{{"campaign":"{name}","run":{run_id},"job":{job_id}}}}}"#,
-                            &params_json[..params_json.len() - 1]
-                        );
+                        // As the dispatcher records a create: To and From (the
+                        // Parameters are the job's), the SID once.
                         call.execute(params![
                             run_id,
                             job_id,
                             sent_at,
-                            format!("To={phone} From=+15017122661 Parameters={with_key}"),
+                            format!("To={phone} From=+15017122661"),
                             None::<i64>,
-                            sid,
+                            None::<String>,
                             "ok",
                             sid,
                         ])
                         .unwrap();
+                        let outcome = format!(
+                            r#"{{"state":"known","status":"ended","ended_in":"{}","values":{{"decision":"{}"}}}}"#,
+                            ended_in[pick], decisions[pick]
+                        );
+                        add_event(job_id, k, "outcome", sent_at + 300_000, &phone, "sent", None, &outcome);
                     }
                 }
             }
@@ -339,19 +396,21 @@ fn build(db: &Path, s: Sizes) -> Value {
     meta
 }
 
-/// The ledger file's size with its WAL checkpointed into it, and what each
-/// table and index takes (from SQLite's `dbstat`, when the build has it).
-fn ledger_bytes(db: &Path) -> (u64, Vec<(String, u64)>) {
+/// The ledger file's size with its WAL checkpointed into it, what the outbox
+/// and its indexes take of it, and what each table and index takes (from
+/// SQLite's `dbstat`, when the build has it).
+fn ledger_bytes(db: &Path) -> (u64, u64, Vec<(String, u64)>) {
     let conn = Connection::open(db).unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap_or(());
     let mut parts: Vec<(String, u64)> = conn
         .prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
         .and_then(|mut st| st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?.collect())
         .unwrap_or_default();
+    let outbox = parts.iter().filter(|(name, _)| name.contains("outbox")).map(|(_, b)| b).sum();
     parts.truncate(16);
     drop(conn);
     let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    (size(db.to_path_buf()) + size(db.with_extension("db-wal")), parts)
+    (size(db.to_path_buf()) + size(db.with_extension("db-wal")), outbox, parts)
 }
 
 /// One campaign file per campaign with a schedule that does not fire while
@@ -443,7 +502,7 @@ pub(super) async fn scenario() -> Value {
     // A ledger built by an older flowcast gets this one's migrations (an
     // index added since), as serve would give it, before it is measured.
     drop(Store::open_path(&db).await.expect("the ledger opens"));
-    let (bytes, parts) = ledger_bytes(&db);
+    let (bytes, outbox_bytes, parts) = ledger_bytes(&db);
     let jobs = meta["jobs"].as_u64().unwrap_or(1).max(1);
     let per_job: Vec<Value> =
         parts.iter().map(|(name, b)| json!({ "name": name, "bytes_per_job": *b as f64 / jobs as f64 })).collect();
@@ -497,6 +556,9 @@ pub(super) async fn scenario() -> Value {
         ("GET /api/runs/{big}/jobs?state=pending".into(), format!("/api/runs/{run}/jobs?state=pending")),
         ("GET /api/problems".into(), "/api/problems".into()),
         ("GET /api/outbox".into(), "/api/outbox".into()),
+        ("GET /api/outbox?state=pending".into(), "/api/outbox?state=pending".into()),
+        ("GET /api/outbox?state=gave_up".into(), "/api/outbox?state=gave_up".into()),
+        ("GET /api/outbox?state=delivered".into(), "/api/outbox?state=delivered".into()),
         ("GET /api/instances".into(), "/api/instances".into()),
         ("GET /api/suppressions".into(), "/api/suppressions".into()),
     ];
@@ -534,6 +596,7 @@ pub(super) async fn scenario() -> Value {
     json!({
         "jobs": jobs, "runs": meta["runs"], "campaigns": s.campaigns, "in_force": in_force, "big_run": big,
         "ledger_bytes": bytes, "bytes_per_job": bytes as f64 / jobs as f64, "parts": per_job,
+        "bytes_per_job_without_events": bytes.saturating_sub(outbox_bytes) as f64 / jobs as f64,
         "build_seconds": meta["build_seconds"],
         "serve_startup_s": startup_s, "serve_rss_idle_mb": rss_idle, "serve_rss_end_mb": rss_end,
         "summarised_s": summarised_s, "serve_rss_summarised_mb": rss_summarised,
@@ -611,7 +674,11 @@ pub(super) fn rows(r: &Value) -> Vec<(String, String, String, String)> {
     vec![
         (
             format!("scale: ledger of {size}"),
-            format!("{:.0} bytes per finished job", f(&r["bytes_per_job"])),
+            format!(
+                "{:.0} bytes per finished job, {:.0} without its event",
+                f(&r["bytes_per_job"]),
+                f(&r["bytes_per_job_without_events"])
+            ),
             format!("{:.2} GB in all; per job: {}", f(&r["ledger_bytes"]) / 1e9, parts.join(", ")),
             "≤ 300 bytes per finished job".into(),
         ),

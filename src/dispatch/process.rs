@@ -457,10 +457,13 @@ impl<S: StudioApi> Dispatcher<S> {
         note: Option<String>,
     ) {
         let (http_status, response, outcome, execution_sid) = match result {
-            // An answer that is an Execution SID is kept once, as the
+            // A create's answer, the Execution's SID, is kept once, as the
             // record's `execution_sid`.
-            Ok(detail) if detail.starts_with("FN") => (None, None, "ok".to_string(), Some(detail.clone())),
-            Ok(detail) => (None, Some(detail.clone()), "ok".to_string(), None),
+            Ok(detail) if operation == "create" => (None, None, "ok".to_string(), Some(detail.clone())),
+            Ok(detail) => {
+                let sid = detail.starts_with("FN").then(|| detail.clone());
+                (None, Some(detail.clone()), "ok".to_string(), sid)
+            }
             Err(e) => {
                 let sid = match e {
                     StudioError::Conflict { active_sid, .. } => active_sid.as_ref().map(|s| s.to_string()),

@@ -176,7 +176,7 @@ mod tests {
     fn an_upgraded_ledger_counts_the_events_it_already_had() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("flowcast.db")).unwrap();
-        super::super::migrations().to_version(&mut conn, 17).unwrap();
+        super::super::migrations().to_version(&mut conn, 16).unwrap();
         add(&conn, 1, None, None);
         add(&conn, 2, Some(5), None);
         add(&conn, 3, Some(5), None);
