@@ -170,17 +170,6 @@ impl Pacer {
     }
 }
 
-/// How much wider than the pacer's window the send log spaces creates after
-/// a 429, per 429 (each at most one a window apart), up to `WIDEN_MAX` steps;
-/// a step is given back after each `WIDEN_HOLD` without a 429. The first
-/// 429 says that, on this machine now, the delay between a create's
-/// admission and Studio's count of its arrival varies by more than the 1 %
-/// margin; without widening, the next window draws the same 429, and each
-/// holds every create for the second Studio asks.
-const WIDEN_STEP: f64 = 0.01;
-const WIDEN_MAX: u32 = 4;
-const WIDEN_HOLD: Duration = Duration::from_secs(30);
-
 /// The account's creates as they actually go out, one sliding window long.
 ///
 /// The pacer spaces the grants; between a grant and its request sit a claim
@@ -190,59 +179,17 @@ const WIDEN_HOLD: Duration = Duration::from_secs(30);
 /// Studio, counting arrivals, refuses the one over its cap with a 429 that
 /// holds every create for a second. This log holds a create back, right
 /// before it goes, until it is a whole window after the create `cap` places
-/// before it; on an undisturbed grid it never waits. After a 429 its window
-/// widens (see `WIDEN_STEP`).
+/// before it; on an undisturbed grid it never waits.
 #[derive(Debug)]
 struct SendLog {
     cap: usize,
     window: Duration,
-    state: Mutex<SendState>,
-}
-
-#[derive(Debug, Default)]
-struct SendState {
-    sent: VecDeque<Instant>,
-    /// Steps of `WIDEN_STEP` in force, and when the last was added or given back.
-    widened: u32,
-    widened_at: Option<Instant>,
-}
-
-impl SendState {
-    /// Gives back the steps that have gone a `WIDEN_HOLD` without a 429.
-    fn narrow(&mut self, now: Instant) {
-        while self.widened > 0 && self.widened_at.is_some_and(|at| now >= at + WIDEN_HOLD) {
-            self.widened -= 1;
-            self.widened_at = self.widened_at.map(|at| at + WIDEN_HOLD);
-        }
-    }
+    sent: Mutex<VecDeque<Instant>>,
 }
 
 impl SendLog {
     fn new(pacer: &Pacer) -> Self {
-        SendLog { cap: pacer.cap, window: pacer.window, state: Mutex::new(SendState::default()) }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, SendState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The window in force now.
-    fn window(&self, state: &mut SendState, now: Instant) -> Duration {
-        state.narrow(now);
-        self.window.mul_f64(1.0 + WIDEN_STEP * f64::from(state.widened))
-    }
-
-    /// Studio said 429: one step wider, unless a step was added less than a
-    /// window ago (the other creates in flight meet the same 429).
-    fn widen(&self) {
-        let now = Instant::now();
-        let mut state = self.lock();
-        state.narrow(now);
-        let recent = state.widened > 0 && state.widened_at.is_some_and(|at| now < at + self.window);
-        if !recent {
-            state.widened = (state.widened + 1).min(WIDEN_MAX);
-            state.widened_at = Some(now);
-        }
+        SendLog { cap: pacer.cap, window: pacer.window, sent: Mutex::new(VecDeque::new()) }
     }
 
     /// Waits until one more create keeps every sliding window at or under the
@@ -250,18 +197,17 @@ impl SendLog {
     async fn admit(&self) {
         loop {
             let until = {
-                let mut state = self.lock();
+                let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
-                let window = self.window(&mut state, now);
-                while state.sent.front().is_some_and(|&t| t + window <= now) {
-                    state.sent.pop_front();
+                while sent.front().is_some_and(|&t| t + self.window <= now) {
+                    sent.pop_front();
                 }
-                if state.sent.len() >= self.cap {
-                    // The create `cap` places back must be a window behind this one.
-                    state.sent[state.sent.len() - self.cap] + window
-                } else {
-                    state.sent.push_back(now);
-                    return;
+                match sent.front() {
+                    Some(&oldest) if sent.len() >= self.cap => oldest + self.window,
+                    _ => {
+                        sent.push_back(now);
+                        return;
+                    }
                 }
             };
             tokio::time::sleep_until(until).await;
@@ -471,7 +417,6 @@ impl RateLimits {
     /// Studio said 429: hold every create for `delay` (extending, never
     /// shortening, a hold already in place).
     pub fn hold_for(&self, delay: Duration) {
-        self.sends.widen();
         let until = Instant::now() + delay;
         let mut held = self.held_until.lock().unwrap_or_else(|e| e.into_inner());
         if held.is_none_or(|h| h < until) {
@@ -687,43 +632,6 @@ mod tests {
         // within the 3 seconds.
         let in_time = gated.iter().filter(|&&t| t <= end).count();
         assert!(in_time >= 291, "{in_time} of 300 sent within 3 s");
-    }
-
-    /// After a 429 the account's creates go a step wider apart: the 429 says
-    /// the 1 % margin is not room enough for this machine's jitter now, and
-    /// the next window would draw another. Quiet half minutes give it back.
-    #[tokio::test(start_paused = true)]
-    async fn each_429_widens_the_account_window_a_step_until_quiet_gives_it_back() {
-        // cap + 1 creates as fast as the send log lets them: the last waits a window.
-        async fn a_window(limits: &RateLimits) -> Duration {
-            tokio::time::advance(Duration::from_secs(5)).await;
-            let start = Instant::now();
-            for _ in 0..=100 {
-                assert!(limits.send_slot().await.is_none(), "one process: no shared slot");
-            }
-            Instant::now() - start
-        }
-        let close = |got: Duration, want: Duration| got >= want && got - want < Duration::from_millis(2);
-        let limits = RateLimits::new(100);
-        let base = limits.sends.window;
-        assert!(close(a_window(&limits).await, base), "no 429 yet: the pacer's window");
-        limits.hold_for(Duration::ZERO);
-        // The other creates in flight meet the same 429: still one step.
-        limits.hold_for(Duration::ZERO);
-        let wider = a_window(&limits).await;
-        assert!(close(wider, base.mul_f64(1.01)), "{wider:?} after one 429, {base:?} before");
-        let window = || limits.sends.window(&mut limits.sends.lock(), Instant::now());
-        for _ in 0..6 {
-            tokio::time::advance(base).await;
-            limits.hold_for(Duration::ZERO);
-        }
-        let near = |got: Duration, want: Duration| got.abs_diff(want) < Duration::from_micros(1);
-        assert!(near(window(), base.mul_f64(1.04)), "at most four steps: {:?}", window());
-        tokio::time::advance(WIDEN_HOLD).await;
-        assert!(near(window(), base.mul_f64(1.03)), "a quiet half minute gives one back: {:?}", window());
-        tokio::time::advance(WIDEN_HOLD * 3).await;
-        assert_eq!(window(), base);
-        assert!(close(a_window(&limits).await, base), "back to the pacer's window");
     }
 
     #[tokio::test(start_paused = true)]
