@@ -46,13 +46,20 @@ pub(crate) async fn due(pg: &Pg, now: i64, limit: u32) -> Result<Vec<OutboxEvent
     rows.iter().map(from_row).collect()
 }
 
-/// When the next undelivered event is due, if any.
+/// When the next event that [`due`] would return comes due, if any (one
+/// waiting for an earlier event of its job does not count).
 pub(crate) async fn next_due(pg: &Pg) -> Result<Option<i64>> {
     let client = pg.client().await?;
     let row = client
-        .query_one("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL AND gave_up_at IS NULL", &[])
+        .query_opt(
+            "SELECT next_attempt_at FROM outbox o WHERE delivered_at IS NULL AND gave_up_at IS NULL \
+               AND (job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
+                                                  AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)) \
+             ORDER BY next_attempt_at LIMIT 1",
+            &[],
+        )
         .await?;
-    Ok(row.try_get(0)?)
+    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
 }
 
 pub(crate) async fn delivered(pg: &Pg, id: i64, now: i64) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The outbox of signed events: read what is due (in order per job), and
 //! record each delivery attempt.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::{OutboxCounts, OutboxEvent, Result};
 
@@ -40,13 +40,20 @@ pub fn due(conn: &Connection, now: i64, limit: u32) -> Result<Vec<OutboxEvent>> 
     Ok(rows)
 }
 
-/// When the next undelivered event is due, if any.
+/// When the next event that [`due`] would return comes due, if any: an event
+/// waiting for an earlier one of its job does not count (counted, a job's
+/// second event already due behind a first one in backoff had the deliverer
+/// asking again every 10 ms until the first one's retry).
 pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
-    Ok(conn.query_row(
-        "SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL AND gave_up_at IS NULL",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(conn
+        .prepare_cached(
+            "SELECT next_attempt_at FROM outbox o WHERE delivered_at IS NULL AND gave_up_at IS NULL \
+               AND (job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
+                                                  AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)) \
+             ORDER BY next_attempt_at LIMIT 1",
+        )?
+        .query_row([], |r| r.get(0))
+        .optional()?)
 }
 
 pub fn delivered(conn: &Connection, id: i64, now: i64) -> Result<()> {
@@ -168,6 +175,25 @@ mod tests {
         conn.execute("DELETE FROM outbox WHERE id IN (1, 5, 8)", []).unwrap();
         assert_eq!(kept(&conn), counted(&conn));
         assert_eq!(kept(&conn), (3, 2, 0));
+    }
+
+    /// The next due time is that of an event the deliverer may send: a job's
+    /// second event waits for its first, however early its own time.
+    #[test]
+    fn the_next_due_time_skips_an_event_waiting_for_an_earlier_one_of_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
+        let conn = ledger.writer();
+        assert_eq!(super::next_due(&conn).unwrap(), None);
+        add(&conn, 1, None, None);
+        add(&conn, 2, None, None);
+        add(&conn, 3, None, None);
+        conn.execute("UPDATE outbox SET job_id = 7, next_attempt_at = 1000 WHERE id = 1", []).unwrap();
+        conn.execute("UPDATE outbox SET job_id = 7, next_attempt_at = 10 WHERE id = 2", []).unwrap();
+        conn.execute("UPDATE outbox SET job_id = 8, next_attempt_at = 500 WHERE id = 3", []).unwrap();
+        assert_eq!(super::next_due(&conn).unwrap(), Some(500), "event 2 waits for event 1 (its job's first)");
+        super::delivered(&conn, 1, 20).unwrap();
+        assert_eq!(super::next_due(&conn).unwrap(), Some(10));
     }
 
     /// A ledger from before the kept counts has them from its events once
