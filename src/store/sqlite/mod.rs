@@ -79,6 +79,11 @@ impl Sqlite {
         // Its reads are scans of one run's entries in index order: a big
         // cache would only hold pages they never read again.
         reports.pragma_update(None, "cache_size", -8_192).map_err(open_error)?;
+        // Counting a million-job run's outcome values groups them in a
+        // temporary b-tree; held in memory it took 83 MB (in the `sqlite3`
+        // shell; serve peaked at 169-208 MB while keeping summaries at
+        // start), in a temporary file beyond the cache 21 MB.
+        reports.pragma_update(None, "temp_store", "FILE").map_err(open_error)?;
         Ok(Sqlite {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
@@ -202,6 +207,20 @@ mod tests {
         drop(ledger);
         let again = Sqlite::open(&path).unwrap();
         assert_eq!(again.integrity_check().unwrap(), "ok");
+    }
+
+    /// The long reads' sorts and groupings spill to a temporary file beyond
+    /// the connection's small cache, not to memory: a million-job run's
+    /// outcome counts grouped 83 MB in memory. The other connections keep
+    /// theirs in memory (small, frequent: a claim, a purge batch).
+    #[test]
+    fn the_reports_connection_spills_its_temporary_b_trees_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
+        let temp_store = |c: &Connection| c.query_row("PRAGMA temp_store", [], |r| r.get::<_, i64>(0)).unwrap();
+        // 1 is FILE, 2 MEMORY.
+        assert_eq!(temp_store(&ledger.reports()), 1);
+        assert_eq!((temp_store(&ledger.writer()), temp_store(&ledger.reader())), (2, 2));
     }
 
     /// A page of a run's jobs reads the run's entries from `after` on in id
