@@ -33,6 +33,14 @@ pub use types::{
     Suppression,
 };
 
+/// The outbox events the deliverer may send, whatever their time, as SQL on
+/// `outbox o` (both backends): undelivered, not given up, and not behind an
+/// earlier undelivered event of their job, so that receivers see a job's
+/// events in the order they happened.
+const OUTBOX_SENDABLE: &str = "o.delivered_at IS NULL AND o.gave_up_at IS NULL \
+     AND (o.job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
+                                          AND e.delivered_at IS NULL AND e.gave_up_at IS NULL))";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("ledger {path}: {source}")]

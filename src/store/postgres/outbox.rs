@@ -5,7 +5,7 @@
 use tokio_postgres::Row;
 
 use super::Pg;
-use crate::store::{OutboxCounts, OutboxEvent, Result};
+use crate::store::{OUTBOX_SENDABLE, OutboxCounts, OutboxEvent, Result};
 
 const COLUMNS: &str = "id, event_id, event_type, run_id, job_id, url, body, created_at, attempts, next_attempt_at, \
      delivered_at, gave_up_at, last_error";
@@ -35,11 +35,7 @@ pub(crate) async fn due(pg: &Pg, now: i64, limit: u32) -> Result<Vec<OutboxEvent
     let client = pg.client().await?;
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM outbox o \
-             WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1 \
-               AND (job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
-                                                  AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)) \
-             ORDER BY id LIMIT $2"
+            "SELECT {COLUMNS} FROM outbox o WHERE {OUTBOX_SENDABLE} AND next_attempt_at <= $1 ORDER BY id LIMIT $2"
         ))
         .await?;
     let rows = client.query(&stmt, &[&now, &i64::from(limit)]).await?;
@@ -52,10 +48,7 @@ pub(crate) async fn next_due(pg: &Pg) -> Result<Option<i64>> {
     let client = pg.client().await?;
     let row = client
         .query_opt(
-            "SELECT next_attempt_at FROM outbox o WHERE delivered_at IS NULL AND gave_up_at IS NULL \
-               AND (job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
-                                                  AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)) \
-             ORDER BY next_attempt_at LIMIT 1",
+            &format!("SELECT next_attempt_at FROM outbox o WHERE {OUTBOX_SENDABLE} ORDER BY next_attempt_at LIMIT 1"),
             &[],
         )
         .await?;

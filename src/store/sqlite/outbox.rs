@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::{OutboxCounts, OutboxEvent, Result};
+use crate::store::{OUTBOX_SENDABLE, OutboxCounts, OutboxEvent, Result};
 
 const COLUMNS: &str = "id, event_id, event_type, run_id, job_id, url, body, created_at, attempts, next_attempt_at, delivered_at, \
      gave_up_at, last_error";
@@ -31,10 +31,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEvent> {
 /// in the order they happened.
 pub fn due(conn: &Connection, now: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM outbox o WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= ?1 \
-           AND (job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
-                                              AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)) \
-         ORDER BY id LIMIT ?2"
+        "SELECT {COLUMNS} FROM outbox o WHERE {OUTBOX_SENDABLE} AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2"
     ))?;
     let rows = stmt.query_map(params![now, limit], from_row)?.collect::<rusqlite::Result<_>>()?;
     Ok(rows)
@@ -46,12 +43,9 @@ pub fn due(conn: &Connection, now: i64, limit: u32) -> Result<Vec<OutboxEvent>> 
 /// asking again every 10 ms until the first one's retry).
 pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT next_attempt_at FROM outbox o WHERE delivered_at IS NULL AND gave_up_at IS NULL \
-               AND (job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
-                                                  AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)) \
-             ORDER BY next_attempt_at LIMIT 1",
-        )?
+        .prepare_cached(&format!(
+            "SELECT next_attempt_at FROM outbox o WHERE {OUTBOX_SENDABLE} ORDER BY next_attempt_at LIMIT 1"
+        ))?
         .query_row([], |r| r.get(0))
         .optional()?)
 }
