@@ -33,9 +33,7 @@ pub fn summary(conn: &Connection, run_id: i64, fields: &[String]) -> Result<Foun
     for field in fields {
         outcomes.insert(field.clone(), super::jobs::outcome_counts(&tx, run_id, field)?);
     }
-    let open_outcomes: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND outcome_state = 'open')")?
-        .query_row([run_id], |r| r.get(0))?;
+    let open_outcomes: bool = tx.prepare_cached(OPEN_OUTCOMES)?.query_row([run_id], |r| r.get(0))?;
     let settled = is_settled(state, imported, &counts, open_outcomes);
     Ok(Found::Live { summary: RunSummary { counts, outcomes }, settled, version })
 }
@@ -54,16 +52,19 @@ pub fn keep(conn: &Connection, run_id: i64, counts: &str, outcomes: &str, versio
 
 /// Settled runs with no kept summary, oldest first.
 pub fn settled_without(conn: &Connection, limit: u32) -> Result<Vec<i64>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id FROM runs r WHERE state IN ('finished', 'cancelled') AND expanded_at IS NOT NULL \
-           AND NOT EXISTS (SELECT 1 FROM run_summaries WHERE run_id = r.id) \
-           AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching')) \
-           AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND outcome_state = 'open') \
-         ORDER BY id LIMIT ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(SETTLED_WITHOUT)?;
     let ids = stmt.query_map([limit], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     Ok(ids)
 }
+
+pub(super) const OPEN_OUTCOMES: &str =
+    "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND outcome_state = 'open')";
+
+pub(super) const SETTLED_WITHOUT: &str = "SELECT id FROM runs r WHERE state IN ('finished', 'cancelled') AND expanded_at IS NOT NULL \
+       AND NOT EXISTS (SELECT 1 FROM run_summaries WHERE run_id = r.id) \
+       AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching')) \
+       AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND outcome_state = 'open') \
+     ORDER BY id LIMIT ?1";
 
 /// Jobs per state over the whole ledger: the kept summaries' counts, plus the
 /// runs without one counted through the claim index (run, state), one run at
