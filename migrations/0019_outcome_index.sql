@@ -3,7 +3,8 @@
 -- million), and moved a job's entry when its outcome was read back. What
 -- reads it asks one thing: does the run still await an outcome? This index
 -- holds the jobs whose outcome is awaited and no others. (A run's outcome
--- values are counted from its jobs' rows, which that count reads anyway.)
+-- values are counted from the rows of its sent jobs, found through the
+-- index of a run's jobs by state.)
 --
 -- A query reads through a partial index only if its WHERE holds the index's
 -- condition as written: `outcome_state = 'open'`.

@@ -22,9 +22,10 @@ use serde_json::{Value, json};
 
 use super::{FLOW, Folders, ServeProcess, SimProcess, Store, load_average, proc_peak_rss_mb, spawn_serve};
 
-/// Bump when the rows the builder writes change, so a cached ledger of the
-/// old layout is not reused.
-const LAYOUT: u32 = 3;
+/// Bump when the rows the builder writes or the schema's indexes change, so
+/// a cached ledger of the old layout is not reused (a migrated one keeps the
+/// pages its dropped indexes freed, and its size would not tell).
+const LAYOUT: u32 = 4;
 
 #[derive(Clone, Copy, Debug)]
 struct Sizes {

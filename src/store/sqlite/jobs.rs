@@ -422,7 +422,8 @@ pub fn claim_due(
 }
 
 /// A claim's read of a run's due pending jobs (with the claim's `ORDER BY`
-/// and `LIMIT`, through `jobs_claim` in due order).
+/// and `LIMIT`, through `jobs_claim` in due order: its condition,
+/// `state = 'pending'`, is in the WHERE as written there).
 pub(super) const DUE: &str = "SELECT id, phone, dedupe_key, expires_at, ambiguous_since, run_id, zone, parameters, attempts, \
             failures, throttles, conflict_sid, conflict_since FROM jobs \
      WHERE run_id = ?1 AND state = 'pending' AND due_at <= ?2 \
@@ -677,26 +678,24 @@ fn apply_outcome(conn: &Connection, settled: &SettledJob, outcome_after_ms: i64)
 /// Jobs left `dispatching` by a process that died: back to `pending`, marked
 /// ambiguous from their attempt's start, so Studio is asked before any resend.
 pub fn recover_dispatching(conn: &Connection, run_id: i64, now: i64) -> Result<usize> {
-    Ok(super::exec(
-        conn,
-        "UPDATE jobs SET state = 'pending', ambiguous_since = COALESCE(ambiguous_since, attempt_started_at, ?2), \
-         due_at = MIN(due_at, ?2), updated_at = ?2 WHERE run_id = ?1 AND state = 'dispatching'",
-        params![run_id, now],
-    )?)
+    Ok(super::exec(conn, RECOVER, params![run_id, now])?)
 }
+
+pub(super) const RECOVER: &str = "UPDATE jobs SET state = 'pending', ambiguous_since = COALESCE(ambiguous_since, attempt_started_at, ?2), \
+     due_at = MIN(due_at, ?2), updated_at = ?2 WHERE run_id = ?1 AND state = 'dispatching'";
 
 /// The earliest due time among a run's pending jobs that have not expired by
 /// `now` (expired ones are never claimed; [`expire_overdue`] settles them).
 pub fn next_due_at(conn: &Connection, run_id: i64, now: i64) -> Result<Option<i64>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending' \
-             AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL)",
-        )?
+        .prepare_cached(NEXT_DUE)?
         .query_row(params![run_id, now], |r| r.get::<_, Option<i64>>(0))
         .optional()?
         .flatten())
 }
+
+pub(super) const NEXT_DUE: &str = "SELECT MIN(due_at) FROM jobs WHERE run_id = ?1 AND state = 'pending' \
+     AND (expires_at IS NULL OR expires_at > ?2 OR ambiguous_since IS NOT NULL)";
 
 /// Settles every pending job of a run whose `expires` has passed as `expired`,
 /// in one statement: expired jobs never take a send slot. A job whose last
@@ -721,20 +720,44 @@ pub fn jobs_page(
     after: i64,
     limit: u32,
 ) -> Result<Vec<JobRow>> {
-    let mut stmt = conn.prepare_cached(&jobs_page_sql())?;
-    let rows = stmt
-        .query_map(params![run_id, state.map(JobState::as_str), after, limit], job_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+    let mut stmt = conn.prepare_cached(jobs_page_sql(state.is_some()))?;
+    let rows = match state {
+        Some(state) => stmt.query_map(params![run_id, after, limit, state.as_str()], job_from_row)?,
+        None => stmt.query_map(params![run_id, after, limit], job_from_row)?,
+    };
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// [`jobs_page`]'s query: a range read of the `jobs_page` index from `after`
-/// on, in id order, so a page costs its own rows however large the run.
-pub(super) fn jobs_page_sql() -> String {
-    format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3 \
-         ORDER BY id LIMIT ?4"
-    )
+/// [`jobs_page`]'s query, of one state (`?4`) or of every one: range reads
+/// of `jobs_page` (run, state, id) from `after` on, in id order, so a page
+/// costs its own rows however large the run. A page of every state takes
+/// each state's first `limit` ids after `after` and merges them: at most
+/// `limit` ids a state are read, in index order.
+pub(super) fn jobs_page_sql(one_state: bool) -> &'static str {
+    static ONE: OnceLock<String> = OnceLock::new();
+    static EVERY: OnceLock<String> = OnceLock::new();
+    if one_state {
+        ONE.get_or_init(|| {
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ?1 AND state = ?4 AND id > ?2 ORDER BY id LIMIT ?3")
+        })
+    } else {
+        EVERY.get_or_init(|| {
+            let ranges: Vec<String> = JobState::ALL
+                .iter()
+                .map(|state| {
+                    format!(
+                        "SELECT id FROM (SELECT id FROM jobs WHERE run_id = ?1 AND state = '{}' AND id > ?2 \
+                         ORDER BY id LIMIT ?3)",
+                        state.as_str()
+                    )
+                })
+                .collect();
+            format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({} ORDER BY id LIMIT ?3) ORDER BY id",
+                ranges.join(" UNION ALL ")
+            )
+        })
+    }
 }
 
 /// The latest jobs that ended failed, skipped or expired, across runs,
@@ -855,16 +878,19 @@ pub fn reschedule_outcome(conn: &Connection, job_id: i64, due_at: i64, now: i64)
     Ok(())
 }
 
+/// [`outcome_counts`]'s query. Only sent jobs have an outcome state: the
+/// state in the WHERE makes it a range of `jobs_page` (the run's sent jobs)
+/// rather than every job of the run, each row read to test its outcome.
+pub(super) const OUTCOME_COUNTS: &str = "SELECT json_extract(outcome, ?2) AS v, COUNT(*) FROM jobs \
+     WHERE run_id = ?1 AND state = 'sent' AND outcome_state IN ('known', 'unknown') GROUP BY v";
+
 /// How often each value of outcome field `name` was given in a run, among jobs
 /// whose outcome was read back or given up on (`None`: no answer). Values are
 /// JSON text.
 pub fn outcome_counts(conn: &Connection, run_id: i64, name: &str) -> Result<Vec<(Option<String>, i64)>> {
     // A JSON path with the key quoted, so any field name is one key.
     let path = format!("$.{}", serde_json::Value::String(name.to_string()));
-    let mut stmt = conn.prepare_cached(
-        "SELECT json_extract(outcome, ?2) AS v, COUNT(*) FROM jobs \
-         WHERE run_id = ?1 AND outcome_state IN ('known', 'unknown') GROUP BY v",
-    )?;
+    let mut stmt = conn.prepare_cached(OUTCOME_COUNTS)?;
     let rows = stmt
         .query_map(params![run_id, path], |r| {
             let value = match r.get_ref(0)? {
@@ -945,8 +971,8 @@ mod tests {
     use std::time::Duration;
 
     use crate::domain::{
-        CampaignKind, Channel, ConflictPolicy, ContactLimits, ImportRow, JobOutcome, JobSpec, JobState, Parameters,
-        Phone, Rejection, RowOutcome, Scope,
+        CampaignKind, Channel, ConflictPolicy, ContactLimits, ImportRow, JobOutcome, JobReason, JobSpec, JobState,
+        Parameters, Phone, ReasonKind, Rejection, RowOutcome, Scope,
     };
     use crate::store::{BatchCounts, NewRun, SettledJob, Store, StudioCall};
 
@@ -1087,7 +1113,67 @@ mod tests {
             assert_eq!(claimed.len(), 1, "one job at {now}");
         }
         let stmt = conn.prepare_cached(super::claim_sql(false)).unwrap();
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 3, "the claims' statement, kept");
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    /// A page of every state is the run's jobs in id order from `after` on,
+    /// whatever state each is in (the per-state ranges merged); a page of one
+    /// state holds that state's jobs alone, in id order.
+    #[tokio::test]
+    async fn pages_of_a_runs_jobs_follow_id_order_across_states() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_path(&tmp.path().join("ledger.db")).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        import(&store, run, (0..40).map(|i| job(i as u64 + 2, i, None)).collect(), T0).await;
+        let claimed = store.claim_due(run, T0 + 1, 30, false, ContactLimits::default()).await.unwrap();
+        // Of the 30 claimed, in turn: sent, expired, cancelled, failed,
+        // skipped, back to pending, left in flight; the other 10 stay pending.
+        let reason = || JobReason::new(ReasonKind::Transient);
+        let settled: Vec<SettledJob> = claimed
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 != 6)
+            .map(|(i, j)| {
+                let outcome = match i % 7 {
+                    0 => JobOutcome::Sent { sid: format!("FN{i:032}") },
+                    1 => JobOutcome::Expired,
+                    2 => JobOutcome::Cancelled,
+                    3 => JobOutcome::Failed { reason: reason(), last_error: None },
+                    4 => JobOutcome::Skipped { reason: reason(), sid: None },
+                    _ => JobOutcome::Release,
+                };
+                SettledJob { job_id: j.id, outcome, attempts_sent: 1, at: T0 + 2 }
+            })
+            .collect();
+        store.record_outcomes(settled, Vec::new(), Duration::ZERO).await.unwrap();
+        let all = store.jobs_page(run, None, 0, 100).await.unwrap();
+        let ids: Vec<i64> = all.iter().map(|j| j.id).collect();
+        assert_eq!(ids.len(), 40);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let mut states: Vec<&str> = all.iter().map(|j| j.state.as_str()).collect();
+        states.sort();
+        states.dedup();
+        assert_eq!(states, ["cancelled", "dispatching", "expired", "failed", "pending", "sent", "skipped"]);
+        let pages = |state: Option<JobState>, size: u32| {
+            let store = &store;
+            async move {
+                let (mut ids, mut after) = (Vec::new(), 0);
+                loop {
+                    let page = store.jobs_page(run, state, after, size).await.unwrap();
+                    let Some(last) = page.last() else { return ids };
+                    assert!(page.len() <= size as usize);
+                    assert!(state.is_none_or(|s| page.iter().all(|j| j.state == s)));
+                    after = last.id;
+                    ids.extend(page.iter().map(|j| j.id));
+                }
+            }
+        };
+        assert_eq!(pages(None, 7).await, ids, "7 at a time");
+        for &state in JobState::ALL {
+            let expected: Vec<i64> = all.iter().filter(|j| j.state == state).map(|j| j.id).collect();
+            assert_eq!(pages(Some(state), 3).await, expected, "{state:?}");
+        }
     }
 
     #[tokio::test]

@@ -105,6 +105,7 @@ mod tests {
     use rusqlite::{Connection, params};
 
     use super::super::Sqlite;
+    use super::super::tests::plan_of;
     use super::{COUNTS_SQL, counts, page_sql};
 
     fn add(conn: &Connection, id: i64, delivered: Option<i64>, gave_up: Option<i64>) {
@@ -130,17 +131,6 @@ mod tests {
     fn kept(conn: &Connection) -> (i64, i64, i64) {
         let c = counts(conn).unwrap();
         (c.pending, c.delivered, c.gave_up)
-    }
-
-    fn plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap()
-            .query_map(params, |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        plan.join("; ")
     }
 
     /// Whatever writes an event (written delivered, delivered, given up, put
@@ -213,12 +203,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
         let conn = ledger.reader();
-        let counts = plan(&conn, COUNTS_SQL, []);
+        let counts = plan_of(&conn, COUNTS_SQL);
         assert!(counts.contains("outbox_tally"), "{counts}");
         assert!(!counts.split("; ").any(|step| step == "SCAN outbox"), "no read of every event: {counts}");
         assert!(counts.contains("INDEX outbox_pending") || counts.contains("INDEX outbox_due"), "{counts}");
         for (state, index) in [("pending", "outbox_pending (id>?)"), ("gave_up", "outbox_gave_up (id>?)")] {
-            let page = plan(&conn, &page_sql(Some(state)), params![0, 50]);
+            let page = plan_of(&conn, &page_sql(Some(state)));
             assert!(page.contains(&format!("USING INDEX {index}")), "{state}: {page}");
             assert!(!page.contains("TEMP B-TREE"), "{state}: {page}");
         }

@@ -12,38 +12,36 @@
 //! step is idempotent, so a purge that stopped half-way is finished by the
 //! next one.
 
+use std::sync::OnceLock;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Phone, hex, mask_phones_in};
+use crate::domain::{JobState, Phone, hex, mask_phones_in};
 use crate::store::Result;
 
 /// Runs whose personal data is due to go: over (finished or cancelled)
 /// before `before`, not purged yet, and with no job pending or in flight (a
 /// cancelled run's request in flight records its outcome first).
 pub fn due_runs(conn: &Connection, before: i64) -> Result<Vec<i64>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id FROM runs r WHERE state IN ('finished', 'cancelled') AND purged_at IS NULL \
-           AND COALESCE(finished_at, created_at) < ?1 \
-           AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching')) \
-         ORDER BY id",
-    )?;
+    let mut stmt = conn.prepare_cached(DUE_RUNS)?;
     let ids = stmt.query_map([before], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     Ok(ids)
 }
 
+pub(super) const DUE_RUNS: &str = "SELECT id FROM runs r WHERE state IN ('finished', 'cancelled') AND purged_at IS NULL \
+       AND COALESCE(finished_at, created_at) < ?1 \
+       AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching')) \
+     ORDER BY id";
+
 /// Whether run `id` may be purged now (checked again inside each write, since
 /// the list was read before).
 fn still_due(conn: &Connection, run_id: i64) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM runs r WHERE id = ?1 AND state IN ('finished', 'cancelled') AND purged_at IS NULL \
-               AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching'))",
-        )?
-        .query_row([run_id], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(conn.prepare_cached(STILL_DUE)?.query_row([run_id], |_| Ok(())).optional()?.is_some())
 }
+
+pub(super) const STILL_DUE: &str = "SELECT 1 FROM runs r WHERE id = ?1 AND state IN ('finished', 'cancelled') AND purged_at IS NULL \
+       AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching'))";
 
 /// What purging run `id` removes: (jobs, Studio calls, import rows).
 pub fn count_run(conn: &Connection, run_id: i64) -> Result<(u64, u64, u64)> {
@@ -62,9 +60,22 @@ pub fn count_run(conn: &Connection, run_id: i64) -> Result<(u64, u64, u64)> {
 
 /// The id just before run `run_id`'s first job: where its purge starts.
 pub fn before_first_job(conn: &Connection, run_id: i64) -> Result<i64> {
-    let first: Option<i64> =
-        conn.prepare_cached("SELECT MIN(id) FROM jobs WHERE run_id = ?1")?.query_row([run_id], |r| r.get(0))?;
+    let first: Option<i64> = conn.prepare_cached(first_job_sql())?.query_row([run_id], |r| r.get(0))?;
     Ok(first.map_or(i64::MAX, |id| id - 1))
+}
+
+/// A run's first job id: the least of each state's first, one seek of
+/// `jobs_page` (run, state, id) per state; a `MIN(id)` over the run as a
+/// whole would read every entry of the run.
+pub(super) fn first_job_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let firsts: Vec<String> = JobState::ALL
+            .iter()
+            .map(|state| format!("SELECT MIN(id) AS id FROM jobs WHERE run_id = ?1 AND state = '{}'", state.as_str()))
+            .collect();
+        format!("SELECT MIN(id) FROM ({})", firsts.join(" UNION ALL "))
+    })
 }
 
 /// The ledger's salt for phone hashes (made by the retention migration).

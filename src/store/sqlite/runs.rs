@@ -229,17 +229,16 @@ pub fn set_run_state(
 
 /// Marks the run finished when no job is open; returns whether it did.
 pub fn finish_run_if_done(conn: &Connection, id: i64, now: i64) -> Result<bool> {
-    let changed = super::exec(
-        conn,
-        "UPDATE runs SET state = 'finished', finished_at = ?2 WHERE id = ?1 AND state = 'active' \
-         AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND state IN ('pending', 'dispatching'))",
-        params![id, now],
-    )?;
-    Ok(changed == 1)
+    Ok(super::exec(conn, FINISH_IF_DONE, params![id, now])? == 1)
 }
 
+pub(super) const FINISH_IF_DONE: &str = "UPDATE runs SET state = 'finished', finished_at = ?2 \
+     WHERE id = ?1 AND state = 'active' \
+     AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND state IN ('pending', 'dispatching'))";
+
+/// A run's jobs per state, read from `jobs_page` in state order.
 pub fn run_counts(conn: &Connection, id: i64) -> Result<RunCounts> {
-    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state")?;
+    let mut stmt = conn.prepare_cached(RUN_COUNTS)?;
     let mut counts = BTreeMap::new();
     for row in stmt.query_map([id], |r| Ok((parsed::<JobState>(r, 0)?, r.get::<_, i64>(1)?)))? {
         let (state, n) = row?;
@@ -247,3 +246,5 @@ pub fn run_counts(conn: &Connection, id: i64) -> Result<RunCounts> {
     }
     Ok(RunCounts(counts))
 }
+
+pub(super) const RUN_COUNTS: &str = "SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state";

@@ -67,7 +67,7 @@ pub(super) const SETTLED_WITHOUT: &str = "SELECT id FROM runs r WHERE state IN (
      ORDER BY id LIMIT ?1";
 
 /// Jobs per state over the whole ledger: the kept summaries' counts, plus the
-/// runs without one counted through the claim index (run, state), one run at
+/// runs without one counted through `jobs_page` (run, state), one run at
 /// a time, so that nothing sorts the whole jobs table.
 pub fn jobs_by_state(conn: &Connection) -> Result<RunCounts> {
     let tx = conn.unchecked_transaction()?;
