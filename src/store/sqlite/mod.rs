@@ -236,6 +236,9 @@ mod tests {
         // 1 is FILE, 2 MEMORY.
         assert_eq!(temp_store(&ledger.reports()), 1);
         assert_eq!((temp_store(&ledger.writer()), temp_store(&ledger.reader())), (2, 2));
+        // And each plans without the values bound (see `configure`).
+        let qpsg = |c: &Connection| c.db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG).unwrap();
+        assert!(qpsg(&ledger.writer()) && qpsg(&ledger.reader()) && qpsg(&ledger.reports()));
     }
 
     /// The query plan of `sql`, its parameters left NULL (plans never depend
