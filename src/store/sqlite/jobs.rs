@@ -216,8 +216,8 @@ pub(super) fn insert_batch(
 /// journal (the AFTER INSERT trigger and the foreign key make it a statement
 /// that may abort after writing, so every page it changes is copied first),
 /// the `jobs_finished` index's IN list built afresh (written as ORs since
-/// migration 0017), a cursor opened on the table and on each of its indexes. Under callgrind a one-job INSERT took
-/// about 79,000 instructions; 64 jobs to a statement, about 36,000 a job
+/// migration 0017), a cursor opened on the table and on each of its indexes.
+/// Under callgrind a one-job INSERT took about 79,000 instructions; 64 jobs to a statement, about 36,000 a job
 /// (100 or 250 saved little more).
 const JOBS_PER_STATEMENT: usize = 64;
 
@@ -742,20 +742,13 @@ pub(super) fn jobs_page_sql(one_state: bool) -> &'static str {
         })
     } else {
         EVERY.get_or_init(|| {
-            let ranges: Vec<String> = JobState::ALL
-                .iter()
-                .map(|state| {
-                    format!(
-                        "SELECT id FROM (SELECT id FROM jobs WHERE run_id = ?1 AND state = '{}' AND id > ?2 \
-                         ORDER BY id LIMIT ?3)",
-                        state.as_str()
-                    )
-                })
-                .collect();
-            format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({} ORDER BY id LIMIT ?3) ORDER BY id",
-                ranges.join(" UNION ALL ")
-            )
+            let ranges = super::union_over_job_states(|state| {
+                format!(
+                    "SELECT id FROM (SELECT id FROM jobs WHERE run_id = ?1 AND state = '{state}' AND id > ?2 \
+                     ORDER BY id LIMIT ?3)"
+                )
+            });
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({ranges} ORDER BY id LIMIT ?3) ORDER BY id")
         })
     }
 }

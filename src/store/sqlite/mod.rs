@@ -165,6 +165,14 @@ fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// `per_state(state)` for each job state, joined by `UNION ALL`. No index
+/// holds a run's jobs in id order: `jobs_page` holds them by (run, state),
+/// the id after, so what wants the run's jobs by id reads each state's range
+/// (or seek) and combines them.
+fn union_over_job_states(per_state: impl Fn(&str) -> String) -> String {
+    crate::domain::JobState::ALL.iter().map(|state| per_state(state.as_str())).collect::<Vec<_>>().join(" UNION ALL ")
+}
+
 /// How many compiled statements each connection keeps.
 const STATEMENT_CACHE: usize = 256;
 

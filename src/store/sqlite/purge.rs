@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{JobState, Phone, hex, mask_phones_in};
+use crate::domain::{Phone, hex, mask_phones_in};
 use crate::store::Result;
 
 /// Runs whose personal data is due to go: over (finished or cancelled)
@@ -70,11 +70,10 @@ pub fn before_first_job(conn: &Connection, run_id: i64) -> Result<i64> {
 pub(super) fn first_job_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
-        let firsts: Vec<String> = JobState::ALL
-            .iter()
-            .map(|state| format!("SELECT MIN(id) AS id FROM jobs WHERE run_id = ?1 AND state = '{}'", state.as_str()))
-            .collect();
-        format!("SELECT MIN(id) FROM ({})", firsts.join(" UNION ALL "))
+        let firsts = super::union_over_job_states(|state| {
+            format!("SELECT MIN(id) AS id FROM jobs WHERE run_id = ?1 AND state = '{state}'")
+        });
+        format!("SELECT MIN(id) FROM ({firsts})")
     })
 }
 
