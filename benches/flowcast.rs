@@ -142,7 +142,12 @@ fn main() {
                     r["mean_per_s"].as_f64().unwrap_or(0.0),
                     r["mean_per_s"].as_f64().unwrap_or(0.0) * 100.0 / f64::from(rate)
                 ),
-                format!("busiest 1 s window {}; 429s {}", r["max_in_1s"], r["throttled"]),
+                format!(
+                    "busiest 1 s window {}; 429s {}; margin below the rate at the end {:.2} %",
+                    r["max_in_1s"],
+                    r["throttled"],
+                    r["margin_pct"].as_f64().unwrap_or(0.0)
+                ),
                 format!("≥ 97 % of {rate}, ≤ {rate} in any 1 s, 0 × 429"),
             ));
         }
@@ -697,6 +702,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             json!({
                 "mean_per_s": if span > 0.0 { (n - 1) as f64 / span } else { 0.0 },
                 "max_in_1s": max_in_1s, "throttled": sim.stats()["throttled"], "executions": n,
+                "margin_pct": d.limits().margin() * 100.0,
             })
         }
         "first" => {

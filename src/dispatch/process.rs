@@ -118,38 +118,23 @@ impl<S: StudioApi> Dispatcher<S> {
             if let Some(opens) = self.outside_window(ctx, job) {
                 return (self.retry_at(job, opens), None);
             }
-            loop {
-                // Several instances: the account's slot, shared through the
-                // ledger, is waited for here, so that only the checks below sit
-                // between it and the request.
-                let slot = tokio::select! {
-                    slot = self.limits.send_slot() => slot,
-                    _ = self.shutdown.cancelled() => return (JobOutcome::Release, None),
-                };
-                // A pause or cancel issued while this job waited for its turn wins,
-                // and so does an opt-out that arrived since the job was imported.
-                match self.store.before_create(ctx.run_id, job.phone.as_str()).await {
-                    Ok((_, Some(suppressed))) => {
-                        let reason = JobReason::with_detail(ReasonKind::Suppressed, suppressed.describe());
-                        return (JobOutcome::Skipped { reason, sid: None }, None);
-                    }
-                    Ok((state, None)) if state.is_dispatchable() => {}
-                    Ok((crate::domain::RunState::Cancelled, None)) => return (JobOutcome::Cancelled, None),
-                    Ok(_) => return (JobOutcome::Release, None),
-                    Err(e) => {
-                        tracing::error!(run = ctx.run_id, error = %e, "cannot read the run's state; not sending");
-                        return (JobOutcome::Release, None);
-                    }
-                }
-                // A slot the checks made late is not used late: another
-                // instance may be sending on the next one.
-                if slot.is_none_or(|slot| self.limits.in_time(slot)) {
-                    break;
-                }
-            }
+            // A pause or cancel issued while this job waited for its turn wins,
+            // and so does an opt-out that arrived since the job was imported.
+            // The send log counts the create right after this check (see
+            // `turn_to_send`): a slow read here does not bunch creates up.
+            let turn = tokio::select! {
+                turn = self.limits.turn_to_send(|| self.pre_send_check(ctx, job)) => turn,
+                // Shutting down: this job was not sent; it goes back as it was.
+                _ = self.shutdown.cancelled() => Err(JobOutcome::Release),
+            };
+            let sent_at = match turn {
+                Ok(at) => at,
+                Err(outcome) => return (outcome, None),
+            };
             let result = self.studio.create_execution(&ctx.flow, &request).await;
-            if !matches!(result, Err(StudioError::Throttled { .. })) {
-                *sent += 1;
+            match &result {
+                Err(StudioError::Throttled { .. }) => self.limits.create_throttled(sent_at),
+                _ => *sent += 1,
             }
             // The Parameters sent are the job's own (`jobs.parameters`) with
             // the `flowcast` key naming campaign, run and job: the job row
@@ -293,6 +278,25 @@ impl<S: StudioApi> Dispatcher<S> {
         let now = self.clock.now();
         let opens = window.next_open(now, job.zone);
         (opens > now).then(|| opens.timestamp_millis())
+    }
+
+    /// The ledger's last word before a create: `None` to send; otherwise the
+    /// job's outcome (suppressed since import, run cancelled, or back to
+    /// `pending` when the run is paused or its state cannot be read).
+    async fn pre_send_check(&self, ctx: &RunContext, job: &ClaimedJob) -> Option<JobOutcome> {
+        match self.store.before_create(ctx.run_id, job.phone.as_str()).await {
+            Ok((_, Some(suppressed))) => {
+                let reason = JobReason::with_detail(ReasonKind::Suppressed, suppressed.describe());
+                Some(JobOutcome::Skipped { reason, sid: None })
+            }
+            Ok((state, None)) if state.is_dispatchable() => None,
+            Ok((crate::domain::RunState::Cancelled, None)) => Some(JobOutcome::Cancelled),
+            Ok(_) => Some(JobOutcome::Release),
+            Err(e) => {
+                tracing::error!(run = ctx.run_id, error = %e, "cannot read the run's state; not sending");
+                Some(JobOutcome::Release)
+            }
+        }
     }
 
     /// Maps a Studio error (other than 409) to the job's outcome and, for

@@ -490,6 +490,36 @@ async fn an_outcome_is_recorded_while_a_429_holds_every_create() {
 }
 
 #[tokio::test]
+async fn a_429_for_a_create_widens_the_accounts_margin_below_the_rate() {
+    // Studio counts arrivals: a 429 says the way there bunched creates up by
+    // more than the 1 % margin leaves room for, so the pace widens it.
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(3)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml").await;
+    let throttled = StudioError::Throttled {
+        error: flowcast::studio::TwilioError {
+            status: 429,
+            code: Some(20429),
+            message: "Too Many Requests".into(),
+            more_info: None,
+            details: Vec::new(),
+        },
+        retry_after: Some(Duration::from_millis(20)),
+    };
+    let studio = FailingCreates::new(http_studio(&sim.url()), 1, throttled);
+    let (dispatcher, running) = spawn_dispatch(&app, run, studio, fast_settings()).await;
+    assert!((dispatcher.limits().margin() - 0.01).abs() < 1e-9, "{}", dispatcher.limits().margin());
+
+    let end = tokio::time::timeout(Duration::from_secs(20), running).await.expect("the run ends").unwrap();
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+    assert_eq!(sim.executions().len(), 3, "the throttled contact is sent after the hold");
+    let margin = dispatcher.limits().margin();
+    assert!((margin - 0.0175).abs() < 1e-9, "one 429, one step of 0.75 %: {margin}");
+}
+
+#[tokio::test]
 async fn throttling_backs_off_and_never_counts_as_an_attempt() {
     let sim = Simulator::start(SimConfig { lifetime: None, rate_cap: Some(5), ..SimConfig::default() }).await.unwrap();
     let app = TestApp::new();
