@@ -135,21 +135,19 @@ fn main() {
         for (rate, campaigns) in [(20, 1), (20, 2), (100, 1), (1_000, 1), (10_000, 1)] {
             let seconds = rate_seconds(s, rate);
             let r = child("rate", &["--rate", &rate.to_string(), "--campaigns", &campaigns.to_string()]);
-            rows.push((
-                format!("rate cap {rate}/s for {seconds} s, {campaigns} campaign(s)"),
-                format!(
-                    "{:.2}/s mean ({:.1} %)",
-                    r["mean_per_s"].as_f64().unwrap_or(0.0),
-                    r["mean_per_s"].as_f64().unwrap_or(0.0) * 100.0 / f64::from(rate)
-                ),
-                format!(
-                    "busiest 1 s window {}; 429s {}; margin below the rate at the end {:.2} %",
-                    r["max_in_1s"],
-                    r["throttled"],
-                    r["margin_pct"].as_f64().unwrap_or(0.0)
-                ),
-                format!("≥ 97 % of {rate}, ≤ {rate} in any 1 s, 0 × 429"),
-            ));
+            rows.push(rate_row(format!("rate cap {rate}/s for {seconds} s, {campaigns} campaign(s)"), rate, &r, ""));
+        }
+        // The same with a large import into the ledger alongside.
+        for rate in [20, 1_000] {
+            let seconds = rate_seconds(s, rate);
+            let rows_alongside = s.import_rows.to_string();
+            let r = child("rate", &["--rate", &rate.to_string(), "--import-rows", &rows_alongside]);
+            let import = r["import_seconds"].as_f64().map_or_else(
+                || format!("; import still going after {seconds} s"),
+                |t| format!("; import done in {t:.1} s"),
+            );
+            let label = format!("rate cap {rate}/s for {seconds} s, importing {} rows alongside", s.import_rows);
+            rows.push(rate_row(label, rate, &r, &import));
         }
     }
     if wanted("first") {
@@ -235,6 +233,23 @@ fn main() {
     for (a, b, c, d) in rows {
         println!("| {a} | {b} | {c} | {d} |");
     }
+}
+
+/// A row of the rate table: achieved, busiest window, 429s, the margin the
+/// run ended with, and `more` details.
+fn rate_row(label: String, rate: u32, r: &Value, more: &str) -> (String, String, String, String) {
+    let mean = r["mean_per_s"].as_f64().unwrap_or(0.0);
+    (
+        label,
+        format!("{mean:.2}/s mean ({:.1} %)", mean * 100.0 / f64::from(rate)),
+        format!(
+            "busiest 1 s window {}; 429s {}; margin below the rate at the end {:.2} %{more}",
+            r["max_in_1s"],
+            r["throttled"],
+            r["margin_pct"].as_f64().unwrap_or(0.0)
+        ),
+        format!("≥ 97 % of {rate}, ≤ {rate} in any 1 s, 0 × 429"),
+    )
 }
 
 fn machine() -> String {
@@ -667,6 +682,19 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 .ok()
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(if rate > 100 { 64 } else { 16 });
+            // `--import-rows N`: another campaign's CSV of N rows is imported
+            // into the same ledger while the creates go, as `serve` does when
+            // a large campaign starts beside a running one.
+            let import_rows: usize = arg(args, "--import-rows").and_then(|c| c.parse().ok()).unwrap_or(0);
+            let big = if import_rows > 0 {
+                generate_csv(&ws.folders.campaigns.join("big.csv"), import_rows, 7);
+                let toml =
+                    std::fs::read_to_string(ws.folders.campaigns.join("c.toml")).unwrap().replace("c.csv", "big.csv");
+                std::fs::write(ws.folders.campaigns.join("big.toml"), toml).unwrap();
+                Some(create_run(&ws, &store, "big.toml", "big").await)
+            } else {
+                None
+            };
             let d = Arc::new(dispatcher(&store, &sim.url, rate, concurrency));
             let tasks: Vec<_> = runs
                 .iter()
@@ -675,11 +703,28 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                     tokio::spawn(async move { d.run_to_end(run).await })
                 })
                 .collect();
+            let importing = big.map(|(campaign, run)| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    import_run(&store, &campaign, run, Utc::now().timestamp_millis(), async |_| {}).await.unwrap();
+                    started.elapsed().as_secs_f64()
+                })
+            });
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             d.shutdown_token().cancel();
             for t in tasks {
                 let _ = t.await;
             }
+            // Whether the import was still going when the time was up.
+            let import_seconds = match importing {
+                Some(t) if t.is_finished() => t.await.ok(),
+                Some(t) => {
+                    t.abort();
+                    None
+                }
+                None => None,
+            };
             let mut times: Vec<DateTime<Utc>> = sim
                 .executions()
                 .as_array()
@@ -702,7 +747,8 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             json!({
                 "mean_per_s": if span > 0.0 { (n - 1) as f64 / span } else { 0.0 },
                 "max_in_1s": max_in_1s, "throttled": sim.stats()["throttled"], "executions": n,
-                "margin_pct": d.limits().margin() * 100.0,
+                "margin_pct": d.limits().margin() * 100.0, "import_rows": import_rows,
+                "import_seconds": import_seconds,
             })
         }
         "first" => {

@@ -763,10 +763,21 @@ mod tests {
         (sent.len() as f64 / (f64::from(rate) * seconds as f64), busiest_second(&sent))
     }
 
-    /// Grants at the pacer's pace, each sent after a delay of its own (the
-    /// claim, the checks) that jumps between 0 and `spread_ms`; with
-    /// `gated`, each send first passes the account's send log.
-    async fn sends_after_uneven_delays(rate: u32, spread_ms: u64, gated: bool) -> (Vec<Instant>, Instant) {
+    /// Where a create's delay between its grant and its request sits.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Delay {
+        /// Before the send log, which it does not pass.
+        Ungated,
+        /// Before the send log (the claim, a task switch).
+        BeforeGate,
+        /// In the check that `turn_to_send` runs (a read of the ledger).
+        InCheck,
+    }
+
+    /// Grants at the pacer's pace, each sent after a delay of its own that
+    /// jumps between 0 and `spread_ms`, placed as `delay` says. Returns when
+    /// each create went, and when the grants stopped.
+    async fn sends_after_uneven_delays(rate: u32, spread_ms: u64, delay: Delay) -> (Vec<Instant>, Instant) {
         let limits = Arc::new(RateLimits::new(rate));
         let sent = Arc::new(Mutex::new(Vec::new()));
         let mut delays = jitter(spread_ms);
@@ -774,12 +785,21 @@ mod tests {
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end {
             limits.until_ready("c", None).await;
-            let delay = delays(0);
+            let wait = delays(0);
             let (limits, sent) = (Arc::clone(&limits), Arc::clone(&sent));
             tasks.spawn(async move {
-                tokio::time::sleep(delay).await;
-                if gated {
-                    let _ = limits.turn_to_send(|| std::future::ready(None::<()>)).await;
+                if delay != Delay::InCheck {
+                    tokio::time::sleep(wait).await;
+                }
+                if delay != Delay::Ungated {
+                    let check = || async move {
+                        if delay == Delay::InCheck {
+                            tokio::time::sleep(wait).await;
+                        }
+                        None::<()>
+                    };
+                    let at = limits.turn_to_send(check).await.unwrap();
+                    assert_eq!(at, Instant::now(), "the create is counted as it goes");
                 }
                 sent.lock().unwrap().push(Instant::now());
             });
@@ -792,9 +812,9 @@ mod tests {
     async fn uneven_delays_between_grant_and_send_never_put_more_than_the_rate_in_a_second() {
         // Without the send log the same delays overfill some window: the
         // check below can fail.
-        let (ungated, _) = sends_after_uneven_delays(100, 40, false).await;
+        let (ungated, _) = sends_after_uneven_delays(100, 40, Delay::Ungated).await;
         assert!(busiest_second(&ungated) > 100, "the delays never compressed a window: {}", busiest_second(&ungated));
-        let (gated, end) = sends_after_uneven_delays(100, 40, true).await;
+        let (gated, end) = sends_after_uneven_delays(100, 40, Delay::BeforeGate).await;
         assert!(busiest_second(&gated) <= 100, "{} in one second", busiest_second(&gated));
         // And it costs next to nothing of the rate: 97 % of it still goes out
         // within the 3 seconds.
@@ -887,41 +907,12 @@ mod tests {
         assert!(!limits.try_acquire("c", None));
     }
 
-    /// Grants at the pacer's pace; each create then passes `turn_to_send`
-    /// with a check (a read of the ledger) that takes between 0 and
-    /// `spread_ms`, and goes when it returns.
-    async fn sends_after_slow_checks(rate: u32, spread_ms: u64) -> (Vec<Instant>, Instant) {
-        let limits = Arc::new(RateLimits::new(rate));
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let mut delays = jitter(spread_ms);
-        let mut tasks = tokio::task::JoinSet::new();
-        let end = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < end {
-            limits.until_ready("c", None).await;
-            let delay = delays(0);
-            let (limits, sent) = (Arc::clone(&limits), Arc::clone(&sent));
-            tasks.spawn(async move {
-                let at = limits
-                    .turn_to_send(|| async move {
-                        tokio::time::sleep(delay).await;
-                        None::<()>
-                    })
-                    .await
-                    .unwrap();
-                assert_eq!(at, Instant::now(), "the create is counted as it goes");
-                sent.lock().unwrap().push(at);
-            });
-        }
-        tasks.join_all().await;
-        (Arc::try_unwrap(sent).unwrap().into_inner().unwrap(), end)
-    }
-
     #[tokio::test(start_paused = true)]
     async fn slow_checks_before_a_send_never_put_more_than_the_rate_in_a_second() {
         // The checks ran after the send log counted the create: creates whose
         // checks were quick caught up with those whose checks were slow (1,019
         // request starts in some 1.0101 s at 1,000/s on a loaded machine).
-        let (sent, end) = sends_after_slow_checks(100, 40).await;
+        let (sent, end) = sends_after_uneven_delays(100, 40, Delay::InCheck).await;
         assert!(busiest_second(&sent) <= 100, "{} in one second", busiest_second(&sent));
         let in_time = sent.iter().filter(|&&t| t <= end).count();
         assert!(in_time >= 291, "{in_time} of 300 sent within 3 s");

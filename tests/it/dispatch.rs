@@ -453,6 +453,20 @@ fn states(rows: &[JobRow]) -> Vec<JobState> {
     rows.iter().map(|j| j.state).collect()
 }
 
+/// Studio's 429 for a create, asking for `retry_after`.
+fn too_many_requests(retry_after: Duration) -> StudioError {
+    StudioError::Throttled {
+        error: flowcast::studio::TwilioError {
+            status: 429,
+            code: Some(20429),
+            message: "Too Many Requests".into(),
+            more_info: None,
+            details: Vec::new(),
+        },
+        retry_after: Some(retry_after),
+    }
+}
+
 #[tokio::test]
 async fn an_outcome_is_recorded_while_a_429_holds_every_create() {
     // The first create is throttled for a minute; the run loop then waits
@@ -463,16 +477,7 @@ async fn an_outcome_is_recorded_while_a_429_holds_every_create() {
     app.write("c.csv", contacts_csv(&phones(2)));
     app.write("c.toml", campaign_toml("c.csv", ""));
     let run = app.start_run("c.toml").await;
-    let throttled = StudioError::Throttled {
-        error: flowcast::studio::TwilioError {
-            status: 429,
-            code: Some(20429),
-            message: "Too Many Requests".into(),
-            more_info: None,
-            details: Vec::new(),
-        },
-        retry_after: Some(Duration::from_secs(60)),
-    };
+    let throttled = too_many_requests(Duration::from_secs(60));
     let studio = FailingCreates::new(http_studio(&sim.url()), 1, throttled);
     let settings = DispatchSettings { concurrency: 1, ..fast_settings() };
     let (dispatcher, running) = spawn_dispatch(&app, run, studio, settings).await;
@@ -498,16 +503,7 @@ async fn a_429_for_a_create_widens_the_accounts_margin_below_the_rate() {
     app.write("c.csv", contacts_csv(&phones(3)));
     app.write("c.toml", campaign_toml("c.csv", ""));
     let run = app.start_run("c.toml").await;
-    let throttled = StudioError::Throttled {
-        error: flowcast::studio::TwilioError {
-            status: 429,
-            code: Some(20429),
-            message: "Too Many Requests".into(),
-            more_info: None,
-            details: Vec::new(),
-        },
-        retry_after: Some(Duration::from_millis(20)),
-    };
+    let throttled = too_many_requests(Duration::from_millis(20));
     let studio = FailingCreates::new(http_studio(&sim.url()), 1, throttled);
     let (dispatcher, running) = spawn_dispatch(&app, run, studio, fast_settings()).await;
     assert!((dispatcher.limits().margin() - 0.01).abs() < 1e-9, "{}", dispatcher.limits().margin());
