@@ -143,7 +143,7 @@ fn main() {
             let rows_alongside = s.import_rows.to_string();
             let r = child("rate", &["--rate", &rate.to_string(), "--import-rows", &rows_alongside]);
             let import = r["import_seconds"].as_f64().map_or_else(
-                || format!("; import still going after {seconds} s"),
+                || format!("; import still going after {seconds} s, {} jobs written", r["import_jobs"]),
                 |t| format!("; import done in {t:.1} s"),
             );
             let label = format!("rate cap {rate}/s for {seconds} s, importing {} rows alongside", s.import_rows);
@@ -703,6 +703,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                     tokio::spawn(async move { d.run_to_end(run).await })
                 })
                 .collect();
+            let big_run = big.as_ref().map(|(_, run)| *run);
             let importing = big.map(|(campaign, run)| {
                 let store = store.clone();
                 tokio::spawn(async move {
@@ -716,7 +717,12 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             for t in tasks {
                 let _ = t.await;
             }
-            // Whether the import was still going when the time was up.
+            // How far the import got, and whether it was still going when
+            // the time was up.
+            let import_jobs = match big_run {
+                Some(run) => Some(store.run_counts(run).await.unwrap().total()),
+                None => None,
+            };
             let import_seconds = match importing {
                 Some(t) if t.is_finished() => t.await.ok(),
                 Some(t) => {
@@ -748,7 +754,7 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 "mean_per_s": if span > 0.0 { (n - 1) as f64 / span } else { 0.0 },
                 "max_in_1s": max_in_1s, "throttled": sim.stats()["throttled"], "executions": n,
                 "margin_pct": d.limits().margin() * 100.0, "import_rows": import_rows,
-                "import_seconds": import_seconds,
+                "import_seconds": import_seconds, "import_jobs": import_jobs,
             })
         }
         "first" => {

@@ -532,12 +532,16 @@ impl RateLimits {
         }
     }
 
+    /// The instant a 429's hold ends (past or not), if one was ever set.
+    fn held(&self) -> Option<Instant> {
+        *self.held_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Waits until a create for `campaign` (at `campaign_rate`, if any) may go.
     /// The campaign's pace is waited on first, so that an account-wide slot is
     /// only taken when the request is about to be sent.
     pub async fn until_ready(&self, campaign: &str, campaign_rate: Option<u32>) {
-        let held = *self.held_until.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(until) = held {
+        if let Some(until) = self.held() {
             wait_until(until).await;
         }
         if let Some(pacer) = self.campaign_pacer(campaign, campaign_rate) {
@@ -569,8 +573,7 @@ impl RateLimits {
     {
         loop {
             // A 429 answered since this create's turn began holds it too.
-            let held = *self.held_until.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(until) = held {
+            if let Some(until) = self.held() {
                 wait_until(until).await;
             }
             let slot = match &self.shared {
@@ -640,8 +643,7 @@ impl RateLimits {
 
     /// Takes a slot now if both limits allow it, without waiting.
     pub fn try_acquire(&self, campaign: &str, campaign_rate: Option<u32>) -> bool {
-        let held = *self.held_until.lock().unwrap_or_else(|e| e.into_inner());
-        if held.is_some_and(|until| until > Instant::now()) {
+        if self.held().is_some_and(|until| until > Instant::now()) {
             return false;
         }
         let taken = match (&self.shared, self.campaign_pacer(campaign, campaign_rate)) {

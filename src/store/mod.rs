@@ -528,8 +528,10 @@ impl Store {
 
     // Jobs.
 
-    /// Writes a batch of imported rows in one transaction, with the run's
-    /// counts and the last CSV line the batch covers.
+    /// Writes a batch of imported rows with the run's counts and the last CSV
+    /// line the batch covers: in one transaction, except that a SQLite ledger
+    /// commits part of it early to let a waiting write go first (see
+    /// [`sqlite::jobs::import_batch`]).
     pub async fn import_batch(
         &self,
         run_id: i64,
@@ -540,7 +542,8 @@ impl Store {
     ) -> Result<BatchCounts> {
         match &self.db {
             Db::Sqlite(db) => {
-                write(db, move |c| sqlite::jobs::import_batch(c, run_id, &rows, last_line, default_due, now)).await
+                let db = Arc::clone(db);
+                blocking(move || sqlite::jobs::import_batch(&db, run_id, &rows, last_line, default_due, now)).await
             }
             Db::Postgres(pg) => postgres::jobs::import_batch(pg, run_id, &rows, last_line, default_due, now).await,
         }

@@ -55,23 +55,59 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     })
 }
 
-/// Writes a batch of imported rows in one transaction. A phone already in the
-/// run is a duplicate: the first row stays, this one is recorded as such.
+/// Rows an import writes between two looks at whether another write waits
+/// for the ledger.
+const SLICE_ROWS: usize = 64;
+
+/// Writes a batch of imported rows, in one transaction unless another write
+/// waits for the ledger. A phone already in the run is a duplicate: the
+/// first row stays, this one is recorded as such.
 ///
-/// The run's counts and `import_line` (the last CSV line this batch covers)
-/// are updated in the same transaction, so a resumed import starts after it.
+/// Every [`SLICE_ROWS`] rows, if a claim or an outcome waits for the writer,
+/// what is written so far is committed and the writer handed to it: the
+/// batch's one transaction held the writer 80 ms at the median beside a busy
+/// dispatcher, back to back, and sends fell to 6 % of a 1,000/s rate. Alone,
+/// the batch stays one transaction: a commit per slice made a million-row
+/// import 30-48 % slower (each commit writes the phone indexes' pages that
+/// the slice's random inserts dirtied).
+///
+/// Each commit carries the run's counts and `import_line` for the rows it
+/// holds (the last CSV line of its slice, the batch's own at the end), so a
+/// resumed import starts after what was committed.
 pub fn import_batch(
-    conn: &mut Connection,
+    db: &super::Sqlite,
     run_id: i64,
     items: &[ImportRow],
     last_line: u64,
     default_due: i64,
     now: i64,
 ) -> Result<BatchCounts> {
-    let tx = super::write_transaction(conn)?;
-    let counts = insert_batch(&tx, run_id, items, last_line, default_due, now)?;
-    tx.commit()?;
-    Ok(counts)
+    let mut counts = BatchCounts::default();
+    // An empty batch still moves the run's last line on.
+    let mut slices = items.chunks(SLICE_ROWS).chain(items.is_empty().then_some(items)).peekable();
+    loop {
+        let mut conn = db.writer();
+        let tx = super::write_transaction(&mut conn)?;
+        while let Some(slice) = slices.next() {
+            let covers = match slices.peek() {
+                Some(_) => slice.last().map_or(last_line, ImportRow::line),
+                None => last_line,
+            };
+            let written = insert_batch(&tx, run_id, slice, covers, default_due, now)?;
+            counts.imported += written.imported;
+            counts.rejected += written.rejected;
+            counts.duplicates += written.duplicates;
+            if slices.peek().is_some() && db.writes_waiting() {
+                break;
+            }
+        }
+        tx.commit()?;
+        if slices.peek().is_none() {
+            return Ok(counts);
+        }
+        // A plain unlock would let this thread take the writer straight back.
+        parking_lot::MutexGuard::unlock_fair(conn);
+    }
 }
 
 /// [`import_batch`]'s writes, inside the caller's transaction.
@@ -1108,6 +1144,46 @@ mod tests {
         let stmt = conn.prepare_cached(super::claim_sql(false)).unwrap();
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 3, "the claims' statement, kept");
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    /// A claim or an outcome that waits for the ledger while an import batch
+    /// is written goes between two of the batch's slices: it finds part of
+    /// the batch committed, with the run's counts and last CSV line for that
+    /// part, and the batch still ends whole, each row once.
+    #[tokio::test]
+    async fn a_write_waiting_for_the_ledger_goes_between_an_imports_slices() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        let ledger = std::sync::Arc::new(super::super::Sqlite::open(&path).unwrap());
+        const ROWS: usize = 8_000;
+        // Lines 2.. (the header is line 1), one past the last row for a
+        // batch that ends on a blank line.
+        let rows: Vec<ImportRow> = (0..ROWS).map(|i| job(i as u64 + 2, i, None)).collect();
+        let last = ROWS as u64 + 2;
+        let importing = {
+            let ledger = std::sync::Arc::clone(&ledger);
+            std::thread::spawn(move || super::import_batch(&ledger, run, &rows, last, T0, T0).unwrap())
+        };
+        while !ledger.writer.is_locked() {
+            std::thread::yield_now();
+        }
+        // The run's imported count and last line, and its jobs.
+        let progress = |conn: &rusqlite::Connection| -> (i64, i64, i64) {
+            conn.query_row(
+                "SELECT imported, import_line, (SELECT COUNT(*) FROM jobs WHERE run_id = ?1) FROM runs WHERE id = ?1",
+                [run],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+        };
+        let (imported, line, jobs) = progress(&ledger.writer());
+        assert!(0 < imported && imported < ROWS as i64, "part of the batch was committed first: {imported}");
+        assert_eq!(imported % super::SLICE_ROWS as i64, 0, "whole slices");
+        assert_eq!((line, jobs), (imported + 1, imported), "the counts and last line of what was committed");
+        assert_eq!(importing.join().unwrap(), counts(ROWS as i64, 0, 0));
+        assert_eq!(progress(&ledger.reader()), (ROWS as i64, last as i64, ROWS as i64));
     }
 
     /// A page of every state is the run's jobs in id order from `after` on,
