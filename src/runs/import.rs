@@ -10,8 +10,10 @@ use crate::contacts::{ContactReader, ContactsError, Row};
 use crate::domain::{ImportRow, JobSpec, Rejection, RowOutcome, RunState};
 use crate::store::{Store, StoreError};
 
-/// Rows written per transaction: large enough to amortise the commit, small
-/// enough that a cancel is seen quickly and memory stays flat.
+/// Rows written per batch, in one transaction unless another write waits
+/// for a SQLite ledger (see `Store::import_batch`): large enough to amortise
+/// the commit, small enough that a cancel is seen quickly and memory stays
+/// flat.
 pub const BATCH_ROWS: usize = 2_000;
 
 /// Rows the reader hands over at a time.

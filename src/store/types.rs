@@ -198,6 +198,14 @@ pub struct BatchCounts {
     pub duplicates: i64,
 }
 
+impl std::ops::AddAssign for BatchCounts {
+    fn add_assign(&mut self, other: BatchCounts) {
+        self.imported += other.imported;
+        self.rejected += other.rejected;
+        self.duplicates += other.duplicates;
+    }
+}
+
 /// What an import refused or found duplicated, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedRow {

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{corrupt, parsed};
 use crate::domain::{
     CollectedOutcome, ContactLimits, ImportRow, JobOutcome, JobReason, JobSpec, JobState, OutcomeState, Parameters,
-    Phone, RowOutcome,
+    Phone, RowOutcome, RunState,
 };
 use crate::store::claim_checks::{Candidate, Contacts, Earlier, Verdict, caps_verdict, dedupe_verdict};
 use crate::store::{
@@ -63,17 +63,20 @@ const SLICE_ROWS: usize = 64;
 /// waits for the ledger. A phone already in the run is a duplicate: the
 /// first row stays, this one is recorded as such.
 ///
-/// Every [`SLICE_ROWS`] rows, if a claim or an outcome waits for the writer,
-/// what is written so far is committed and the writer handed to it: the
-/// batch's one transaction held the writer 80 ms at the median beside a busy
-/// dispatcher, back to back, and sends fell to 6 % of a 1,000/s rate. Alone,
-/// the batch stays one transaction: a commit per slice made a million-row
+/// Every [`SLICE_ROWS`] rows, if another write waits for the writer (a
+/// claim, an outcome, a cancel), what is written so far is committed and the
+/// writer handed to it: written as one transaction, a 2,000-row batch held
+/// the writer 80 ms at the median beside a busy dispatcher, back to back, and
+/// sends fell to 6 % of a 1,000/s rate. Alone, the batch stays one
+/// transaction: committing every 256 rows regardless made a million-row
 /// import 30-48 % slower (each commit writes the phone indexes' pages that
-/// the slice's random inserts dirtied).
+/// the rows' random inserts dirtied).
 ///
 /// Each commit carries the run's counts and `import_line` for the rows it
 /// holds (the last CSV line of its slice, the batch's own at the end), so a
-/// resumed import starts after what was committed.
+/// resumed import starts after what was committed. A run cancelled while
+/// the writer was handed over gets no more of the batch: its pending jobs
+/// were cancelled, and the rest would be pending in a run that is over.
 pub fn import_batch(
     db: &super::Sqlite,
     run_id: i64,
@@ -85,18 +88,19 @@ pub fn import_batch(
     let mut counts = BatchCounts::default();
     // An empty batch still moves the run's last line on.
     let mut slices = items.chunks(SLICE_ROWS).chain(items.is_empty().then_some(items)).peekable();
+    let mut handed_over = false;
     loop {
         let mut conn = db.writer();
         let tx = super::write_transaction(&mut conn)?;
+        if handed_over && super::runs::run_state(&tx, run_id)? == RunState::Cancelled {
+            return Ok(counts);
+        }
         while let Some(slice) = slices.next() {
             let covers = match slices.peek() {
                 Some(_) => slice.last().map_or(last_line, ImportRow::line),
                 None => last_line,
             };
-            let written = insert_batch(&tx, run_id, slice, covers, default_due, now)?;
-            counts.imported += written.imported;
-            counts.rejected += written.rejected;
-            counts.duplicates += written.duplicates;
+            counts += insert_batch(&tx, run_id, slice, covers, default_due, now)?;
             if slices.peek().is_some() && db.writes_waiting() {
                 break;
             }
@@ -107,6 +111,7 @@ pub fn import_batch(
         }
         // A plain unlock would let this thread take the writer straight back.
         parking_lot::MutexGuard::unlock_fair(conn);
+        handed_over = true;
     }
 }
 
@@ -1001,7 +1006,7 @@ mod tests {
 
     use crate::domain::{
         CampaignKind, Channel, ConflictPolicy, ContactLimits, ImportRow, JobOutcome, JobReason, JobSpec, JobState,
-        Parameters, Phone, ReasonKind, Rejection, RowOutcome, Scope,
+        Parameters, Phone, ReasonKind, Rejection, RowOutcome, RunState, Scope,
     };
     use crate::store::{BatchCounts, NewRun, SettledJob, Store, StudioCall};
 
@@ -1146,44 +1151,93 @@ mod tests {
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
+    /// Rows of the batch [`importing`] writes.
+    const ROWS: usize = 8_000;
+
+    /// A batch of [`ROWS`] jobs being imported into a new run on a thread of
+    /// its own, once it holds the ledger's writer.
+    struct Importing {
+        _tmp: tempfile::TempDir,
+        ledger: std::sync::Arc<super::super::Sqlite>,
+        run: i64,
+        /// The batch's last CSV line.
+        last: u64,
+        thread: std::thread::JoinHandle<BatchCounts>,
+    }
+
+    async fn importing() -> Importing {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        let ledger = std::sync::Arc::new(super::super::Sqlite::open(&path).unwrap());
+        // Lines 2.. (the header is line 1), one past the last row for a
+        // batch that ends on a blank line.
+        let rows: Vec<ImportRow> = (0..ROWS).map(|i| job(i as u64 + 2, i, None)).collect();
+        let last = ROWS as u64 + 2;
+        let thread = {
+            let ledger = std::sync::Arc::clone(&ledger);
+            std::thread::spawn(move || super::import_batch(&ledger, run, &rows, last, T0, T0).unwrap())
+        };
+        // It cannot end first: 8,000 rows take 125 slices.
+        while !ledger.writer.is_locked() && !thread.is_finished() {
+            std::thread::yield_now();
+        }
+        Importing { _tmp: tmp, ledger, run, last, thread }
+    }
+
+    /// The run's imported count and last line, and its jobs.
+    fn progress(conn: &rusqlite::Connection, run: i64) -> (i64, i64, i64) {
+        conn.query_row(
+            "SELECT imported, import_line, (SELECT COUNT(*) FROM jobs WHERE run_id = ?1) FROM runs WHERE id = ?1",
+            [run],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    }
+
     /// A claim or an outcome that waits for the ledger while an import batch
     /// is written goes between two of the batch's slices: it finds part of
     /// the batch committed, with the run's counts and last CSV line for that
     /// part, and the batch still ends whole, each row once.
     #[tokio::test]
     async fn a_write_waiting_for_the_ledger_goes_between_an_imports_slices() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("ledger.db");
-        let store = Store::open_path(&path).await.unwrap();
-        let run = new_run(&store, "c", "k", None).await;
-        let ledger = std::sync::Arc::new(super::super::Sqlite::open(&path).unwrap());
-        const ROWS: usize = 8_000;
-        // Lines 2.. (the header is line 1), one past the last row for a
-        // batch that ends on a blank line.
-        let rows: Vec<ImportRow> = (0..ROWS).map(|i| job(i as u64 + 2, i, None)).collect();
-        let last = ROWS as u64 + 2;
-        let importing = {
-            let ledger = std::sync::Arc::clone(&ledger);
-            std::thread::spawn(move || super::import_batch(&ledger, run, &rows, last, T0, T0).unwrap())
-        };
-        while !ledger.writer.is_locked() {
-            std::thread::yield_now();
-        }
-        // The run's imported count and last line, and its jobs.
-        let progress = |conn: &rusqlite::Connection| -> (i64, i64, i64) {
-            conn.query_row(
-                "SELECT imported, import_line, (SELECT COUNT(*) FROM jobs WHERE run_id = ?1) FROM runs WHERE id = ?1",
-                [run],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap()
-        };
-        let (imported, line, jobs) = progress(&ledger.writer());
+        let i = importing().await;
+        let (imported, line, jobs) = progress(&i.ledger.writer(), i.run);
         assert!(0 < imported && imported < ROWS as i64, "part of the batch was committed first: {imported}");
         assert_eq!(imported % super::SLICE_ROWS as i64, 0, "whole slices");
         assert_eq!((line, jobs), (imported + 1, imported), "the counts and last line of what was committed");
-        assert_eq!(importing.join().unwrap(), counts(ROWS as i64, 0, 0));
-        assert_eq!(progress(&ledger.reader()), (ROWS as i64, last as i64, ROWS as i64));
+        assert_eq!(i.thread.join().unwrap(), counts(ROWS as i64, 0, 0));
+        assert_eq!(progress(&i.ledger.reader(), i.run), (ROWS as i64, i.last as i64, ROWS as i64));
+    }
+
+    /// A cancel that goes between an import batch's slices ends the batch:
+    /// the jobs committed before it are cancelled with the run, and no job
+    /// lands pending in the cancelled run after it.
+    #[tokio::test]
+    async fn a_cancel_between_an_imports_slices_ends_the_batch() {
+        let i = importing().await;
+        let imported = {
+            let mut conn = i.ledger.writer();
+            let (imported, ..) = progress(&conn, i.run);
+            let cancel = RunState::Cancelled;
+            assert!(
+                super::super::runs::set_run_state(&mut conn, i.run, RunState::Expanding, cancel, None, T0).unwrap()
+            );
+            imported
+        };
+        assert!(0 < imported && imported < ROWS as i64, "part of the batch was committed first: {imported}");
+        assert_eq!(i.thread.join().unwrap(), counts(imported, 0, 0), "nothing written after the cancel");
+        let states: Vec<(String, i64)> = i
+            .ledger
+            .reader()
+            .prepare("SELECT state, COUNT(*) FROM jobs WHERE run_id = ?1 GROUP BY state")
+            .unwrap()
+            .query_map([i.run], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(states, vec![("cancelled".to_string(), imported)]);
     }
 
     /// A page of every state is the run's jobs in id order from `after` on,

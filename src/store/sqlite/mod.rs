@@ -121,9 +121,10 @@ impl Sqlite {
     }
 
     /// `true` while another thread waits for the writer. An import batch
-    /// holds it for tens of milliseconds (80 ms at the median for 2,000 rows
-    /// beside a busy dispatcher): it commits what it wrote and hands the
-    /// writer over when this says a claim or an outcome is waiting.
+    /// held it for tens of milliseconds (80 ms at the median for 2,000 rows
+    /// beside a busy dispatcher, as one transaction): it commits what it
+    /// wrote and hands the writer over when this says another write (a
+    /// claim, an outcome, a cancel) is waiting.
     pub(super) fn writes_waiting(&self) -> bool {
         self.waiting.load(Ordering::Relaxed) > 0
     }
