@@ -109,8 +109,7 @@ pub fn import_batch(
         if slices.peek().is_none() {
             return Ok(counts);
         }
-        // A plain unlock would let this thread take the writer straight back.
-        parking_lot::MutexGuard::unlock_fair(conn);
+        conn.unlock_fair();
         handed_over = true;
     }
 }

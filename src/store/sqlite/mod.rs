@@ -8,6 +8,7 @@
 //! commits an import batch.
 
 pub(super) mod campaigns;
+mod checkpointer;
 pub(super) mod executions;
 pub(super) mod jobs;
 pub(super) mod lock;
@@ -18,6 +19,7 @@ pub(super) mod runs;
 pub(super) mod summaries;
 pub(super) mod suppressions;
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +56,8 @@ fn migrations() -> Migrations<'static> {
 
 /// An open SQLite ledger.
 pub(super) struct Sqlite {
+    /// Declared first so that it stops before the other connections close.
+    checkpointer: checkpointer::Checkpointer,
     path: PathBuf,
     writer: parking_lot::Mutex<Connection>,
     /// Threads waiting for `writer`: a long write (an import batch) looks at
@@ -84,6 +88,9 @@ impl Sqlite {
         writer.pragma_update(None, "temp_store", "FILE").map_err(open_error)?;
         migrations().to_latest(&mut writer).map_err(|source| StoreError::Migrate { path: shown.clone(), source })?;
         writer.pragma_update(None, "temp_store", "MEMORY").map_err(open_error)?;
+        // The checkpointer's thread copies the log back; the writer does it
+        // only when that thread falls far behind (see `checkpointer`).
+        writer.pragma_update(None, "wal_autocheckpoint", checkpointer::WRITER_PAGES).map_err(open_error)?;
         let mut reader = Connection::open(path).map_err(open_error)?;
         configure(&mut reader).map_err(open_error)?;
         let mut reports = Connection::open(path).map_err(open_error)?;
@@ -96,7 +103,11 @@ impl Sqlite {
         // shell; serve peaked at 169-208 MB while keeping summaries at
         // start), in a temporary file beyond the cache 21 MB.
         reports.pragma_update(None, "temp_store", "FILE").map_err(open_error)?;
+        let copier = Connection::open(path).map_err(open_error)?;
+        let checkpointer = checkpointer::Checkpointer::start(copier, path)
+            .map_err(|e| open_error(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         Ok(Sqlite {
+            checkpointer,
             path: path.to_path_buf(),
             writer: parking_lot::Mutex::new(writer),
             waiting: AtomicUsize::new(0),
@@ -110,14 +121,14 @@ impl Sqlite {
     }
 
     /// The connection for changes (one writer at a time, as SQLite allows).
-    pub(super) fn writer(&self) -> parking_lot::MutexGuard<'_, Connection> {
+    pub(super) fn writer(&self) -> Writer<'_> {
         // A panic mid-statement leaves the lock free (parking_lot does not
         // poison); SQLite rolled the statement back, so the connection itself
         // is still consistent.
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let conn = self.writer.lock();
         self.waiting.fetch_sub(1, Ordering::Relaxed);
-        conn
+        Writer { conn: Some(conn), checkpointer: &self.checkpointer }
     }
 
     /// `true` while another thread waits for the writer. An import batch
@@ -147,6 +158,45 @@ impl Sqlite {
     /// `PRAGMA integrity_check` → `ok` on a healthy file.
     pub(super) fn integrity_check(&self) -> Result<String> {
         Ok(self.reader().query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+/// The writer connection, held: it derefs to the connection and, when
+/// dropped, frees it and tells the checkpointer that the log grew.
+pub(super) struct Writer<'a> {
+    /// `Some` until dropped or handed over.
+    conn: Option<parking_lot::MutexGuard<'a, Connection>>,
+    checkpointer: &'a checkpointer::Checkpointer,
+}
+
+impl Writer<'_> {
+    /// Frees the writer for the thread that has waited longest for it: a
+    /// plain unlock would let this thread take it straight back.
+    pub(super) fn unlock_fair(mut self) {
+        if let Some(conn) = self.conn.take() {
+            parking_lot::MutexGuard::unlock_fair(conn);
+        }
+    }
+}
+
+impl Deref for Writer<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        drop(self.conn.take());
+        self.checkpointer.wrote();
     }
 }
 
