@@ -9,6 +9,8 @@
 //! jobs, each its own short write, so dispatching and the API go on while a
 //! large run is purged; freed pages are reused by later runs without a VACUUM.
 
+use std::sync::Arc;
+
 use super::{Db, Result, Store, postgres, read, sqlite, write};
 
 /// Jobs purged per write transaction: a few milliseconds of the writer each.
@@ -101,7 +103,11 @@ impl Store {
         }
         if let Db::Sqlite(db) = &self.db
             && summary.runs > 0
-            && !write(db, sqlite::purge::checkpoint).await?
+            && !super::blocking({
+                let db = Arc::clone(db);
+                move || db.checkpoint_and_empty_log()
+            })
+            .await?
         {
             tracing::info!("the write-ahead log is in use; the pages a purge replaced in it go as it is reused");
         }

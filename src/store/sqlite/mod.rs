@@ -88,8 +88,8 @@ impl Sqlite {
         writer.pragma_update(None, "temp_store", "FILE").map_err(open_error)?;
         migrations().to_latest(&mut writer).map_err(|source| StoreError::Migrate { path: shown.clone(), source })?;
         writer.pragma_update(None, "temp_store", "MEMORY").map_err(open_error)?;
-        // The checkpointer's thread copies the log back; the writer does it
-        // only when that thread falls far behind (see `checkpointer`).
+        // The checkpointer's thread copies most of the log back; the writer
+        // checkpoints only a long one (see `checkpointer`).
         writer.pragma_update(None, "wal_autocheckpoint", checkpointer::WRITER_PAGES).map_err(open_error)?;
         let mut reader = Connection::open(path).map_err(open_error)?;
         configure(&mut reader).map_err(open_error)?;
@@ -153,6 +153,15 @@ impl Sqlite {
     /// `true` when the ledger accepts a write (for health checks).
     pub(super) fn is_writable(&self) -> bool {
         self.writer().execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok()
+    }
+
+    /// Copies the whole write-ahead log into the database and empties it
+    /// (see [`purge::checkpoint`]), with the checkpointer's thread kept from
+    /// starting a checkpoint of its own meanwhile: SQLite would refuse this
+    /// one at once rather than wait.
+    pub(super) fn checkpoint_and_empty_log(&self) -> Result<bool> {
+        let _thread = self.checkpointer.hold();
+        purge::checkpoint(&mut self.writer())
     }
 
     /// `PRAGMA integrity_check` → `ok` on a healthy file.
