@@ -155,13 +155,15 @@ impl Sqlite {
         self.writer().execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok()
     }
 
-    /// Copies the whole write-ahead log into the database and empties it
-    /// (see [`purge::checkpoint`]), with the checkpointer's thread kept from
-    /// starting a checkpoint of its own meanwhile: SQLite would refuse this
-    /// one at once rather than wait.
+    /// Copies the write-ahead log into the database and empties it, so the
+    /// old pages a purge replaced do not linger in the log either. `false`
+    /// when a reader kept it from finishing within the busy timeout (the
+    /// log's old pages are then overwritten as the log is reused). The
+    /// checkpointer's thread is kept from starting a checkpoint of its own
+    /// meanwhile: SQLite would refuse this one at once rather than wait.
     pub(super) fn checkpoint_and_empty_log(&self) -> Result<bool> {
         let _thread = self.checkpointer.hold();
-        purge::checkpoint(&mut self.writer())
+        Ok(!checkpointer::log_state(&self.writer(), "TRUNCATE")?.busy)
     }
 
     /// `PRAGMA integrity_check` → `ok` on a healthy file.

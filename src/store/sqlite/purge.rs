@@ -243,15 +243,6 @@ fn zeroing<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> Result<T
     result
 }
 
-/// Copies the write-ahead log into the database and empties it, so the old
-/// pages a purge replaced do not linger in the log either. `false` when a
-/// reader kept it from finishing within the busy timeout (the log's old pages
-/// are then overwritten as the log is reused).
-pub fn checkpoint(conn: &mut Connection) -> Result<bool> {
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-    Ok(busy == 0)
-}
-
 /// The bytes the ledger's tables and indexes take: pages in use (free pages,
 /// which SQLite reuses without a VACUUM, not counted) times the page size.
 pub fn used_bytes(conn: &Connection) -> Result<u64> {
