@@ -307,7 +307,7 @@ fn sized_sql(
 }
 
 /// Inserts `jobs` in order, each `skipped` with its reason when it has one;
-/// a phone the run already has (the unique (run, phone) index) is not
+/// a phone the run already has (the unique (phone, run) index) is not
 /// inserted. Adds the phones inserted to `inserted`.
 fn insert_jobs(
     tx: &Connection,

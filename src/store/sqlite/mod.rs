@@ -51,6 +51,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0018_outbox_counts.sql")),
         M::up(include_str!("../../../migrations/0019_outcome_index.sql")),
         M::up(include_str!("../../../migrations/0020_claim_and_page_indexes.sql")),
+        M::up(include_str!("../../../migrations/0021_one_phone_index.sql")).foreign_key_check(),
     ])
 }
 
@@ -86,7 +87,13 @@ impl Sqlite {
         // the process peaked at 545 MB (migration 0020 in the `sqlite3`
         // shell), with them in a temporary file at 142 MB.
         writer.pragma_update(None, "temp_store", "FILE").map_err(open_error)?;
+        // A migration that builds a table again drops the old one, which
+        // with foreign keys on would first delete every job one by one and
+        // fail on the rows that reference them; such a migration checks the
+        // references itself before it commits (see 0021_one_phone_index.sql).
+        writer.pragma_update(None, "foreign_keys", "OFF").map_err(open_error)?;
         migrations().to_latest(&mut writer).map_err(|source| StoreError::Migrate { path: shown.clone(), source })?;
+        writer.pragma_update(None, "foreign_keys", "ON").map_err(open_error)?;
         writer.pragma_update(None, "temp_store", "MEMORY").map_err(open_error)?;
         // The checkpointer's thread copies most of the log back; the writer
         // checkpoints only a long one (see `checkpointer`).
@@ -219,7 +226,7 @@ fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // A large run's unique (run, phone) index takes random inserts; with
+    // A large run's unique (phone, run) index takes random inserts; with
     // SQLite's default 2 MB page cache they miss the cache and the import
     // crawls. 64 MB keeps a million-row index hot and stays within the
     // memory budget.
@@ -292,10 +299,99 @@ pub(super) fn millis(d: std::time::Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::params;
 
     #[test]
     fn migrations_are_valid() {
         migrations().validate().expect("migrations apply to an empty database");
+    }
+
+    /// The migration that builds the jobs table again with one index by
+    /// phone keeps every job as it was, the rows that point at jobs, and the
+    /// triggers that write their events; the phone is still once per run.
+    #[test]
+    fn a_ledger_upgraded_to_one_phone_index_keeps_its_jobs_references_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowcast.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&mut conn).unwrap();
+        migrations().to_version(&mut conn, 19).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
+                               on_conflict, state, created_at, notify_url, notify_events) \
+             VALUES (1, 'a', 'sms', 'manual', 'k1', 0, 'a.csv', 'FW1', '+15550000000', 'skip', 'running', 0, \
+                     'http://127.0.0.1:9/hook', ',job.failed,run.finished,'), \
+                    (2, 'b', 'sms', 'manual', 'k2', 0, 'b.csv', 'FW1', '+15550000000', 'skip', 'running', 0, NULL, NULL); \
+             INSERT INTO jobs (id, run_id, phone, line, zone, parameters, due_at, created_at, updated_at, \
+                               state, execution_sid, sent_at, outcome_state, dedupe_key) \
+             VALUES (10, 1, '+14155550100', 2, 'UTC', '{}', 5, 1, 1, 'sent', 'FN1', 7, 'open', 'x'), \
+                    (11, 1, '+14155550101', 3, 'UTC', '{\"a\":1}', 5, 1, 1, 'pending', NULL, NULL, NULL, NULL), \
+                    (12, 2, '+14155550100', 2, 'Europe/Paris', '{}', 6, 1, 1, 'pending', NULL, NULL, NULL, NULL); \
+             INSERT INTO studio_calls (run_id, job_id, at, operation, request, outcome) VALUES (1, 10, 7, 'create', '{}', 'created'); \
+             INSERT INTO push_keys (campaign, key, job_id, created_at) VALUES ('b', 'p1', 12, 1);",
+        )
+        .unwrap();
+        let dump = |c: &Connection| -> Vec<String> {
+            c.prepare("SELECT * FROM jobs ORDER BY id")
+                .unwrap()
+                .query_map([], |r| {
+                    Ok((0..33).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("|"))
+                })
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        let before = dump(&conn);
+        drop(conn);
+
+        let ledger = Sqlite::open(&path).unwrap();
+        let conn = ledger.writer();
+        assert_eq!(dump(&conn), before);
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'jobs' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(!indexes.iter().any(|i| i == "jobs_phone"), "{indexes:?}");
+        for kept in ["jobs_claim", "jobs_page", "jobs_execution", "jobs_outcome_open", "jobs_dedupe", "jobs_finished"] {
+            assert!(indexes.iter().any(|i| i == kept), "{kept} in {indexes:?}");
+        }
+        let foreign_keys: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+        assert_eq!(foreign_keys, 1, "on again after the migrations");
+        assert!(
+            conn.prepare("PRAGMA foreign_key_check").unwrap().query([]).unwrap().next().unwrap().is_none(),
+            "no reference left pointing nowhere"
+        );
+        let insert = "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, created_at, updated_at) \
+                      VALUES (?1, ?2, 9, 'UTC', '{}', 0, 0, 0)";
+        assert_eq!(conn.execute(insert, params![1, "+14155550101"]).unwrap(), 0, "once per run");
+        assert_eq!(conn.execute(insert, params![2, "+14155550101"]).unwrap(), 1, "and once in another run");
+        // A job of run 1 that fails writes its event (the trigger was made again).
+        conn.execute("UPDATE jobs SET state = 'failed' WHERE id = 11", []).unwrap();
+        let events: i64 = conn.query_row("SELECT COUNT(*) FROM outbox WHERE job_id = 11", [], |r| r.get(0)).unwrap();
+        assert_eq!(events, 1);
+        conn.execute("UPDATE runs SET state = 'finished' WHERE id = 1", []).unwrap();
+        let body: String =
+            conn.query_row("SELECT body FROM outbox WHERE event_type = 'run.finished'", [], |r| r.get(0)).unwrap();
+        assert!(body.contains(r#""jobs":{"failed":1,"sent":1}"#), "{body}");
+        // A pointer at a job that is not there is still refused.
+        let orphan =
+            conn.execute("INSERT INTO push_keys (campaign, key, job_id, created_at) VALUES ('b', 'p2', 999, 1)", []);
+        assert!(orphan.is_err());
+        // The phone's contacts across runs are one range of the unique index.
+        let plan: String = conn
+            .prepare("EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE phone = ?1 AND id != ?2")
+            .unwrap()
+            .query_map(params!["+14155550100", 0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(plan.contains("sqlite_autoindex_jobs_1 (phone=?)"), "{plan}");
+        drop(conn);
+        assert_eq!(ledger.integrity_check().unwrap(), "ok");
     }
 
     #[test]
