@@ -252,12 +252,11 @@ pub(super) fn insert_batch(
 /// Jobs written per INSERT statement, a power of two: a shorter remainder is
 /// written by the statements for the powers of two it is made of.
 ///
-/// Each INSERT into `jobs` costs more than a job's own writes: a statement
-/// journal (the AFTER INSERT trigger and the foreign key make it a statement
-/// that may abort after writing, so every page it changes is copied first),
-/// the `jobs_finished` index's IN list built afresh (written as ORs since
-/// migration 0017), a cursor opened on the table and on each of its indexes.
-/// Under callgrind a one-job INSERT took about 79,000 instructions; 64 jobs to a statement, about 36,000 a job
+/// Each INSERT into `jobs` costs more than a job's own writes: the
+/// `jobs_finished` index's condition evaluated afresh, a cursor opened on
+/// the table and on each of its indexes (and, until migration 0021, a
+/// statement journal: see there). Under callgrind a one-job INSERT took
+/// about 79,000 instructions; 64 jobs to a statement, about 36,000 a job
 /// (100 or 250 saved little more).
 const JOBS_PER_STATEMENT: usize = 64;
 
@@ -265,7 +264,8 @@ const JOBS_PER_STATEMENT: usize = 64;
 const JOB_VALUES: usize = 13;
 
 /// The INSERT of `n` jobs (a power of two up to [`JOBS_PER_STATEMENT`]),
-/// returning the phone of each job it inserted.
+/// returning the phone, id and reason (set when skipped) of each job it
+/// inserted.
 fn insert_jobs_sql(n: usize) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let row = format!("({})", vec!["?"; JOB_VALUES].join(", "));
@@ -273,7 +273,7 @@ fn insert_jobs_sql(n: usize) -> &'static str {
         format!(
             "INSERT OR IGNORE INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, \
                                          created_at, updated_at, dedupe_key, state, reason, finished_at) \
-             VALUES {} RETURNING phone",
+             VALUES {} RETURNING phone, id, reason",
             vec![row.as_str(); k].join(", ")
         )
     })
@@ -306,9 +306,10 @@ fn sized_sql(
     &all[n.trailing_zeros() as usize]
 }
 
-/// Inserts `jobs` in order, each `skipped` with its reason when it has one;
-/// a phone the run already has (the unique (phone, run) index) is not
-/// inserted. Adds the phones inserted to `inserted`.
+/// Inserts `jobs` in order, each `skipped` with its reason when it has one
+/// (and its `job.skipped` event written, when the run notifies it); a phone
+/// the run already has (the unique (phone, run) index) is not inserted.
+/// Adds the phones inserted to `inserted`.
 fn insert_jobs(
     tx: &Connection,
     run_id: i64,
@@ -317,6 +318,7 @@ fn insert_jobs(
     now: i64,
     inserted: &mut HashSet<String>,
 ) -> Result<()> {
+    let mut skipped: Vec<(i64, String, String)> = Vec::new();
     for chunk in power_of_two_chunks(jobs, JOBS_PER_STATEMENT) {
         let mut stmt = tx.prepare_cached(insert_jobs_sql(chunk.len()))?;
         for (i, (spec, skip)) in chunk.iter().enumerate() {
@@ -338,10 +340,40 @@ fn insert_jobs(
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next()? {
             inserted.insert(row.get(0)?);
+            if let Some(reason) = row.get::<_, Option<String>>(2)? {
+                skipped.push((row.get(1)?, row.get(0)?, reason));
+            }
+        }
+        drop(rows);
+        if !skipped.is_empty() {
+            let mut event = tx.prepare_cached(SKIPPED_EVENT)?;
+            for (id, phone, reason) in skipped.drain(..) {
+                event.execute(params![run_id, id, phone, reason])?;
+            }
         }
     }
     Ok(())
 }
+
+/// The `job.skipped` event of a job inserted skipped (suppressed, or its
+/// dedupe key already sent), for a run that notifies it: ?1 the run, ?2
+/// the job, ?3 its phone, ?4 its reason. The same event as the triggers
+/// write for a job that ends later (see migrations/0012_notify.sql); it
+/// is written here rather than by a trigger on INSERT because the
+/// functions in such a trigger make SQLite keep a statement journal for
+/// every multi-row INSERT into `jobs` (see migrations/0021_one_phone_index.sql).
+const SKIPPED_EVENT: &str = "\
+    INSERT INTO outbox (event_id, event_type, run_id, job_id, url, body, created_at, next_attempt_at) \
+    SELECT e.id, 'job.skipped', r.id, ?2, r.notify_url, \
+           json_object('id', e.id, 'type', 'job.skipped', \
+                       'time', strftime('%Y-%m-%dT%H:%M:%fZ', e.at / 1000.0, 'unixepoch'), \
+                       'campaign', r.campaign, 'run', r.id, 'job', ?2, 'phone', ?3, \
+                       'state', 'skipped', 'reason', ?4, 'outcome', NULL), \
+           e.at, e.at \
+    FROM runs r, \
+         (SELECT 'evt_' || lower(hex(randomblob(16))) AS id, \
+                 CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS at) e \
+    WHERE r.id = ?1 AND r.notify_url IS NOT NULL AND instr(r.notify_events, ',job.skipped,') > 0";
 
 /// Claims up to `limit` due pending jobs of a run, earliest due first, marking
 /// them `dispatching` with the attempt's start time, in one committed
@@ -1075,6 +1107,49 @@ mod tests {
 
     async fn suppress(store: &Store, phone_no: usize, scope: Scope, reason: Option<&str>) {
         assert!(store.suppress(&Phone::from_e164(phone(phone_no)), &scope, reason, "cli", T0).await.unwrap());
+    }
+
+    /// A job skipped at import writes its `job.skipped` event, in job order
+    /// and with the body the triggers write for the other events, when its
+    /// run notifies it, also past the first INSERT of a batch; a duplicate
+    /// of it writes none, and a run without `notify` none.
+    #[tokio::test]
+    async fn a_job_skipped_at_import_writes_its_event_once_when_its_run_notifies_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_path(&tmp.path().join("ledger.db")).await.unwrap();
+        suppress(&store, 1, Scope::All, Some("STOP")).await;
+        suppress(&store, 70, Scope::All, None).await;
+        let notified = NewRun {
+            policy: ConflictPolicy::from_parts("skip", None).unwrap(),
+            rate: None,
+            limits_exempt: false,
+            ..crate::store::postgres::runs::tests::new_run("c", "k1", Some(&["job.skipped"]))
+        };
+        let run = store.create_run(notified, T0).await.unwrap().expect("a new run");
+        let rows = || (0..100).map(|i| job(i as u64 + 2, i, None)).chain([job(102, 1, None)]).collect::<Vec<_>>();
+        assert_eq!(import(&store, run, rows(), T0).await, counts(100, 0, 1));
+        let quiet = new_run(&store, "c", "k2", None).await;
+        assert_eq!(import(&store, quiet, rows(), T0).await, counts(100, 0, 1));
+
+        let events = store.outbox_page(None, 0, 10).await.unwrap();
+        let page = store.jobs_page(run, None, 0, 500).await.unwrap();
+        let id_of = |p: usize| page.iter().find(|j| j.phone.as_str() == phone(p)).unwrap().id;
+        let got: Vec<(&str, i64, Option<i64>)> =
+            events.iter().map(|e| (e.event_type.as_str(), e.run_id, e.job_id)).collect();
+        assert_eq!(got, [("job.skipped", run, Some(id_of(1))), ("job.skipped", run, Some(id_of(70)))]);
+        assert_eq!(events[0].url, "https://hooks.example.com/flowcast");
+        let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "id": events[0].event_id, "type": "job.skipped", "time": body["time"], "campaign": "c",
+                "run": run, "job": id_of(1), "phone": phone(1), "state": "skipped",
+                "reason": "suppressed: scope all, STOP", "outcome": null,
+            })
+        );
+        let time = body["time"].as_str().unwrap();
+        assert!(time.starts_with("20") && time.ends_with('Z') && time.len() == 24, "{time}");
+        assert!(events[0].event_id.starts_with("evt_") && events[0].event_id != events[1].event_id);
     }
 
     /// Every job is checked at import against the suppression list and the

@@ -358,6 +358,20 @@ mod tests {
         for kept in ["jobs_claim", "jobs_page", "jobs_execution", "jobs_outcome_open", "jobs_dedupe", "jobs_finished"] {
             assert!(indexes.iter().any(|i| i == kept), "{kept} in {indexes:?}");
         }
+        // Nothing in a multi-row INSERT into jobs may abort it half-way, so
+        // SQLite keeps no statement journal for it: the foreign key to runs
+        // is checked at commit and no trigger fires on INSERT.
+        let table: String =
+            conn.query_row("SELECT sql FROM sqlite_schema WHERE name = 'jobs'", [], |r| r.get(0)).unwrap();
+        assert!(table.contains("REFERENCES runs (id) DEFERRABLE INITIALLY DEFERRED"), "{table}");
+        let on_insert: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'jobs' AND sql LIKE '%AFTER INSERT%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(on_insert, 0);
         let foreign_keys: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
         assert_eq!(foreign_keys, 1, "on again after the migrations");
         assert!(
@@ -376,6 +390,21 @@ mod tests {
         let body: String =
             conn.query_row("SELECT body FROM outbox WHERE event_type = 'run.finished'", [], |r| r.get(0)).unwrap();
         assert!(body.contains(r#""jobs":{"failed":1,"sent":1}"#), "{body}");
+        // A job of a run that is not there is refused at commit.
+        let mut writer = conn;
+        let tx = writer.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO jobs (run_id, phone, line, zone, parameters, due_at, created_at, updated_at) \
+             VALUES (77, '+14155550199', 2, 'UTC', '{}', 0, 0, 0)",
+            [],
+        )
+        .unwrap();
+        assert!(tx.commit().is_err());
+        let conn = writer;
+        assert_eq!(
+            conn.query_row("SELECT COUNT(*) FROM jobs WHERE run_id = 77", [], |r| r.get::<_, i64>(0)).unwrap(),
+            0
+        );
         // A pointer at a job that is not there is still refused.
         let orphan =
             conn.execute("INSERT INTO push_keys (campaign, key, job_id, created_at) VALUES ('b', 'p2', 999, 1)", []);
