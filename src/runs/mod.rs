@@ -26,6 +26,8 @@ pub use end_active::{
     cancel_for_end, end_active, end_each, fetch_each, targets_for,
 };
 pub use given::{GivenError, GivenStart, RefusedContact, push_contacts, read_given, start_with_contacts};
-pub use import::{BATCH_ROWS, DryRun, ImportCounts, ImportError, dry_run, import_run, suppressed_phones};
+pub use import::{
+    BATCH_ROWS, DryRun, ImportCounts, ImportError, LONE_BATCH_ROWS, dry_run, import_run, suppressed_phones,
+};
 pub use outcomes::summarise;
 pub use start::{Imports, new_run, set_default_notify, start};

@@ -549,6 +549,19 @@ impl Store {
         }
     }
 
+    /// `true` when an import should write small batches now: on PostgreSQL
+    /// always (a batch is one transaction, holding its run's row), on SQLite
+    /// while other writes share the ledger (an import batch handed the
+    /// writer over within the last second). Alone on SQLite a large batch is
+    /// one transaction, and each commit writes the pages its rows dirtied in
+    /// the phone index again: see `runs::import::LONE_BATCH_ROWS`.
+    pub fn import_in_small_batches(&self) -> bool {
+        match &self.db {
+            Db::Sqlite(db) => db.shared_lately(),
+            Db::Postgres(_) => true,
+        }
+    }
+
     /// Claims up to `limit` due pending jobs of a run, marking them
     /// `dispatching` with the attempt's start time, in one committed
     /// transaction that also applies the per-contact `limits` and the run's

@@ -239,8 +239,10 @@ pub fn http_studio(url: &str) -> HttpStudio {
 
 /// `n` distinct valid US numbers in E.164.
 pub fn phones(n: usize) -> Vec<String> {
-    assert!(n <= 10_000);
-    (0..n).map(|i| format!("+1201555{i:04}")).collect()
+    // Ten thousand numbers per area code, the first ten thousand in 201.
+    const AREAS: [u32; 10] = [201, 202, 203, 205, 206, 207, 208, 209, 210, 212];
+    assert!(n <= AREAS.len() * 10_000);
+    (0..n).map(|i| format!("+1{}555{:04}", AREAS[i / 10_000], i % 10_000)).collect()
 }
 
 /// A CSV with a `phone,first_name` header and one row per phone.

@@ -110,6 +110,7 @@ pub fn import_batch(
             return Ok(counts);
         }
         conn.unlock_fair();
+        db.handed_over();
         handed_over = true;
     }
 }
@@ -1283,6 +1284,27 @@ mod tests {
         assert_eq!((line, jobs), (imported + 1, imported), "the counts and last line of what was committed");
         assert_eq!(i.thread.join().unwrap(), counts(ROWS as i64, 0, 0));
         assert_eq!(progress(&i.ledger.reader(), i.run), (ROWS as i64, i.last as i64, ROWS as i64));
+    }
+
+    /// An import alone on the ledger writes large batches; once a batch of
+    /// it handed the writer to another write, small ones, for a second.
+    #[tokio::test]
+    async fn an_import_writes_small_batches_while_other_writes_share_the_ledger() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        import(&store, run, (0..200).map(|i| job(i as u64 + 2, i, None)).collect(), T0).await;
+        assert!(!store.import_in_small_batches(), "alone, nothing handed over");
+
+        let i = importing().await;
+        assert!(!i.ledger.shared_lately());
+        drop(i.ledger.writer());
+        i.thread.join().unwrap();
+        assert!(i.ledger.shared_lately(), "the batch handed the writer over");
+        let at = i.ledger.handed_over_at.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(i.ledger.shared_at(at + super::super::SHARED_FOR_MS - 1));
+        assert!(!i.ledger.shared_at(at + super::super::SHARED_FOR_MS), "a second later, alone again");
     }
 
     /// A cancel that goes between an import batch's slices ends the batch:

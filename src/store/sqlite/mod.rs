@@ -22,7 +22,7 @@ pub(super) mod suppressions;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
@@ -55,6 +55,9 @@ fn migrations() -> Migrations<'static> {
     ])
 }
 
+/// How long after an import's last hand-off the ledger counts as shared.
+const SHARED_FOR_MS: u64 = 1_000;
+
 /// An open SQLite ledger.
 pub(super) struct Sqlite {
     /// Declared first so that it stops before the other connections close.
@@ -64,6 +67,10 @@ pub(super) struct Sqlite {
     /// Threads waiting for `writer`: a long write (an import batch) looks at
     /// it to let a waiting one go first (see [`Sqlite::writes_waiting`]).
     waiting: AtomicUsize,
+    /// When an import batch last handed the writer to another write, in
+    /// milliseconds since `opened` (0: never).
+    handed_over_at: AtomicU64,
+    opened: std::time::Instant,
     reader: Mutex<Connection>,
     /// Reads that may take seconds (counting a big run for its summary,
     /// ledger-wide counts), on a connection of their own so that they never
@@ -118,6 +125,8 @@ impl Sqlite {
             path: path.to_path_buf(),
             writer: parking_lot::Mutex::new(writer),
             waiting: AtomicUsize::new(0),
+            handed_over_at: AtomicU64::new(0),
+            opened: std::time::Instant::now(),
             reader: Mutex::new(reader),
             reports: Mutex::new(reports),
         })
@@ -145,6 +154,25 @@ impl Sqlite {
     /// claim, an outcome, a cancel) is waiting.
     pub(super) fn writes_waiting(&self) -> bool {
         self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Records that an import batch handed the writer to a waiting write.
+    pub(super) fn handed_over(&self) {
+        let since_open = self.opened.elapsed().as_millis().max(1);
+        self.handed_over_at.store(u64::try_from(since_open).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// `true` when an import batch handed the writer over within the last
+    /// second: other writes (a dispatcher's claims and outcomes) share the
+    /// ledger, and a large transaction would keep them waiting.
+    pub(super) fn shared_lately(&self) -> bool {
+        self.shared_at(u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// [`Sqlite::shared_lately`] at `now`, in milliseconds since `opened`.
+    fn shared_at(&self, now: u64) -> bool {
+        let at = self.handed_over_at.load(Ordering::Relaxed);
+        at != 0 && now.saturating_sub(at) < SHARED_FOR_MS
     }
 
     /// The connection for reads; it sees every committed change.
