@@ -3,10 +3,10 @@
 -- phone's contacts across every run (the frequency caps). A large import's
 -- phones come in random order, so each row was a random insert into both:
 -- in the `sqlite3` shell a million-row insert took 13.1 s with both and
--- 7.1 s with one. One unique index by (phone, run) does both jobs: the
--- phone's entries across runs are one range of it, and a phone again in
--- the same run is the same key. It also saves the 24 bytes a job that
--- `jobs_phone` held.
+-- 7.1 s with one. One unique index by (phone, run), `jobs_phone_run`, does
+-- both jobs: the phone's entries across runs are one range of it, and a
+-- phone again in the same run is the same key (an import's INSERT OR IGNORE
+-- skips it). It also saves the 24 bytes a job that `jobs_phone` held.
 --
 -- An INSERT of many jobs in one statement also kept a statement journal (a
 -- copy of every page it changed, to undo the statement alone if it
@@ -17,7 +17,7 @@
 -- it was inserted skipped. The foreign key is now checked at commit
 -- (DEFERRABLE INITIALLY DEFERRED: a job of a run that does not exist still
 -- fails, with its transaction), and that event is written by the import's
--- own statement after the INSERT (`skipped_event` in the code), as the
+-- own statement after the INSERT (`SKIPPED_EVENT` in the code), as the
 -- trigger wrote it.
 --
 -- SQLite cannot drop a table's UNIQUE constraint in place: the table is
@@ -67,8 +67,7 @@ CREATE TABLE jobs_rebuilt (
     ended_in            TEXT,
     outcome             TEXT,
     outcome_notes       TEXT,
-    dedupe_key          TEXT,
-    UNIQUE (phone, run_id)
+    dedupe_key          TEXT
 );
 
 INSERT INTO jobs_rebuilt (id, run_id, phone, line, zone, parameters, state, reason, due_at, expires_at,
@@ -89,6 +88,10 @@ DROP TRIGGER outbox_run_finished;
 DROP TABLE jobs;
 ALTER TABLE jobs_rebuilt RENAME TO jobs;
 
+-- Built after the copy, by sorting: copied into a table that already had
+-- it, the rows went into it in random order (slower, and the file grew by
+-- the index's loose pages).
+CREATE UNIQUE INDEX jobs_phone_run ON jobs (phone, run_id);
 CREATE INDEX jobs_execution ON jobs (execution_sid) WHERE execution_sid IS NOT NULL;
 CREATE INDEX jobs_waiting_on ON jobs (conflict_sid) WHERE conflict_sid IS NOT NULL;
 CREATE INDEX jobs_expiry ON jobs (run_id, expires_at) WHERE state = 'pending' AND expires_at IS NOT NULL;

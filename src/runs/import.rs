@@ -11,9 +11,10 @@ use crate::domain::{ImportRow, JobSpec, Rejection, RowOutcome, RunState};
 use crate::store::{Store, StoreError};
 
 /// Rows written per batch, in one transaction unless another write waits
-/// for a SQLite ledger (see `Store::import_batch`): large enough to amortise
-/// the commit, small enough that a cancel is seen quickly and memory stays
-/// flat.
+/// for a SQLite ledger (see `Store::import_batch`), while other writes share
+/// the ledger and on PostgreSQL: large enough to amortise the commit, small
+/// enough that memory stays flat. (A cancel is seen within a batch on
+/// SQLite, whose batches give way to it, and after it on PostgreSQL.)
 pub const BATCH_ROWS: usize = 2_000;
 
 /// Rows per batch while an import has a SQLite ledger to itself (see
@@ -125,7 +126,11 @@ pub async fn import_run(
             }
         }
     });
-    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    // The first batch is small, so that a run's first jobs can be claimed
+    // at once; while the import has the ledger to itself each batch is
+    // twice the one before, up to LONE_BATCH_ROWS.
+    let mut limit = BATCH_ROWS;
+    let mut batch = Vec::with_capacity(limit);
     let mut last_line = resume_after;
     let written = async {
         loop {
@@ -135,10 +140,11 @@ pub async fn import_run(
                 last_line = last_line.max(item.line());
                 batch.push(item);
             }
-            let limit = if store.import_in_small_batches() { BATCH_ROWS } else { LONE_BATCH_ROWS };
             if batch.len() >= limit || (done && !batch.is_empty()) {
-                let rows = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                let rows = std::mem::take(&mut batch);
                 let written = store.import_batch(run_id, rows, last_line, now_ms, now_ms).await?;
+                limit = if store.import_in_small_batches() { BATCH_ROWS } else { (limit * 2).min(LONE_BATCH_ROWS) };
+                batch = Vec::with_capacity(limit);
                 crate::telemetry::import_rows(
                     written.imported as u64,
                     written.rejected as u64,

@@ -69,14 +69,15 @@ const SLICE_ROWS: usize = 64;
 /// the writer 80 ms at the median beside a busy dispatcher, back to back, and
 /// sends fell to 6 % of a 1,000/s rate. Alone, the batch stays one
 /// transaction: committing every 256 rows regardless made a million-row
-/// import 30-48 % slower (each commit writes the phone indexes' pages that
+/// import 30-48 % slower (each commit writes the phone index's pages that
 /// the rows' random inserts dirtied).
 ///
 /// Each commit carries the run's counts and `import_line` for the rows it
 /// holds (the last CSV line of its slice, the batch's own at the end), so a
-/// resumed import starts after what was committed. A run cancelled while
-/// the writer was handed over gets no more of the batch: its pending jobs
-/// were cancelled, and the rest would be pending in a run that is over.
+/// resumed import starts after what was committed. A run cancelled before
+/// the batch or while the writer was handed over gets no more of it: its
+/// pending jobs were cancelled, and the rest would be pending in a run that
+/// is over (a batch can be 65,536 rows: see `runs::import::LONE_BATCH_ROWS`).
 pub fn import_batch(
     db: &super::Sqlite,
     run_id: i64,
@@ -88,11 +89,10 @@ pub fn import_batch(
     let mut counts = BatchCounts::default();
     // An empty batch still moves the run's last line on.
     let mut slices = items.chunks(SLICE_ROWS).chain(items.is_empty().then_some(items)).peekable();
-    let mut handed_over = false;
     loop {
         let mut conn = db.writer();
         let tx = super::write_transaction(&mut conn)?;
-        if handed_over && super::runs::run_state(&tx, run_id)? == RunState::Cancelled {
+        if super::runs::run_state(&tx, run_id)? == RunState::Cancelled {
             return Ok(counts);
         }
         while let Some(slice) = slices.next() {
@@ -111,7 +111,6 @@ pub fn import_batch(
         }
         conn.unlock_fair();
         db.handed_over();
-        handed_over = true;
     }
 }
 
@@ -1301,10 +1300,30 @@ mod tests {
         assert!(!i.ledger.shared_lately());
         drop(i.ledger.writer());
         i.thread.join().unwrap();
-        assert!(i.ledger.shared_lately(), "the batch handed the writer over");
         let at = i.ledger.handed_over_at.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(at > 0, "the batch handed the writer over");
         assert!(i.ledger.shared_at(at + super::super::SHARED_FOR_MS - 1));
         assert!(!i.ledger.shared_at(at + super::super::SHARED_FOR_MS), "a second later, alone again");
+    }
+
+    /// A batch for a run cancelled before it (while the import read the
+    /// batch's rows) writes none of them.
+    #[tokio::test]
+    async fn a_batch_for_a_run_cancelled_before_it_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        import(&store, run, vec![job(2, 0, None)], T0).await;
+        let ledger = super::super::Sqlite::open(&path).unwrap();
+        {
+            let mut conn = ledger.writer();
+            let cancel = RunState::Cancelled;
+            assert!(super::super::runs::set_run_state(&mut conn, run, RunState::Expanding, cancel, None, T0).unwrap());
+        }
+        let rows: Vec<ImportRow> = (1..100).map(|i| job(i as u64 + 2, i, None)).collect();
+        assert_eq!(super::import_batch(&ledger, run, &rows, 101, T0, T0).unwrap(), counts(0, 0, 0));
+        assert_eq!(progress(&ledger.reader(), run), (1, 2, 1), "the one job from before, no more");
     }
 
     /// A cancel that goes between an import batch's slices ends the batch:
