@@ -1209,12 +1209,7 @@ mod tests {
     /// of dispatch, a third of each claim's instructions).
     #[tokio::test]
     async fn a_claims_read_is_compiled_once_whatever_time_it_is_bound_to() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("ledger.db");
-        let store = Store::open_path(&path).await.unwrap();
-        let run = new_run(&store, "c", "k", None).await;
-        import(&store, run, (0..3).map(|i| job(i as u64 + 2, i, None)).collect(), T0).await;
-        let ledger = super::super::Sqlite::open(&path).unwrap();
+        let (_tmp, ledger, run) = run_of(3).await;
         let mut conn = ledger.writer();
         for now in [T0 + 1, T0 + 2, T0 + 3] {
             let claimed = super::claim_due(&mut conn, run, now, 1, false, &ContactLimits::default()).unwrap();
@@ -1223,6 +1218,17 @@ mod tests {
         let stmt = conn.prepare_cached(super::claim_sql(false)).unwrap();
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 3, "the claims' statement, kept");
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    /// A new ledger with a run of `jobs` contacts imported, opened as the
+    /// SQLite ledger for direct calls.
+    async fn run_of(jobs: usize) -> (tempfile::TempDir, super::super::Sqlite, i64) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        import(&store, run, (0..jobs).map(|i| job(i as u64 + 2, i, None)).collect(), T0).await;
+        (tmp, super::super::Sqlite::open(&path).unwrap(), run)
     }
 
     /// Rows of the batch [`importing`] writes.
@@ -1310,12 +1316,7 @@ mod tests {
     /// batch's rows) writes none of them.
     #[tokio::test]
     async fn a_batch_for_a_run_cancelled_before_it_writes_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("ledger.db");
-        let store = Store::open_path(&path).await.unwrap();
-        let run = new_run(&store, "c", "k", None).await;
-        import(&store, run, vec![job(2, 0, None)], T0).await;
-        let ledger = super::super::Sqlite::open(&path).unwrap();
+        let (_tmp, ledger, run) = run_of(1).await;
         {
             let mut conn = ledger.writer();
             let cancel = RunState::Cancelled;
