@@ -21,9 +21,9 @@ pub const BATCH_ROWS: usize = 2_000;
 /// `Store::import_in_small_batches`). A commit writes every page its rows
 /// dirtied to the log; a large run's phones land on random pages of the
 /// unique (phone, run) index, so 2,000 rows wrote about a page each, and a
-/// million-row import took 10.3-10.8 s where batches of 65,536 rows took
-/// 6.0-6.1 s (peak RSS 102 -> 134 MB: the batch and half of one more
-/// buffered, at about 300 bytes a row).
+/// million-row import took 10.3-10.8 s where batches growing to 65,536 rows
+/// took 6.4-6.5 s (peak RSS 104 -> 127 MB: the batch and half of one more
+/// buffered).
 pub const LONE_BATCH_ROWS: usize = 65_536;
 
 /// Rows the reader hands over at a time.
