@@ -7,6 +7,7 @@
 //! one lock around every pattern; the rest go to the library itself.
 
 mod matcher;
+mod snapshot;
 
 use std::fmt;
 use std::str::FromStr;

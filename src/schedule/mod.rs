@@ -4,6 +4,9 @@
 //! Europe/Berlin schedule fires at 09:00 local in winter and in summer. Time
 //! itself comes from a [`Clock`], so tests can drive it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
@@ -78,12 +81,35 @@ pub fn parse_cron(line: &str) -> Result<Cron, String> {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     line: String,
-    cron: Cron,
+    cron: Arc<Cron>,
 }
+
+/// Lines parsed so far in this process, shared by the campaigns that write
+/// the same line. croner fills a bit for every year it can reach (5,000 of
+/// them) whatever the line, about 260,000 instructions a parse under
+/// callgrind, most of reading a campaign file; a folder's campaigns often
+/// share their schedules, and every rescan and every `status` reads them all
+/// again. Bounded: past `PARSED_LINES` distinct lines it starts afresh.
+static PARSED: LazyLock<Mutex<HashMap<String, Arc<Cron>>>> = LazyLock::new(Mutex::default);
+const PARSED_LINES: usize = 4_096;
 
 impl Schedule {
     pub fn parse(line: &str) -> Result<Self, String> {
-        Ok(Schedule { line: line.trim().to_string(), cron: parse_cron(line)? })
+        let line = line.trim();
+        let known = PARSED.lock().unwrap_or_else(|e| e.into_inner()).get(line).cloned();
+        let cron = match known {
+            Some(cron) => cron,
+            None => {
+                let cron = Arc::new(parse_cron(line)?);
+                let mut parsed = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+                if parsed.len() >= PARSED_LINES {
+                    parsed.clear();
+                }
+                parsed.insert(line.to_string(), Arc::clone(&cron));
+                cron
+            }
+        };
+        Ok(Schedule { line: line.to_string(), cron })
     }
 
     /// The line as written in the campaign file, trimmed.
@@ -191,6 +217,24 @@ mod tests {
         let err = parse_cron("0 9 * *").unwrap_err();
         assert!(err.contains("4 fields"), "{err}");
         assert!(parse_cron("0 25 * * *").is_err());
+    }
+
+    #[test]
+    fn schedules_written_alike_share_one_parse_and_fire_alike() {
+        let a = Schedule::parse("7 13 * * Tue").unwrap();
+        let b = Schedule::parse("  7 13 * * Tue ").unwrap();
+        let other = Schedule::parse("8 13 * * Tue").unwrap();
+        assert!(Arc::ptr_eq(&a.cron, &b.cron), "one line, one parse");
+        assert!(!Arc::ptr_eq(&a.cron, &other.cron));
+        assert_eq!(b.line(), "7 13 * * Tue");
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let zone = chrono_tz::Europe::Berlin;
+        assert_eq!(a.next_fire(zone, now), b.next_fire(zone, now));
+        assert_eq!(a.next_fire(zone, now), Some(Utc.with_ymd_and_hms(2026, 3, 3, 12, 7, 0).unwrap()));
+        assert_eq!(other.next_fire(zone, now), Some(Utc.with_ymd_and_hms(2026, 3, 3, 12, 8, 0).unwrap()));
+        // A line refused once is refused again, not remembered as parsed.
+        assert!(Schedule::parse("7 25 * * Tue").is_err());
+        assert!(Schedule::parse("7 25 * * Tue").is_err());
     }
 
     #[test]

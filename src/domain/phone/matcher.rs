@@ -7,7 +7,8 @@
 //! evicted). Validating a number takes a dozen such uses, so the lock, not the
 //! matching, bounded an import, and more threads could not help.
 //!
-//! Here each region's patterns, read from the same crate's metadata, are
+//! Here each region's patterns, read from the same crate's metadata (through
+//! [`super::snapshot`], which spares the crate's own costly load), are
 //! compiled once, on the region's first number, into expressions of the `regex`
 //! crate (the one the library itself compiles them with, with the same
 //! options), and the library's steps from text to verdict are followed one by
@@ -29,8 +30,9 @@ use std::str::FromStr;
 use std::sync::{LazyLock, OnceLock};
 
 use phonenumber::country::Id;
-use phonenumber::metadata::{DATABASE, Database, Descriptor, Metadata};
 use regex::{Regex, RegexBuilder};
+
+use super::snapshot::{self, Descriptor, Region};
 
 /// What the library would answer for a number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +59,7 @@ impl From<std::num::ParseIntError> for Stop {
     }
 }
 
-/// Loads the phone library's metadata and this module's tables now rather
-/// than at the first number (the library's load alone costs as much as
-/// reading a few hundred campaign files).
+/// Loads this module's tables now rather than at the first number.
 pub(crate) fn load() {
     tables();
 }
@@ -127,12 +127,12 @@ fn decide(t: &Tables, raw: &str, default: Option<usize>) -> Result<Verdict, Stop
     if let Some(region) = meta {
         let entry = &t.entries[region];
         let mut potential = national_number(entry, number.clone())?;
-        if let Some(prefix) = entry.meta.national_prefix()
+        if let Some(prefix) = entry.meta.national_prefix.as_deref()
             && potential.national.starts_with(prefix)
         {
             potential.national.replace_range(..prefix.len(), "");
         }
-        if length(entry.meta.descriptors().general(), potential.national.len()) != Length::TooShort {
+        if length(&entry.meta.general, potential.national.len()) != Length::TooShort {
             number = potential;
         }
     }
@@ -261,10 +261,10 @@ fn country_code(t: &Tables, default: Option<usize>, national: &str, prefix: Opti
                 return Err(Stop::Unparseable);
             };
             let entry = &t.entries[region];
-            let code = entry.meta.country_code().to_string();
+            let code = entry.meta.code.to_string();
             if number.national.starts_with(&code)
                 && (!entry.compiled().general.is_match(&number.national)
-                    || !length(entry.meta.descriptors().general(), number.national.len()).is_possible())
+                    || !length(&entry.meta.general, number.national.len()).is_possible())
             {
                 number.source = Source::Number;
                 number.national.replace_range(..code.len(), "");
@@ -280,7 +280,7 @@ fn country_code(t: &Tables, default: Option<usize>, national: &str, prefix: Opti
 fn national_number(entry: &Entry, mut number: Number) -> Result<Number, Stop> {
     let compiled = entry.compiled();
     let Some(parsing) = &compiled.national_parsing else {
-        if let Some(prefix) = entry.meta.national_prefix()
+        if let Some(prefix) = entry.meta.national_prefix.as_deref()
             && number.national.starts_with(prefix)
         {
             number.national.replace_range(..prefix.len(), "");
@@ -297,7 +297,7 @@ fn national_number(entry: &Entry, mut number: Number) -> Result<Number, Stop> {
     let captures = parsing.captures(&number.national).ok_or(Stop::Library)?;
     let first = captures.get(1).is_some();
     let last = captures.get(captures.len() - 1).is_some();
-    match entry.meta.national_prefix_transform_rule() {
+    match entry.meta.national_prefix_transform_rule.as_deref() {
         // The library checks the whole number again here where it means the
         // rest after the prefix; both checks give the same answer, so the
         // prefix always goes.
@@ -338,11 +338,11 @@ impl Length {
 
 fn length(general: &Descriptor, len: usize) -> Length {
     let len = len as u16;
-    let possible = general.possible_length();
+    let possible = &general.lengths;
     let Some((&minimum, &maximum)) = possible.first().zip(possible.last()) else {
         return Length::Invalid;
     };
-    if general.possible_local_length().contains(&len) {
+    if general.local_lengths.contains(&len) {
         Length::LocalOnly
     } else if len == minimum {
         Length::Possible
@@ -366,7 +366,7 @@ fn source_for(t: &Tables, code: u16, national: &str) -> Result<Option<(usize, Op
     };
     if let [only] = regions[..] {
         let entry = &t.entries[only];
-        return Ok(if entry.meta.id() == "001" {
+        return Ok(if entry.meta.id == "001" {
             // The library goes through the country code to the same entry.
             Some((t.first_for_code[&code], None))
         } else if entry.id_parses {
@@ -397,7 +397,7 @@ fn source_for(t: &Tables, code: u16, national: &str) -> Result<Option<(usize, Op
 /// each region's patterns compiled on first use.
 struct Tables {
     entries: Vec<Entry>,
-    by_id: HashMap<&'static str, usize>,
+    by_id: HashMap<String, usize>,
     /// A country code's regions, its main region first (`Database::region`).
     by_code: HashMap<u16, Vec<usize>>,
     /// A country code's first metadata (`Database::by_code(..)[0]`).
@@ -405,7 +405,7 @@ struct Tables {
 }
 
 struct Entry {
-    meta: &'static Metadata,
+    meta: Region,
     /// Whether the library can read the region's id as a `country::Id`.
     id_parses: bool,
     compiled: OnceLock<Compiled>,
@@ -413,46 +413,24 @@ struct Entry {
 
 impl Entry {
     fn compiled(&self) -> &Compiled {
-        self.compiled.get_or_init(|| Compiled::new(self.meta))
+        self.compiled.get_or_init(|| Compiled::new(&self.meta))
     }
 }
 
 fn tables() -> &'static Tables {
     static TABLES: LazyLock<Tables> = LazyLock::new(|| {
-        let db: &'static Database = &DATABASE;
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut firsts = HashMap::new();
-        // Every metadata entry, by country code: the non-geographic ones all
-        // have the id "001", so only their codes tell them apart.
-        for code in 0..=u16::MAX {
-            if let Some(metas) = db.by_code(&code) {
-                firsts.insert(code, entries.len());
-                entries.extend(metas.into_iter().map(|meta| Entry {
-                    meta,
-                    id_parses: Id::from_str(meta.id()).is_ok(),
-                    compiled: OnceLock::new(),
-                }));
-            }
+        let s = snapshot::load();
+        let entries = s
+            .entries
+            .into_iter()
+            .map(|meta| Entry { id_parses: Id::from_str(&meta.id).is_ok(), meta, compiled: OnceLock::new() })
+            .collect();
+        Tables {
+            entries,
+            by_id: s.by_id.into_iter().collect(),
+            by_code: s.by_code.into_iter().collect(),
+            first_for_code: s.first_for_code.into_iter().collect(),
         }
-        let index_of = |meta: &Metadata| {
-            entries.iter().position(|e| std::ptr::eq(e.meta, meta)).expect("an entry the database lists")
-        };
-        let mut by_id = HashMap::new();
-        let mut by_code = HashMap::new();
-        for entry in &entries {
-            if let Some(meta) = db.by_id(entry.meta.id()) {
-                by_id.insert(entry.meta.id(), index_of(meta));
-            }
-            let code = entry.meta.country_code();
-            let regions = db.region(&code).unwrap_or_default();
-            let indices = if let [_] = regions[..] {
-                vec![firsts[&code]]
-            } else {
-                regions.iter().filter_map(|r| db.by_id(*r)).map(index_of).collect()
-            };
-            by_code.insert(code, indices);
-        }
-        Tables { entries, by_id, by_code, first_for_code: firsts }
     });
     &TABLES
 }
@@ -474,26 +452,13 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn new(meta: &'static Metadata) -> Self {
-        let d = meta.descriptors();
-        let types = [
-            d.premium_rate(),
-            d.toll_free(),
-            d.shared_cost(),
-            d.voip(),
-            d.personal_number(),
-            d.pager(),
-            d.uan(),
-            d.voicemail(),
-            d.fixed_line(),
-            d.mobile(),
-        ];
+    fn new(meta: &Region) -> Self {
         Compiled {
-            general: Pattern::new(d.general()),
-            types: types.into_iter().flatten().map(Pattern::new).collect(),
-            idd: meta.international_prefix().map(|re| compile(re.as_str())),
-            national_parsing: meta.national_prefix_for_parsing().map(|re| compile(re.as_str())),
-            leading_digits: meta.leading_digits().map(|re| anchored(re.as_str())),
+            general: Pattern::new(&meta.general),
+            types: meta.types.iter().map(Pattern::new).collect(),
+            idd: meta.international_prefix.as_deref().map(compile),
+            national_parsing: meta.national_prefix_for_parsing.as_deref().map(compile),
+            leading_digits: meta.leading_digits.as_deref().map(anchored),
         }
     }
 
@@ -505,13 +470,13 @@ impl Compiled {
 
 /// A descriptor: its possible lengths (none listed: any) and its pattern.
 struct Pattern {
-    lengths: &'static [u16],
+    lengths: Vec<u16>,
     regex: Regex,
 }
 
 impl Pattern {
-    fn new(descriptor: &'static Descriptor) -> Self {
-        Pattern { lengths: descriptor.possible_length(), regex: anchored(descriptor.national_number().as_str()) }
+    fn new(descriptor: &Descriptor) -> Self {
+        Pattern { lengths: descriptor.lengths.clone(), regex: anchored(&descriptor.pattern) }
     }
 
     fn is_match(&self, national: &str) -> bool {
@@ -542,6 +507,7 @@ fn anchored(pattern: &str) -> Regex {
 mod tests {
     use super::*;
     use crate::domain::phone::library_verdict;
+    use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
 
     /// Regions whose numbers the comparison writes: large plans, regions that
     /// share a country code (+1, +44, +7, +47, +590, +61), and prefixes that
