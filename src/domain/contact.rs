@@ -41,9 +41,10 @@ impl Parameters {
     pub fn with_flowcast_key(&self, campaign: &str, run: i64, job: i64) -> Result<String, NotAnObject> {
         let text = self.0.trim();
         let body = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')).ok_or(NotAnObject)?;
-        let key = serde_json::json!({ "campaign": campaign, "run": run, "job": job });
         let separator = if body.trim().is_empty() { "" } else { "," };
-        Ok(format!("{{{body}{separator}\"flowcast\":{key}}}"))
+        // The key as `json!` writes it (keys in order, the name escaped).
+        let campaign = serde_json::Value::from(campaign);
+        Ok(format!("{{{body}{separator}\"flowcast\":{{\"campaign\":{campaign},\"job\":{job},\"run\":{run}}}}}"))
     }
 }
 
@@ -112,6 +113,14 @@ mod tests {
         assert_eq!(value["name"], "Ada \"A\"");
         assert_eq!(value["floor"], 3);
         assert_eq!(value["flowcast"], serde_json::json!({"campaign": "c", "run": 2, "job": 9}));
+        // Byte for byte what `json!` writes for the key, an awkward name too.
+        let name = "a \"quoted\" name\n";
+        let key = serde_json::json!({ "campaign": name, "run": 2, "job": 9 });
+        let body = Parameters::from_map(&map).as_json().to_string();
+        assert_eq!(
+            Parameters::from_map(&map).with_flowcast_key(name, 2, 9).unwrap(),
+            format!("{},\"flowcast\":{key}}}", &body[..body.len() - 1])
+        );
         let empty = Parameters::from_map(&Map::new()).with_flowcast_key("c", 1, 1).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&empty).unwrap()["flowcast"]["job"], 1);
         assert_eq!(Parameters::from_ledger("[1]".into()).with_flowcast_key("c", 1, 1), Err(NotAnObject));

@@ -4,7 +4,9 @@
 //! that may have reached Studio from those that cannot have. The endpoints
 //! themselves live by resource, in `executions` and `flows`.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
@@ -65,7 +67,13 @@ pub struct HttpStudio {
     /// `Basic …` of the credentials, encoded once rather than per request;
     /// marked sensitive, so it never prints.
     authorization: HeaderValue,
+    /// Each flow's create URL, parsed once: a URL given as text is parsed
+    /// at every request, and creates are most of the requests.
+    create_urls: Arc<Mutex<HashMap<String, reqwest::Url>>>,
 }
+
+/// Flows whose create URL is kept at most; past it the map starts afresh.
+const CREATE_URLS: usize = 1_024;
 
 /// The paging part of a list answer, read by every list endpoint.
 #[derive(Deserialize)]
@@ -85,6 +93,7 @@ impl HttpStudio {
             client,
             base: config.base_url.trim_end_matches('/').to_string(),
             authorization: basic_authorization(&config.credentials),
+            create_urls: Arc::default(),
         })
     }
 
@@ -94,6 +103,21 @@ impl HttpStudio {
 
     pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The URL that creates an Execution of `flow`, parsed; `None` when the
+    /// base URL does not parse (the request then fails as it would as text).
+    pub(super) fn create_url(&self, flow: &str) -> Option<reqwest::Url> {
+        let mut urls = self.create_urls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(url) = urls.get(flow) {
+            return Some(url.clone());
+        }
+        let url = reqwest::Url::parse(&self.url(&format!("/v2/Flows/{flow}/Executions"))).ok()?;
+        if urls.len() >= CREATE_URLS {
+            urls.clear();
+        }
+        urls.insert(flow.to_string(), url.clone());
+        Some(url)
     }
 
     /// Sends a request and classifies the answer. `ambiguous` marks requests that
@@ -214,6 +238,27 @@ mod tests {
         assert_eq!(base_url(None, Some("dublin"), None), "https://studio.dublin.us1.twilio.com");
         assert_eq!(base_url(None, None, Some("ie1")), "https://studio.ie1.twilio.com");
         assert_eq!(base_url(Some("http://127.0.0.1:4010/"), Some("sydney"), None), "http://127.0.0.1:4010");
+    }
+
+    #[test]
+    fn a_flows_create_url_is_parsed_once_and_is_the_text_url() {
+        let studio = |base: &str| {
+            HttpStudio::new(StudioConfig {
+                base_url: base.into(),
+                credentials: Credentials::new("AC0123456789abcdef0123456789abcdef", "s"),
+                timeout: Duration::from_secs(1),
+                connect_timeout: Duration::from_secs(1),
+            })
+            .unwrap()
+        };
+        let s = studio("http://127.0.0.1:4010/prefix/");
+        let (a, b) = ("FW0123456789abcdef0123456789abcdef", "FW00000000000000000000000000000000");
+        for flow in [a, b, a] {
+            let url = s.create_url(flow).expect("a base URL that parses");
+            assert_eq!(url.as_str(), s.url(&format!("/v2/Flows/{flow}/Executions")));
+        }
+        assert_eq!(s.create_urls.lock().unwrap().len(), 2);
+        assert!(studio("not a url").create_url(a).is_none(), "left to fail as text, as before");
     }
 
     #[test]

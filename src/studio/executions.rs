@@ -45,7 +45,11 @@ impl StudioApi for HttpStudio {
     async fn create_execution(&self, flow: &FlowSid, request: &CreateRequest) -> StudioResult<Execution> {
         let form =
             [("To", request.to.as_str()), ("From", request.from.as_str()), ("Parameters", request.parameters.as_str())];
-        self.send("create", self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions"))).form(&form), true).await
+        let request = match self.create_url(flow.as_str()) {
+            Some(url) => self.client.post(url),
+            None => self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions"))),
+        };
+        self.send("create", request.form(&form), true).await
     }
 
     async fn fetch_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
