@@ -27,6 +27,9 @@
 //!    first to the last create, and the CPU of each serve, of PostgreSQL and
 //!    of the simulator meanwhile. Claims/s: the ledger alone, 1, 2 and 3
 //!    claimers taking and settling jobs with no Studio call.
+//! 7. pg-import (by name, or in the smoke set; needs `FLOWCAST_TEST_POSTGRES`,
+//!    skipped without): the import, alone and beside sends at 1,000/s, into
+//!    a PostgreSQL ledger.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -86,7 +89,11 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--scenario") {
         let name = args.get(i + 1).cloned().unwrap_or_default();
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
-        let result = runtime.block_on(scenario(&name, &args));
+        let result = runtime.block_on(async {
+            let result = scenario(&name, &args).await;
+            drop_bench_schema().await;
+            result
+        });
         println!("RESULT {result}");
         return;
     }
@@ -202,6 +209,40 @@ fn main() {
                 ),
                 "one Execution per imported contact".into(),
             ));
+        }
+    }
+    // A PostgreSQL ledger's import, alone and beside sends at 1,000/s: it
+    // needs a PostgreSQL server (it says it skipped without one); asked for
+    // by name, or in the smoke set at its tiny size.
+    if only.iter().any(|o| o.as_str() == "pg-import") || (smoke && only.is_empty()) {
+        let r = child("import", &["--postgres"]);
+        if r.get("skipped").is_some() {
+            eprintln!("pg-import: skipped ({})", r["skipped"]);
+        } else {
+            rows.push((
+                format!("import {} rows, PostgreSQL ledger", s.import_rows),
+                format!("{:.0} rows/s", r["rows_per_s"].as_f64().unwrap_or(0.0)),
+                format!(
+                    "peak RSS {:.0} MB (flowcast's; the server's apart); {} imported, {} rejected",
+                    r["peak_rss_mb"].as_f64().unwrap_or(0.0),
+                    r["imported"],
+                    r["rejected"]
+                ),
+                "≥ 150,000 rows/s, ≤ 150 MB".into(),
+            ));
+            let rate = 1_000;
+            let seconds = rate_seconds(s, rate);
+            let rows_alongside = s.import_rows.to_string();
+            let r = child("rate", &["--rate", &rate.to_string(), "--import-rows", &rows_alongside, "--postgres"]);
+            let import = r["import_seconds"].as_f64().map_or_else(
+                || format!("; import still going after {seconds} s, {} jobs written", r["import_jobs"]),
+                |t| format!("; import done in {t:.1} s"),
+            );
+            let label = format!(
+                "rate cap {rate}/s for {seconds} s, importing {} rows alongside, PostgreSQL ledger",
+                s.import_rows
+            );
+            rows.push(rate_row(label, rate, &r, &import));
         }
     }
     // It may install the Python helper (pip), so it runs by name only.
@@ -550,6 +591,33 @@ fn dispatcher(store: &Store, url: &str, account_rate: u32, concurrency: usize) -
     )
 }
 
+/// The scenario's ledger: the workspace's SQLite file, or with `--postgres`
+/// a fresh schema on `FLOWCAST_TEST_POSTGRES` (`None` when it is unset).
+async fn scenario_store(ws: &Workspace, args: &[String]) -> Option<Store> {
+    if !args.iter().any(|a| a == "--postgres") {
+        return Some(Store::open_path(&ws.db).await.unwrap());
+    }
+    let url = flowcast::store::postgres::test_ledger("postgres bench").await?;
+    *BENCH_SCHEMA.lock().unwrap() = url.split("search_path%3D").nth(1).map(str::to_string);
+    Some(Store::open(&flowcast::store::Ledger::parse(&url).unwrap()).await.unwrap())
+}
+
+/// The PostgreSQL schema a scenario made, dropped when it is done: a
+/// million-row import leaves most of a gigabyte.
+static BENCH_SCHEMA: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+async fn drop_bench_schema() {
+    let Some(schema) = BENCH_SCHEMA.lock().unwrap().take() else { return };
+    let Ok(url) = std::env::var("FLOWCAST_TEST_POSTGRES") else { return };
+    let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
+    let task = tokio::spawn(connection);
+    if let Err(e) = client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await {
+        eprintln!("bench schema {schema} left in place: {e}");
+    }
+    drop(client);
+    let _ = task.await;
+}
+
 /// Claims per second on the ledger at `ledger` with `claimers` stores taking
 /// batches of one run's `jobs` jobs and settling them as sent, no Studio call.
 async fn claim_rate(ledger: &str, claimers: usize, jobs: usize) -> f64 {
@@ -616,7 +684,9 @@ async fn scenario(name: &str, args: &[String]) -> Value {
         }
         "import" => {
             let ws = workspace(s.import_rows, "default_region = \"US\"");
-            let store = Store::open_path(&ws.db).await.unwrap();
+            let Some(store) = scenario_store(&ws, args).await else {
+                return json!({ "skipped": "FLOWCAST_TEST_POSTGRES is unset" });
+            };
             let (campaign, run) = create_run(&ws, &store, "c.toml", "import").await;
             let started = Instant::now();
             let counts = import_run(&store, &campaign, run, Utc::now().timestamp_millis(), async |_| {}).await.unwrap();
@@ -653,7 +723,9 @@ async fn scenario(name: &str, args: &[String]) -> Value {
             // Enough contacts that no campaign runs dry before the time is up.
             let per_campaign = (rate as usize * seconds as usize) + 50;
             let ws = workspace(per_campaign * campaigns, "");
-            let store = Store::open_path(&ws.db).await.unwrap();
+            let Some(store) = scenario_store(&ws, args).await else {
+                return json!({ "skipped": "FLOWCAST_TEST_POSTGRES is unset" });
+            };
             // Each campaign gets its own slice of the contacts.
             let csv = std::fs::read_to_string(ws.folders.campaigns.join("c.csv")).unwrap();
             let mut lines = csv.lines();
