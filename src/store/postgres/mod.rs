@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0003_run_summaries.sql"),
     include_str!("../../../migrations/postgres/0004_jobs_version.sql"),
     include_str!("../../../migrations/postgres/0005_outbox_counts.sql"),
+    include_str!("../../../migrations/postgres/0006_job_event_conditions.sql"),
 ];
 
 /// How long a claim, an import or the leader role holds without renewal:

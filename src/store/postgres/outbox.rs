@@ -118,6 +118,48 @@ mod tests {
     use crate::domain::{Phone, RunState, Scope};
     use crate::store::postgres::runs::tests::{T0, job, ledger, new_run};
 
+    /// The event function runs for the rows that may be an event, not for
+    /// every job written (it read the job's run each time).
+    #[tokio::test]
+    async fn the_job_event_function_runs_only_for_rows_that_may_be_an_event() {
+        let Some((store, mut client)) = ledger("pg event conditions").await else { return };
+        let run = new_run("reminders", "k", Some(&["job.skipped", "job.failed", "outcome"]));
+        let (id, _) = store.create_run_with_rows(run, vec![], T0).await.unwrap().unwrap();
+        let tx = client.transaction().await.unwrap();
+        // Counted for this transaction alone (a superuser setting: the test
+        // server's user is one).
+        tx.batch_execute("SET LOCAL track_functions = 'pl'").await.unwrap();
+        let calls = async |tx: &tokio_postgres::Transaction<'_>| -> i64 {
+            tx.query_opt("SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = 'flowcast_job_event'", &[])
+                .await
+                .unwrap()
+                .map_or(0, |r| r.get(0))
+        };
+        let insert = "INSERT INTO jobs (run_id, phone, line, zone, parameters, due_at, created_at, updated_at, state) \
+                      VALUES ($1, $2, 2, 'UTC', '{}', 0, 0, 0, $3) RETURNING id";
+        let mut ids = Vec::new();
+        for (phone, state) in [("+12015550001", "pending"), ("+12015550002", "pending"), ("+12015550003", "skipped")] {
+            ids.push(tx.query_one(insert, &[&id, &phone, &state]).await.unwrap().get::<_, i64>(0));
+        }
+        assert_eq!(calls(&tx).await, 1, "the skipped insert alone");
+        // A claim and a send: no event.
+        tx.execute("UPDATE jobs SET state = 'dispatching' WHERE id = $1", &[&ids[0]]).await.unwrap();
+        tx.execute("UPDATE jobs SET state = 'sent', outcome_state = 'open' WHERE id = $1", &[&ids[0]]).await.unwrap();
+        assert_eq!(calls(&tx).await, 1);
+        // A failure and an outcome read back: one call each.
+        tx.execute("UPDATE jobs SET state = 'failed' WHERE id = $1", &[&ids[1]]).await.unwrap();
+        tx.execute("UPDATE jobs SET outcome_state = 'known' WHERE id = $1", &[&ids[0]]).await.unwrap();
+        assert_eq!(calls(&tx).await, 3);
+        let types: Vec<String> = tx
+            .query("SELECT event_type FROM outbox WHERE run_id = $1 ORDER BY id", &[&id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(types, ["job.skipped", "job.failed", "outcome"]);
+    }
+
     #[tokio::test]
     async fn events_from_the_triggers_are_due_in_order_per_job_and_record_their_attempts() {
         let Some((store, client)) = ledger("pg outbox").await else { return };
