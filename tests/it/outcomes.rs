@@ -259,7 +259,12 @@ async fn a_settled_runs_summary_is_kept_once_and_status_the_api_and_metrics_agre
     assert_eq!(kept, vec![vec![json!(1), json!("{\"sent\":6}")]], "kept once settled");
     assert_eq!(status_run(&app).await, settled, "the kept summary reads back as counted");
 
-    let served = Served::start(&app, &url).await;
+    // Serve on a folder without the campaign: with it, serve would start
+    // the file's own one-off run (the CLI's run is not one), whose sends
+    // race the reads below.
+    let no_campaigns = app.dir.path().join("no-campaigns");
+    std::fs::create_dir_all(&no_campaigns).unwrap();
+    let served = Served::start_in(&app, &no_campaigns, &url, &[]).await;
     let api: Value = reqwest::get(format!("{}/api/runs/1", served.url)).await.unwrap().json().await.unwrap();
     assert_eq!(api, settled, "the API shows what status shows");
     let metrics = reqwest::get(format!("{}/metrics", served.url)).await.unwrap().text().await.unwrap();

@@ -10,8 +10,8 @@
 //! Here each region's patterns, read from the same crate's metadata (through
 //! [`super::snapshot`], which spares the crate's own costly load), are
 //! compiled once, on the region's first number, into expressions of the `regex`
-//! crate (the one the library itself compiles them with, with the same
-//! options), and the library's steps from text to verdict are followed one by
+//! crate (the one the library itself compiles them with, with its options
+//! but for Unicode classes: see `builder`), and the library's steps from text to verdict are followed one by
 //! one: its quirks are kept on purpose, since the point is the same verdict and
 //! the same E.164 string for every input, not a better one. A descriptor, for
 //! one, matches when its pattern matches a *prefix* of the number (the library
