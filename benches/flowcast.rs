@@ -109,18 +109,7 @@ fn main() {
     println!("flowcast benchmarks ({}), machine: {}", if smoke { "smoke sizes" } else { "full sizes" }, machine());
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
     if wanted("import") {
-        let r = child("import", &[]);
-        rows.push((
-            format!("import {} rows", s.import_rows),
-            format!("{:.0} rows/s", r["rows_per_s"].as_f64().unwrap_or(0.0)),
-            format!(
-                "peak RSS {:.0} MB; {} imported, {} rejected",
-                r["peak_rss_mb"].as_f64().unwrap_or(0.0),
-                r["imported"],
-                r["rejected"]
-            ),
-            "≥ 150,000 rows/s, ≤ 150 MB".into(),
-        ));
+        rows.push(import_row(format!("import {} rows", s.import_rows), "", &child("import", &[])));
     }
     if wanted("dispatch") {
         let r = child("dispatch", &[]);
@@ -146,15 +135,7 @@ fn main() {
         }
         // The same with a large import into the ledger alongside.
         for rate in [20, 1_000] {
-            let seconds = rate_seconds(s, rate);
-            let rows_alongside = s.import_rows.to_string();
-            let r = child("rate", &["--rate", &rate.to_string(), "--import-rows", &rows_alongside]);
-            let import = r["import_seconds"].as_f64().map_or_else(
-                || format!("; import still going after {seconds} s, {} jobs written", r["import_jobs"]),
-                |t| format!("; import done in {t:.1} s"),
-            );
-            let label = format!("rate cap {rate}/s for {seconds} s, importing {} rows alongside", s.import_rows);
-            rows.push(rate_row(label, rate, &r, &import));
+            rows.push(rate_beside_import_row(s, rate, &[], ""));
         }
     }
     if wanted("first") {
@@ -219,30 +200,9 @@ fn main() {
         if r.get("skipped").is_some() {
             eprintln!("pg-import: skipped ({})", r["skipped"]);
         } else {
-            rows.push((
-                format!("import {} rows, PostgreSQL ledger", s.import_rows),
-                format!("{:.0} rows/s", r["rows_per_s"].as_f64().unwrap_or(0.0)),
-                format!(
-                    "peak RSS {:.0} MB (flowcast's; the server's apart); {} imported, {} rejected",
-                    r["peak_rss_mb"].as_f64().unwrap_or(0.0),
-                    r["imported"],
-                    r["rejected"]
-                ),
-                "≥ 150,000 rows/s, ≤ 150 MB".into(),
-            ));
-            let rate = 1_000;
-            let seconds = rate_seconds(s, rate);
-            let rows_alongside = s.import_rows.to_string();
-            let r = child("rate", &["--rate", &rate.to_string(), "--import-rows", &rows_alongside, "--postgres"]);
-            let import = r["import_seconds"].as_f64().map_or_else(
-                || format!("; import still going after {seconds} s, {} jobs written", r["import_jobs"]),
-                |t| format!("; import done in {t:.1} s"),
-            );
-            let label = format!(
-                "rate cap {rate}/s for {seconds} s, importing {} rows alongside, PostgreSQL ledger",
-                s.import_rows
-            );
-            rows.push(rate_row(label, rate, &r, &import));
+            let label = format!("import {} rows, PostgreSQL ledger", s.import_rows);
+            rows.push(import_row(label, " (flowcast's; the server's apart)", &r));
+            rows.push(rate_beside_import_row(s, 1_000, &["--postgres"], ", PostgreSQL ledger"));
         }
     }
     // It may install the Python helper (pip), so it runs by name only.
@@ -278,6 +238,38 @@ fn main() {
 
 /// A row of the rate table: achieved, busiest window, 429s, the margin the
 /// run ended with, and `more` details.
+/// The import scenario's row; `rss_note` follows the peak RSS figure.
+fn import_row(label: String, rss_note: &str, r: &Value) -> (String, String, String, String) {
+    (
+        label,
+        format!("{:.0} rows/s", r["rows_per_s"].as_f64().unwrap_or(0.0)),
+        format!(
+            "peak RSS {:.0} MB{rss_note}; {} imported, {} rejected",
+            r["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            r["imported"],
+            r["rejected"]
+        ),
+        "≥ 150,000 rows/s, ≤ 150 MB".into(),
+    )
+}
+
+/// A rate row with the import row's CSV imported into the same ledger
+/// alongside; `extra` are more scenario arguments, `suffix` ends the label.
+fn rate_beside_import_row(s: Sizes, rate: u32, extra: &[&str], suffix: &str) -> (String, String, String, String) {
+    let seconds = rate_seconds(s, rate);
+    let rows_alongside = s.import_rows.to_string();
+    let rate_arg = rate.to_string();
+    let mut args = vec!["--rate", rate_arg.as_str(), "--import-rows", rows_alongside.as_str()];
+    args.extend_from_slice(extra);
+    let r = child("rate", &args);
+    let import = r["import_seconds"].as_f64().map_or_else(
+        || format!("; import still going after {seconds} s, {} jobs written", r["import_jobs"]),
+        |t| format!("; import done in {t:.1} s"),
+    );
+    let label = format!("rate cap {rate}/s for {seconds} s, importing {} rows alongside{suffix}", s.import_rows);
+    rate_row(label, rate, &r, &import)
+}
+
 fn rate_row(label: String, rate: u32, r: &Value, more: &str) -> (String, String, String, String) {
     let mean = r["mean_per_s"].as_f64().unwrap_or(0.0);
     (
