@@ -145,7 +145,7 @@ fn commit_create(
         };
         return Err(twilio_error(StatusCode::CONFLICT, 20409, &message));
     }
-    let sid = state.insert(flow, to, from, parameters, account);
+    let sid = state.insert(flow, to, from, parameters, account, now);
     state.start_run(shared, &sid);
     let body = execution_json(&state.executions[state.by_sid[&sid]], base);
     let slow = state.fault_after_create(&faults)?;

@@ -130,6 +130,16 @@ pub struct SimExecution {
     created_instant: Option<Instant>,
 }
 
+impl SimExecution {
+    /// When the create was admitted, on the clock the rate cap counts with
+    /// (`date_created` is the wall clock, which may step or slew against it, so
+    /// a window measured on it can hold one create more than the cap allowed).
+    /// `None` for an Execution the simulator did not create over HTTP.
+    pub fn admitted_at(&self) -> Option<Instant> {
+        self.created_instant
+    }
+}
+
 #[derive(Default)]
 struct SimState {
     executions: Vec<SimExecution>,
@@ -253,7 +263,7 @@ impl Simulator {
     /// if another tool or an inbound message had started it); returns its SID.
     pub fn start_foreign_execution(&self, flow: &str, contact: &str) -> String {
         let mut state = lock(&self.shared.state);
-        state.insert(flow, contact, "+15005550006", json!({}), "AC00000000000000000000000000000000")
+        state.insert(flow, contact, "+15005550006", json!({}), "AC00000000000000000000000000000000", Instant::now())
     }
 
     /// Ends an Execution as if its Flow had finished.
@@ -267,7 +277,16 @@ impl Simulator {
 }
 
 impl SimState {
-    fn insert(&mut self, flow: &str, to: &str, from: &str, parameters: Value, account: &str) -> String {
+    /// `admitted` is the instant the rate cap counted the create at.
+    fn insert(
+        &mut self,
+        flow: &str,
+        to: &str,
+        from: &str,
+        parameters: Value,
+        account: &str,
+        admitted: Instant,
+    ) -> String {
         // Random like Studio's, so SIDs from two simulator lifetimes never collide.
         let sid = format!("FN{:032x}", rand::random::<u128>());
         let now = Utc::now();
@@ -283,7 +302,7 @@ impl SimState {
             date_created: now,
             date_updated: now,
             ended_by_request: false,
-            created_instant: Some(Instant::now()),
+            created_instant: Some(admitted),
         });
         self.by_sid.insert(sid.clone(), index);
         self.active.insert((flow.to_string(), to.to_string()), index);
