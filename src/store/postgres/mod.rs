@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0004_jobs_version.sql"),
     include_str!("../../../migrations/postgres/0005_outbox_counts.sql"),
     include_str!("../../../migrations/postgres/0006_job_event_conditions.sql"),
+    include_str!("../../../migrations/postgres/0007_claim_and_phone_indexes.sql"),
 ];
 
 /// How long a claim, an import or the leader role holds without renewal:
