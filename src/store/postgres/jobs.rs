@@ -519,19 +519,72 @@ pub(crate) async fn record_outcomes(
     let tx = client.transaction().await?;
     let mut applied = 0;
     // Rows are locked in id order, as every statement that locks several
-    // jobs does, so that two of them never wait on each other.
+    // jobs does, so that two of them never wait on each other: all of them
+    // first, in one statement, when there are several.
     let mut ordered: Vec<&SettledJob> = outcomes.iter().collect();
     ordered.sort_by_key(|o| o.job_id);
-    for o in ordered {
+    if ordered.len() > 1 {
+        let ids: Vec<i64> = ordered.iter().map(|o| o.job_id).collect();
+        let lock = tx.prepare_cached("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
+        tx.execute(&lock, &[&ids]).await?;
+    }
+    let (sent, others): (Vec<&SettledJob>, Vec<&SettledJob>) =
+        ordered.into_iter().partition(|o| matches!(o.outcome, JobOutcome::Sent { .. }));
+    let mut not_applied: Vec<i64> = Vec::new();
+    if !sent.is_empty() {
+        let recorded = record_sent(&tx, &pg.instance, &sent, outcome_after_ms).await?;
+        applied += recorded.len();
+        not_applied.extend(sent.iter().map(|o| o.job_id).filter(|id| !recorded.contains(id)));
+    }
+    for o in others {
         if apply_outcome(&tx, &pg.instance, o, outcome_after_ms).await? {
             applied += 1;
         } else {
-            tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
+            not_applied.push(o.job_id);
         }
+    }
+    for job in not_applied {
+        tracing::warn!(job, "job changed state while in flight; its outcome was not recorded");
     }
     insert_calls(&tx, calls).await?;
     tx.commit().await?;
     Ok(applied)
+}
+
+/// Records the Executions created for `sent` in one statement (the most
+/// common outcome by far: one statement per job cost a round trip and an
+/// executor start each). Each applies only under the guard of
+/// [`IN_FLIGHT_HERE`], as one at a time would; returns the jobs it applied to.
+async fn record_sent(
+    tx: &Transaction<'_>,
+    instance: &str,
+    sent: &[&SettledJob],
+    outcome_after_ms: i64,
+) -> Result<HashSet<i64>> {
+    let mut ids = Vec::with_capacity(sent.len());
+    let mut sids = Vec::with_capacity(sent.len());
+    let mut attempts = Vec::with_capacity(sent.len());
+    let mut ats = Vec::with_capacity(sent.len());
+    for o in sent {
+        let JobOutcome::Sent { sid } = &o.outcome else { continue };
+        ids.push(o.job_id);
+        sids.push(sid.as_str());
+        attempts.push(o.attempts_sent);
+        ats.push(o.at);
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE jobs j SET state = 'sent', reason = NULL, execution_sid = u.sid, \
+                 attempts = j.attempts + u.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
+                 sent_at = u.at, finished_at = u.at, updated_at = u.at, outcome_state = 'open', \
+                 outcome_due_at = u.at + $5::bigint, lease_owner = NULL, lease_until = NULL \
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(id, sid, attempts, at) \
+             WHERE j.id = u.id AND j.state = 'dispatching' AND (j.lease_owner IS NULL OR j.lease_owner = $6) \
+             RETURNING j.id",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&ids, &sids, &attempts, &ats, &outcome_after_ms, &instance]).await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 /// The guard every outcome's update ends with: `$1` the job, `$2` this
@@ -542,15 +595,9 @@ async fn apply_outcome(tx: &Transaction<'_>, instance: &str, o: &SettledJob, out
     let (job_id, attempts_sent, now) = (o.job_id, o.attempts_sent, o.at);
     let clear = "lease_owner = NULL, lease_until = NULL";
     let changed = match &o.outcome {
-        JobOutcome::Sent { sid } => {
-            let stmt = tx
-                .prepare_cached(&format!(
-                    "UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = $3, attempts = attempts + $4, \
-                     ambiguous_since = NULL, conflict_sid = NULL, sent_at = $5, finished_at = $5, updated_at = $5, \
-                     outcome_state = 'open', outcome_due_at = $5::bigint + $6::bigint, {clear} {IN_FLIGHT_HERE}"
-                ))
-                .await?;
-            tx.execute(&stmt, &[&job_id, &instance, sid, &attempts_sent, &now, &outcome_after_ms]).await?
+        // Written as a batch's are (one statement for them all).
+        JobOutcome::Sent { .. } => {
+            return Ok(record_sent(tx, instance, &[o], outcome_after_ms).await?.contains(&job_id));
         }
         JobOutcome::Skipped { reason, sid } => {
             let stmt = tx
@@ -1452,6 +1499,49 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((r.get::<_, i64>(0) + r.get::<_, i64>(1)) as usize, keys);
+    }
+
+    /// Sends recorded as one batch apply, each, only to a job still in flight
+    /// under this instance's lease, and write what one at a time wrote.
+    #[tokio::test]
+    async fn a_batch_of_sends_applies_only_to_jobs_this_instance_holds() {
+        let Some((_url, store, client)) = ledger("pg batch of sends").await else { return };
+        let pg = pg(&store);
+        let run = new_run(&client, "c", false, None).await;
+        let rows: Vec<ImportRow> = (0..3).map(|n| job(n as u64 + 2, &phone(n), None)).collect();
+        import_batch(pg, run, &rows, 4, NOW, NOW).await.unwrap();
+        let ids: Vec<i64> =
+            claim_due(pg, run, NOW, 10, false, &ContactLimits::default()).await.unwrap().iter().map(|j| j.id).collect();
+        // Another instance took the middle one over.
+        client.execute("UPDATE jobs SET lease_owner = 'other' WHERE id = $1", &[&ids[1]]).await.unwrap();
+        let outcomes: Vec<SettledJob> =
+            ids.iter().map(|&id| settled(id, JobOutcome::Sent { sid: format!("FN{id}") })).collect();
+        assert_eq!(record_outcomes(pg, &outcomes, &[], 1_000).await.unwrap(), 2);
+        for (k, &id) in ids.iter().enumerate() {
+            let r = client
+                .query_one(
+                    "SELECT state, execution_sid, attempts, sent_at, outcome_state, outcome_due_at, lease_owner \
+                     FROM jobs WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            let got = (
+                r.get::<_, String>(0),
+                r.get::<_, Option<String>>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, Option<i64>>(3),
+                r.get::<_, Option<String>>(4),
+                r.get::<_, Option<i64>>(5),
+                r.get::<_, Option<String>>(6),
+            );
+            if k == 1 {
+                assert_eq!(got, ("dispatching".into(), None, 0, None, None, None, Some("other".into())));
+            } else {
+                let sent = ("sent".into(), Some(format!("FN{id}")), 1, Some(NOW + 10), Some("open".into()));
+                assert_eq!(got, (sent.0, sent.1, sent.2, sent.3, sent.4, Some(NOW + 1_010), None));
+            }
+        }
     }
 
     #[tokio::test]
