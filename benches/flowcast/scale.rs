@@ -25,7 +25,7 @@ use super::{FLOW, Folders, ServeProcess, SimProcess, Store, load_average, proc_p
 /// Bump when the rows the builder writes or the schema's indexes change, so
 /// a cached ledger of the old layout is not reused (a migrated one keeps the
 /// pages its dropped indexes freed, and its size would not tell).
-const LAYOUT: u32 = 4;
+const LAYOUT: u32 = 5;
 
 #[derive(Clone, Copy, Debug)]
 struct Sizes {
@@ -341,19 +341,11 @@ fn build(db: &Path, s: Sizes) -> Value {
                             format!(r#"{{"decision":"{}"}}"#, decisions[pick]),
                         ])
                         .unwrap();
-                        // As the dispatcher records a create: To and From (the
-                        // Parameters are the job's), the SID once.
-                        call.execute(params![
-                            run_id,
-                            job_id,
-                            sent_at,
-                            format!("To={phone} From=+15017122661"),
-                            None::<i64>,
-                            None::<String>,
-                            "ok",
-                            sid,
-                        ])
-                        .unwrap();
+                        // As the dispatcher records a create that succeeded:
+                        // the SID once (To, From and the Parameters are the
+                        // job's and its run's).
+                        call.execute(params![run_id, job_id, sent_at, "", None::<i64>, None::<String>, "ok", sid,])
+                            .unwrap();
                         let outcome = format!(
                             r#"{{"state":"known","status":"ended","ended_in":"{}","values":{{"decision":"{}"}}}}"#,
                             ended_in[pick], decisions[pick]

@@ -139,15 +139,15 @@ impl<S: StudioApi> Dispatcher<S> {
             // The Parameters sent are the job's own (`jobs.parameters`) with
             // the `flowcast` key naming campaign, run and job: the job row
             // keeps them, and this record goes when the job does (a purge),
-            // so a copy here only doubled each create's record.
-            self.audit(
-                ctx,
-                job,
-                "create",
-                format!("To={} From={}", request.to, request.from),
-                &result.as_ref().map(|e| e.sid.clone()),
-                None,
-            );
+            // so a copy here only doubled each create's record. Nor does a
+            // create that succeeded name its To and From: they are the job's
+            // phone and the run's sender, which the ledger keeps as long as
+            // this record (a refused one names them, as Studio saw them).
+            let named = match &result {
+                Ok(_) => String::new(),
+                Err(_) => format!("To={} From={}", request.to, request.from),
+            };
+            self.audit(ctx, job, "create", named, &result.as_ref().map(|e| e.sid.clone()), None);
             let (error, active_sid) = match result {
                 Ok(execution) => {
                     telemetry::execution_created();

@@ -165,6 +165,8 @@ pub struct StudioCall {
     pub job_id: Option<i64>,
     pub at: i64,
     pub operation: &'static str,
+    /// What was asked, e.g. `To=… From=…`; empty for a create that
+    /// succeeded (its job's phone and its run's sender say it).
     pub request: String,
     pub http_status: Option<u16>,
     pub response: Option<String>,

@@ -56,33 +56,46 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
     }
 }
 
-/// A create's audit record names the contact, the sender and the Execution;
-/// what else was sent is the job's own Parameters with the `flowcast` key,
-/// which the job row keeps (a copy in every record doubled its size).
+/// A create's audit record names the Execution; what was sent is the job's
+/// own: its phone (To), its run's sender (From) and its Parameters with the
+/// `flowcast` key (a copy of them in every record doubled its size). A
+/// create Studio refused names To and From itself.
 #[tokio::test]
 async fn a_creates_record_and_its_job_say_together_what_was_sent() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    app.write("few.csv", contacts_csv(&phones(3)));
-    app.write("few.toml", campaign_toml("few.csv", ""));
+    let numbers = phones(3);
+    // The last contact is busy in another Execution: its create meets a 409.
+    sim.start_foreign_execution(FLOW, &numbers[2]);
+    app.write("few.csv", contacts_csv(&numbers));
+    app.write("few.toml", campaign_toml("few.csv", "on_conflict = \"skip\""));
     let run = app.start_run("few.toml").await;
     let end = app.dispatch(run, &sim.url()).await;
     assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
     let executions = sim.executions();
-    assert_eq!(executions.len(), 3);
+    assert_eq!(executions.len(), 3, "two sent and the foreign one");
     let rows = ledger_rows(
         &app,
-        "SELECT c.request, c.response, c.execution_sid, j.execution_sid, j.parameters, j.id, j.phone \
-         FROM studio_calls c JOIN jobs j ON j.id = c.job_id WHERE c.operation = 'create' ORDER BY c.id",
+        "SELECT c.request, c.response, c.execution_sid, j.execution_sid, j.parameters, j.id, j.phone, r.from_addr, \
+                c.outcome \
+         FROM studio_calls c JOIN jobs j ON j.id = c.job_id JOIN runs r ON r.id = j.run_id \
+         WHERE c.operation = 'create' ORDER BY c.id",
     );
     assert_eq!(rows.len(), 3, "one record per create: {rows:?}");
     for r in &rows {
         let phone = r[6].as_str().unwrap();
-        assert_eq!(r[0], json!(format!("To={phone} From=+15017122661")), "{r:?}");
+        if phone == numbers[2] {
+            assert_eq!(r[8], json!("conflict"), "{r:?}");
+            assert_eq!(r[0], json!(format!("To={phone} From=+15017122661")), "{r:?}");
+            continue;
+        }
+        assert_eq!(r[8], json!("ok"), "{r:?}");
+        assert_eq!(r[0], json!(""), "a create that succeeded does not repeat To and From: {r:?}");
         assert_eq!(r[1], serde_json::Value::Null, "the SID is kept once: {r:?}");
         assert_eq!(r[2], r[3], "{r:?}");
         let sent = executions.iter().find(|e| json!(e.sid) == r[2]).expect("the recorded Execution exists");
-        assert_eq!(sent.to, phone);
+        assert_eq!(json!(sent.to), r[6]);
+        assert_eq!(json!(sent.from), r[7]);
         let mut parameters: serde_json::Value = serde_json::from_str(r[4].as_str().unwrap()).unwrap();
         parameters["flowcast"] = json!({ "campaign": "few", "run": run, "job": r[5] });
         assert_eq!(sent.parameters, parameters, "the job's Parameters and key are what was sent");

@@ -11,13 +11,17 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::domain::Phone;
 use crate::store::{ExecutionJob, Result};
 
+/// The jobs that carry Execution SID `?1`, found through `jobs_execution`
+/// (by eight characters of the SID; the whole SID is compared on the row).
+pub(super) const BY_EXECUTION: &str = "substr(execution_sid, 3, 8) = substr(?1, 3, 8) AND execution_sid = ?1";
+
 /// The sent jobs that created Executions `sids`, by SID; a SID no job
 /// created is left out. (A skipped job may carry someone else's active SID;
 /// it did not create it.)
 pub fn jobs_for_executions(conn: &Connection, sids: &[String]) -> Result<HashMap<String, ExecutionJob>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, run_id, phone FROM jobs WHERE execution_sid = ?1 AND state = 'sent' ORDER BY id LIMIT 1",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, run_id, phone FROM jobs WHERE {BY_EXECUTION} AND state = 'sent' ORDER BY id LIMIT 1"
+    ))?;
     let mut found = HashMap::with_capacity(sids.len());
     for sid in sids {
         let job = stmt

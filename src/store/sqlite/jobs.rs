@@ -850,11 +850,14 @@ pub fn record_execution_end(
     // An ended Execution's outcome can be read at once.
     let recorded = super::exec(
         &tx,
-        "UPDATE jobs SET execution_ended_at = COALESCE(execution_ended_at, ?2), \
-         ended_reason = COALESCE(ended_reason, ?3), updated_at = ?4, \
-         outcome_due_at = CASE WHEN outcome_state = 'open' THEN MIN(COALESCE(outcome_due_at, ?4), ?4) \
-                               ELSE outcome_due_at END \
-         WHERE execution_sid = ?1 AND state = 'sent'",
+        &format!(
+            "UPDATE jobs SET execution_ended_at = COALESCE(execution_ended_at, ?2), \
+             ended_reason = COALESCE(ended_reason, ?3), updated_at = ?4, \
+             outcome_due_at = CASE WHEN outcome_state = 'open' THEN MIN(COALESCE(outcome_due_at, ?4), ?4) \
+                                   ELSE outcome_due_at END \
+             WHERE {} AND state = 'sent'",
+            super::executions::BY_EXECUTION
+        ),
         params![sid, ended_at, reason, now],
     )?;
     let woken = super::exec(

@@ -52,6 +52,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0019_outcome_index.sql")),
         M::up(include_str!("../../../migrations/0020_claim_and_page_indexes.sql")),
         M::up(include_str!("../../../migrations/0021_one_phone_index.sql")).foreign_key_check(),
+        M::up(include_str!("../../../migrations/0022_execution_key.sql")),
     ])
 }
 
@@ -521,6 +522,42 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'jobs_outcome_run'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(old, 0);
+    }
+
+    /// A SID Studio names finds its job through `jobs_execution`, which holds
+    /// eight of the SID's characters (47 bytes a job with the whole SID); two
+    /// SIDs that share them each find their own job.
+    #[test]
+    fn a_sid_finds_its_job_through_eight_of_its_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
+        let conn = ledger.writer();
+        let by_sid = format!("SELECT id FROM jobs WHERE {} AND state = 'sent'", executions::BY_EXECUTION);
+        let plan = plan_of(&conn, &by_sid);
+        assert!(plan.contains("INDEX jobs_execution (<expr>=?)"), "{plan}");
+        let sql: String =
+            conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'jobs_execution'", [], |r| r.get(0)).unwrap();
+        assert!(sql.contains("substr(execution_sid, 3, 8)"), "{sql}");
+        conn.execute_batch(
+            "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
+                               on_conflict, state, created_at) \
+             VALUES (1, 'c', 'reminder', 'manual', 'k', 0, 'c.csv', 'FW0', '+15550000000', 'skip', 'active', 0); \
+             INSERT INTO jobs (id, run_id, phone, line, zone, parameters, state, due_at, created_at, updated_at, \
+                               execution_sid) \
+             VALUES (1, 1, '+12015550001', 2, 'UTC', '{}', 'sent', 0, 0, 0, 'FN0123456789aaaa'), \
+                    (2, 1, '+12015550002', 3, 'UTC', '{}', 'sent', 0, 0, 0, 'FN0123456789bbbb');",
+        )
+        .unwrap();
+        for (sid, job) in [("FN0123456789aaaa", 1), ("FN0123456789bbbb", 2)] {
+            let found: Vec<i64> = conn
+                .prepare(&by_sid)
+                .unwrap()
+                .query_map([sid], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(found, [job], "{sid}");
+        }
     }
 
     /// A page of a run's jobs reads the run's entries of its state from
