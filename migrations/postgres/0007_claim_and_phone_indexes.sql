@@ -21,6 +21,12 @@
 -- update a row in place when a column an index reads changes), so each index
 -- dropped is one write fewer per import, claim, send and outcome.
 --
+-- What asks whether a run has open jobs (to finish it, to keep its summary,
+-- to purge it) read the claim index by (run, state); it now asks for the
+-- run's pending jobs (the claim index) and its dispatching ones apart. Those
+-- are found by `jobs_leased`, which held the dispatching jobs by lease end
+-- alone and now holds them by (run, lease end): a run's range of it.
+--
 -- The index of a run's jobs by outcome state held every sent job for as long
 -- as the ledger kept it; what reads it asks whether a run still awaits an
 -- outcome, which the jobs whose outcome is open answer alone.
@@ -31,6 +37,9 @@ CREATE INDEX jobs_claim ON jobs (run_id, due_at, id) WHERE state = 'pending';
 ALTER TABLE jobs DROP CONSTRAINT jobs_run_id_phone_key;
 DROP INDEX jobs_phone;
 CREATE UNIQUE INDEX jobs_phone_run ON jobs (phone, run_id);
+
+DROP INDEX jobs_leased;
+CREATE INDEX jobs_leased ON jobs (run_id, lease_until) WHERE state = 'dispatching';
 
 DROP INDEX jobs_outcome_run;
 CREATE INDEX jobs_outcome_open ON jobs (run_id) WHERE outcome_state = 'open';

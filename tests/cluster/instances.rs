@@ -188,9 +188,10 @@ async fn three_instances_send_once_fire_each_tick_once_and_keep_the_rate_when_a_
     for phone in &ticked {
         assert_eq!(per_phone.get(phone.as_str()), Some(&ticks.len()), "{phone}: one Execution per tick run");
     }
-    // Together, never over the account rate. The busiest second is the
-    // simulator's own cap at work (it admits no more); what the instances did
-    // shows in how often they leaned on it. The simulator refuses (429) a create over the rate, as Studio does: the
+    // Together, never over the account rate. The busiest second is printed,
+    // not asserted: it is the simulator's own cap at work, measured on the
+    // instants the cap admitted by, so it cannot exceed the rate; what the
+    // instances did shows in how often they leaned on it. The simulator refuses (429) a create over the rate, as Studio does: the
     // instances together kept to it, give or take the jitter of three
     // processes, PostgreSQL and the simulator on two cores (0 to 16 refused
     // and retried in the runs seen, under 0.4 %). Without the shared grid each
@@ -205,7 +206,6 @@ async fn three_instances_send_once_fire_each_tick_once_and_keep_the_rate_when_a_
     times.sort();
     let span = (times[999] - times[99]).num_milliseconds().max(1) as f64 / 1000.0;
     eprintln!("three instances together: {:.1} creates/s of {RATE}/s (creates 100 to 1,000)", 900.0 / span);
-    assert!(busiest <= RATE as usize, "{busiest} creates in one second, over {RATE}");
     assert!(sim.throttled() as usize * 100 <= creates, "{} creates refused over the rate", sim.throttled());
     // Every job ended, with a reason where it was not sent.
     for run in store.list_runs(None, 1000).await.unwrap() {

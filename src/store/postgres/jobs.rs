@@ -525,8 +525,15 @@ pub(crate) async fn record_outcomes(
     ordered.sort_by_key(|o| o.job_id);
     if ordered.len() > 1 {
         let ids: Vec<i64> = ordered.iter().map(|o| o.job_id).collect();
-        let lock = tx.prepare_cached("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
-        tx.execute(&lock, &[&ids]).await?;
+        // Only the jobs still in flight here, as each update's guard: a job
+        // another instance took over is not this batch's to lock.
+        let lock = tx
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE id = ANY($1) AND state = 'dispatching' \
+                   AND (lease_owner IS NULL OR lease_owner = $2) ORDER BY id FOR UPDATE",
+            )
+            .await?;
+        tx.execute(&lock, &[&ids, &pg.instance]).await?;
     }
     let (sent, others): (Vec<&SettledJob>, Vec<&SettledJob>) =
         ordered.into_iter().partition(|o| matches!(o.outcome, JobOutcome::Sent { .. }));
@@ -694,6 +701,17 @@ pub(crate) async fn recover_dispatching(pg: &Pg, run_id: i64, now: i64) -> Resul
         )
         .await?;
     Ok(client.execute(&stmt, &[&run_id, &now]).await? as usize)
+}
+
+/// A condition that holds when run `run` (a column or parameter) has no open
+/// job, neither pending nor dispatching: asked as two questions, each a
+/// range of a partial index (`jobs_claim` holds the pending jobs by run,
+/// `jobs_leased` the dispatching ones), where `state IN (…)` has none.
+pub(crate) fn no_open_jobs(run: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = {run} AND state = 'pending') \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = {run} AND state = 'dispatching')"
+    )
 }
 
 /// The earliest due time of a run's pending jobs not expired by `$2`.
@@ -1277,7 +1295,8 @@ mod tests {
     /// holds. (The index by (run, state, due time) gave no id order, and each
     /// claim read and sorted every pending job of the run: 6.8 ms a claim at
     /// 20,000; the next-due question, asked as MIN() of a table not yet
-    /// analyzed, as this one is, read them all too.)
+    /// analyzed, as this one is, read them all too.) Whether a run has open
+    /// jobs reads a range of the pending and of the dispatching jobs' indexes.
     #[tokio::test]
     async fn a_claim_reads_the_first_due_jobs_in_order_and_sorts_nothing() {
         let Some((_url, _store, mut client)) = ledger("pg claim plan").await else { return };
@@ -1312,6 +1331,11 @@ mod tests {
             assert!(!reading.contains("Sort"), "the claim sorts:\n{plan}");
             assert!(reading.contains("Limit"), "the claim reads more than its first entries:\n{plan}");
         }
+        // Whether a run has open jobs: a range of each partial index, not
+        // every job of the run.
+        let plan = explain(format!("SELECT 1 FROM runs r WHERE r.id = $1 AND {}", no_open_jobs("r.id")), &[&run]).await;
+        assert!(plan.contains("jobs_claim") && plan.contains("jobs_leased"), "{plan}");
+        assert!(!plan.contains("jobs_page"), "{plan}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -40,10 +40,11 @@ pub(crate) async fn due_runs(pg: &Pg, before: i64) -> Result<Vec<i64>> {
     let client = pg.client().await?;
     let rows = client
         .query(
-            "SELECT id FROM runs r WHERE state IN ('finished', 'cancelled') AND purged_at IS NULL \
-               AND COALESCE(finished_at, created_at) < $1 \
-               AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching')) \
-             ORDER BY id",
+            &format!(
+                "SELECT id FROM runs r WHERE state IN ('finished', 'cancelled') AND purged_at IS NULL \
+                   AND COALESCE(finished_at, created_at) < $1 AND {} ORDER BY id",
+                super::jobs::no_open_jobs("r.id")
+            ),
             &[&before],
         )
         .await?;
@@ -54,9 +55,11 @@ pub(crate) async fn due_runs(pg: &Pg, before: i64) -> Result<Vec<i64>> {
 /// the list was read before), locking the run's row until the write commits.
 async fn still_due<C: GenericClient + Sync>(c: &C, run_id: i64) -> Result<bool> {
     Ok(c.query_opt(
-        "SELECT 1 FROM runs r WHERE id = $1 AND state IN ('finished', 'cancelled') AND purged_at IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching')) \
-         FOR UPDATE OF r",
+        &format!(
+            "SELECT 1 FROM runs r WHERE id = $1 AND state IN ('finished', 'cancelled') AND purged_at IS NULL \
+               AND {} FOR UPDATE OF r",
+            super::jobs::no_open_jobs("r.id")
+        ),
         &[&run_id],
     )
     .await?

@@ -280,8 +280,10 @@ pub(crate) async fn finish_run_if_done(pg: &Pg, id: i64, now: i64) -> Result<boo
     let client = pg.client().await?;
     let changed = client
         .execute(
-            "UPDATE runs SET state = 'finished', finished_at = $2 WHERE id = $1 AND state = 'active' \
-             AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = $1 AND state IN ('pending', 'dispatching'))",
+            &format!(
+                "UPDATE runs SET state = 'finished', finished_at = $2 WHERE id = $1 AND state = 'active' AND {}",
+                super::jobs::no_open_jobs("$1")
+            ),
             &[&id, &now],
         )
         .await?;

@@ -60,20 +60,19 @@ pub(crate) async fn keep(pg: &Pg, run_id: i64, counts: &str, outcomes: &str, ver
 pub(crate) async fn settled_without(pg: &Pg, limit: u32) -> Result<Vec<i64>> {
     let client = pg.client().await?;
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT id FROM runs r WHERE state IN ('finished', 'cancelled') AND expanded_at IS NOT NULL \
-               AND NOT EXISTS (SELECT 1 FROM run_summaries WHERE run_id = r.id) \
-               AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND state IN ('pending', 'dispatching')) \
+               AND NOT EXISTS (SELECT 1 FROM run_summaries WHERE run_id = r.id) AND {} \
                AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = r.id AND outcome_state = 'open') \
              ORDER BY id LIMIT $1",
-        )
+            super::jobs::no_open_jobs("r.id")
+        ))
         .await?;
     client.query(&stmt, &[&i64::from(limit)]).await?.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 /// Jobs per state over the whole ledger: the kept summaries' counts, plus the
-/// runs without one counted through the claim index (run, state), from one
-/// snapshot.
+/// runs without one counted through `jobs_page` (by run), from one snapshot.
 pub(crate) async fn jobs_by_state(pg: &Pg) -> Result<RunCounts> {
     let mut client = pg.client().await?;
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;

@@ -134,7 +134,8 @@ impl SimExecution {
     /// When the create was admitted, on the clock the rate cap counts with
     /// (`date_created` is the wall clock, which may step or slew against it, so
     /// a window measured on it can hold one create more than the cap allowed).
-    /// `None` for an Execution the simulator did not create over HTTP.
+    /// A foreign Execution (`start_foreign_execution`) counts from when it
+    /// was started; `None` only for one built by hand in a unit test.
     pub fn admitted_at(&self) -> Option<Instant> {
         self.created_instant
     }
