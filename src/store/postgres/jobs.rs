@@ -145,8 +145,8 @@ pub(crate) async fn insert_batch(
         .ok_or(StoreError::RunNotFound(run_id))?;
     let (campaign, kind, channel, dedupe_within): (String, String, String, Option<i64>) =
         (run.try_get(0)?, run.try_get(1)?, run.try_get(2)?, run.try_get(3)?);
-    // Without a dedupe rule no key matches: `dedupe_key = NULL` is never true.
-    let dedupe_since = dedupe_within.map_or(i64::MAX, |w| now.saturating_sub(w));
+    // With a dedupe rule, a key the campaign sent since then matches.
+    let dedupe_since = dedupe_within.map(|w| now.saturating_sub(w));
 
     // The jobs to insert (the first row of each phone in this batch), in order.
     let mut phones: Vec<&str> = Vec::new();
@@ -177,50 +177,25 @@ pub(crate) async fn insert_batch(
         // again), is recorded and ends `skipped` at once: counted and reported
         // like any other, never sent, and costing no send slot. The claim
         // checks the key again for runs that overlap.
-        let insert_jobs = tx
-            .prepare_cached(
-                "INSERT INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at, \
-                                   dedupe_key, state, reason, finished_at) \
-                 SELECT $1::bigint, u.phone, u.line, u.zone, u.parameters, u.due_at, u.expires_at, $2::bigint, \
-                        $2::bigint, u.dedupe_key, \
-                        CASE WHEN s.phone IS NULL AND d.id IS NULL THEN 'pending' ELSE 'skipped' END, \
-                        CASE WHEN s.phone IS NOT NULL \
-                                  THEN 'suppressed: scope ' || s.scope || COALESCE(', ' || s.reason, '') \
-                             WHEN d.id IS NOT NULL THEN 'already_sent: run ' || d.run_id || ', job ' || d.id END, \
-                        CASE WHEN s.phone IS NULL AND d.id IS NULL THEN NULL ELSE $2::bigint END \
-                 FROM UNNEST($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
-                      WITH ORDINALITY AS u(phone, line, zone, parameters, due_at, expires_at, dedupe_key, ord) \
-                 LEFT JOIN LATERAL (SELECT phone, scope, reason FROM suppressions \
-                                    WHERE phone = u.phone AND scope IN ('all', $10::text, $11::text, $12::text) \
-                                    ORDER BY seq LIMIT 1) s ON TRUE \
-                 LEFT JOIN LATERAL (SELECT j.run_id, j.id FROM jobs j JOIN runs r ON r.id = j.run_id \
-                                    WHERE j.dedupe_key = u.dedupe_key AND r.campaign = $11::text AND j.sent_at > $13::bigint \
-                                    ORDER BY j.id LIMIT 1) d ON TRUE \
-                 ORDER BY u.ord \
-                 ON CONFLICT (run_id, phone) DO NOTHING \
-                 RETURNING phone",
-            )
-            .await?;
-        let rows = tx
-            .query(
-                &insert_jobs,
-                &[
-                    &run_id,
-                    &now,
-                    &phones,
-                    &lines,
-                    &zones,
-                    &parameters,
-                    &dues,
-                    &expiries,
-                    &keys,
-                    &kind,
-                    &campaign,
-                    &channel,
-                    &dedupe_since,
-                ],
-            )
-            .await?;
+        let insert_jobs = tx.prepare_cached(&insert_jobs_sql(dedupe_since.is_some())).await?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &run_id,
+            &now,
+            &phones,
+            &lines,
+            &zones,
+            &parameters,
+            &dues,
+            &expiries,
+            &keys,
+            &kind,
+            &campaign,
+            &channel,
+        ];
+        if let Some(since) = &dedupe_since {
+            params.push(since);
+        }
+        let rows = tx.query(&insert_jobs, &params).await?;
         for row in rows {
             inserted.insert(row.try_get(0)?);
         }
@@ -292,6 +267,49 @@ pub(crate) async fn insert_batch(
     let forget = tx.prepare_cached("DELETE FROM run_summaries WHERE run_id = $1").await?;
     tx.execute(&forget, &[&run_id]).await?;
     Ok(counts)
+}
+
+/// The statement that inserts an import batch's jobs (`$1` run, `$2` now,
+/// `$3`–`$9` the rows' phones, lines, zones, Parameters, due and expiry times
+/// and dedupe keys, `$10`–`$12` the run's kind, campaign and channel; with
+/// `dedupe`, `$13` the earliest send that counts), each `pending` or, when
+/// suppressed or already sent by key, `skipped` with its reason.
+///
+/// The suppression list is read once for the batch's phones (a lateral read
+/// per row, each a rescan with a sort of its own, cost a third of the
+/// statement in the `psql` shell). The campaign's earlier jobs by key are
+/// read only for a run with a dedupe rule, a lateral read per row through
+/// `jobs_dedupe`: read once for the batch instead, the server's generic plan
+/// (it cannot know the array's size) read every job of the campaign's runs.
+fn insert_jobs_sql(dedupe: bool) -> String {
+    let earlier = if dedupe {
+        "LEFT JOIN LATERAL (SELECT j.run_id, j.id FROM jobs j JOIN runs r ON r.id = j.run_id \
+                            WHERE j.dedupe_key = u.dedupe_key AND r.campaign = $11::text AND j.sent_at > $13::bigint \
+                            ORDER BY j.id LIMIT 1) d ON TRUE"
+    } else {
+        "CROSS JOIN (SELECT NULL::bigint AS run_id, NULL::bigint AS id) d"
+    };
+    format!(
+        "WITH s AS (SELECT DISTINCT ON (phone) phone, scope, reason FROM suppressions \
+                    WHERE phone = ANY($3::text[]) AND scope IN ('all', $10::text, $11::text, $12::text) \
+                    ORDER BY phone, seq) \
+         INSERT INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at, \
+                           dedupe_key, state, reason, finished_at) \
+         SELECT $1::bigint, u.phone, u.line, u.zone, u.parameters, u.due_at, u.expires_at, $2::bigint, \
+                $2::bigint, u.dedupe_key, \
+                CASE WHEN s.phone IS NULL AND d.id IS NULL THEN 'pending' ELSE 'skipped' END, \
+                CASE WHEN s.phone IS NOT NULL \
+                          THEN 'suppressed: scope ' || s.scope || COALESCE(', ' || s.reason, '') \
+                     WHEN d.id IS NOT NULL THEN 'already_sent: run ' || d.run_id || ', job ' || d.id END, \
+                CASE WHEN s.phone IS NULL AND d.id IS NULL THEN NULL ELSE $2::bigint END \
+         FROM UNNEST($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
+              WITH ORDINALITY AS u(phone, line, zone, parameters, due_at, expires_at, dedupe_key, ord) \
+         LEFT JOIN s ON s.phone = u.phone \
+         {earlier} \
+         ORDER BY u.ord \
+         ON CONFLICT (run_id, phone) DO NOTHING \
+         RETURNING phone"
+    )
 }
 
 /// A run's due jobs, earliest first (`$1` run, `$2` now, `$3` limit, `$4`
