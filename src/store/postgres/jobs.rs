@@ -278,9 +278,10 @@ pub(crate) async fn insert_batch(
 /// The suppression list is read once for the batch's phones (a lateral read
 /// per row, each a rescan with a sort of its own, cost a third of the
 /// statement in the `psql` shell). The campaign's earlier jobs by key are
-/// read only for a run with a dedupe rule, a lateral read per row through
-/// `jobs_dedupe`: read once for the batch instead, the server's generic plan
-/// (it cannot know the array's size) read every job of the campaign's runs.
+/// read only for a run with a dedupe rule, and per row, through
+/// `jobs_dedupe` (a batch-wide read was tried: under the server's generic
+/// plan, which cannot know the array's size, it read every job of the
+/// campaign's runs, and the import slowed).
 fn insert_jobs_sql(dedupe: bool) -> String {
     let earlier = if dedupe {
         "LEFT JOIN LATERAL (SELECT j.run_id, j.id FROM jobs j JOIN runs r ON r.id = j.run_id \

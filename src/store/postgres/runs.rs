@@ -416,28 +416,40 @@ pub(crate) mod tests {
     async fn a_run_with_rows_is_written_whole_with_suppressions_duplicates_and_rejections() {
         let Some((store, client)) = ledger("pg runs with rows").await else { return };
         store.suppress(&Phone::from_e164("+12015550003".into()), &Scope::All, Some("STOP"), "cli", T0).await.unwrap();
+        // Two entries cover +12015550004: the first one made (no reason) is
+        // the one named; an entry for another campaign covers no one here.
+        let four = Phone::from_e164("+12015550004".into());
+        store.suppress(&four, &Scope::Campaign("other".into()), Some("other"), "cli", T0).await.unwrap();
+        store.suppress(&four, &Scope::Campaign("reminders".into()), None, "cli", T0).await.unwrap();
+        store.suppress(&four, &Scope::All, Some("STOP"), "cli", T0).await.unwrap();
+        let five = Phone::from_e164("+12015550005".into());
+        store.suppress(&five, &Scope::Campaign("other".into()), Some("other"), "cli", T0).await.unwrap();
         let rows = vec![
             job(2, "+12015550001"),
             job(3, "+12015550002"),
             rejected(4, "555"),
             job(5, "+12015550001"),
             job(6, "+12015550003"),
+            job(7, "+12015550004"),
+            job(8, "+12015550005"),
         ];
         let (id, counts) =
             store.create_run_with_rows(new_run("reminders", "k", None), rows.clone(), T0).await.unwrap().unwrap();
-        assert_eq!((counts.imported, counts.rejected, counts.duplicates), (3, 1, 1));
+        assert_eq!((counts.imported, counts.rejected, counts.duplicates), (5, 1, 1));
         let again = store.create_run_with_rows(new_run("reminders", "k", None), rows, T0).await.unwrap();
         assert_eq!(again.unwrap_err(), id);
         let run = store.get_run(id).await.unwrap();
         assert_eq!((run.state, run.expanded_at), (RunState::Active, Some(T0)));
-        assert_eq!((run.rows_total, run.imported, run.rejected, run.duplicates), (5, 3, 1, 1));
-        assert_eq!(store.import_line(id).await.unwrap(), 6);
+        assert_eq!((run.rows_total, run.imported, run.rejected, run.duplicates), (7, 5, 1, 1));
+        assert_eq!(store.import_line(id).await.unwrap(), 8);
         assert_eq!(
             job_states(&client, id).await,
             [
                 ("+12015550001".into(), "pending".into(), None),
                 ("+12015550002".into(), "pending".into(), None),
                 ("+12015550003".into(), "skipped".into(), Some("suppressed: scope all, STOP".into())),
+                ("+12015550004".into(), "skipped".into(), Some("suppressed: scope reminders".into())),
+                ("+12015550005".into(), "pending".into(), None),
             ]
         );
         let refused: Vec<(i64, String, String, String)> = client
@@ -458,8 +470,8 @@ pub(crate) mod tests {
             )
         );
         let counts = store.run_counts(id).await.unwrap();
-        assert_eq!((counts.get(JobState::Pending), counts.get(JobState::Skipped), counts.total()), (2, 1, 3));
-        assert!(!store.finish_run_if_done(id, T0).await.unwrap(), "two jobs are pending");
+        assert_eq!((counts.get(JobState::Pending), counts.get(JobState::Skipped), counts.total()), (3, 2, 5));
+        assert!(!store.finish_run_if_done(id, T0).await.unwrap(), "three jobs are pending");
     }
 
     #[tokio::test]
