@@ -218,15 +218,26 @@ pub(super) fn parsed<T: std::str::FromStr<Err = String>>(row: &tokio_postgres::R
 /// A fresh ledger in a schema of its own on the test server named by
 /// `FLOWCAST_TEST_POSTGRES`, as a `postgres://` address; `None` (and a line
 /// saying why) when that variable is unset.
+///
+/// The schema is named after this host and process (`t_<host>_<pid>_<random>`)
+/// and outlives the test, for a look at what it left; the first test ledger
+/// of each process drops those of this host's processes that have ended
+/// (they piled up by the thousand otherwise). Another host's schemas, and a
+/// live process's, are never touched: the server may be shared.
 pub async fn test_ledger(label: &str) -> Option<String> {
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let Ok(base) = std::env::var("FLOWCAST_TEST_POSTGRES") else {
         eprintln!("skipped ({label}): FLOWCAST_TEST_POSTGRES is unset; set it to a PostgreSQL URL to run this test");
         return None;
     };
-    let schema = format!("t_{}_{:x}", std::process::id(), rand::random::<u64>());
+    let host = test_host();
+    let schema = format!("t_{host}_{}_{:x}", std::process::id(), rand::random::<u64>());
     let (client, connection) =
         tokio_postgres::connect(&base, NoTls).await.unwrap_or_else(|e| panic!("FLOWCAST_TEST_POSTGRES: {e}"));
     let task = tokio::spawn(connection);
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        drop_ended_test_schemas(&client, &host).await;
+    }
     client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("a test schema");
     drop(client);
     let _ = task.await;
@@ -234,9 +245,70 @@ pub async fn test_ledger(label: &str) -> Option<String> {
     Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
 
+/// Eight hex digits naming this host in test schemas (its hostname hashed).
+fn test_host() -> String {
+    use std::hash::{Hash, Hasher};
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.trim().hash(&mut hasher);
+    format!("{:08x}", hasher.finish() as u32)
+}
+
+/// Drops the test schemas of this host's processes that have ended (no
+/// `/proc/<pid>`; on a system without `/proc` none is dropped). Best effort:
+/// a schema another process drops at the same time is no error here.
+async fn drop_ended_test_schemas(client: &tokio_postgres::Client, host: &str) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!("t_{host}_");
+    let Ok(rows) = client.query("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)", &[&prefix]).await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name[prefix.len()..].split('_').next().and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test schema of this host's ended process is dropped by the next
+    /// process's first test ledger; a live process's stays.
+    #[tokio::test]
+    async fn test_schemas_of_ended_processes_are_dropped() {
+        let Ok(base) = std::env::var("FLOWCAST_TEST_POSTGRES") else { return };
+        let (client, connection) = tokio_postgres::connect(&base, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let host = test_host();
+        // No process has this pid (above any pid_max Linux allows).
+        let ended = format!("t_{host}_4294967295_0");
+        let live = format!("t_{host}_{}_0", std::process::id());
+        for name in [&ended, &live] {
+            client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name}; CREATE SCHEMA {name}")).await.unwrap();
+        }
+        drop_ended_test_schemas(&client, &host).await;
+        let exists = async |name: &str| -> bool {
+            client
+                .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&name])
+                .await
+                .unwrap()
+                .get(0)
+        };
+        assert!(!exists(&ended).await, "the ended process's schema is dropped");
+        assert!(exists(&live).await, "a live process's schema stays");
+        client.batch_execute(&format!("DROP SCHEMA {live}")).await.unwrap();
+    }
 
     #[test]
     fn passwords_never_show() {
