@@ -862,7 +862,16 @@ impl Store {
     pub async fn before_create(&self, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
         let phone = phone.to_string();
         match &self.db {
-            Db::Sqlite(db) => read(db, move |c| sqlite::suppressions::before_create(c, run_id, &phone)).await,
+            // Checks that come while others are answered wait for the same
+            // trip to the blocking pool (see `sqlite::checks`).
+            Db::Sqlite(db) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if db.queue_check(sqlite::checks::Check { run_id, phone, reply }) {
+                    let db = Arc::clone(db);
+                    tokio::task::spawn_blocking(move || db.answer_checks());
+                }
+                answer.await.map_err(|_| StoreError::Task("a pre-send check was dropped unanswered".into()))?
+            }
             Db::Postgres(pg) => postgres::suppressions::before_create(pg, run_id, &phone).await,
         }
     }

@@ -9,6 +9,7 @@
 
 pub(super) mod campaigns;
 mod checkpointer;
+pub(super) mod checks;
 pub(super) mod executions;
 pub(super) mod jobs;
 pub(super) mod lock;
@@ -77,6 +78,8 @@ pub(super) struct Sqlite {
     /// ledger-wide counts), on a connection of their own so that they never
     /// hold up the dispatcher's pre-send checks on `reader`.
     reports: Mutex<Connection>,
+    /// Pre-send checks waiting for `reader`, answered together.
+    checks: checks::Checks,
 }
 
 impl Sqlite {
@@ -130,6 +133,7 @@ impl Sqlite {
             opened: std::time::Instant::now(),
             reader: Mutex::new(reader),
             reports: Mutex::new(reports),
+            checks: checks::Checks::default(),
         })
     }
 
@@ -179,6 +183,18 @@ impl Sqlite {
     /// The connection for reads; it sees every committed change.
     pub(super) fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a pre-send check; `true` when the caller must start
+    /// [`Sqlite::answer_checks`] on the blocking pool.
+    pub(super) fn queue_check(&self, check: checks::Check) -> bool {
+        self.checks.push(check)
+    }
+
+    /// Answers the pre-send checks waiting, and those that come meanwhile,
+    /// on the reader.
+    pub(super) fn answer_checks(&self) {
+        self.checks.drain(|| self.reader())
     }
 
     /// The connection for long reads (see the field).
