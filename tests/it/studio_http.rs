@@ -125,6 +125,24 @@ async fn auth_not_found_invalid_and_server_errors_are_told_apart() {
 }
 
 #[tokio::test]
+async fn an_answer_that_is_not_valid_utf8_is_read_with_its_bad_bytes_replaced() {
+    let mut server = mockito::Server::new_async().await;
+    let body: Vec<u8> =
+        [&br#"{"code": 21211, "message": "Invalid 'To' "#[..], b"\xff\xfe", br#"", "status": 400}"#].concat();
+    let _mock = server
+        .mock("POST", format!("/v2/Flows/{FLOW}/Executions").as_str())
+        .with_status(400)
+        .with_body(body)
+        .create_async()
+        .await;
+    let e = http_studio(&server.url()).create_execution(&flow(), &request()).await.unwrap_err();
+    assert!(
+        matches!(e, StudioError::Invalid(ref t) if t.code == Some(21211) && t.message.contains("Invalid 'To' \u{fffd}\u{fffd}")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_create_that_times_out_is_ambiguous_and_a_refused_connection_is_not() {
     let mut server = mockito::Server::new_async().await;
     let _slow = server

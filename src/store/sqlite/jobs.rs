@@ -521,6 +521,11 @@ const CLAIMS_PER_STATEMENT: usize = 64;
 
 /// Marks `jobs` (pending, read in this transaction) `dispatching` from `now`;
 /// returns the ids it marked.
+///
+/// The statement has no `RETURNING`: SQLite loads every column of each old
+/// row for one (under callgrind, 3,100 of the 36,000 instructions a job took
+/// in the `sqlite3` shell), and the count of rows changed says the same when
+/// it is the whole chunk, as it is for jobs read pending in this transaction.
 fn mark_dispatching(tx: &Connection, jobs: &[ClaimedJob], now: i64) -> Result<HashSet<i64>> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let mut marked = HashSet::with_capacity(jobs.len());
@@ -528,7 +533,7 @@ fn mark_dispatching(tx: &Connection, jobs: &[ClaimedJob], now: i64) -> Result<Ha
         let sql = sized_sql(&SQL, CLAIMS_PER_STATEMENT, chunk.len(), |k| {
             format!(
                 "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?1, updated_at = ?1 \
-                 WHERE id IN ({}) AND state = 'pending' RETURNING id",
+                 WHERE id IN ({}) AND state = 'pending'",
                 (2..k + 2).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
             )
         });
@@ -537,9 +542,21 @@ fn mark_dispatching(tx: &Connection, jobs: &[ClaimedJob], now: i64) -> Result<Ha
         for (i, job) in chunk.iter().enumerate() {
             stmt.raw_bind_parameter(i + 2, job.id)?;
         }
-        let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next()? {
-            marked.insert(row.get(0)?);
+        let changed = stmt.raw_execute()?;
+        let ids = chunk.iter().map(|job| job.id);
+        if changed == chunk.len() {
+            marked.extend(ids);
+        } else {
+            // Not all were pending after all: the ones this statement marked
+            // are those `dispatching` from `now`.
+            let mut mine = tx.prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'dispatching' AND attempt_started_at = ?2",
+            )?;
+            for id in ids {
+                if mine.exists(params![id, now])? {
+                    marked.insert(id);
+                }
+            }
         }
     }
     Ok(marked)
@@ -652,6 +669,11 @@ const OUTCOMES_PER_STATEMENT: usize = 64;
 /// Records `sent` (job id, Execution SID, attempts sent, when) for jobs still
 /// `dispatching`: each job is sent, its Execution's outcome due
 /// `outcome_after_ms` later. Returns the ids it recorded.
+///
+/// No `RETURNING`, as in [`mark_dispatching`]: when the rows changed are the
+/// whole chunk, every job was still `dispatching`; otherwise (a job cancelled
+/// while its create was out) the ones recorded are those now sent with this
+/// SID at this time.
 fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: i64) -> Result<HashSet<i64>> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let mut marked = HashSet::with_capacity(sent.len());
@@ -663,7 +685,7 @@ fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: 
                      attempts = jobs.attempts + sent.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
                      sent_at = sent.at, finished_at = sent.at, updated_at = sent.at, \
                      outcome_state = 'open', outcome_due_at = sent.at + ?1 \
-                 FROM sent WHERE jobs.id = sent.id AND jobs.state = 'dispatching' RETURNING jobs.id",
+                 FROM sent WHERE jobs.id = sent.id AND jobs.state = 'dispatching'",
                 (0..k)
                     .map(|i| format!("(?{}, ?{}, ?{}, ?{})", 2 + i * 4, 3 + i * 4, 4 + i * 4, 5 + i * 4))
                     .collect::<Vec<_>>()
@@ -679,9 +701,18 @@ fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: 
             stmt.raw_bind_parameter(at + 2, attempts_sent)?;
             stmt.raw_bind_parameter(at + 3, sent_at)?;
         }
-        let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next()? {
-            marked.insert(row.get(0)?);
+        let changed = stmt.raw_execute()?;
+        if changed == chunk.len() {
+            marked.extend(chunk.iter().map(|&(job_id, ..)| job_id));
+        } else {
+            let mut mine = tx.prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'sent' AND execution_sid = ?2 AND sent_at = ?3",
+            )?;
+            for &(job_id, sid, _, sent_at) in chunk {
+                if mine.exists(params![job_id, sid, sent_at])? {
+                    marked.insert(job_id);
+                }
+            }
         }
     }
     Ok(marked)
