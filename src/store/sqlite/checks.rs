@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::suppressions;
+use super::suppressions::{self, RunFacts};
 use crate::domain::RunState;
 use crate::store::{Result, Suppression};
 
@@ -62,9 +62,13 @@ impl Checks {
         let guard = IdleOnPanic(self);
         while let Some(batch) = self.take() {
             let conn = reader();
+            // A batch's checks are made at one moment: each run is read once
+            // for them (most are of one run), each contact on its own.
+            let mut runs: Vec<(i64, RunFacts)> = Vec::new();
             for check in batch {
+                let answer = answer(&conn, &mut runs, check.run_id, &check.phone);
                 // A caller that gave up waiting has dropped its receiver.
-                let _ = check.reply.send(suppressions::before_create(&conn, check.run_id, &check.phone));
+                let _ = check.reply.send(answer);
             }
         }
         std::mem::forget(guard);
@@ -80,6 +84,19 @@ impl Checks {
         }
         Some(std::mem::take(&mut q.waiting))
     }
+}
+
+/// One check's answer, its run's facts read once per batch.
+fn answer(conn: &Connection, runs: &mut Vec<(i64, RunFacts)>, run_id: i64, phone: &str) -> Answer {
+    let at = match runs.iter().position(|(id, _)| *id == run_id) {
+        Some(at) => at,
+        None => {
+            runs.push((run_id, suppressions::run_facts(conn, run_id)?));
+            runs.len() - 1
+        }
+    };
+    let run = &runs[at].1;
+    Ok((run.state, suppressions::covering(conn, phone, &run.campaign, run.kind, run.channel)?))
 }
 
 /// Leaves the queue idle if a drain unwinds.

@@ -1,6 +1,8 @@
 //! The suppression list, and the checks every import and every create make
 //! against it.
 
+use std::sync::OnceLock;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{corrupt, parsed};
@@ -69,32 +71,39 @@ pub fn covering(
     // rowid, where `scope IN (…) ORDER BY rowid` seeks once per scope and
     // sorts what it found in a temporary b-tree on every call: the dispatcher
     // makes this check before each create, and the sort's set-up cost the most.
-    Ok(conn
-        .prepare_cached(&format!(
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
             "SELECT {COLUMNS} FROM suppressions WHERE rowid = \
                (SELECT MIN(rowid) FROM suppressions WHERE phone = ?1 AND +scope IN (?2, ?3, ?4, ?5))"
-        ))?
-        .query_row(params![phone, all, kind, channel, name], from_row)
-        .optional()?)
+        )
+    });
+    Ok(conn.prepare_cached(sql)?.query_row(params![phone, all, kind, channel, name], from_row).optional()?)
 }
 
-/// What a create checks right before it goes out, in one read: the run's
-/// state (a pause or cancel wins) and whether the contact is suppressed for
-/// this run's campaign (an opt-out that arrived mid-run wins).
-pub fn before_create(conn: &Connection, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
-    let (state, campaign, kind, channel) = conn
-        .prepare_cached("SELECT state, campaign, kind, channel FROM runs WHERE id = ?1")?
+/// What a pre-send check reads of a run: its state and what its
+/// suppressions are looked up by.
+pub(super) struct RunFacts {
+    pub state: RunState,
+    pub campaign: String,
+    pub kind: CampaignKind,
+    pub channel: Channel,
+}
+
+/// The run's facts for a pre-send check (a pause or cancel wins over a
+/// create; see `checks`); an error when the run is gone.
+pub(super) fn run_facts(conn: &Connection, run_id: i64) -> Result<RunFacts> {
+    conn.prepare_cached("SELECT state, campaign, kind, channel FROM runs WHERE id = ?1")?
         .query_row([run_id], |r| {
-            Ok((
-                parsed::<RunState>(r, 0)?,
-                r.get::<_, String>(1)?,
-                parsed::<CampaignKind>(r, 2)?,
-                parsed::<Channel>(r, 3)?,
-            ))
+            Ok(RunFacts {
+                state: parsed::<RunState>(r, 0)?,
+                campaign: r.get(1)?,
+                kind: parsed::<CampaignKind>(r, 2)?,
+                channel: parsed::<Channel>(r, 3)?,
+            })
         })
         .optional()?
-        .ok_or(StoreError::RunNotFound(run_id))?;
-    Ok((state, covering(conn, phone, &campaign, kind, channel)?))
+        .ok_or(StoreError::RunNotFound(run_id))
 }
 
 /// Lifts a phone's scope-`all` entries that came from `sources` only: an opt-in
