@@ -9,6 +9,7 @@
 //! and no transaction is ever held across a network call: a claim commits
 //! `dispatching` first, Studio is called, then the outcome is committed.
 
+pub(crate) mod checks;
 mod claim_checks;
 pub mod postgres;
 pub(crate) mod purge;
@@ -863,16 +864,24 @@ impl Store {
         let phone = phone.to_string();
         match &self.db {
             // Checks that come while others are answered wait for the same
-            // trip to the blocking pool (see `sqlite::checks`).
+            // drain: one trip to the blocking pool (SQLite), one statement
+            // (PostgreSQL); see `checks`.
             Db::Sqlite(db) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
-                if db.queue_check(sqlite::checks::Check { run_id, phone, reply }) {
+                if let Some(draining) = db.queue_check(checks::Check { run_id, phone, reply }) {
                     let db = Arc::clone(db);
-                    tokio::task::spawn_blocking(move || db.answer_checks());
+                    tokio::task::spawn_blocking(move || db.answer_checks(draining));
                 }
                 answer.await.map_err(|_| StoreError::Task("a pre-send check was dropped unanswered".into()))?
             }
-            Db::Postgres(pg) => postgres::suppressions::before_create(pg, run_id, &phone).await,
+            Db::Postgres(pg) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if let Some(draining) = pg.checks.push(checks::Check { run_id, phone, reply }) {
+                    let pg = Arc::clone(pg);
+                    tokio::spawn(async move { postgres::suppressions::drain_checks(&pg, draining).await });
+                }
+                answer.await.map_err(|_| StoreError::Task("a pre-send check was dropped unanswered".into()))?
+            }
         }
     }
 

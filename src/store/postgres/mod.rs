@@ -57,6 +57,8 @@ pub(crate) struct Pg {
     /// This instance's name (`FLOWCAST_INSTANCE`, else host:pid): the owner
     /// written on its claims and leases.
     pub(crate) instance: String,
+    /// Pre-send checks waiting, answered a batch to a statement.
+    pub(crate) checks: std::sync::Arc<crate::store::checks::Checks>,
 }
 
 /// `FLOWCAST_INSTANCE`, or `host:pid`.
@@ -140,8 +142,13 @@ impl Pg {
             .recycle_timeout(Some(WAIT))
             .build()
             .map_err(|e| connect(e.to_string()))?;
-        let pg =
-            Pg { pool, url: url.to_string(), leadership: cluster::Leadership::default(), instance: instance_name() };
+        let pg = Pg {
+            pool,
+            url: url.to_string(),
+            leadership: cluster::Leadership::default(),
+            instance: instance_name(),
+            checks: Default::default(),
+        };
         let mut client = pg.pool.get().await.map_err(|e| connect(e.to_string()))?;
         migrate(&mut client).await.map_err(|e| connect(format!("migration failed: {e}")))?;
         Ok(pg)

@@ -4,8 +4,9 @@
 
 use tokio_postgres::{GenericClient, Row};
 
-use super::{Pg, parsed};
+use super::Pg;
 use crate::domain::{CampaignKind, Channel, Phone, RunState, Scope};
+use crate::store::checks::{Answer, Draining};
 use crate::store::{Result, StoreError, Suppression};
 
 fn from_row(r: &Row) -> Result<Suppression> {
@@ -100,39 +101,91 @@ async fn covering_in<C: GenericClient + Sync>(
     row.as_ref().map(from_row).transpose()
 }
 
-/// What a create checks right before it goes out, in one read: the run's
-/// state (a pause or cancel wins) and whether the contact is suppressed for
-/// this run's campaign (an opt-out that arrived mid-run wins).
-pub(crate) async fn before_create(pg: &Pg, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
+/// PostgreSQL's drain of the pre-send checks (see `store::checks`): each
+/// batch is one statement (one snapshot, one round trip, one backend's
+/// work) answering every check with its run's state (a pause or cancel
+/// wins) and the first entry that suppresses its contact for the run's
+/// campaign (an opt-out that arrived mid-run wins). A check of a run that
+/// does not exist gets that error alone; a statement that fails gives its
+/// error to every check of the batch.
+pub(crate) async fn drain_checks(pg: &Pg, mut draining: Draining) {
+    while let Some(batch) = draining.next_batch() {
+        let runs: Vec<i64> = batch.iter().map(|c| c.run_id).collect();
+        let phones: Vec<&str> = batch.iter().map(|c| c.phone.as_str()).collect();
+        match check_batch(pg, &runs, &phones).await {
+            Ok(mut answers) => {
+                for (i, check) in batch.into_iter().enumerate() {
+                    let answer = answers
+                        .remove(&(i as i64 + 1))
+                        .unwrap_or_else(|| Err(StoreError::Corrupt(format!("no answer for pre-send check {}", i + 1))));
+                    // A caller that gave up waiting has dropped its receiver.
+                    let _ = check.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                for check in batch {
+                    let _ = check.reply.send(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+    draining.finished();
+}
+
+/// The answers to checks (`runs[k]`, `phones[k]`), by their place from 1.
+async fn check_batch(pg: &Pg, runs: &[i64], phones: &[&str]) -> Result<std::collections::HashMap<i64, Answer>> {
     let client = pg.client().await?;
-    // One statement, so the two answers come from one snapshot.
     let stmt = client
         .prepare_cached(
-            "SELECT r.state, s.seq, s.phone, s.scope, s.reason, s.source, s.created_at FROM runs r \
+            "SELECT q.i, r.state, s.seq, s.phone, s.scope, s.reason, s.source, s.created_at \
+             FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS q (run_id, phone, i) \
+             LEFT JOIN runs r ON r.id = q.run_id \
              LEFT JOIN LATERAL (SELECT seq, phone, scope, reason, source, created_at FROM suppressions \
-                                WHERE phone = $2 AND scope IN ('all', r.kind, r.channel, r.campaign) \
-                                ORDER BY seq LIMIT 1) s ON TRUE \
-             WHERE r.id = $1",
+                                WHERE phone = q.phone AND scope IN ('all', r.kind, r.channel, r.campaign) \
+                                ORDER BY seq LIMIT 1) s ON r.id IS NOT NULL",
         )
         .await?;
-    let row = client.query_opt(&stmt, &[&run_id, &phone]).await?.ok_or(StoreError::RunNotFound(run_id))?;
-    let state: RunState = parsed(&row, 0)?;
-    let seq: Option<i64> = row.try_get(1)?;
-    let suppression = match seq {
+    let rows = client.query(&stmt, &[&runs, &phones]).await?;
+    let mut answers = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let i: i64 = row.try_get(0)?;
+        let run_id = usize::try_from(i - 1).ok().and_then(|k| runs.get(k)).copied().unwrap_or_default();
+        answers.insert(i, answer_of(&row, run_id));
+    }
+    Ok(answers)
+}
+
+/// One row of [`check_batch`] as its check's answer.
+fn answer_of(row: &Row, run_id: i64) -> Answer {
+    let Some(state) = row.try_get::<_, Option<String>>(1)? else {
+        return Err(StoreError::RunNotFound(run_id));
+    };
+    let state: RunState = state.parse().map_err(|e| StoreError::Corrupt(format!("column 1: {e}")))?;
+    let suppression = match row.try_get::<_, Option<i64>>(2)? {
         None => None,
         Some(id) => {
-            let scope: String = row.try_get(3)?;
+            let scope: String = row.try_get(4)?;
             Some(Suppression {
                 id,
-                phone: Phone::from_e164(row.try_get(2)?),
-                scope: Scope::parse(&scope).map_err(|e| StoreError::Corrupt(format!("column 3: {e}")))?,
-                reason: row.try_get(4)?,
-                source: row.try_get(5)?,
-                created_at: row.try_get(6)?,
+                phone: Phone::from_e164(row.try_get(3)?),
+                scope: Scope::parse(&scope).map_err(|e| StoreError::Corrupt(format!("column 4: {e}")))?,
+                reason: row.try_get(5)?,
+                source: row.try_get(6)?,
+                created_at: row.try_get(7)?,
             })
         }
     };
     Ok((state, suppression))
+}
+
+/// The same error again, for each check of a batch that failed as a whole.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Postgres(m) => StoreError::Postgres(m.clone()),
+        StoreError::Pool(m) => StoreError::Pool(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        other => StoreError::Task(other.to_string()),
+    }
 }
 
 /// Lifts a phone's scope-`all` entries that came from `sources` only: an opt-in

@@ -671,9 +671,11 @@ const OUTCOMES_PER_STATEMENT: usize = 64;
 /// `outcome_after_ms` later. Returns the ids it recorded.
 ///
 /// No `RETURNING`, as in [`mark_dispatching`]: when the rows changed are the
-/// whole chunk, every job was still `dispatching`; otherwise (a job cancelled
-/// while its create was out) the ones recorded are those now sent with this
-/// SID at this time.
+/// whole chunk, every job was still `dispatching`; a chunk of one that
+/// changed nothing recorded nothing; otherwise (a job cancelled while its
+/// create was out) the jobs taken as recorded are those now sent with this
+/// SID at this time (jobs of a chunk have one outcome each in the batch, so
+/// none was sent so by another).
 fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: i64) -> Result<HashSet<i64>> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let mut marked = HashSet::with_capacity(sent.len());
@@ -704,6 +706,9 @@ fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: 
         let changed = stmt.raw_execute()?;
         if changed == chunk.len() {
             marked.extend(chunk.iter().map(|&(job_id, ..)| job_id));
+        } else if chunk.len() == 1 {
+            // Not changed: the job was no longer `dispatching` (a second
+            // outcome for it in one batch finds it sent by the first).
         } else {
             let mut mine = tx.prepare_cached(
                 "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'sent' AND execution_sid = ?2 AND sent_at = ?3",
@@ -1626,6 +1631,37 @@ mod tests {
         let e = new_run(&store, "orders", "e", None).await;
         assert_eq!(import(&store, e, vec![job(2, 12, Some("K0"))], t1).await, counts(1, 0, 0));
         assert_eq!(jobs(&store, e).await, [pending(12)]);
+    }
+
+    /// Two outcomes of one job in a batch go one at a time: the first one
+    /// finds the job `dispatching` and is the one recorded; the second, the
+    /// same `Sent` again, is not counted (nor its job changed).
+    #[tokio::test]
+    async fn a_second_outcome_of_one_job_in_a_batch_is_not_counted_as_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_path(&dir.path().join("ledger.db")).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        import(&store, run, vec![job(2, 0, None), job(3, 1, None)], T0).await;
+        let claimed = store.claim_due(run, T0 + 1, 10, false, ContactLimits::default()).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        let sent = |job: i64, sid: &str| SettledJob {
+            job_id: job,
+            outcome: JobOutcome::Sent { sid: sid.to_string() },
+            attempts_sent: 1,
+            at: T0 + 2,
+        };
+        let sid = "FN00000000000000000000000000000001";
+        let twice = vec![
+            sent(claimed[0].id, sid),
+            sent(claimed[0].id, sid),
+            sent(claimed[1].id, "FN00000000000000000000000000000002"),
+        ];
+        assert_eq!(store.record_outcomes(twice, Vec::new(), Duration::from_secs(60)).await.unwrap(), 2);
+        let page = store.jobs_page(run, None, 0, 10).await.unwrap();
+        assert_eq!(
+            page.iter().map(|j| (j.state, j.attempts)).collect::<Vec<_>>(),
+            [(JobState::Sent, 1), (JobState::Sent, 1)]
+        );
     }
 
     /// A batch is written many jobs to a statement: the jobs keep file order

@@ -79,7 +79,7 @@ pub(super) struct Sqlite {
     /// hold up the dispatcher's pre-send checks on `reader`.
     reports: Mutex<Connection>,
     /// Pre-send checks waiting for `reader`, answered together.
-    checks: checks::Checks,
+    checks: std::sync::Arc<crate::store::checks::Checks>,
 }
 
 impl Sqlite {
@@ -133,7 +133,7 @@ impl Sqlite {
             opened: std::time::Instant::now(),
             reader: Mutex::new(reader),
             reports: Mutex::new(reports),
-            checks: checks::Checks::default(),
+            checks: Default::default(),
         })
     }
 
@@ -185,16 +185,16 @@ impl Sqlite {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a pre-send check; `true` when the caller must start
-    /// [`Sqlite::answer_checks`] on the blocking pool.
-    pub(super) fn queue_check(&self, check: checks::Check) -> bool {
+    /// Queues a pre-send check; when no drain is running, what the caller
+    /// must start [`Sqlite::answer_checks`] with, on the blocking pool.
+    pub(super) fn queue_check(&self, check: crate::store::checks::Check) -> Option<crate::store::checks::Draining> {
         self.checks.push(check)
     }
 
     /// Answers the pre-send checks waiting, and those that come meanwhile,
     /// on the reader.
-    pub(super) fn answer_checks(&self) {
-        self.checks.drain(|| self.reader())
+    pub(super) fn answer_checks(&self, draining: crate::store::checks::Draining) {
+        checks::drain(draining, || self.reader())
     }
 
     /// The connection for long reads (see the field).
