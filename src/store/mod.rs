@@ -864,8 +864,8 @@ impl Store {
         let phone = phone.to_string();
         match &self.db {
             // Checks that come while others are answered wait for the same
-            // drain: one trip to the blocking pool (SQLite), one statement
-            // (PostgreSQL); see `checks`.
+            // drain: one trip to the blocking pool (SQLite), one statement per
+            // batch (PostgreSQL); see `checks`.
             Db::Sqlite(db) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 if let Some(draining) = db.queue_check(checks::Check { run_id, phone, reply }) {

@@ -112,7 +112,12 @@ pub(crate) async fn drain_checks(pg: &Pg, mut draining: Draining) {
     while let Some(batch) = draining.next_batch() {
         let runs: Vec<i64> = batch.iter().map(|c| c.run_id).collect();
         let phones: Vec<&str> = batch.iter().map(|c| c.phone.as_str()).collect();
-        match check_batch(pg, &runs, &phones).await {
+        // A statement that hangs would hold every create of the process:
+        // past the pool's own wait it fails the batch instead.
+        let answered = tokio::time::timeout(super::WAIT, check_batch(pg, &runs, &phones))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Postgres("the pre-send checks took too long".into())));
+        match answered {
             Ok(mut answers) => {
                 for (i, check) in batch.into_iter().enumerate() {
                     let answer = answers
@@ -129,7 +134,6 @@ pub(crate) async fn drain_checks(pg: &Pg, mut draining: Draining) {
             }
         }
     }
-    draining.finished();
 }
 
 /// The answers to checks (`runs[k]`, `phones[k]`), by their place from 1.

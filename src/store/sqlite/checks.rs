@@ -21,7 +21,6 @@ pub(super) fn drain<C: Deref<Target = Connection>>(mut draining: Draining, reade
             let _ = check.reply.send(answer);
         }
     }
-    draining.finished();
 }
 
 /// One check's answer, its run's facts read once per batch.
