@@ -861,28 +861,26 @@ impl Store {
     /// What a create checks right before it goes out: the run's state and
     /// whether the contact is suppressed for its campaign.
     pub async fn before_create(&self, run_id: i64, phone: &str) -> Result<(RunState, Option<Suppression>)> {
-        let phone = phone.to_string();
+        // Checks that come while others are answered wait for the same
+        // drain: one trip to the blocking pool (SQLite), one statement per
+        // batch (PostgreSQL); see `checks`.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let check = checks::Check { run_id, phone: phone.to_string(), reply };
         match &self.db {
-            // Checks that come while others are answered wait for the same
-            // drain: one trip to the blocking pool (SQLite), one statement per
-            // batch (PostgreSQL); see `checks`.
             Db::Sqlite(db) => {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                if let Some(draining) = db.queue_check(checks::Check { run_id, phone, reply }) {
+                if let Some(draining) = db.checks.push(check) {
                     let db = Arc::clone(db);
                     tokio::task::spawn_blocking(move || db.answer_checks(draining));
                 }
-                answer.await.map_err(|_| StoreError::Task("a pre-send check was dropped unanswered".into()))?
             }
             Db::Postgres(pg) => {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                if let Some(draining) = pg.checks.push(checks::Check { run_id, phone, reply }) {
+                if let Some(draining) = pg.checks.push(check) {
                     let pg = Arc::clone(pg);
                     tokio::spawn(async move { postgres::suppressions::drain_checks(&pg, draining).await });
                 }
-                answer.await.map_err(|_| StoreError::Task("a pre-send check was dropped unanswered".into()))?
             }
         }
+        answer.await.map_err(|_| StoreError::Task("a pre-send check was dropped unanswered".into()))?
     }
 
     // Campaigns.

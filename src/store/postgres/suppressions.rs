@@ -141,7 +141,7 @@ async fn check_batch(pg: &Pg, runs: &[i64], phones: &[&str]) -> Result<std::coll
     let client = pg.client().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT q.i, r.state, s.seq, s.phone, s.scope, s.reason, s.source, s.created_at \
+            "SELECT q.i, q.run_id, r.state, s.seq, s.phone, s.scope, s.reason, s.source, s.created_at \
              FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS q (run_id, phone, i) \
              LEFT JOIN runs r ON r.id = q.run_id \
              LEFT JOIN LATERAL (SELECT seq, phone, scope, reason, source, created_at FROM suppressions \
@@ -152,30 +152,28 @@ async fn check_batch(pg: &Pg, runs: &[i64], phones: &[&str]) -> Result<std::coll
     let rows = client.query(&stmt, &[&runs, &phones]).await?;
     let mut answers = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
-        let i: i64 = row.try_get(0)?;
-        let run_id = usize::try_from(i - 1).ok().and_then(|k| runs.get(k)).copied().unwrap_or_default();
-        answers.insert(i, answer_of(&row, run_id));
+        answers.insert(row.try_get(0)?, answer_of(&row));
     }
     Ok(answers)
 }
 
 /// One row of [`check_batch`] as its check's answer.
-fn answer_of(row: &Row, run_id: i64) -> Answer {
-    let Some(state) = row.try_get::<_, Option<String>>(1)? else {
-        return Err(StoreError::RunNotFound(run_id));
+fn answer_of(row: &Row) -> Answer {
+    let Some(state) = row.try_get::<_, Option<String>>(2)? else {
+        return Err(StoreError::RunNotFound(row.try_get(1)?));
     };
-    let state: RunState = state.parse().map_err(|e| StoreError::Corrupt(format!("column 1: {e}")))?;
-    let suppression = match row.try_get::<_, Option<i64>>(2)? {
+    let state: RunState = state.parse().map_err(|e| StoreError::Corrupt(format!("column 2: {e}")))?;
+    let suppression = match row.try_get::<_, Option<i64>>(3)? {
         None => None,
         Some(id) => {
-            let scope: String = row.try_get(4)?;
+            let scope: String = row.try_get(5)?;
             Some(Suppression {
                 id,
-                phone: Phone::from_e164(row.try_get(3)?),
-                scope: Scope::parse(&scope).map_err(|e| StoreError::Corrupt(format!("column 4: {e}")))?,
-                reason: row.try_get(5)?,
-                source: row.try_get(6)?,
-                created_at: row.try_get(7)?,
+                phone: Phone::from_e164(row.try_get(4)?),
+                scope: Scope::parse(&scope).map_err(|e| StoreError::Corrupt(format!("column 5: {e}")))?,
+                reason: row.try_get(6)?,
+                source: row.try_get(7)?,
+                created_at: row.try_get(8)?,
             })
         }
     };

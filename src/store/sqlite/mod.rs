@@ -79,7 +79,7 @@ pub(super) struct Sqlite {
     /// hold up the dispatcher's pre-send checks on `reader`.
     reports: Mutex<Connection>,
     /// Pre-send checks waiting for `reader`, answered together.
-    checks: std::sync::Arc<crate::store::checks::Checks>,
+    pub(super) checks: std::sync::Arc<crate::store::checks::Checks>,
 }
 
 impl Sqlite {
@@ -183,12 +183,6 @@ impl Sqlite {
     /// The connection for reads; it sees every committed change.
     pub(super) fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a pre-send check; when no drain is running, what the caller
-    /// must start [`Sqlite::answer_checks`] with, on the blocking pool.
-    pub(super) fn queue_check(&self, check: crate::store::checks::Check) -> Option<crate::store::checks::Draining> {
-        self.checks.push(check)
     }
 
     /// Answers the pre-send checks waiting, and those that come meanwhile,
