@@ -245,10 +245,15 @@ fn import_row(label: String, rss_note: &str, r: &Value) -> (String, String, Stri
         label,
         format!("{:.0} rows/s", r["rows_per_s"].as_f64().unwrap_or(0.0)),
         format!(
-            "peak RSS {:.0} MB{rss_note}; {} imported, {} rejected",
+            "peak RSS {:.0} MB{rss_note}; {} imported, {} rejected; CPU {:.1} s{}",
             r["peak_rss_mb"].as_f64().unwrap_or(0.0),
             r["imported"],
-            r["rejected"]
+            r["rejected"],
+            r["cpu_s"].as_f64().unwrap_or(0.0),
+            match r["postgres_cpu_s"].as_f64() {
+                Some(pg) if pg > 0.0 => format!(", the server's {pg:.1} s"),
+                _ => String::new(),
+            }
         ),
         "≥ 150,000 rows/s, ≤ 150 MB".into(),
     )
@@ -689,12 +694,18 @@ async fn scenario(name: &str, args: &[String]) -> Value {
                 return json!({ "skipped": "FLOWCAST_TEST_POSTGRES is unset" });
             };
             let (campaign, run) = create_run(&ws, &store, "c.toml", "import").await;
+            let (cpu_before, postgres_before) = (cpu_seconds(), postgres_cpu_seconds());
             let started = Instant::now();
             let counts = import_run(&store, &campaign, run, Utc::now().timestamp_millis(), async |_| {}).await.unwrap();
             let secs = started.elapsed().as_secs_f64();
+            // The server's share, when the ledger is PostgreSQL: what of the
+            // time was its work and what flowcast's.
+            let postgres_cpu =
+                if args.iter().any(|a| a == "--postgres") { postgres_cpu_seconds() - postgres_before } else { 0.0 };
             json!({
                 "rows_per_s": counts.rows as f64 / secs, "seconds": secs, "imported": counts.imported,
-                "rejected": counts.rejected, "peak_rss_mb": peak_rss_mb(),
+                "rejected": counts.rejected, "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - cpu_before,
+                "postgres_cpu_s": postgres_cpu,
             })
         }
         "dispatch" => {

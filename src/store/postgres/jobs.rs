@@ -1142,6 +1142,28 @@ mod tests {
         (r.get(0), r.get(1), r.get(2))
     }
 
+    /// No foreign key ties a job or an import row to its run (migration
+    /// 0008): the batch's own read of its run is what refuses one that is
+    /// not there.
+    #[tokio::test]
+    async fn a_batch_for_a_run_not_in_the_ledger_is_refused_and_writes_nothing() {
+        let Some((_url, store, client)) = ledger("pg jobs no run").await else { return };
+        let run = new_run(&client, "c", false, None).await;
+        let rows = vec![
+            job(2, &phone(0), None),
+            ImportRow::Rejected(Rejection { line: 3, raw_phone: "nope".into(), reason: "not a phone".into() }),
+        ];
+        let missing = import_batch(pg(&store), run + 1, &rows, 3, NOW, NOW).await;
+        assert!(matches!(missing, Err(StoreError::RunNotFound(id)) if id == run + 1), "{missing:?}");
+        for table in ["jobs", "import_rows"] {
+            let n: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+            assert_eq!(n, 0, "{table}");
+        }
+        // The run that is there takes the same rows.
+        let counts = import_batch(pg(&store), run, &rows, 3, NOW, NOW).await.unwrap();
+        assert_eq!((counts.imported, counts.rejected), (1, 1));
+    }
+
     #[tokio::test]
     async fn import_claim_and_outcomes_round_trip() {
         let Some((_url, store, client)) = ledger("pg jobs round trip").await else { return };
