@@ -42,6 +42,23 @@ const OUTBOX_SENDABLE: &str = "o.delivered_at IS NULL AND o.gave_up_at IS NULL \
      AND (o.job_id IS NULL OR NOT EXISTS (SELECT 1 FROM outbox e WHERE e.job_id = o.job_id AND e.id < o.id \
                                           AND e.delivered_at IS NULL AND e.gave_up_at IS NULL))";
 
+/// The outbox events that are done with (delivered or given up) and belong
+/// to a purge that has already passed them, as SQL on `outbox o` (both
+/// backends): their run is purged, or their job's phone is hashed. A purge
+/// keeps an event not delivered yet, because its receiver still has to get
+/// it; once its delivery ends there is nothing left to keep it for, and its
+/// body holds the phone and the outcome a purge removes everywhere else, so
+/// the deliverer deletes it right after recording the end.
+fn outbox_done_after_purge() -> String {
+    format!(
+        "(o.delivered_at IS NOT NULL OR o.gave_up_at IS NOT NULL) \
+         AND (EXISTS (SELECT 1 FROM runs r WHERE r.id = o.run_id AND r.purged_at IS NOT NULL) \
+              OR EXISTS (SELECT 1 FROM jobs j WHERE j.id = o.job_id AND substr(j.phone, 1, {}) = '{}'))",
+        crate::domain::Phone::HASH_PREFIX.len(),
+        crate::domain::Phone::HASH_PREFIX
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("ledger {path}: {source}")]

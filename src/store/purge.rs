@@ -557,6 +557,81 @@ pub(crate) mod tests {
         assert!(personal_values_left(&store, &phones, "").await.is_empty());
     }
 
+    /// An event still to be delivered outlives its run's purge; once it is
+    /// delivered or given up it goes too, whichever step of the purge it
+    /// ended after (a job batch, the run's finish), so no phone or outcome
+    /// stays in the outbox.
+    #[tokio::test]
+    async fn an_event_a_purge_kept_for_its_delivery_goes_once_it_is_delivered_or_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        let phones = numbers(0, 4);
+        let id = finished_run(&store, "a", &phones, T0).await;
+        let other = finished_run(&store, "b", &numbers(10, 2), T0 + 2 * DAY).await;
+        let jobs: Vec<i64> = store.jobs_page(id, None, 0, 10).await.unwrap().iter().map(|j| j.id).collect();
+        let other_job = store.jobs_page(other, None, 0, 1).await.unwrap()[0].id;
+        // Pending events: three about jobs of the run, one about the run
+        // itself, one about a job of a run the purge leaves alone.
+        let (phone, other_phone) = (phones[0].clone(), numbers(10, 1)[0].clone());
+        let events = [
+            ("evt_job0", Some(jobs[0]), id, phone.clone()),
+            ("evt_job1", Some(jobs[1]), id, phone.clone()),
+            ("evt_job2", Some(jobs[2]), id, phone.clone()),
+            ("evt_run", None, id, phone),
+            ("evt_other", Some(other_job), other, other_phone),
+        ];
+        store
+            .write(move |c| {
+                for (event_id, job, run, phone) in events {
+                    c.execute(
+                        "INSERT INTO outbox (event_id, event_type, run_id, job_id, url, body, created_at, \
+                                             next_attempt_at) VALUES (?1, 'job.sent', ?2, ?3, 'http://x', ?4, 0, 0)",
+                        rusqlite::params![event_id, run, job, format!("{{\"phone\":\"{phone}\"}}")],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let id_of = async |event_id: &str| {
+            store.outbox_page(None, 0, 100).await.unwrap().into_iter().find(|e| e.event_id == event_id).map(|e| e.id)
+        };
+        let (job0, job1, job2, run_event, other_event) = (
+            id_of("evt_job0").await.unwrap(),
+            id_of("evt_job1").await.unwrap(),
+            id_of("evt_job2").await.unwrap(),
+            id_of("evt_run").await.unwrap(),
+            id_of("evt_other").await.unwrap(),
+        );
+        // One job batch of a purge (the run not marked purged yet), then
+        // event 0 delivered: its job's phone is hashed.
+        let salt = store.read(sqlite::purge::salt).await.unwrap();
+        store.write(move |c| sqlite::purge::purge_jobs(c, id, &salt, 0, 100)).await.unwrap();
+        store.outbox_delivered(job0, T0 + DAY).await.unwrap();
+        assert_eq!(id_of("evt_job0").await, None, "delivered after its job was purged");
+        // The run-level event, delivered before the run's finish, goes with
+        // the finish.
+        store.outbox_delivered(run_event, T0 + DAY).await.unwrap();
+        assert!(id_of("evt_run").await.is_some(), "not purged yet: the finish takes it");
+        store.purge(T0 + DAY, T0 + DAY).await.unwrap();
+        assert_eq!(id_of("evt_run").await, None);
+        assert!(id_of("evt_job1").await.is_some(), "still to be delivered: kept");
+        // After the purge: a retry scheduled keeps the event; delivered or
+        // given up, it goes.
+        store.outbox_failed(job1, "503".into(), Some(T0 + 2 * DAY), T0 + DAY).await.unwrap();
+        assert!(id_of("evt_job1").await.is_some(), "to be tried again: kept");
+        store.outbox_delivered(job1, T0 + DAY).await.unwrap();
+        store.outbox_failed(job2, "410".into(), None, T0 + DAY).await.unwrap();
+        assert_eq!((id_of("evt_job1").await, id_of("evt_job2").await), (None, None));
+        // An event of a run not purged stays once delivered, and counts.
+        store.outbox_delivered(other_event, T0 + DAY).await.unwrap();
+        assert!(id_of("evt_other").await.is_some());
+        let counts = store.outbox_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.delivered, counts.gave_up), (0, 1, 0));
+        let left: Vec<_> = personal_values_left(&store, &phones, "").await;
+        assert!(left.iter().all(|(at, _)| !at.starts_with("outbox.")), "{left:?}");
+    }
+
     /// A daily campaign's ledger for `days` days: the same `per_day` contacts
     /// every day, retention 2 days, a purge after each day's run. Returns the
     /// bytes in use before the first day and after each day.

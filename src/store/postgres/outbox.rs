@@ -2,6 +2,7 @@
 //! by the ledger's triggers): read what is due (in order per job), and record
 //! each delivery attempt.
 
+use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use super::Pg;
@@ -55,19 +56,27 @@ pub(crate) async fn next_due(pg: &Pg) -> Result<Option<i64>> {
     row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
 }
 
+/// A delivered event; one whose run a purge has passed meanwhile goes (see
+/// [`forget_if_purged`]).
 pub(crate) async fn delivered(pg: &Pg, id: i64, now: i64) -> Result<()> {
-    let client = pg.client().await?;
-    let stmt = client
+    let mut client = pg.client().await?;
+    let tx = client.transaction().await?;
+    wait_for_purge(&tx, id).await?;
+    let stmt = tx
         .prepare_cached("UPDATE outbox SET delivered_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1")
         .await?;
-    client.execute(&stmt, &[&id, &now]).await?;
+    tx.execute(&stmt, &[&id, &now]).await?;
+    forget_if_purged(&tx, id).await?;
+    tx.commit().await?;
     Ok(())
 }
 
 /// A failed attempt: try again at `retry_at`, or give up (`None`).
 pub(crate) async fn failed(pg: &Pg, id: i64, error: &str, retry_at: Option<i64>, now: i64) -> Result<()> {
-    let client = pg.client().await?;
-    let stmt = client
+    let mut client = pg.client().await?;
+    let tx = client.transaction().await?;
+    wait_for_purge(&tx, id).await?;
+    let stmt = tx
         .prepare_cached(
             "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
                  next_attempt_at = COALESCE($3::BIGINT, next_attempt_at), \
@@ -75,7 +84,35 @@ pub(crate) async fn failed(pg: &Pg, id: i64, error: &str, retry_at: Option<i64>,
              WHERE id = $1",
         )
         .await?;
-    client.execute(&stmt, &[&id, &error, &retry_at, &now]).await?;
+    tx.execute(&stmt, &[&id, &error, &retry_at, &now]).await?;
+    forget_if_purged(&tx, id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes turns with a purge of the event's run: every step of a purge locks
+/// the run's row `FOR UPDATE` first, which this share lock waits for (and
+/// makes a later step wait for). Without it, a purge step and this end of
+/// a delivery could each miss the other's uncommitted write, and the event
+/// would stay with its phone in it.
+async fn wait_for_purge(tx: &Transaction<'_>, id: i64) -> Result<()> {
+    let stmt = tx
+        .prepare_cached("SELECT 1 FROM runs WHERE id = (SELECT run_id FROM outbox WHERE id = $1) FOR KEY SHARE")
+        .await?;
+    tx.query_opt(&stmt, &[&id]).await?;
+    Ok(())
+}
+
+/// Deletes event `id` if it is done with and a purge has passed its run or
+/// job: the purge kept it while it was still to be delivered.
+async fn forget_if_purged(tx: &Transaction<'_>, id: i64) -> Result<()> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "DELETE FROM outbox AS o WHERE o.id = $1 AND {}",
+            crate::store::outbox_done_after_purge()
+        ))
+        .await?;
+    tx.execute(&stmt, &[&id]).await?;
     Ok(())
 }
 

@@ -356,6 +356,87 @@ mod tests {
         assert_eq!(phones[0], phones[2], "one phone, one hash");
     }
 
+    /// A delivery that ends while a purge step of its run is in flight waits
+    /// for it, then sees the job purged and deletes the event: neither
+    /// misses the other's uncommitted write.
+    #[tokio::test]
+    async fn an_event_delivered_while_a_purge_step_is_in_flight_goes_once_the_step_commits() {
+        let Some((store, mut client)) = ledger("pg purge delivery").await else { return };
+        let rows = vec![job(2, "+12015550001"), job(3, "+12015550002")];
+        let (id, _) = store.create_run_with_rows(new_run("reminders", "k", None), rows, T0).await.unwrap().unwrap();
+        let jobs: Vec<i64> = client
+            .query("SELECT id FROM jobs WHERE run_id = $1 ORDER BY id", &[&id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let event = |event_id: &'static str, job: i64| {
+            let client = &client;
+            async move {
+                client
+                    .query_one(
+                        "INSERT INTO outbox (event_id, event_type, run_id, job_id, url, body, created_at, next_attempt_at) \
+                         VALUES ($1, 'job.sent', $2, $3, 'u', '{\"phone\": \"+12015550001\"}', 0, 0) RETURNING id",
+                        &[&event_id, &id, &job],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+            }
+        };
+        let (first, second) = (event("evt_1", jobs[0]).await, event("evt_2", jobs[1]).await);
+        let left = async |client: &tokio_postgres::Client| -> Vec<String> {
+            client
+                .query("SELECT event_id FROM outbox ORDER BY id", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        // A purge step in flight: its run locked, the events it found done
+        // deleted (none: both pending), the first job's phone hashed.
+        let step = client.transaction().await.unwrap();
+        step.query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
+        step.execute(
+            "DELETE FROM outbox WHERE job_id = $1 AND (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL)",
+            &[&jobs[0]],
+        )
+        .await
+        .unwrap();
+        step.execute("UPDATE jobs SET phone = 'hash:0' WHERE id = $1", &[&jobs[0]]).await.unwrap();
+        let delivering = tokio::spawn({
+            let store = store.clone();
+            async move { store.outbox_delivered(first, T0 + 1).await }
+        });
+        // The delivery waits on the step's lock (a backend blocked by the
+        // step's own).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: i64 = step
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(!delivering.is_finished(), "the delivery did not wait for the purge step");
+            assert!(std::time::Instant::now() < deadline, "the delivery never waited on the run's row");
+            tokio::task::yield_now().await;
+        }
+        step.commit().await.unwrap();
+        delivering.await.unwrap().unwrap();
+        assert_eq!(left(&client).await, ["evt_2"], "delivered after its job was purged: gone");
+        // The other event, its job not purged: delivered, it stays.
+        store.outbox_delivered(second, T0 + 2).await.unwrap();
+        assert_eq!(left(&client).await, ["evt_2"]);
+    }
+
     #[tokio::test]
     async fn a_batch_that_stopped_half_way_is_finished_by_the_next_purge() {
         let Some((store, client)) = ledger("pg purge resumed").await else { return };

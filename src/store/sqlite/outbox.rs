@@ -50,12 +50,14 @@ pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
         .optional()?)
 }
 
+/// A delivered event; one whose run a purge has passed meanwhile goes (see
+/// [`forget_if_purged`]).
 pub fn delivered(conn: &Connection, id: i64, now: i64) -> Result<()> {
     conn.prepare_cached(
         "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
     )?
     .execute(params![id, now])?;
-    Ok(())
+    forget_if_purged(conn, id)
 }
 
 /// A failed attempt: try again at `retry_at`, or give up (`None`).
@@ -66,6 +68,20 @@ pub fn failed(conn: &Connection, id: i64, error: &str, retry_at: Option<i64>, no
          WHERE id = ?1",
     )?
     .execute(params![id, error, retry_at, now])?;
+    forget_if_purged(conn, id)
+}
+
+/// Deletes event `id` if it is done with and a purge has passed its run or
+/// job. Each statement is atomic and a purge's steps delete the events they
+/// find done, so whichever of the two comes first, the event does not stay:
+/// before this end is recorded the purge keeps it and this finds it purged;
+/// after, the purge deletes it.
+fn forget_if_purged(conn: &Connection, id: i64) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "DELETE FROM outbox AS o WHERE o.id = ?1 AND {}",
+        crate::store::outbox_done_after_purge()
+    ))?
+    .execute([id])?;
     Ok(())
 }
 
