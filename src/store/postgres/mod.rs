@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0006_job_event_conditions.sql"),
     include_str!("../../../migrations/postgres/0007_claim_and_phone_indexes.sql"),
     include_str!("../../../migrations/postgres/0008_no_run_foreign_keys.sql"),
+    include_str!("../../../migrations/postgres/0009_purge_indexes.sql"),
 ];
 
 /// How long a claim, an import or the leader role holds without renewal:

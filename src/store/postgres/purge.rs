@@ -395,7 +395,8 @@ mod tests {
                 .map(|r| r.get(0))
                 .collect()
         };
-        // A purge step in flight: its run locked, the events it found done
+        // A purge step in flight, written out here so that it stays open: as
+        // `purge_jobs` does, its run locked first, the events it found done
         // deleted (none: both pending), the first job's phone hashed.
         let step = client.transaction().await.unwrap();
         step.query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
@@ -414,6 +415,10 @@ mod tests {
         // step's own).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
+            // The activity view is read once per transaction unless its
+            // snapshot is cleared: a backend that starts waiting later would
+            // not show.
+            step.execute("SELECT pg_stat_clear_snapshot()", &[]).await.unwrap();
             let waiting: i64 = step
                 .query_one(
                     "SELECT COUNT(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",

@@ -54,6 +54,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0020_claim_and_page_indexes.sql")),
         M::up(include_str!("../../../migrations/0021_one_phone_index.sql")).foreign_key_check(),
         M::up(include_str!("../../../migrations/0022_execution_key.sql")),
+        M::up(include_str!("../../../migrations/0023_purge_indexes.sql")),
     ])
 }
 
@@ -348,6 +349,47 @@ mod tests {
     /// The migration that builds the jobs table again with one index by
     /// phone keeps every job as it was, the rows that point at jobs, and the
     /// triggers that write their events; the phone is still once per run.
+    /// Events left behind by purges before the deliverer deleted them (done
+    /// with, their run purged) go at the upgrade; an event still to be
+    /// delivered, and every event of a run not purged, stay.
+    #[test]
+    fn an_upgrade_deletes_the_events_purges_left_behind_once_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowcast.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&mut conn).unwrap();
+        // Every migration before 0023 (there is no 0010).
+        migrations().to_version(&mut conn, 21).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
+                               on_conflict, state, created_at, purged_at) \
+             VALUES (1, 'a', 'sms', 'manual', 'k1', 0, 'a.csv', 'FW1', '+15550000000', 'skip', 'finished', 0, 9), \
+                    (2, 'b', 'sms', 'manual', 'k2', 0, 'b.csv', 'FW1', '+15550000000', 'skip', 'finished', 0, NULL); \
+             INSERT INTO outbox (event_id, event_type, run_id, job_id, url, body, created_at, next_attempt_at, \
+                                 delivered_at, gave_up_at) \
+             VALUES ('purged_delivered', 'job.sent', 1, 10, 'u', '{\"phone\":\"+14155550100\"}', 0, 0, 5, NULL), \
+                    ('purged_gave_up', 'run.finished', 1, NULL, 'u', '{}', 0, 0, NULL, 5), \
+                    ('purged_pending', 'job.sent', 1, 11, 'u', '{}', 0, 0, NULL, NULL), \
+                    ('kept_delivered', 'job.sent', 2, 12, 'u', '{}', 0, 0, 5, NULL);",
+        )
+        .unwrap();
+        drop(conn);
+
+        let ledger = Sqlite::open(&path).unwrap();
+        let conn = ledger.writer();
+        let left: Vec<String> = conn
+            .prepare("SELECT event_id FROM outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(left, ["purged_pending", "kept_delivered"]);
+        let tally: (i64, i64) =
+            conn.query_row("SELECT delivered, gave_up FROM outbox_tally", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(tally, (1, 0), "the tally follows the deletes");
+    }
+
     #[test]
     fn a_ledger_upgraded_to_one_phone_index_keeps_its_jobs_references_and_events() {
         let dir = tempfile::tempdir().unwrap();

@@ -52,30 +52,35 @@ pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
 
 /// A delivered event; one whose run a purge has passed meanwhile goes (see
 /// [`forget_if_purged`]).
-pub fn delivered(conn: &Connection, id: i64, now: i64) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-    )?
-    .execute(params![id, now])?;
-    forget_if_purged(conn, id)
+pub fn delivered(conn: &mut Connection, id: i64, now: i64) -> Result<()> {
+    let tx = super::write_transaction(conn)?;
+    tx.prepare_cached("UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1")?
+        .execute(params![id, now])?;
+    forget_if_purged(&tx, id)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// A failed attempt: try again at `retry_at`, or give up (`None`).
-pub fn failed(conn: &Connection, id: i64, error: &str, retry_at: Option<i64>, now: i64) -> Result<()> {
-    conn.prepare_cached(
+pub fn failed(conn: &mut Connection, id: i64, error: &str, retry_at: Option<i64>, now: i64) -> Result<()> {
+    let tx = super::write_transaction(conn)?;
+    tx.prepare_cached(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, \
              next_attempt_at = COALESCE(?3, next_attempt_at), gave_up_at = CASE WHEN ?3 IS NULL THEN ?4 END \
          WHERE id = ?1",
     )?
     .execute(params![id, error, retry_at, now])?;
-    forget_if_purged(conn, id)
+    forget_if_purged(&tx, id)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Deletes event `id` if it is done with and a purge has passed its run or
-/// job. Each statement is atomic and a purge's steps delete the events they
-/// find done, so whichever of the two comes first, the event does not stay:
-/// before this end is recorded the purge keeps it and this finds it purged;
-/// after, the purge deletes it.
+/// job, in the transaction that records its end (a crash between the two
+/// would leave it for good: no purge comes back to a purged run). A purge's
+/// steps delete the events they find done, so whichever of the two commits
+/// first, the event does not stay: before this end is recorded the purge
+/// keeps it and this finds it purged; after, the purge deletes it.
 fn forget_if_purged(conn: &Connection, id: i64) -> Result<()> {
     conn.prepare_cached(&format!(
         "DELETE FROM outbox AS o WHERE o.id = ?1 AND {}",
@@ -156,7 +161,7 @@ mod tests {
     fn the_outbox_counts_follow_every_change_to_its_events() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
-        let conn = ledger.writer();
+        let mut conn = ledger.writer();
         assert_eq!(kept(&conn), (0, 0, 0));
         for id in 1..=6 {
             add(&conn, id, None, None);
@@ -164,12 +169,12 @@ mod tests {
         add(&conn, 7, Some(5), None);
         add(&conn, 8, None, Some(5));
         assert_eq!(kept(&conn), (6, 1, 1));
-        super::delivered(&conn, 1, 10).unwrap();
-        super::delivered(&conn, 2, 10).unwrap();
-        super::failed(&conn, 3, "HTTP 500", Some(20), 10).unwrap();
-        super::failed(&conn, 4, "HTTP 410", None, 10).unwrap();
+        super::delivered(&mut conn, 1, 10).unwrap();
+        super::delivered(&mut conn, 2, 10).unwrap();
+        super::failed(&mut conn, 3, "HTTP 500", Some(20), 10).unwrap();
+        super::failed(&mut conn, 4, "HTTP 410", None, 10).unwrap();
         // Delivered again (a duplicate answer) changes nothing.
-        super::delivered(&conn, 1, 11).unwrap();
+        super::delivered(&mut conn, 1, 11).unwrap();
         assert_eq!(kept(&conn), (3, 3, 2));
         conn.execute("UPDATE outbox SET gave_up_at = NULL, next_attempt_at = 30 WHERE id = 4", []).unwrap();
         conn.execute("DELETE FROM outbox WHERE id IN (1, 5, 8)", []).unwrap();
@@ -183,7 +188,7 @@ mod tests {
     fn the_next_due_time_skips_an_event_waiting_for_an_earlier_one_of_its_job() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
-        let conn = ledger.writer();
+        let mut conn = ledger.writer();
         assert_eq!(super::next_due(&conn).unwrap(), None);
         add(&conn, 1, None, None);
         add(&conn, 2, None, None);
@@ -192,7 +197,7 @@ mod tests {
         conn.execute("UPDATE outbox SET job_id = 7, next_attempt_at = 10 WHERE id = 2", []).unwrap();
         conn.execute("UPDATE outbox SET job_id = 8, next_attempt_at = 500 WHERE id = 3", []).unwrap();
         assert_eq!(super::next_due(&conn).unwrap(), Some(500), "event 2 waits for event 1 (its job's first)");
-        super::delivered(&conn, 1, 20).unwrap();
+        super::delivered(&mut conn, 1, 20).unwrap();
         assert_eq!(super::next_due(&conn).unwrap(), Some(10));
     }
 

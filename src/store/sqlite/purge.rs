@@ -165,7 +165,7 @@ fn purge_job_batch(conn: &mut Connection, run_id: i64, salt: &str, after: i64, l
     // A pushed contact's key and the events about these jobs (their bodies
     // carry the phone and the outcome) go too; an event not yet delivered
     // stays until it is, or is given up.
-    tx.prepare_cached("DELETE FROM push_keys WHERE job_id IN (SELECT id FROM temp.purging)")?.execute([])?;
+    tx.prepare_cached(BATCH_KEYS)?.execute([])?;
     tx.prepare_cached(
         "DELETE FROM outbox WHERE job_id IN (SELECT id FROM temp.purging) \
            AND (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL)",
@@ -197,6 +197,16 @@ pub fn purge_import_rows(conn: &mut Connection, run_id: i64, limit: i64) -> Resu
     })
 }
 
+/// The pushed contacts' keys of a batch of jobs being purged: found through
+/// `push_keys_job`, as are the keys that still name a job the batch deletes
+/// (the foreign key's check).
+const BATCH_KEYS: &str = "DELETE FROM push_keys WHERE job_id IN (SELECT id FROM temp.purging)";
+
+/// The run's own events (about the run, not one of its jobs) that are done
+/// with: found through `outbox_run`, which holds those alone.
+const FINISH_EVENTS: &str =
+    "DELETE FROM outbox WHERE run_id = ?1 AND job_id IS NULL AND (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL)";
+
 /// Ends a run's purge: its Studio calls not tied to a job go, and the run is
 /// marked purged. Returns the calls deleted, `None` when the run was not due
 /// (purged meanwhile by another process, say).
@@ -208,11 +218,7 @@ pub fn finish(conn: &mut Connection, run_id: i64, now: i64) -> Result<Option<u64
         }
         let calls =
             tx.prepare_cached("DELETE FROM studio_calls WHERE job_id IS NULL AND run_id = ?1")?.execute([run_id])?;
-        super::exec(
-            &tx,
-            "DELETE FROM outbox WHERE run_id = ?1 AND job_id IS NULL AND (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL)",
-            [run_id],
-        )?;
+        super::exec(&tx, FINISH_EVENTS, [run_id])?;
         super::exec(&tx, "UPDATE runs SET purged_at = ?2 WHERE id = ?1", params![run_id, now])?;
         forget_summary(&tx, run_id)?;
         tx.commit()?;
@@ -258,6 +264,23 @@ pub fn used_bytes(conn: &Connection) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's purge ends with its own events, and each batch deletes its
+    /// jobs' pushed keys: each read through an index, not a read of every
+    /// event or key in the ledger.
+    #[test]
+    fn a_purge_finds_a_runs_own_events_and_its_jobs_keys_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = super::super::Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
+        let plan = super::super::tests::plan_of(&ledger.reader(), FINISH_EVENTS);
+        assert!(plan.contains("USING INDEX outbox_run (run_id=?)"), "{plan}");
+        assert!(!plan.split("; ").any(|step| step == "SCAN outbox"), "{plan}");
+        let conn = ledger.writer();
+        conn.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purging AS SELECT * FROM main.jobs WHERE 0").unwrap();
+        let plan = super::super::tests::plan_of(&conn, BATCH_KEYS);
+        assert!(plan.contains("INDEX push_keys_job (job_id=?)"), "{plan}");
+        assert!(!plan.split("; ").any(|step| step == "SCAN push_keys"), "{plan}");
+    }
 
     #[test]
     fn a_keyed_hash_depends_on_the_salt_and_is_not_a_number() {
