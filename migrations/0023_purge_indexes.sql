@@ -23,7 +23,10 @@ CREATE INDEX push_keys_job ON push_keys (job_id);
 
 -- Events a purge kept for their delivery were left behind once delivered or
 -- given up, their bodies holding a phone and an outcome; the deliverer now
--- deletes them as their delivery ends. Those left before go here, once.
+-- deletes them as their delivery ends. Those left before go here, once,
+-- overwritten with zeros as a purge's deletes are.
+PRAGMA secure_delete = ON;
 DELETE FROM outbox
 WHERE (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL)
   AND run_id IN (SELECT id FROM runs WHERE purged_at IS NOT NULL);
+PRAGMA secure_delete = FAST;

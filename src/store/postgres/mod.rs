@@ -186,35 +186,77 @@ impl Pg {
 }
 
 async fn migrate(client: &mut deadpool_postgres::Object) -> std::result::Result<(), String> {
-    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    migrate_through(client, MIGRATIONS.len()).await
+}
+
+/// How many times a migration that the server chose to end a deadlock is
+/// begun again.
+const MIGRATION_ATTEMPTS: usize = 5;
+
+/// Applies the migrations not applied yet, up to the first `last`, in one
+/// transaction. Instances still running an older flowcast may hold locks the
+/// migration needs while waiting for ones it holds (a purge writes to
+/// `push_keys` then `outbox`; a migration may build an index on each): the
+/// server ends such a deadlock by failing one of the two, and when that is
+/// the migration, nothing of it stayed, so it begins again rather than
+/// failing the start.
+async fn migrate_through(client: &mut deadpool_postgres::Object, last: usize) -> std::result::Result<(), String> {
+    let mut attempt = 1;
+    loop {
+        match migrate_once(client, last).await {
+            Err((e, Some(code)))
+                if code == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED && attempt < MIGRATION_ATTEMPTS =>
+            {
+                tracing::warn!(attempt, error = %e, "a migration was chosen to end a deadlock; beginning it again");
+                attempt += 1;
+            }
+            other => return other.map_err(|(e, _)| e),
+        }
+    }
+}
+
+/// One attempt of [`migrate_through`]; an error keeps the server's code.
+async fn migrate_once(
+    client: &mut deadpool_postgres::Object,
+    last: usize,
+) -> std::result::Result<(), (String, Option<tokio_postgres::error::SqlState>)> {
+    // The server's own message (a bare `db error` otherwise).
+    let failed = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(db) => (format!("{} ({})", db.message(), db.code().code()), Some(db.code().clone())),
+        None => (e.to_string(), None),
+    };
+    let tx = client.transaction().await.map_err(failed)?;
     // One lock per schema: instances starting together wait for the first to
     // migrate; ledgers in other schemas of the same database do not.
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('flowcast migrate ' || current_schema()))", &[])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS flowcast_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
     )
     .await
-    .map_err(|e| e.to_string())?;
-    let row = tx
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM flowcast_migrations", &[])
-        .await
-        .map_err(|e| e.to_string())?;
+    .map_err(failed)?;
+    let row = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM flowcast_migrations", &[]).await.map_err(failed)?;
     let applied: i32 = row.get(0);
     if applied as usize > MIGRATIONS.len() {
-        return Err(format!(
-            "the ledger is at migration {applied}, newer than this flowcast knows ({}); upgrade flowcast",
-            MIGRATIONS.len()
+        return Err((
+            format!(
+                "the ledger is at migration {applied}, newer than this flowcast knows ({}); upgrade flowcast",
+                MIGRATIONS.len()
+            ),
+            None,
         ));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        tx.batch_execute(sql).await.map_err(|e| format!("migration {}: {e}", i + 1))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(last).skip(applied as usize) {
+        tx.batch_execute(sql).await.map_err(|e| {
+            let (text, code) = failed(e);
+            (format!("migration {}: {text}", i + 1), code)
+        })?;
         tx.execute("INSERT INTO flowcast_migrations (version) VALUES ($1)", &[&((i + 1) as i32)])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed)?;
     }
-    tx.commit().await.map_err(|e| e.to_string())
+    tx.commit().await.map_err(failed)
 }
 
 /// Reads a text column into its domain type; a value the type refuses means
@@ -317,6 +359,54 @@ mod tests {
         assert!(!exists(&ended).await, "the ended process's schema is dropped");
         assert!(exists(&live).await, "a live process's schema stays");
         client.batch_execute(&format!("DROP SCHEMA {live}")).await.unwrap();
+    }
+
+    /// An instance still on an older flowcast holds `push_keys` and then
+    /// needs `outbox` while the migration that indexes both (0009) holds
+    /// `outbox` and waits for `push_keys`: the server fails the migration to
+    /// end the deadlock (its deadlock timeout is the shorter one here), and
+    /// the migration begins again once the other transaction is done.
+    #[tokio::test]
+    async fn a_migration_the_server_fails_to_end_a_deadlock_begins_again() {
+        let Some(url) = test_ledger("pg migrate deadlock").await else { return };
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager).max_size(1).runtime(deadpool_postgres::Runtime::Tokio1).build().unwrap();
+        let mut client = pool.get().await.unwrap();
+        // Every migration before 0009.
+        migrate_through(&mut client, 8).await.unwrap();
+        let (mut older, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let purge = older.transaction().await.unwrap();
+        purge
+            .batch_execute("SET LOCAL deadlock_timeout = '60s'; LOCK TABLE push_keys IN ROW EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let migrating = tokio::spawn(async move { migrate(&mut client).await });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            purge.execute("SELECT pg_stat_clear_snapshot()", &[]).await.unwrap();
+            let waiting: i64 = purge
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(!migrating.is_finished(), "the migration did not wait for push_keys");
+            assert!(std::time::Instant::now() < deadline, "the migration never waited");
+            tokio::task::yield_now().await;
+        }
+        // The other side of the deadlock.
+        purge.batch_execute("LOCK TABLE outbox IN ROW EXCLUSIVE MODE").await.unwrap();
+        purge.commit().await.unwrap();
+        migrating.await.unwrap().expect("the migration began again and was applied");
+        let applied: i32 = older.query_one("SELECT MAX(version) FROM flowcast_migrations", &[]).await.unwrap().get(0);
+        assert_eq!(applied as usize, MIGRATIONS.len());
     }
 
     #[test]

@@ -346,9 +346,6 @@ mod tests {
         migrations().validate().expect("migrations apply to an empty database");
     }
 
-    /// The migration that builds the jobs table again with one index by
-    /// phone keeps every job as it was, the rows that point at jobs, and the
-    /// triggers that write their events; the phone is still once per run.
     /// Events left behind by purges before the deliverer deleted them (done
     /// with, their run purged) go at the upgrade; an event still to be
     /// delivered, and every event of a run not purged, stay.
@@ -390,6 +387,9 @@ mod tests {
         assert_eq!(tally, (1, 0), "the tally follows the deletes");
     }
 
+    /// The migration that builds the jobs table again with one index by
+    /// phone keeps every job as it was, the rows that point at jobs, and the
+    /// triggers that write their events; the phone is still once per run.
     #[test]
     fn a_ledger_upgraded_to_one_phone_index_keeps_its_jobs_references_and_events() {
         let dir = tempfile::tempdir().unwrap();

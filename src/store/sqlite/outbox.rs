@@ -53,6 +53,10 @@ pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
 /// A delivered event; one whose run a purge has passed meanwhile goes (see
 /// [`forget_if_purged`]).
 pub fn delivered(conn: &mut Connection, id: i64, now: i64) -> Result<()> {
+    super::purge::zeroing(conn, |conn| delivered_in(conn, id, now))
+}
+
+fn delivered_in(conn: &mut Connection, id: i64, now: i64) -> Result<()> {
     let tx = super::write_transaction(conn)?;
     tx.prepare_cached("UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1")?
         .execute(params![id, now])?;
@@ -63,6 +67,10 @@ pub fn delivered(conn: &mut Connection, id: i64, now: i64) -> Result<()> {
 
 /// A failed attempt: try again at `retry_at`, or give up (`None`).
 pub fn failed(conn: &mut Connection, id: i64, error: &str, retry_at: Option<i64>, now: i64) -> Result<()> {
+    super::purge::zeroing(conn, |conn| failed_in(conn, id, error, retry_at, now))
+}
+
+fn failed_in(conn: &mut Connection, id: i64, error: &str, retry_at: Option<i64>, now: i64) -> Result<()> {
     let tx = super::write_transaction(conn)?;
     tx.prepare_cached(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, \
@@ -76,11 +84,13 @@ pub fn failed(conn: &mut Connection, id: i64, error: &str, retry_at: Option<i64>
 }
 
 /// Deletes event `id` if it is done with and a purge has passed its run or
-/// job, in the transaction that records its end (a crash between the two
-/// would leave it for good: no purge comes back to a purged run). A purge's
-/// steps delete the events they find done, so whichever of the two commits
-/// first, the event does not stay: before this end is recorded the purge
-/// keeps it and this finds it purged; after, the purge deletes it.
+/// job, with secure delete on as in the purge (its body is overwritten, not
+/// left in a free page), in the transaction that records its end (a crash
+/// between the two would leave it for good: no purge comes back to a purged
+/// run). A purge's steps delete the events they find done, so whichever of
+/// the two commits first, the event does not stay: before this end is
+/// recorded the purge keeps it and this finds it purged; after, the purge
+/// deletes it.
 fn forget_if_purged(conn: &Connection, id: i64) -> Result<()> {
     conn.prepare_cached(&format!(
         "DELETE FROM outbox AS o WHERE o.id = ?1 AND {}",

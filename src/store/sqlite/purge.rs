@@ -241,7 +241,7 @@ fn forget_summary(tx: &Connection, run_id: i64) -> Result<()> {
 /// is overwritten with zeros, in the pages it changes and the pages it frees,
 /// instead of lingering in the file until reused. The connection's setting
 /// is restored after.
-fn zeroing<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+pub(super) fn zeroing<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
     let before: i64 = conn.query_row("PRAGMA secure_delete", [], |r| r.get(0))?;
     conn.pragma_update(None, "secure_delete", 1)?;
     let result = f(conn);
