@@ -330,6 +330,29 @@ async fn drop_ended_test_schemas(client: &tokio_postgres::Client, host: &str) {
     }
 }
 
+/// Waits until another backend waits on a lock that `holder`'s backend
+/// holds; fails if `ended` says the other side finished without waiting, or
+/// after 20 s. The activity view is read afresh each time (a transaction
+/// reads it once unless its snapshot is cleared).
+#[cfg(test)]
+pub(crate) async fn until_blocked_by(holder: &tokio_postgres::Transaction<'_>, ended: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        holder.execute("SELECT pg_stat_clear_snapshot()", &[]).await.unwrap();
+        let waiting: i64 = holder
+            .query_one("SELECT COUNT(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(!ended(), "the other side finished without waiting on the lock");
+        assert!(std::time::Instant::now() < deadline, "nothing waited on the lock");
+        tokio::task::yield_now().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,24 +406,7 @@ mod tests {
             .await
             .unwrap();
         let migrating = tokio::spawn(async move { migrate(&mut client).await });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            purge.execute("SELECT pg_stat_clear_snapshot()", &[]).await.unwrap();
-            let waiting: i64 = purge
-                .query_one(
-                    "SELECT COUNT(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            assert!(!migrating.is_finished(), "the migration did not wait for push_keys");
-            assert!(std::time::Instant::now() < deadline, "the migration never waited");
-            tokio::task::yield_now().await;
-        }
+        until_blocked_by(&purge, || migrating.is_finished()).await;
         // The other side of the deadlock.
         purge.batch_execute("LOCK TABLE outbox IN ROW EXCLUSIVE MODE").await.unwrap();
         purge.commit().await.unwrap();

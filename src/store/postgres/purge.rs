@@ -413,27 +413,7 @@ mod tests {
         });
         // The delivery waits on the step's lock (a backend blocked by the
         // step's own).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            // The activity view is read once per transaction unless its
-            // snapshot is cleared: a backend that starts waiting later would
-            // not show.
-            step.execute("SELECT pg_stat_clear_snapshot()", &[]).await.unwrap();
-            let waiting: i64 = step
-                .query_one(
-                    "SELECT COUNT(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            assert!(!delivering.is_finished(), "the delivery did not wait for the purge step");
-            assert!(std::time::Instant::now() < deadline, "the delivery never waited on the run's row");
-            tokio::task::yield_now().await;
-        }
+        crate::store::postgres::until_blocked_by(&step, || delivering.is_finished()).await;
         step.commit().await.unwrap();
         delivering.await.unwrap().unwrap();
         assert_eq!(left(&client).await, ["evt_2"], "delivered after its job was purged: gone");
