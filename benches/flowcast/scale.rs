@@ -25,7 +25,7 @@ use super::{FLOW, Folders, ServeProcess, SimProcess, Store, load_average, proc_p
 /// Bump when the rows the builder writes or the schema's indexes change, so
 /// a cached ledger of the old layout is not reused (a migrated one keeps the
 /// pages its dropped indexes freed, and its size would not tell).
-const LAYOUT: u32 = 5;
+const LAYOUT: u32 = 6;
 
 #[derive(Clone, Copy, Debug)]
 struct Sizes {
@@ -172,9 +172,9 @@ fn build(db: &Path, s: Sizes) -> Value {
                 .prepare_cached(
                     "INSERT INTO jobs (id, run_id, phone, line, zone, parameters, state, reason, due_at, attempts, \
                      attempt_started_at, execution_sid, last_error, created_at, updated_at, sent_at, finished_at, \
-                     outcome_state, outcome_polls, execution_status, ended_in, outcome) \
+                     outcome_state, outcome_polls, execution_status, ended_in, outcome, create_on_row) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-                             ?21, ?22)",
+                             ?21, ?22, ?23)",
                 )
                 .unwrap();
             let mut call = tx
@@ -268,6 +268,7 @@ fn build(db: &Path, s: Sizes) -> Value {
                             None::<String>,
                             None::<String>,
                             None::<String>,
+                            0,
                         ])
                         .unwrap();
                         call.execute(params![
@@ -308,6 +309,7 @@ fn build(db: &Path, s: Sizes) -> Value {
                             None::<String>,
                             None::<String>,
                             None::<String>,
+                            0,
                         ])
                         .unwrap();
                         let reason = Some("suppressed: scope all, STOP received");
@@ -339,13 +341,13 @@ fn build(db: &Path, s: Sizes) -> Value {
                             "ended",
                             ended_in[pick],
                             format!(r#"{{"decision":"{}"}}"#, decisions[pick]),
+                            1,
                         ])
                         .unwrap();
                         // As the dispatcher records a create that succeeded:
-                        // the SID once (To, From and the Parameters are the
-                        // job's and its run's).
-                        call.execute(params![run_id, job_id, sent_at, "", None::<i64>, None::<String>, "ok", sid,])
-                            .unwrap();
+                        // on the job row alone (`create_on_row`; its SID,
+                        // To, From and Parameters are the job's and its
+                        // run's), no row of `studio_calls`.
                         let outcome = format!(
                             r#"{{"state":"known","status":"ended","ended_in":"{}","values":{{"decision":"{}"}}}}"#,
                             ended_in[pick], decisions[pick]

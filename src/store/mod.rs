@@ -28,6 +28,7 @@ use crate::domain::{
 pub use purge::PurgeSummary;
 pub use sqlite::lock::LockError;
 pub use summaries::{RunSummary, ValueCounts};
+pub(crate) use types::calls_left_for_rows;
 pub use types::{
     BatchCounts, CallSummary, CampaignRow, ClaimedJob, ExecutionJob, InstanceRow, JobRow, NewRun, OutboxCounts,
     OutboxEvent, OutcomeJob, PushOutcome, PushResult, PushRow, RefusedRow, RunCounts, RunRow, SettledJob, StudioCall,

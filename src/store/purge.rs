@@ -277,6 +277,24 @@ pub(crate) mod tests {
                 JobOutcome::Sent { sid: sid.clone() }
             };
             settled.push(SettledJob { job_id: job.id, outcome, attempts_sent: 1, at });
+            if i % 2 == 1 {
+                // As the dispatcher records a create Studio answered: kept
+                // by the job row (`create_on_row`), which the purge counts
+                // and clears as it deletes the others.
+                calls.push(StudioCall {
+                    run_id: Some(id),
+                    job_id: Some(job.id),
+                    at,
+                    operation: "create",
+                    request: String::new(),
+                    http_status: None,
+                    response: None,
+                    outcome: "ok".into(),
+                    execution_sid: Some(sid),
+                    note: None,
+                });
+                continue;
+            }
             let parameters = job.parameters.with_flowcast_key("reminders", id, job.id).unwrap();
             calls.push(StudioCall {
                 run_id: Some(id),
@@ -411,6 +429,12 @@ pub(crate) mod tests {
         let id = finished_run(&store, "a", &phones, T0).await;
         let (run, counts) = (store.get_run(id).await.unwrap(), store.run_counts(id).await.unwrap());
         let jobs = store.jobs_page(id, None, 0, 100).await.unwrap();
+        let on_rows = jobs.iter().filter(|j| j.execution_sid.is_some()).count();
+        let mut trails = 0;
+        for job in &jobs {
+            trails += store.calls_for_job(job.id).await.unwrap().len();
+        }
+        assert_eq!((on_rows, trails), (4, 5), "four sent, one refused: each job's trail shows its create");
         assert!(
             !personal_values_left(&store, &phones, "suppressions").await.is_empty(),
             "the scan finds the values before the purge"
@@ -452,7 +476,9 @@ pub(crate) mod tests {
             "an outcome still open is closed: it is never read back into a purged run"
         );
         assert_eq!(store.open_outcomes(Some(id)).await.unwrap(), 0);
-        assert_eq!(store.calls_for_job(jobs[1].id).await.unwrap(), vec![]);
+        for job in &jobs {
+            assert_eq!(store.calls_for_job(job.id).await.unwrap(), vec![], "job {}", job.id);
+        }
         let entries = store.suppressions(0, 10).await.unwrap();
         assert_eq!(entries.len(), 1, "the suppression list is never purged");
         assert_eq!((&entries[0].phone, entries[0].reason.as_deref()), (&suppressed, Some("asked by phone")));

@@ -175,6 +175,39 @@ pub struct StudioCall {
     pub note: Option<String>,
 }
 
+impl StudioCall {
+    /// The job and Execution of a create Studio answered with that
+    /// Execution, as the dispatcher records one (nothing else to say: no
+    /// request text, response or note): the call a job row keeps itself
+    /// (`create_on_row`) when the same batch records the job sent with it.
+    pub(crate) fn answered_create(&self) -> Option<(i64, &str)> {
+        let bare = self.request.is_empty() && self.http_status.is_none() && self.response.is_none();
+        if self.operation != "create" || self.outcome != "ok" || !bare || self.note.is_some() {
+            return None;
+        }
+        Some((self.job_id?, self.execution_sid.as_deref()?))
+    }
+}
+
+/// The calls of a batch still to be written as rows of `studio_calls`: all
+/// but the creates the batch recorded on their job rows (`on_rows`: job →
+/// the Execution it was recorded sent with), one each.
+pub(crate) fn calls_left_for_rows<'a>(
+    calls: &'a [StudioCall],
+    mut on_rows: std::collections::HashMap<i64, &str>,
+) -> Vec<&'a StudioCall> {
+    calls
+        .iter()
+        .filter(|call| match call.answered_create() {
+            Some((job, sid)) if on_rows.get(&job) == Some(&sid) => {
+                on_rows.remove(&job);
+                false
+            }
+            _ => true,
+        })
+        .collect()
+}
+
 /// The job that created an Execution: its run and contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutionJob {

@@ -218,9 +218,10 @@ fn ledger(app: &TestApp) -> Ledger {
         .map(|r| ((text(&r[0]), text(&r[1])), int(&r[2]).unwrap()))
         .collect();
     let mut creates: HashMap<String, Vec<i64>> = HashMap::new();
-    for r in
-        ledger_rows(app, "SELECT execution_sid, job_id FROM studio_calls WHERE operation = 'create' AND outcome = 'ok'")
-    {
+    for r in ledger_rows(
+        app,
+        "SELECT execution_sid, job_id FROM studio_call_trail WHERE operation = 'create' AND outcome = 'ok'",
+    ) {
         creates.entry(text(&r[0])).or_default().push(int(&r[1]).unwrap());
     }
     Ledger { jobs, suppressions, creates }

@@ -54,12 +54,20 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
         assert_eq!(e.parameters["clinic"], json!("Main St"));
         assert_eq!(e.parameters["flowcast"], json!({ "campaign": "big", "run": run, "job": job.id }));
     }
+    // Each create's record reached the ledger in the batch that recorded its
+    // job sent, so each job row keeps its own, whenever the batches went.
+    let rows = ledger_rows(&app, "SELECT COUNT(*) FROM studio_calls");
+    assert_eq!(rows, vec![vec![json!(0)]], "no create's record written apart from its job's outcome");
+    let rows = ledger_rows(&app, "SELECT COUNT(*) FROM jobs WHERE create_on_row = 1");
+    assert_eq!(rows, vec![vec![json!(1000)]]);
 }
 
 /// A create's audit record names the Execution; what was sent is the job's
 /// own: its phone (To), its run's sender (From) and its Parameters with the
 /// `flowcast` key (a copy of them in every record doubled its size). A
-/// create Studio refused names To and From itself.
+/// create Studio answered is kept by the job row alone (`create_on_row`;
+/// `studio_call_trail` shows it with the other calls); a create Studio
+/// refused is a row of its own and names To and From itself.
 #[tokio::test]
 async fn a_creates_record_and_its_job_say_together_what_was_sent() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
@@ -77,11 +85,17 @@ async fn a_creates_record_and_its_job_say_together_what_was_sent() {
     let rows = ledger_rows(
         &app,
         "SELECT c.request, c.response, c.execution_sid, j.execution_sid, j.parameters, j.id, j.phone, r.from_addr, \
-                c.outcome \
-         FROM studio_calls c JOIN jobs j ON j.id = c.job_id JOIN runs r ON r.id = j.run_id \
-         WHERE c.operation = 'create' ORDER BY c.id",
+                c.outcome, c.at, j.sent_at \
+         FROM studio_call_trail c JOIN jobs j ON j.id = c.job_id JOIN runs r ON r.id = j.run_id \
+         WHERE c.operation = 'create' ORDER BY j.id",
     );
     assert_eq!(rows.len(), 3, "one record per create: {rows:?}");
+    // A create Studio answered is kept by its job row alone; the refused
+    // one is a row of its own.
+    let own_rows = ledger_rows(&app, "SELECT outcome FROM studio_calls WHERE operation = 'create'");
+    assert_eq!(own_rows, vec![vec![json!("conflict")]], "no row repeats what a sent job's row says");
+    let on_rows = ledger_rows(&app, "SELECT COUNT(*) FROM jobs WHERE create_on_row = 1");
+    assert_eq!(on_rows, vec![vec![json!(2)]]);
     for r in &rows {
         let phone = r[6].as_str().unwrap();
         if phone == numbers[2] {
@@ -90,6 +104,14 @@ async fn a_creates_record_and_its_job_say_together_what_was_sent() {
             continue;
         }
         assert_eq!(r[8], json!("ok"), "{r:?}");
+        assert_eq!(r[9], r[10], "its time is the job's: {r:?}");
+        let trail = app.store().await.calls_for_job(r[5].as_i64().unwrap()).await.unwrap();
+        assert_eq!(
+            trail.iter().map(|c| (c.operation.as_str(), c.outcome.as_str())).collect::<Vec<_>>(),
+            vec![("create", "ok")],
+            "the job's trail shows the create: {trail:?}"
+        );
+        assert_eq!(trail[0].execution_sid.as_ref(), r[3].as_str().map(str::to_string).as_ref());
         assert_eq!(r[0], json!(""), "a create that succeeded does not repeat To and From: {r:?}");
         assert_eq!(r[1], serde_json::Value::Null, "the SID is kept once: {r:?}");
         assert_eq!(r[2], r[3], "{r:?}");
@@ -99,6 +121,67 @@ async fn a_creates_record_and_its_job_say_together_what_was_sent() {
         let mut parameters: serde_json::Value = serde_json::from_str(r[4].as_str().unwrap()).unwrap();
         parameters["flowcast"] = json!({ "campaign": "few", "run": run, "job": r[5] });
         assert_eq!(sent.parameters, parameters, "the job's Parameters and key are what was sent");
+    }
+}
+
+/// A job row keeps its create's record only when it records that create's
+/// Execution: a job cancelled while its create was out, or sent by an
+/// Execution found otherwise, leaves the create's record a row of its own.
+#[tokio::test]
+async fn a_create_whose_job_does_not_record_it_keeps_its_own_row() {
+    use flowcast::domain::JobOutcome;
+    use flowcast::store::{SettledJob, StudioCall};
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(3)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml").await;
+    let store = app.store().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let claimed = store.claim_due(run, now, 10, false, Default::default()).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let sid = |i: usize| format!("FN{i:032}");
+    let create = |i: usize, job: i64| StudioCall {
+        run_id: Some(run),
+        job_id: Some(job),
+        at: now + 1,
+        operation: "create",
+        request: String::new(),
+        http_status: None,
+        response: None,
+        outcome: "ok".into(),
+        execution_sid: Some(sid(i)),
+        note: None,
+    };
+    let settled = |i: usize, job: i64| SettledJob {
+        job_id: job,
+        outcome: JobOutcome::Sent { sid: sid(i) },
+        attempts_sent: 1,
+        at: now + 2,
+    };
+    let ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
+    // Job 0 is settled (expired) while its create is out, so the create's
+    // answer no longer applies to it. Job 1 is recorded sent with another Execution than its create's (found
+    // by reconciliation, say); job 2 with its create's own.
+    let expired = SettledJob { job_id: ids[0], outcome: JobOutcome::Expired, attempts_sent: 0, at: now + 1 };
+    store.record_outcomes(vec![expired], vec![], Duration::from_secs(60)).await.unwrap();
+    let outcomes = vec![settled(0, ids[0]), settled(9, ids[1]), settled(2, ids[2])];
+    let calls = vec![create(0, ids[0]), create(1, ids[1]), create(2, ids[2])];
+    store.record_outcomes(outcomes, calls, Duration::from_secs(60)).await.unwrap();
+    let rows =
+        ledger_rows(&app, "SELECT job_id, execution_sid FROM studio_calls WHERE operation = 'create' ORDER BY job_id");
+    assert_eq!(
+        rows,
+        vec![vec![json!(ids[0]), json!(sid(0))], vec![json!(ids[1]), json!(sid(1))]],
+        "the creates no job row records are rows of their own"
+    );
+    let flags = ledger_rows(&app, "SELECT id, create_on_row FROM jobs ORDER BY id");
+    assert_eq!(flags.iter().map(|r| r[1].clone()).collect::<Vec<_>>(), vec![json!(0), json!(0), json!(1)]);
+    let states: Vec<JobState> = app.jobs(run).await.iter().map(|j| j.state).collect();
+    assert_eq!(states, vec![JobState::Expired, JobState::Sent, JobState::Sent]);
+    for (i, id) in ids.iter().enumerate() {
+        let trail = store.calls_for_job(*id).await.unwrap();
+        assert_eq!(trail.len(), 1, "job {i}: {trail:?}");
+        assert_eq!((trail[0].operation.as_str(), trail[0].execution_sid.clone()), ("create", Some(sid(i))));
     }
 }
 

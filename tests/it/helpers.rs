@@ -358,6 +358,9 @@ pub fn ledger_rows(app: &TestApp, sql: &str) -> Vec<Vec<serde_json::Value>> {
                             tokio_postgres::types::Type::INT4 => {
                                 r.get::<_, Option<i32>>(i).map_or(Value::Null, Value::from)
                             }
+                            tokio_postgres::types::Type::INT2 => {
+                                r.get::<_, Option<i16>>(i).map_or(Value::Null, Value::from)
+                            }
                             tokio_postgres::types::Type::BOOL => {
                                 r.get::<_, Option<bool>>(i).map_or(Value::Null, Value::from)
                             }

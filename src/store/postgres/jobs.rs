@@ -13,7 +13,7 @@
 //!   none), and clears the lease;
 //! - [`recover_dispatching`] takes back only jobs whose lease ran out.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
@@ -557,10 +557,22 @@ pub(crate) async fn record_outcomes(
     let (sent, others): (Vec<&SettledJob>, Vec<&SettledJob>) =
         ordered.into_iter().partition(|o| matches!(o.outcome, JobOutcome::Sent { .. }));
     let mut not_applied: Vec<i64> = Vec::new();
+    // A create Studio answered is kept by its job row when the job is
+    // recorded sent with that Execution here (see `calls_left_for_rows`).
+    let answered: HashSet<(i64, &str)> = calls.iter().filter_map(StudioCall::answered_create).collect();
+    let mut on_rows: HashMap<i64, &str> = HashMap::new();
     if !sent.is_empty() {
-        let recorded = record_sent(&tx, &pg.instance, &sent, outcome_after_ms).await?;
+        let recorded = record_sent(&tx, &pg.instance, &sent, &answered, outcome_after_ms).await?;
         applied += recorded.len();
         not_applied.extend(sent.iter().map(|o| o.job_id).filter(|id| !recorded.contains(id)));
+        for o in &sent {
+            if let JobOutcome::Sent { sid } = &o.outcome
+                && recorded.contains(&o.job_id)
+                && let Some(&(job, sid)) = answered.get(&(o.job_id, sid.as_str()))
+            {
+                on_rows.insert(job, sid);
+            }
+        }
     }
     for o in others {
         if apply_outcome(&tx, &pg.instance, o, outcome_after_ms).await? {
@@ -572,7 +584,7 @@ pub(crate) async fn record_outcomes(
     for job in not_applied {
         tracing::warn!(job, "job changed state while in flight; its outcome was not recorded");
     }
-    insert_calls(&tx, calls).await?;
+    insert_calls(&tx, &crate::store::calls_left_for_rows(calls, on_rows)).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -581,35 +593,43 @@ pub(crate) async fn record_outcomes(
 /// common outcome by far: one statement per job cost a round trip and an
 /// executor start each). Each applies only under the guard of
 /// [`IN_FLIGHT_HERE`], as one at a time would; returns the jobs it applied to.
+///
+/// A job whose create's answer is in `answered` (job, SID) keeps that
+/// create's record on its row (`create_on_row`).
 async fn record_sent(
     tx: &Transaction<'_>,
     instance: &str,
     sent: &[&SettledJob],
+    answered: &HashSet<(i64, &str)>,
     outcome_after_ms: i64,
 ) -> Result<HashSet<i64>> {
     let mut ids = Vec::with_capacity(sent.len());
     let mut sids = Vec::with_capacity(sent.len());
     let mut attempts = Vec::with_capacity(sent.len());
     let mut ats = Vec::with_capacity(sent.len());
+    let mut on_row = Vec::with_capacity(sent.len());
     for o in sent {
         let JobOutcome::Sent { sid } = &o.outcome else { continue };
         ids.push(o.job_id);
         sids.push(sid.as_str());
         attempts.push(o.attempts_sent);
         ats.push(o.at);
+        on_row.push(i16::from(answered.contains(&(o.job_id, sid.as_str()))));
     }
     let stmt = tx
         .prepare_cached(
             "UPDATE jobs j SET state = 'sent', reason = NULL, execution_sid = u.sid, \
                  attempts = j.attempts + u.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
                  sent_at = u.at, finished_at = u.at, updated_at = u.at, outcome_state = 'open', \
-                 outcome_due_at = u.at + $5::bigint, lease_owner = NULL, lease_until = NULL \
-             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(id, sid, attempts, at) \
+                 outcome_due_at = u.at + $5::bigint, lease_owner = NULL, lease_until = NULL, \
+                 create_on_row = u.on_row \
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $7::smallint[]) \
+                  AS u(id, sid, attempts, at, on_row) \
              WHERE j.id = u.id AND j.state = 'dispatching' AND (j.lease_owner IS NULL OR j.lease_owner = $6) \
              RETURNING j.id",
         )
         .await?;
-    let rows = tx.query(&stmt, &[&ids, &sids, &attempts, &ats, &outcome_after_ms, &instance]).await?;
+    let rows = tx.query(&stmt, &[&ids, &sids, &attempts, &ats, &outcome_after_ms, &instance, &on_row]).await?;
     rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
@@ -623,7 +643,7 @@ async fn apply_outcome(tx: &Transaction<'_>, instance: &str, o: &SettledJob, out
     let changed = match &o.outcome {
         // Written as a batch's are (one statement for them all).
         JobOutcome::Sent { .. } => {
-            return Ok(record_sent(tx, instance, &[o], outcome_after_ms).await?.contains(&job_id));
+            return Ok(record_sent(tx, instance, &[o], &HashSet::new(), outcome_after_ms).await?.contains(&job_id));
         }
         JobOutcome::Skipped { reason, sid } => {
             let stmt = tx
@@ -1013,7 +1033,8 @@ pub(crate) async fn calls_for_job(pg: &Pg, job_id: i64) -> Result<Vec<CallSummar
     let client = pg.client().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT operation, outcome, execution_sid, note FROM studio_calls WHERE job_id = $1 ORDER BY id",
+            "SELECT operation, outcome, execution_sid, note FROM studio_call_trail WHERE job_id = $1 \
+             ORDER BY at, id IS NULL, id",
         )
         .await?;
     client
@@ -1032,7 +1053,7 @@ pub(crate) async fn calls_for_job(pg: &Pg, job_id: i64) -> Result<Vec<CallSummar
 }
 
 /// The audit records of a batch of Studio calls, in order, in one statement.
-async fn insert_calls(tx: &Transaction<'_>, calls: &[StudioCall]) -> Result<()> {
+async fn insert_calls(tx: &Transaction<'_>, calls: &[&StudioCall]) -> Result<()> {
     if calls.is_empty() {
         return Ok(());
     }

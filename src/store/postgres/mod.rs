@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0007_claim_and_phone_indexes.sql"),
     include_str!("../../../migrations/postgres/0008_no_run_foreign_keys.sql"),
     include_str!("../../../migrations/postgres/0009_purge_indexes.sql"),
+    include_str!("../../../migrations/postgres/0010_create_on_row.sql"),
 ];
 
 /// How long a claim, an import or the leader role holds without renewal:

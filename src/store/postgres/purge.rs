@@ -73,7 +73,8 @@ pub(crate) async fn count_run(pg: &Pg, run_id: i64) -> Result<(u64, u64, u64)> {
         .query_one(
             "SELECT (SELECT COUNT(*) FROM jobs WHERE run_id = $1), \
                 (SELECT COUNT(*) FROM studio_calls WHERE job_id IN (SELECT id FROM jobs WHERE run_id = $1)) \
-              + (SELECT COUNT(*) FROM studio_calls WHERE job_id IS NULL AND run_id = $1), \
+              + (SELECT COUNT(*) FROM studio_calls WHERE job_id IS NULL AND run_id = $1) \
+              + (SELECT COUNT(*) FROM jobs WHERE run_id = $1 AND create_on_row = 1), \
                 (SELECT COUNT(*) FROM import_rows WHERE run_id = $1)",
             &[&run_id],
         )
@@ -132,7 +133,12 @@ pub(crate) async fn purge_jobs(pg: &Pg, run_id: i64, salt: &str, after: i64, lim
         phones.push(hashed);
         reasons.push(reason.as_deref().map(mask_phones_in));
     }
-    let calls = tx.execute("DELETE FROM studio_calls WHERE job_id = ANY($1)", &[&ids]).await?;
+    // A create kept on its job row goes as the job's other calls do.
+    let on_rows: i64 = tx
+        .query_one("SELECT COUNT(*) FROM jobs WHERE id = ANY($1) AND create_on_row = 1", &[&ids])
+        .await?
+        .try_get(0)?;
+    let calls = on_rows as u64 + tx.execute("DELETE FROM studio_calls WHERE job_id = ANY($1)", &[&ids]).await?;
     // A pushed contact's key and the events about these jobs (their bodies
     // carry the phone and the outcome) go too; an event not yet delivered
     // stays until it is, or is given up.
@@ -148,7 +154,7 @@ pub(crate) async fn purge_jobs(pg: &Pg, run_id: i64, salt: &str, after: i64, lim
                       RETURNING to_jsonb(j) || jsonb_build_object( \
                           'phone', p.phone, 'reason', p.reason, 'parameters', '{}', 'zone', '', \
                           'outcome', NULL, 'outcome_notes', NULL, 'last_error', NULL, 'outcome_due_at', NULL, \
-                          'dedupe_key', NULL, \
+                          'dedupe_key', NULL, 'create_on_row', 0, \
                           'outcome_state', CASE WHEN j.outcome_state = 'open' THEN 'unknown' \
                                                 ELSE j.outcome_state END) AS doc) \
          INSERT INTO jobs SELECT r.* FROM old CROSS JOIN LATERAL jsonb_populate_record(NULL::jobs, old.doc) r ORDER BY r.id",
@@ -247,11 +253,13 @@ mod tests {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        // One sent with its outcome still open, one refused by Studio.
+        // One sent with its outcome still open (its create kept on its row),
+        // one refused by Studio.
         client
             .execute(
                 "UPDATE jobs SET state = 'sent', sent_at = $2, execution_sid = 'FN1', outcome_state = 'open', \
-                        outcome_due_at = $2, outcome = '{\"answer\": \"yes\"}', last_error = 'late' WHERE id = $1",
+                        outcome_due_at = $2, outcome = '{\"answer\": \"yes\"}', last_error = 'late', \
+                        create_on_row = 1 WHERE id = $1",
                 &[&jobs[0], &T0],
             )
             .await
@@ -264,7 +272,7 @@ mod tests {
             )
             .await
             .unwrap();
-        for (job, run) in [(Some(jobs[0]), id), (Some(jobs[1]), id), (None, id), (None, keep)] {
+        for (job, run) in [(Some(jobs[1]), id), (None, id), (None, keep)] {
             client
                 .execute(
                     "INSERT INTO studio_calls (run_id, job_id, at, operation, request, outcome) \
@@ -324,6 +332,7 @@ mod tests {
             async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
         };
         assert_eq!(count("SELECT COUNT(*) FROM studio_calls").await, 1, "the other run's call stays");
+        assert_eq!(count("SELECT COUNT(*) FROM jobs WHERE create_on_row = 1").await, 0, "the kept create goes too");
         assert_eq!(count("SELECT COUNT(*) FROM push_keys").await, 0);
         assert_eq!(
             count("SELECT COUNT(*) FROM outbox WHERE event_type = 'outcome'").await,

@@ -643,14 +643,34 @@ pub fn record_outcomes(
             _ => None,
         }
     }
-    let batched: Vec<(i64, &str, i64, i64)> =
-        outcomes.iter().filter_map(|o| Some((o.job_id, sid_of(o, one_each)?, o.attempts_sent, o.at))).collect();
+    // A create Studio answered is kept by its job row when the job is
+    // recorded sent with that Execution here (see `calls_left_for_rows`).
+    let answered: HashSet<(i64, &str)> = calls.iter().filter_map(StudioCall::answered_create).collect();
+    let batched: Vec<SentRow> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let sid = sid_of(o, one_each)?;
+            Some((o.job_id, sid, o.attempts_sent, o.at, answered.contains(&(o.job_id, sid))))
+        })
+        .collect();
     let marked = mark_sent(&tx, &batched, outcome_after_ms)?;
+    let mut on_rows: HashMap<i64, &str> =
+        batched.iter().filter(|b| b.4 && marked.contains(&b.0)).map(|b| (b.0, b.1)).collect();
     let mut applied = 0;
     for o in outcomes {
         let recorded = match sid_of(o, one_each) {
             Some(_) => marked.contains(&o.job_id),
-            None => apply_outcome(&tx, o, outcome_after_ms)?,
+            None => {
+                let on_row = match &o.outcome {
+                    JobOutcome::Sent { sid } => answered.get(&(o.job_id, sid.as_str())).copied(),
+                    _ => None,
+                };
+                let recorded = apply_outcome(&tx, o, outcome_after_ms, on_row.is_some())?;
+                if let (true, Some((job, sid))) = (recorded, on_row) {
+                    on_rows.insert(job, sid);
+                }
+                recorded
+            }
         };
         if recorded {
             applied += 1;
@@ -658,10 +678,14 @@ pub fn record_outcomes(
             tracing::warn!(job = o.job_id, "job changed state while in flight; its outcome was not recorded");
         }
     }
-    insert_calls(&tx, calls)?;
+    insert_calls(&tx, &crate::store::calls_left_for_rows(calls, on_rows))?;
     tx.commit()?;
     Ok(applied)
 }
+
+/// A job recorded sent: its id, the Execution's SID, the creates sent, when,
+/// and whether its row keeps the create Studio answered (`create_on_row`).
+type SentRow<'a> = (i64, &'a str, i64, i64, bool);
 
 /// Outcomes written per statement, a power of two (see [`CLAIMS_PER_STATEMENT`]).
 const OUTCOMES_PER_STATEMENT: usize = 64;
@@ -676,32 +700,36 @@ const OUTCOMES_PER_STATEMENT: usize = 64;
 /// create was out) the jobs taken as recorded are those now sent with this
 /// SID at this time (jobs of a chunk have one outcome each in the batch, so
 /// none was sent so by another).
-fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: i64) -> Result<HashSet<i64>> {
+fn mark_sent(tx: &Connection, sent: &[SentRow], outcome_after_ms: i64) -> Result<HashSet<i64>> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let mut marked = HashSet::with_capacity(sent.len());
     for chunk in power_of_two_chunks(sent, OUTCOMES_PER_STATEMENT) {
         let sql = sized_sql(&SQL, OUTCOMES_PER_STATEMENT, chunk.len(), |k| {
             format!(
-                "WITH sent (id, sid, attempts, at) AS (VALUES {}) \
+                "WITH sent (id, sid, attempts, at, on_row) AS (VALUES {}) \
                  UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = sent.sid, \
                      attempts = jobs.attempts + sent.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
                      sent_at = sent.at, finished_at = sent.at, updated_at = sent.at, \
-                     outcome_state = 'open', outcome_due_at = sent.at + ?1 \
+                     outcome_state = 'open', outcome_due_at = sent.at + ?1, create_on_row = sent.on_row \
                  FROM sent WHERE jobs.id = sent.id AND jobs.state = 'dispatching'",
                 (0..k)
-                    .map(|i| format!("(?{}, ?{}, ?{}, ?{})", 2 + i * 4, 3 + i * 4, 4 + i * 4, 5 + i * 4))
+                    .map(|i| {
+                        let at = 2 + i * 5;
+                        format!("(?{}, ?{}, ?{}, ?{}, ?{})", at, at + 1, at + 2, at + 3, at + 4)
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             )
         });
         let mut stmt = tx.prepare_cached(sql)?;
         stmt.raw_bind_parameter(1, outcome_after_ms)?;
-        for (i, &(job_id, sid, attempts_sent, sent_at)) in chunk.iter().enumerate() {
-            let at = 2 + i * 4;
+        for (i, &(job_id, sid, attempts_sent, sent_at, on_row)) in chunk.iter().enumerate() {
+            let at = 2 + i * 5;
             stmt.raw_bind_parameter(at, job_id)?;
             stmt.raw_bind_parameter(at + 1, sid)?;
             stmt.raw_bind_parameter(at + 2, attempts_sent)?;
             stmt.raw_bind_parameter(at + 3, sent_at)?;
+            stmt.raw_bind_parameter(at + 4, on_row as i64)?;
         }
         let changed = stmt.raw_execute()?;
         if changed == chunk.len() {
@@ -713,7 +741,7 @@ fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: 
             let mut mine = tx.prepare_cached(
                 "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'sent' AND execution_sid = ?2 AND sent_at = ?3",
             )?;
-            for &(job_id, sid, _, sent_at) in chunk {
+            for &(job_id, sid, _, sent_at, _) in chunk {
                 if mine.exists(params![job_id, sid, sent_at])? {
                     marked.insert(job_id);
                 }
@@ -723,12 +751,13 @@ fn mark_sent(tx: &Connection, sent: &[(i64, &str, i64, i64)], outcome_after_ms: 
     Ok(marked)
 }
 
-/// Records one outcome of a job still `dispatching`; whether it did.
-fn apply_outcome(conn: &Connection, settled: &SettledJob, outcome_after_ms: i64) -> Result<bool> {
+/// Records one outcome of a job still `dispatching`; whether it did. A job
+/// sent keeps its create's record on its row if `create_on_row`.
+fn apply_outcome(conn: &Connection, settled: &SettledJob, outcome_after_ms: i64, create_on_row: bool) -> Result<bool> {
     let SettledJob { job_id, ref outcome, attempts_sent, at: now, .. } = *settled;
     let changed = match outcome {
         JobOutcome::Sent { sid } => {
-            mark_sent(conn, &[(job_id, sid.as_str(), attempts_sent, now)], outcome_after_ms)?.len()
+            mark_sent(conn, &[(job_id, sid.as_str(), attempts_sent, now, create_on_row)], outcome_after_ms)?.len()
         }
         JobOutcome::Skipped { reason, sid } => super::exec(
             conn,
@@ -1027,7 +1056,8 @@ pub fn refused_rows(conn: &Connection, run_id: i64) -> Result<Vec<RefusedRow>> {
 /// The audit trail of one job, oldest first.
 pub fn calls_for_job(conn: &Connection, job_id: i64) -> Result<Vec<CallSummary>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT operation, outcome, execution_sid, note FROM studio_calls WHERE job_id = ?1 ORDER BY id",
+        "SELECT operation, outcome, execution_sid, note FROM studio_call_trail WHERE job_id = ?1 \
+         ORDER BY at, id IS NULL, id",
     )?;
     let rows = stmt
         .query_map([job_id], |r| {
@@ -1041,7 +1071,7 @@ pub fn calls_for_job(conn: &Connection, job_id: i64) -> Result<Vec<CallSummary>>
 const CALLS_PER_STATEMENT: usize = 32;
 
 /// Appends `calls` to the audit trail, in order.
-fn insert_calls(conn: &Connection, calls: &[StudioCall]) -> Result<()> {
+fn insert_calls(conn: &Connection, calls: &[&StudioCall]) -> Result<()> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     for chunk in power_of_two_chunks(calls, CALLS_PER_STATEMENT) {
         let sql = sized_sql(&SQL, CALLS_PER_STATEMENT, chunk.len(), |k| {

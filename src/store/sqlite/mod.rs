@@ -55,6 +55,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0021_one_phone_index.sql")).foreign_key_check(),
         M::up(include_str!("../../../migrations/0022_execution_key.sql")),
         M::up(include_str!("../../../migrations/0023_purge_indexes.sql")),
+        M::up(include_str!("../../../migrations/0024_create_on_row.sql")),
     ])
 }
 

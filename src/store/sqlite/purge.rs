@@ -49,7 +49,8 @@ pub fn count_run(conn: &Connection, run_id: i64) -> Result<(u64, u64, u64)> {
         .prepare_cached(
             "SELECT (SELECT COUNT(*) FROM jobs WHERE run_id = ?1), \
                 (SELECT COUNT(*) FROM studio_calls WHERE job_id IN (SELECT id FROM jobs WHERE run_id = ?1)) \
-              + (SELECT COUNT(*) FROM studio_calls WHERE job_id IS NULL AND run_id = ?1), \
+              + (SELECT COUNT(*) FROM studio_calls WHERE job_id IS NULL AND run_id = ?1) \
+              + (SELECT COUNT(*) FROM jobs WHERE run_id = ?1 AND create_on_row = 1), \
                 (SELECT COUNT(*) FROM import_rows WHERE run_id = ?1)",
         )?
         .query_row([run_id], |r| {
@@ -153,15 +154,18 @@ fn purge_job_batch(conn: &mut Connection, run_id: i64, salt: &str, after: i64, l
             hash.execute(params![rowid, hashed, reason.as_deref().map(mask_phones_in)])?;
         }
     }
+    // A create kept on its job row goes as the job's other calls do.
+    let on_rows: i64 =
+        tx.prepare_cached("SELECT COUNT(*) FROM temp.purging WHERE create_on_row = 1")?.query_row([], |r| r.get(0))?;
     tx.prepare_cached(
         "UPDATE temp.purging SET parameters = '{}', zone = '', outcome = NULL, outcome_notes = NULL, \
-             last_error = NULL, outcome_due_at = NULL, dedupe_key = NULL, \
+             last_error = NULL, outcome_due_at = NULL, dedupe_key = NULL, create_on_row = 0, \
              outcome_state = CASE WHEN outcome_state = 'open' THEN 'unknown' ELSE outcome_state END",
     )?
     .execute([])?;
-    let calls = tx
-        .prepare_cached("DELETE FROM studio_calls WHERE job_id IN (SELECT id FROM temp.purging)")?
-        .execute([])? as u64;
+    let calls = on_rows as u64
+        + tx.prepare_cached("DELETE FROM studio_calls WHERE job_id IN (SELECT id FROM temp.purging)")?.execute([])?
+            as u64;
     // A pushed contact's key and the events about these jobs (their bodies
     // carry the phone and the outcome) go too; an event not yet delivered
     // stays until it is, or is given up.
