@@ -16,7 +16,10 @@ ALTER TABLE jobs ADD COLUMN create_on_row INTEGER NOT NULL DEFAULT 0;
 
 -- Every Studio call of the ledger in one place, as `studio_calls` held them
 -- before: its rows, and the creates kept on their job rows (no `id`; their
--- time is the job's `sent_at`, taken as the answer came back).
+-- time is the job's `sent_at`, taken as the answer came back). A later
+-- migration that builds `jobs` or `studio_calls` again (as 0021 did) drops
+-- this view first and makes it again after: SQLite checks the views that
+-- name a table when it is renamed, and refuses a view left naming none.
 CREATE VIEW studio_call_trail AS
 SELECT id, run_id, job_id, at, operation, request, http_status, response, outcome, execution_sid, note
 FROM studio_calls

@@ -25,7 +25,7 @@ use super::{FLOW, Folders, ServeProcess, SimProcess, Store, load_average, proc_p
 /// Bump when the rows the builder writes or the schema's indexes change, so
 /// a cached ledger of the old layout is not reused (a migrated one keeps the
 /// pages its dropped indexes freed, and its size would not tell).
-const LAYOUT: u32 = 6;
+const LAYOUT: u32 = 7;
 
 #[derive(Clone, Copy, Debug)]
 struct Sizes {
@@ -323,7 +323,8 @@ fn build(db: &Path, s: Sizes) -> Value {
                             run_id,
                             phone,
                             line,
-                            zone,
+                            // Blanked once sent: it served the send window alone.
+                            "",
                             params_json,
                             "sent",
                             None::<String>,

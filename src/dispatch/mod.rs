@@ -326,7 +326,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 self.settle(done, &mut stop, &mut breaker, &mut settled, &held);
             }
             if settled.len() >= FLUSH_AT || (!settled.is_empty() && last_flush.elapsed() >= FLUSH_EVERY) {
-                self.flush(&mut settled, Some(&held)).await?;
+                self.flush(run_id, &mut settled, Some(&held)).await?;
                 last_flush = std::time::Instant::now();
             }
             if stop.is_some() || self.shutdown.is_cancelled() {
@@ -353,7 +353,7 @@ impl<S: StudioApi> Dispatcher<S> {
                         _ = &mut ready => break false,
                         _ = self.shutdown.cancelled() => break true,
                         _ = tokio::time::sleep(flush_in), if !settled.is_empty() => {
-                            self.flush(&mut settled, Some(&held)).await?;
+                            self.flush(run_id, &mut settled, Some(&held)).await?;
                             last_flush = std::time::Instant::now();
                         }
                     }
@@ -400,7 +400,7 @@ impl<S: StudioApi> Dispatcher<S> {
             // and the next claim.
             let busy = free == 0 && !tasks.is_empty();
             if !busy {
-                self.flush(&mut settled, Some(&held)).await?;
+                self.flush(run_id, &mut settled, Some(&held)).await?;
                 last_flush = std::time::Instant::now();
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
@@ -411,6 +411,10 @@ impl<S: StudioApi> Dispatcher<S> {
                 last_sweep = std::time::Instant::now();
             }
             if tasks.is_empty() {
+                // Nothing in flight: every record of the run goes now (one
+                // held back for a job whose task failed has no outcome to
+                // wait for), before the loop may return.
+                self.flush(run_id, &mut settled, None).await?;
                 let run = self.store.get_run(run_id).await?;
                 match run.state {
                     RunState::Paused => return Ok(RunEnd::Paused(run.state_reason)),
@@ -504,7 +508,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 }
             }
         }
-        self.flush(&mut settled, None).await?;
+        self.flush(run_id, &mut settled, None).await?;
         match stop {
             Some(reason) => {
                 // Paused with the reason, unless a user paused or cancelled it first.
@@ -533,32 +537,37 @@ impl<S: StudioApi> Dispatcher<S> {
         Ok(expired)
     }
 
-    /// Commits the settled outcomes and pending audit records in one transaction.
+    /// Commits run `run_id`'s settled outcomes and pending audit records in
+    /// one transaction.
     ///
     /// A create Studio answered is kept on its job's row when the batch
     /// that records the job sent holds it too, so the record of a job still
     /// in flight (`in_flight`; its outcome is on its way) waits for the
-    /// batch with its outcome. The last flush of a run passes `None` and
-    /// writes every record: a request abandoned at shutdown has no outcome to
-    /// wait for, and its record is then a row of its own.
+    /// batch with its outcome. The records buffer is shared by the runs this
+    /// dispatcher serves at once, and each run's loop knows its own jobs in
+    /// flight alone: a flush takes its own run's records, and the others
+    /// wait for their runs' flushes. A flush with nothing in flight passes
+    /// `None` and takes every record of the run: a request abandoned at
+    /// shutdown, or a job whose task failed, has no outcome to wait for,
+    /// and its record is then a row of its own.
     async fn flush(
         &self,
+        run_id: i64,
         settled: &mut Vec<SettledJob>,
         in_flight: Option<&std::sync::Mutex<std::collections::HashSet<i64>>>,
     ) -> Result<(), DispatchError> {
         let calls = {
             let mut buffered = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-            match in_flight {
-                None => std::mem::take(&mut *buffered),
-                Some(held) => {
-                    let held = lock_held(held);
-                    let (waiting, ready): (Vec<_>, Vec<_>) = std::mem::take(&mut *buffered)
-                        .into_iter()
-                        .partition(|c| c.answered_create().is_some_and(|(job, _)| held.contains(&job)));
-                    *buffered = waiting;
-                    ready
-                }
-            }
+            let held = in_flight.map(lock_held);
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut *buffered).into_iter().partition(|c| {
+                let waits = match (&held, c.answered_create()) {
+                    (Some(held), Some((job, _))) => held.contains(&job),
+                    _ => false,
+                };
+                c.run_id == Some(run_id) && !waits
+            });
+            *buffered = waiting;
+            ready
         };
         if settled.is_empty() && calls.is_empty() {
             return Ok(());

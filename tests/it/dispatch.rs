@@ -85,7 +85,7 @@ async fn a_creates_record_and_its_job_say_together_what_was_sent() {
     let rows = ledger_rows(
         &app,
         "SELECT c.request, c.response, c.execution_sid, j.execution_sid, j.parameters, j.id, j.phone, r.from_addr, \
-                c.outcome, c.at, j.sent_at \
+                c.outcome, c.at, j.sent_at, j.zone \
          FROM studio_call_trail c JOIN jobs j ON j.id = c.job_id JOIN runs r ON r.id = j.run_id \
          WHERE c.operation = 'create' ORDER BY j.id",
     );
@@ -105,6 +105,7 @@ async fn a_creates_record_and_its_job_say_together_what_was_sent() {
         }
         assert_eq!(r[8], json!("ok"), "{r:?}");
         assert_eq!(r[9], r[10], "its time is the job's: {r:?}");
+        assert_eq!(r[11], json!(""), "a sent job's zone served its send window alone: {r:?}");
         let trail = app.store().await.calls_for_job(r[5].as_i64().unwrap()).await.unwrap();
         assert_eq!(
             trail.iter().map(|c| (c.operation.as_str(), c.outcome.as_str())).collect::<Vec<_>>(),
@@ -122,6 +123,39 @@ async fn a_creates_record_and_its_job_say_together_what_was_sent() {
         parameters["flowcast"] = json!({ "campaign": "few", "run": run, "job": r[5] });
         assert_eq!(sent.parameters, parameters, "the job's Parameters and key are what was sent");
     }
+}
+
+/// One dispatcher serving two runs at once (as `serve` does) keeps each
+/// create with its job's outcome: a run's batch does not carry off the
+/// records of the other run's jobs still in flight.
+#[tokio::test]
+async fn two_runs_on_one_dispatcher_keep_each_create_with_its_jobs_outcome() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(600);
+    app.write("a.csv", contacts_csv(&numbers[..300]));
+    app.write("b.csv", contacts_csv(&numbers[300..]));
+    app.write("a.toml", campaign_toml("a.csv", ""));
+    app.write("b.toml", campaign_toml("b.csv", "").replace("reminder", "survey"));
+    let (a, b) = (app.start_run("a.toml").await, app.start_run("b.toml").await);
+    let dispatcher = Dispatcher::new(
+        app.store().await,
+        Arc::new(http_studio(&sim.url())),
+        Arc::new(SystemClock),
+        fast_settings(),
+        Arc::new(RateLimits::new(1000)),
+    );
+    let (ea, eb) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(dispatcher.run_to_end(a), dispatcher.run_to_end(b))
+    })
+    .await
+    .expect("both runs end within a minute");
+    assert!(matches!(ea.unwrap(), RunEnd::Finished(_)) && matches!(eb.unwrap(), RunEnd::Finished(_)));
+    assert_eq!(sim.executions().len(), 600);
+    let rows = ledger_rows(&app, "SELECT COUNT(*) FROM studio_calls");
+    assert_eq!(rows, vec![vec![json!(0)]], "no create's record written apart from its job's outcome");
+    let rows = ledger_rows(&app, "SELECT COUNT(*) FROM jobs WHERE create_on_row = 1");
+    assert_eq!(rows, vec![vec![json!(600)]]);
 }
 
 /// A job row keeps its create's record only when it records that create's

@@ -559,7 +559,18 @@ pub(crate) async fn record_outcomes(
     let mut not_applied: Vec<i64> = Vec::new();
     // A create Studio answered is kept by its job row when the job is
     // recorded sent with that Execution here (see `calls_left_for_rows`).
-    let answered: HashSet<(i64, &str)> = calls.iter().filter_map(StudioCall::answered_create).collect();
+    // A job with two `sent` outcomes in one batch (never seen: a job is
+    // settled once per claim) would be updated by either row of the one
+    // statement, so neither is taken as keeping its create.
+    let mut sent_once: HashMap<i64, usize> = HashMap::new();
+    for o in &sent {
+        *sent_once.entry(o.job_id).or_default() += 1;
+    }
+    let answered: HashSet<(i64, &str)> = calls
+        .iter()
+        .filter_map(StudioCall::answered_create)
+        .filter(|(job, _)| sent_once.get(job) == Some(&1))
+        .collect();
     let mut on_rows: HashMap<i64, &str> = HashMap::new();
     if !sent.is_empty() {
         let recorded = record_sent(&tx, &pg.instance, &sent, &answered, outcome_after_ms).await?;
@@ -595,7 +606,8 @@ pub(crate) async fn record_outcomes(
 /// [`IN_FLIGHT_HERE`], as one at a time would; returns the jobs it applied to.
 ///
 /// A job whose create's answer is in `answered` (job, SID) keeps that
-/// create's record on its row (`create_on_row`).
+/// create's record on its row (`create_on_row`). Its zone is blanked, as on
+/// SQLite: it served the job's send window alone.
 async fn record_sent(
     tx: &Transaction<'_>,
     instance: &str,
@@ -622,7 +634,7 @@ async fn record_sent(
                  attempts = j.attempts + u.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
                  sent_at = u.at, finished_at = u.at, updated_at = u.at, outcome_state = 'open', \
                  outcome_due_at = u.at + $5::bigint, lease_owner = NULL, lease_until = NULL, \
-                 create_on_row = u.on_row \
+                 create_on_row = u.on_row, zone = '' \
              FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $7::smallint[]) \
                   AS u(id, sid, attempts, at, on_row) \
              WHERE j.id = u.id AND j.state = 'dispatching' AND (j.lease_owner IS NULL OR j.lease_owner = $6) \
@@ -1028,13 +1040,14 @@ pub(crate) async fn refused_rows(pg: &Pg, run_id: i64) -> Result<Vec<RefusedRow>
         .collect()
 }
 
-/// The audit trail of one job, oldest first.
+/// The audit trail of one job, oldest first, as on SQLite (see there).
 pub(crate) async fn calls_for_job(pg: &Pg, job_id: i64) -> Result<Vec<CallSummary>> {
     let client = pg.client().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT operation, outcome, execution_sid, note FROM studio_call_trail WHERE job_id = $1 \
-             ORDER BY at, id IS NULL, id",
+            "SELECT operation, outcome, execution_sid, note FROM studio_call_trail t WHERE job_id = $1 \
+             ORDER BY COALESCE(id, (SELECT MAX(c.id) FROM studio_calls c WHERE c.job_id = $1 AND c.at <= t.at), 0), \
+                      id IS NULL",
         )
         .await?;
     client

@@ -694,6 +694,10 @@ const OUTCOMES_PER_STATEMENT: usize = 64;
 /// `dispatching`: each job is sent, its Execution's outcome due
 /// `outcome_after_ms` later. Returns the ids it recorded.
 ///
+/// A sent job's zone is blanked, as a purge blanks it: it served the job's
+/// send window alone, and a sent job is never sent again (15 bytes a job on
+/// a ledger of ten million).
+///
 /// No `RETURNING`, as in [`mark_dispatching`]: when the rows changed are the
 /// whole chunk, every job was still `dispatching`; a chunk of one that
 /// changed nothing recorded nothing; otherwise (a job cancelled while its
@@ -710,7 +714,8 @@ fn mark_sent(tx: &Connection, sent: &[SentRow], outcome_after_ms: i64) -> Result
                  UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = sent.sid, \
                      attempts = jobs.attempts + sent.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
                      sent_at = sent.at, finished_at = sent.at, updated_at = sent.at, \
-                     outcome_state = 'open', outcome_due_at = sent.at + ?1, create_on_row = sent.on_row \
+                     outcome_state = 'open', outcome_due_at = sent.at + ?1, create_on_row = sent.on_row, \
+                     zone = '' \
                  FROM sent WHERE jobs.id = sent.id AND jobs.state = 'dispatching'",
                 (0..k)
                     .map(|i| {
@@ -1053,11 +1058,16 @@ pub fn refused_rows(conn: &Connection, run_id: i64) -> Result<Vec<RefusedRow>> {
     Ok(rows)
 }
 
-/// The audit trail of one job, oldest first.
+/// The audit trail of one job, oldest first: its rows in the order they
+/// were written (their times come from different processes' clocks, their
+/// ids do not), and a create kept on the job row where its own row would
+/// have been: after the last row timed at or before its send (the calls of
+/// its attempt), before any later one (an end, a fetch).
 pub fn calls_for_job(conn: &Connection, job_id: i64) -> Result<Vec<CallSummary>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT operation, outcome, execution_sid, note FROM studio_call_trail WHERE job_id = ?1 \
-         ORDER BY at, id IS NULL, id",
+        "SELECT operation, outcome, execution_sid, note FROM studio_call_trail t WHERE job_id = ?1 \
+         ORDER BY COALESCE(id, (SELECT MAX(c.id) FROM studio_calls c WHERE c.job_id = ?1 AND c.at <= t.at), 0), \
+                  id IS NULL",
     )?;
     let rows = stmt
         .query_map([job_id], |r| {

@@ -388,6 +388,52 @@ mod tests {
         assert_eq!(tally, (1, 0), "the tally follows the deletes");
     }
 
+    /// A ledger from before creates were kept on their job rows keeps its
+    /// create records as rows: each job's trail shows its create once, and a
+    /// job sent after the upgrade keeps its own on its row.
+    #[test]
+    fn an_upgraded_ledger_shows_each_create_once_whichever_way_it_was_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowcast.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&mut conn).unwrap();
+        // Every migration before 0024 (there is no 0010).
+        migrations().to_version(&mut conn, 22).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
+                               on_conflict, state, created_at) \
+             VALUES (1, 'a', 'sms', 'manual', 'k1', 0, 'a.csv', 'FW1', '+15550000000', 'skip', 'active', 0); \
+             INSERT INTO jobs (id, run_id, phone, line, zone, parameters, state, due_at, created_at, updated_at, \
+                               sent_at, execution_sid) \
+             VALUES (1, 1, '+14155550100', 2, 'UTC', '{}', 'sent', 0, 0, 0, 5, 'FN01'), \
+                    (2, 1, '+14155550101', 3, 'UTC', '{}', 'sent', 0, 0, 0, 6, 'FN02'); \
+             INSERT INTO studio_calls (run_id, job_id, at, operation, request, outcome, execution_sid) \
+             VALUES (1, 1, 5, 'create', '', 'ok', 'FN01');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let ledger = Sqlite::open(&path).unwrap();
+        let mut conn = ledger.writer();
+        // Job 2 is sent after the upgrade: its create is kept on its row.
+        conn.execute("UPDATE jobs SET create_on_row = 1 WHERE id = 2", []).unwrap();
+        for (job, sid) in [(1, "FN01"), (2, "FN02")] {
+            let trail = jobs::calls_for_job(&conn, job).unwrap();
+            let seen: Vec<(&str, &str, Option<&str>)> =
+                trail.iter().map(|c| (c.operation.as_str(), c.outcome.as_str(), c.execution_sid.as_deref())).collect();
+            assert_eq!(seen, vec![("create", "ok", Some(sid))], "job {job}");
+        }
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM studio_call_trail", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 2);
+        // A purge counts both and leaves neither.
+        conn.execute("UPDATE runs SET state = 'finished', finished_at = 1 WHERE id = 1", []).unwrap();
+        assert_eq!(purge::count_run(&conn, 1).unwrap(), (2, 2, 0));
+        let batch = purge::purge_jobs(&mut conn, 1, "salt", 0, 10).unwrap();
+        assert_eq!((batch.jobs, batch.calls), (2, 2));
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM studio_call_trail", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0, "a purge leaves no create of its jobs, either way kept");
+    }
+
     /// The migration that builds the jobs table again with one index by
     /// phone keeps every job as it was, the rows that point at jobs, and the
     /// triggers that write their events; the phone is still once per run.
