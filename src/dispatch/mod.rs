@@ -273,6 +273,23 @@ impl<S: StudioApi> Dispatcher<S> {
     }
 
     async fn run(&self, run_id: i64, stop_when_idle: bool) -> Result<RunEnd, DispatchError> {
+        let end = self.run_loop(run_id, stop_when_idle).await;
+        if let Err(e) = &end {
+            // The loop's tasks are gone with it; the run's Studio call
+            // records still buffered have no outcome to wait for and no
+            // other run's flush to take them: written now if the ledger
+            // takes them (their jobs stay `dispatching`, for reconciliation).
+            let error = crate::domain::mask_phones_in(&e.to_string());
+            tracing::warn!(run = run_id, %error, "dispatch stopped on an error; writing its call records");
+            if let Err(e) = self.flush(run_id, &mut Vec::new(), None).await {
+                let error = crate::domain::mask_phones_in(&e.to_string());
+                tracing::error!(run = run_id, %error, "call records of a stopped dispatch were not written");
+            }
+        }
+        end
+    }
+
+    async fn run_loop(&self, run_id: i64, stop_when_idle: bool) -> Result<RunEnd, DispatchError> {
         let run = self.store.get_run(run_id).await?;
         let ctx = Arc::new(RunContext::from_row(&run));
         // A job left `dispatching` by a process that died is ambiguous: back to
@@ -564,7 +581,7 @@ impl<S: StudioApi> Dispatcher<S> {
                     (Some(held), Some((job, _))) => held.contains(&job),
                     _ => false,
                 };
-                c.run_id == Some(run_id) && !waits
+                c.run_id.is_none_or(|r| r == run_id) && !waits
             });
             *buffered = waiting;
             ready
