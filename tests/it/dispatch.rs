@@ -219,6 +219,48 @@ async fn a_create_whose_job_does_not_record_it_keeps_its_own_row() {
     }
 }
 
+/// A job's trail lists its rows in the order they were written, whatever
+/// clock timed them (processes and instances do not share one), and the
+/// create its row keeps after the last row timed at or before its send.
+#[tokio::test]
+async fn a_jobs_trail_is_in_write_order_with_its_kept_create_where_its_send_was() {
+    use flowcast::domain::JobOutcome;
+    use flowcast::store::{SettledJob, StudioCall};
+    let app = TestApp::new();
+    app.write("c.csv", contacts_csv(&phones(1)));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml").await;
+    let store = app.store().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let job = store.claim_due(run, now, 10, false, Default::default()).await.unwrap().remove(0).id;
+    let call = |operation: &'static str, at: i64, sid: &str, note: Option<&str>| StudioCall {
+        run_id: Some(run),
+        job_id: Some(job),
+        at,
+        operation,
+        request: String::new(),
+        http_status: None,
+        response: None,
+        outcome: "ok".into(),
+        execution_sid: Some(sid.to_string()),
+        note: note.map(str::to_string),
+    };
+    // Two calls of the attempt, the second timed earlier by another clock.
+    store.record_calls(vec![call("end", now + 100, "FNa", Some("first"))]).await.unwrap();
+    store.record_calls(vec![call("fetch", now + 50, "FNb", Some("second"))]).await.unwrap();
+    let sent =
+        SettledJob { job_id: job, outcome: JobOutcome::Sent { sid: "FNc".into() }, attempts_sent: 1, at: now + 200 };
+    store.record_outcomes(vec![sent], vec![call("create", now + 199, "FNc", None)], Duration::ZERO).await.unwrap();
+    // A later call (an end of the Execution, say).
+    store.record_calls(vec![call("end", now + 300, "FNc", Some("later"))]).await.unwrap();
+    let trail: Vec<(String, Option<String>)> =
+        store.calls_for_job(job).await.unwrap().into_iter().map(|c| (c.operation, c.execution_sid)).collect();
+    let expected = [("end", "FNa"), ("fetch", "FNb"), ("create", "FNc"), ("end", "FNc")];
+    assert_eq!(trail, expected.map(|(o, s)| (o.to_string(), Some(s.to_string()))).to_vec());
+    let kept = ledger_rows(&app, "SELECT create_on_row FROM jobs");
+    assert_eq!(kept, vec![vec![json!(1)]], "the create is kept on the row");
+}
+
 #[tokio::test]
 async fn skip_policy_creates_nothing_for_active_contacts_and_records_the_active_sid() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
