@@ -25,7 +25,7 @@ use super::{FLOW, Folders, ServeProcess, SimProcess, Store, load_average, proc_p
 /// Bump when the rows the builder writes or the schema's indexes change, so
 /// a cached ledger of the old layout is not reused (a migrated one keeps the
 /// pages its dropped indexes freed, and its size would not tell).
-const LAYOUT: u32 = 7;
+const LAYOUT: u32 = 8;
 
 #[derive(Clone, Copy, Debug)]
 struct Sizes {
@@ -143,9 +143,9 @@ fn build(db: &Path, s: Sizes) -> Value {
         tx.prepare_cached(
             "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
              on_conflict, state, rows_total, imported, rejected, duplicates, created_at, expanded_at, finished_at, \
-             import_line, outcome_fields) \
+             import_line, outcome_fields, parameter_keys) \
              VALUES (?1, ?2, 'reminder', 'schedule', ?3, ?4, ?5, ?6, '+15017122661', 'skip', 'finished', ?7, ?8, ?9, 0, \
-                     ?4, ?10, ?11, ?12, ?13)",
+                     ?4, ?10, ?11, ?12, ?13, '[\"appointment\",\"clinic\",\"name\"]')",
         )
         .unwrap()
         .execute(params![
@@ -232,13 +232,15 @@ fn build(db: &Path, s: Sizes) -> Value {
                 let h = mix(job_id as u64 ^ 0x5ca1e);
                 let (phone, zone) = phone(c, k);
                 let line = (k + 2) as i64;
+                // The values alone, as the import stores them: the keys
+                // (sorted, as the campaign's table renders them) are the run's.
                 let params_json = format!(
-                    r#"{{"name":"{}","appointment":"2026-{:02}-{:02} {:02}:{:02}","clinic":"Clinic {c}"}}"#,
-                    first_names[(h % 8) as usize],
+                    r#"["2026-{:02}-{:02} {:02}:{:02}","Clinic {c}","{}"]"#,
                     1 + (h >> 8) % 12,
                     1 + (h >> 12) % 28,
                     8 + (h >> 16) % 10,
-                    15 * ((h >> 20) % 4)
+                    15 * ((h >> 20) % 4),
+                    first_names[(h % 8) as usize],
                 );
                 let sent_at = created + 2_000 + k as i64 * 50;
                 // 97 % sent, 2 % refused by Studio, 1 % suppressed at import.

@@ -56,7 +56,7 @@ pub(super) async fn dry_run(config: &Config, campaign: &Campaign) -> CommandResu
             spec.line,
             spec.phone,
             due,
-            spec.parameters.as_json()
+            spec.parameters.to_object().unwrap_or_else(|e| e.to_string().into())
         );
     }
     for (r, outcome) in dry.refused.iter().take(20) {

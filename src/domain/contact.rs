@@ -1,51 +1,158 @@
 //! What an import hands the ledger: one job per contact with its Parameters
 //! rendered and its times computed, or a row refused with its line and reason.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::Phone;
 use super::text::text_enum;
 
-/// An Execution's Parameters as the ledger keeps them: a JSON object, without
-/// flowcast's own `flowcast` key (which needs the job id, known only once the
-/// job is stored). Serialised once, at import, and never parsed again.
+/// An Execution's Parameters as the ledger keeps them, without flowcast's own
+/// `flowcast` key (which needs the job id, known only once the job is stored).
+///
+/// Rendered at import as two JSON arrays, the keys and the values in the same
+/// order: every job of a run usually has the same keys (the campaign's
+/// `[parameters]` table or the CSV's header), so the ledger can store the
+/// keys once, on the run, and each job's values alone. A job whose keys are
+/// not its run's, and every job written before that, keeps a JSON object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parameters(String);
+pub struct Parameters(Form);
 
-/// Parameters text that is not a JSON object (only a damaged ledger has one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Form {
+    /// Keys and values, each a JSON array, in the same order.
+    Split { keys: Arc<str>, values: String },
+    /// A JSON object's text.
+    Object(String),
+}
+
+/// Parameters text that is not a JSON object, or values that do not match
+/// their run's keys (only a damaged ledger has either).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid parameters in the ledger: not a JSON object")]
 pub struct NotAnObject;
 
 impl Parameters {
     pub fn from_map(map: &Map<String, Value>) -> Self {
-        // A map of JSON values always serialises.
-        Parameters(serde_json::to_string(map).expect("a JSON map serialises"))
+        // Strings and JSON values always serialise.
+        let mut keys = Vec::with_capacity(2 + map.keys().map(|k| k.len() + 3).sum::<usize>());
+        let mut values = Vec::with_capacity(2 + map.len() * 16);
+        keys.push(b'[');
+        values.push(b'[');
+        for (i, (key, value)) in map.iter().enumerate() {
+            if i > 0 {
+                keys.push(b',');
+                values.push(b',');
+            }
+            write_json(&mut keys, key);
+            write_json(&mut values, value);
+        }
+        keys.push(b']');
+        values.push(b']');
+        // serde_json writes UTF-8.
+        let text = |bytes| String::from_utf8(bytes).expect("JSON text is UTF-8");
+        Parameters(Form::Split { keys: text(keys).into(), values: text(values) })
     }
 
-    /// Wraps the text the ledger stored (written by [`from_map`](Self::from_map)).
-    pub fn from_ledger(text: String) -> Self {
-        Parameters(text)
+    /// Wraps the text the ledger stored: a JSON object, or a values array
+    /// whose keys are `run_keys` (the run's, as [`keys`](Self::keys) wrote
+    /// them). A values array with no keys is kept as text that is not an
+    /// object.
+    pub fn from_ledger(text: String, run_keys: Option<&Arc<str>>) -> Self {
+        match run_keys {
+            Some(keys) if text.starts_with('[') => Parameters(Form::Split { keys: keys.clone(), values: text }),
+            _ => Parameters(Form::Object(text)),
+        }
     }
 
-    pub fn as_json(&self) -> &str {
-        &self.0
+    /// The keys, a JSON array, when the Parameters are held apart from their
+    /// values (as rendered at import).
+    pub fn keys(&self) -> Option<&str> {
+        match &self.0 {
+            Form::Split { keys, .. } => Some(keys),
+            Form::Object(_) => None,
+        }
+    }
+
+    /// The values, a JSON array in the order of [`keys`](Self::keys).
+    pub fn values(&self) -> Option<&str> {
+        match &self.0 {
+            Form::Split { values, .. } => Some(values),
+            Form::Object(_) => None,
+        }
+    }
+
+    /// The Parameters as a JSON object's text.
+    pub fn to_object(&self) -> Result<Cow<'_, str>, NotAnObject> {
+        match &self.0 {
+            Form::Object(text) => Ok(Cow::Borrowed(text)),
+            Form::Split { keys, values } => {
+                let mut out = String::with_capacity(keys.len() + values.len());
+                out.push('{');
+                write_pairs(&mut out, keys, values)?;
+                out.push('}');
+                Ok(Cow::Owned(out))
+            }
+        }
     }
 
     /// The Parameters with flowcast's own key added last, so that any
     /// Execution flowcast made can be recognised later (reconciliation,
-    /// reports). Spliced into the text rather than parsed and rebuilt: this runs
-    /// once per create.
+    /// reports). Written straight into the text rather than through a parsed
+    /// object: this runs once per create.
     pub fn with_flowcast_key(&self, campaign: &str, run: i64, job: i64) -> Result<String, NotAnObject> {
-        let text = self.0.trim();
-        let body = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')).ok_or(NotAnObject)?;
-        let separator = if body.trim().is_empty() { "" } else { "," };
         // The key as `json!` writes it (keys in order, the name escaped).
         let campaign = serde_json::Value::from(campaign);
-        Ok(format!("{{{body}{separator}\"flowcast\":{{\"campaign\":{campaign},\"job\":{job},\"run\":{run}}}}}"))
+        let key = format!("\"flowcast\":{{\"campaign\":{campaign},\"job\":{job},\"run\":{run}}}}}");
+        match &self.0 {
+            Form::Object(text) => {
+                let text = text.trim();
+                let body = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')).ok_or(NotAnObject)?;
+                let separator = if body.trim().is_empty() { "" } else { "," };
+                Ok(format!("{{{body}{separator}{key}"))
+            }
+            Form::Split { keys, values } => {
+                let mut out = String::with_capacity(keys.len() + values.len() + key.len() + 2);
+                out.push('{');
+                if write_pairs(&mut out, keys, values)? {
+                    out.push(',');
+                }
+                out.push_str(&key);
+                Ok(out)
+            }
+        }
     }
+}
+
+/// `value` as JSON, appended to `out`.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Serialising a string or a JSON value into memory cannot fail.
+    serde_json::to_writer(out, value).expect("a JSON value serialises");
+}
+
+/// Appends `"key":value` for each pair of the two arrays, comma-separated;
+/// true when there was at least one. Arrays of different lengths, or keys
+/// that are not strings, are a damaged ledger's.
+fn write_pairs(out: &mut String, keys: &str, values: &str) -> Result<bool, NotAnObject> {
+    let keys: Vec<&RawValue> = serde_json::from_str(keys).map_err(|_| NotAnObject)?;
+    let values: Vec<&RawValue> = serde_json::from_str(values).map_err(|_| NotAnObject)?;
+    if keys.len() != values.len() || keys.iter().any(|k| !k.get().starts_with('"')) {
+        return Err(NotAnObject);
+    }
+    for (i, (key, value)) in keys.iter().zip(&values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(key.get());
+        out.push(':');
+        out.push_str(value.get());
+    }
+    Ok(!keys.is_empty())
 }
 
 /// What the ledger stores for one contact of one run.
@@ -103,26 +210,67 @@ impl ImportRow {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flowcasts_key_is_added_to_the_parameters_as_json() {
+    fn sample() -> Map<String, Value> {
         let mut map = Map::new();
         map.insert("name".into(), Value::String("Ada \"A\"".into()));
         map.insert("floor".into(), serde_json::json!(3));
+        map.insert("a \"quoted\" key\n".into(), serde_json::json!([1, {"b": null}]));
+        map
+    }
+
+    #[test]
+    fn flowcasts_key_is_added_to_the_parameters_as_json() {
+        let map = sample();
         let with_key = Parameters::from_map(&map).with_flowcast_key("c", 2, 9).unwrap();
         let value: Value = serde_json::from_str(&with_key).unwrap();
-        assert_eq!(value["name"], "Ada \"A\"");
-        assert_eq!(value["floor"], 3);
-        assert_eq!(value["flowcast"], serde_json::json!({"campaign": "c", "run": 2, "job": 9}));
-        // Byte for byte what `json!` writes for the key, an awkward name too.
+        let mut expected = map.clone();
+        expected.insert("flowcast".into(), serde_json::json!({"campaign": "c", "run": 2, "job": 9}));
+        assert_eq!(value, Value::Object(expected));
+        // Byte for byte what `json!` writes, the key last, an awkward name too,
+        // from the form rendered at import and from an object in the ledger.
         let name = "a \"quoted\" name\n";
         let key = serde_json::json!({ "campaign": name, "run": 2, "job": 9 });
-        let body = Parameters::from_map(&map).as_json().to_string();
-        assert_eq!(
-            Parameters::from_map(&map).with_flowcast_key(name, 2, 9).unwrap(),
-            format!("{},\"flowcast\":{key}}}", &body[..body.len() - 1])
-        );
-        let empty = Parameters::from_map(&Map::new()).with_flowcast_key("c", 1, 1).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&empty).unwrap()["flowcast"]["job"], 1);
-        assert_eq!(Parameters::from_ledger("[1]".into()).with_flowcast_key("c", 1, 1), Err(NotAnObject));
+        let body = serde_json::to_string(&map).unwrap();
+        let want = format!("{},\"flowcast\":{key}}}", &body[..body.len() - 1]);
+        assert_eq!(Parameters::from_map(&map).with_flowcast_key(name, 2, 9).unwrap(), want);
+        assert_eq!(Parameters::from_ledger(body.clone(), None).with_flowcast_key(name, 2, 9).unwrap(), want);
+        for empty in [Parameters::from_map(&Map::new()), Parameters::from_ledger("{}".into(), None)] {
+            let with_key = empty.with_flowcast_key("c", 1, 1).unwrap();
+            assert_eq!(with_key, "{\"flowcast\":{\"campaign\":\"c\",\"job\":1,\"run\":1}}");
+        }
+    }
+
+    #[test]
+    fn parameters_split_at_import_come_back_whole_from_their_runs_keys() {
+        let map = sample();
+        let rendered = Parameters::from_map(&map);
+        assert_eq!(rendered.to_object().unwrap(), serde_json::to_string(&map).unwrap());
+        let keys: Arc<str> = rendered.keys().unwrap().into();
+        assert_eq!(serde_json::from_str::<Vec<String>>(&keys).unwrap(), map.keys().cloned().collect::<Vec<_>>());
+        // What the ledger stored for a job of that run: its values alone.
+        let stored = Parameters::from_ledger(rendered.values().unwrap().to_string(), Some(&keys));
+        assert_eq!(stored, rendered);
+        assert_eq!(stored.with_flowcast_key("c", 1, 2), rendered.with_flowcast_key("c", 1, 2));
+        // A job written as an object is read as one, whatever its run's keys.
+        let object = Parameters::from_ledger("{\"x\":1}".into(), Some(&keys));
+        assert_eq!(object.keys(), None);
+        assert_eq!(object.to_object().unwrap(), "{\"x\":1}");
+    }
+
+    #[test]
+    fn damaged_parameters_are_not_an_object() {
+        let keys: Arc<str> = "[\"a\",\"b\"]".into();
+        let damaged = [
+            Parameters::from_ledger("[1]".into(), None),
+            Parameters::from_ledger("[1]".into(), Some(&keys)),
+            Parameters::from_ledger("[1,2,3]".into(), Some(&keys)),
+            Parameters::from_ledger("[1,2".into(), Some(&keys)),
+            Parameters::from_ledger("[1,2]".into(), Some(&"[1,\"b\"]".into())),
+            Parameters::from_ledger("\"text\"".into(), Some(&keys)),
+        ];
+        for parameters in damaged {
+            assert_eq!(parameters.with_flowcast_key("c", 1, 1), Err(NotAnObject), "{parameters:?}");
+        }
+        assert_eq!(Parameters::from_ledger("[1,2]".into(), Some(&keys)).to_object().unwrap(), "{\"a\":1,\"b\":2}");
     }
 }

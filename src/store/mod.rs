@@ -95,6 +95,12 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
+impl From<crate::domain::NotAnObject> for StoreError {
+    fn from(e: crate::domain::NotAnObject) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         StoreError::Pool(e.to_string())

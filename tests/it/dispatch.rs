@@ -57,6 +57,33 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
     every_create_is_kept_on_its_row(&app, 1000);
 }
 
+/// A job whose Parameters the ledger holds damaged (values that are not its
+/// run's keys', or not an object) fails as invalid and nothing is sent for
+/// it; the run's other jobs go out with their own.
+#[tokio::test]
+async fn a_job_whose_stored_parameters_are_damaged_fails_as_invalid_and_is_not_sent() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(3);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml").await;
+    let ids: Vec<i64> = jobs(&app, run).await.iter().map(|j| j.id).collect();
+    ledger_write(&app, &format!("UPDATE jobs SET parameters = '[1]' WHERE id = {}", ids[1]));
+
+    let end = app.dispatch(run, &sim.url()).await;
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
+    let rows = jobs(&app, run).await;
+    assert_eq!(states(&rows), vec![JobState::Sent, JobState::Failed, JobState::Sent]);
+    let reason = rows[1].reason.as_ref().unwrap().to_string();
+    assert!(reason.starts_with("invalid: ") && reason.contains("not a JSON object"), "{reason}");
+    let to: HashSet<String> = sim.executions().iter().map(|e| e.to.clone()).collect();
+    assert_eq!(to, HashSet::from([numbers[0].clone(), numbers[2].clone()]));
+    for e in sim.executions() {
+        assert_eq!(e.parameters["clinic"], json!("Main St"), "{}", e.to);
+    }
+}
+
 /// Each create's record reached the ledger in the batch that recorded its
 /// job sent, so each of the `sent` job rows keeps its own, whenever the
 /// batches went, and no row of `studio_calls` was written.
@@ -89,7 +116,7 @@ async fn a_creates_record_and_its_job_say_together_what_was_sent() {
     assert_eq!(executions.len(), 3, "two sent and the foreign one");
     let rows = ledger_rows(
         &app,
-        "SELECT c.request, c.response, c.execution_sid, j.execution_sid, j.parameters, j.id, j.phone, r.from_addr, \
+        "SELECT c.request, c.response, c.execution_sid, j.execution_sid, j.run_id, j.id, j.phone, r.from_addr, \
                 c.outcome, c.at, j.sent_at, j.zone \
          FROM studio_call_trail c JOIN jobs j ON j.id = c.job_id JOIN runs r ON r.id = j.run_id \
          WHERE c.operation = 'create' ORDER BY j.id",
@@ -124,7 +151,8 @@ async fn a_creates_record_and_its_job_say_together_what_was_sent() {
         let sent = executions.iter().find(|e| json!(e.sid) == r[2]).expect("the recorded Execution exists");
         assert_eq!(json!(sent.to), r[6]);
         assert_eq!(json!(sent.from), r[7]);
-        let mut parameters: serde_json::Value = serde_json::from_str(r[4].as_str().unwrap()).unwrap();
+        assert_eq!(r[4], json!(run), "{r:?}");
+        let mut parameters = stored_parameters(&app, r[5].as_i64().unwrap());
         parameters["flowcast"] = json!({ "campaign": "few", "run": run, "job": r[5] });
         assert_eq!(sent.parameters, parameters, "the job's Parameters and key are what was sent");
     }

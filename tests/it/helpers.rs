@@ -374,3 +374,35 @@ pub fn ledger_rows(app: &TestApp, sql: &str) -> Vec<Vec<serde_json::Value>> {
     .join()
     .unwrap()
 }
+
+/// Runs `sql`, a write, on the app's ledger (as a damaged or an older
+/// ledger would have it).
+pub fn ledger_write(app: &TestApp, sql: &str) {
+    if !on_postgres() && !app.ledger.starts_with("postgres") {
+        rusqlite::Connection::open(&app.db).unwrap().execute_batch(sql).unwrap();
+        return;
+    }
+    ledger_rows(app, sql);
+}
+
+/// A job's Parameters as the ledger keeps them, made an object again: on
+/// SQLite a job whose keys are its run's stores its values alone, the keys
+/// kept once on the run (`runs.parameter_keys`).
+pub fn stored_parameters(app: &TestApp, job: i64) -> serde_json::Value {
+    use serde_json::Value;
+    let sql = if !on_postgres() && !app.ledger.starts_with("postgres") {
+        format!("SELECT j.parameters, r.parameter_keys FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = {job}")
+    } else {
+        format!("SELECT parameters, NULL::text FROM jobs WHERE id = {job}")
+    };
+    let row = ledger_rows(app, &sql).remove(0);
+    let stored: Value = serde_json::from_str(row[0].as_str().unwrap()).unwrap();
+    match (stored, &row[1]) {
+        (Value::Array(values), Value::String(keys)) => {
+            let keys: Vec<String> = serde_json::from_str(keys).unwrap();
+            assert_eq!(keys.len(), values.len(), "job {job}: {keys:?} {values:?}");
+            Value::Object(keys.into_iter().zip(values).collect())
+        }
+        (object, _) => object,
+    }
+}

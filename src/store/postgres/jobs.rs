@@ -13,6 +13,7 @@
 //!   none), and clears the lease;
 //! - [`recover_dispatching`] takes back only jobs whose lease ran out.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
@@ -92,7 +93,8 @@ fn claimed_from_row(r: &Row, base: usize) -> Result<ClaimedJob> {
         // The zone was a valid IANA name when the job was imported; a name a
         // newer tz database dropped falls back to UTC.
         zone: zone.parse().unwrap_or(chrono_tz::UTC),
-        parameters: Parameters::from_ledger(r.try_get(base + 4)?),
+        // This ledger keeps each job's Parameters whole.
+        parameters: Parameters::from_ledger(r.try_get(base + 4)?, None),
         attempts: r.try_get(base + 5)?,
         failures: r.try_get(base + 6)?,
         throttles: r.try_get(base + 7)?,
@@ -152,7 +154,7 @@ pub(crate) async fn insert_batch(
     let mut phones: Vec<&str> = Vec::new();
     let mut lines: Vec<i64> = Vec::new();
     let mut zones: Vec<&str> = Vec::new();
-    let mut parameters: Vec<&str> = Vec::new();
+    let mut parameters: Vec<Cow<str>> = Vec::new();
     let mut dues: Vec<i64> = Vec::new();
     let mut expiries: Vec<Option<i64>> = Vec::new();
     let mut keys: Vec<Option<&str>> = Vec::new();
@@ -164,7 +166,7 @@ pub(crate) async fn insert_batch(
             phones.push(spec.phone.as_str());
             lines.push(spec.line as i64);
             zones.push(spec.zone.name());
-            parameters.push(spec.parameters.as_json());
+            parameters.push(spec.parameters.to_object()?);
             dues.push(spec.due_at.map_or(default_due, |t| t.timestamp_millis()));
             expiries.push(spec.expires_at.map(|t| t.timestamp_millis()));
             keys.push(spec.dedupe_key.as_deref());
@@ -1155,7 +1157,7 @@ mod tests {
             line,
             phone: Phone::from_e164(phone.to_string()),
             zone: chrono_tz::UTC,
-            parameters: Parameters::from_ledger(format!("{{\"line\":{line}}}")),
+            parameters: Parameters::from_ledger(format!("{{\"line\":{line}}}"), None),
             due_at: None,
             expires_at: None,
             dedupe_key: key.map(str::to_string),
@@ -1255,7 +1257,7 @@ mod tests {
             claimed.iter().map(|j| j.phone.as_str().to_string()).collect::<Vec<_>>(),
             [phone(0), phone(1), phone(2)]
         );
-        assert_eq!(claimed[0].parameters.as_json(), "{\"line\":2}");
+        assert_eq!(claimed[0].parameters.to_object().unwrap(), "{\"line\":2}");
         assert_eq!(claimed[0].attempt_started_at, NOW);
         for j in &claimed {
             assert_eq!(

@@ -2,7 +2,7 @@
 //! id and state, and the audit record of Studio calls.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -124,9 +124,9 @@ pub(super) fn insert_batch(
     now: i64,
 ) -> Result<BatchCounts> {
     let mut counts = BatchCounts::default();
-    let (campaign, kind, channel, dedupe_within): (String, String, String, Option<i64>) = tx
-        .prepare_cached("SELECT campaign, kind, channel, dedupe_within_ms FROM runs WHERE id = ?1")?
-        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let (campaign, kind, channel, dedupe_within, mut run_keys): (String, String, String, Option<i64>, Option<String>) =
+        tx.prepare_cached("SELECT campaign, kind, channel, dedupe_within_ms, parameter_keys FROM runs WHERE id = ?1")?
+            .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
     // A suppressed contact's job, and one whose dedupe key was already sent by
     // this campaign within the window (a cumulative CSV dropped again), is
     // recorded and ends `skipped` at once: counted and reported like any
@@ -194,8 +194,16 @@ pub(super) fn insert_batch(
         }
         let (window, after) = rest.split_at(end);
         rest = after;
+        // The run's first job names the keys its jobs' Parameters are stored
+        // against (see `insert_jobs`).
+        if run_keys.is_none()
+            && let Some(keys) = jobs.first().and_then(|(spec, _)| spec.parameters.keys())
+        {
+            super::exec(tx, "UPDATE runs SET parameter_keys = ?2 WHERE id = ?1", params![run_id, keys])?;
+            run_keys = Some(keys.to_string());
+        }
         inserted.clear();
-        insert_jobs(tx, run_id, &jobs, default_due, now, &mut inserted)?;
+        insert_jobs(tx, run_id, run_keys.as_deref(), &jobs, default_due, now, &mut inserted)?;
         // A job whose phone the run already had, from an earlier batch or an
         // earlier row of this one, was not inserted: the first row stays and
         // this one is recorded as a duplicate.
@@ -310,9 +318,15 @@ fn sized_sql(
 /// (and its `job.skipped` event written, when the run notifies it); a phone
 /// the run already has (the unique (phone, run) index) is not inserted.
 /// Adds the phones inserted to `inserted`.
+///
+/// A job whose Parameters have the run's keys (`run_keys`, kept on the run)
+/// stores its values alone, a JSON array: the keys, repeated by every job of
+/// a run, were a tenth of a finished job's bytes. Any other job stores a JSON
+/// object, as every job did before migration 0025.
 fn insert_jobs(
     tx: &Connection,
     run_id: i64,
+    run_keys: Option<&str>,
     jobs: &[(&JobSpec, Option<String>)],
     default_due: i64,
     now: i64,
@@ -327,7 +341,10 @@ fn insert_jobs(
             stmt.raw_bind_parameter(at + 2, spec.phone.as_str())?;
             stmt.raw_bind_parameter(at + 3, spec.line as i64)?;
             stmt.raw_bind_parameter(at + 4, spec.zone.name())?;
-            stmt.raw_bind_parameter(at + 5, spec.parameters.as_json())?;
+            match spec.parameters.values() {
+                Some(values) if spec.parameters.keys() == run_keys => stmt.raw_bind_parameter(at + 5, values)?,
+                _ => stmt.raw_bind_parameter(at + 5, spec.parameters.to_object()?.as_ref())?,
+            }
             stmt.raw_bind_parameter(at + 6, spec.due_at.map_or(default_due, |t| t.timestamp_millis()))?;
             stmt.raw_bind_parameter(at + 7, spec.expires_at.map(|t| t.timestamp_millis()))?;
             stmt.raw_bind_parameter(at + 8, now)?;
@@ -401,16 +418,25 @@ pub fn claim_due(
     limits: &ContactLimits,
 ) -> Result<Vec<ClaimedJob>> {
     let tx = super::write_transaction(conn)?;
-    let Some((campaign, exempt, dedupe_within)) = tx
+    let Some((campaign, exempt, dedupe_within, run_keys)) = tx
         .prepare_cached(
-            "SELECT campaign, limits_exempt, dedupe_within_ms FROM runs \
+            "SELECT campaign, limits_exempt, dedupe_within_ms, parameter_keys FROM runs \
              WHERE id = ?1 AND state IN ('active', 'expanding')",
         )?
-        .query_row([run_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<i64>>(2)?)))
+        .query_row([run_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
         .optional()?
     else {
         return Ok(Vec::new());
     };
+    // The keys the run's jobs stored their Parameters' values against.
+    let run_keys: Option<Arc<str>> = run_keys.map(Into::into);
     let caps = (!exempt && !limits.is_unlimited()).then_some(limits);
     // Two statements rather than one with `(?4 = 0 OR ambiguous_since IS NOT
     // NULL)`: planned without the flag's value (see `configure`), one
@@ -434,7 +460,7 @@ pub fn claim_due(
                 // The zone was a valid IANA name when the job was imported; a
                 // name a newer tz database dropped falls back to UTC.
                 zone: zone.parse().unwrap_or(chrono_tz::UTC),
-                parameters: Parameters::from_ledger(r.get(7)?),
+                parameters: Parameters::from_ledger(r.get(7)?, run_keys.as_ref()),
                 attempts: r.get(8)?,
                 failures: r.get(9)?,
                 throttles: r.get(10)?,
@@ -1297,6 +1323,65 @@ mod tests {
         let stmt = conn.prepare_cached(super::claim_sql(false)).unwrap();
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 3, "the claims' statement, kept");
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    #[tokio::test]
+    async fn a_runs_keys_are_stored_once_and_each_job_claims_its_parameters_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let run = new_run(&store, "c", "k", None).await;
+        let with = |line: u64, phone_no: usize, parameters: serde_json::Value| match job(line, phone_no, None) {
+            ImportRow::Job(spec) => {
+                ImportRow::Job(JobSpec { parameters: Parameters::from_map(parameters.as_object().unwrap()), ..spec })
+            }
+            refused => refused,
+        };
+        let refused = |line: u64| ImportRow::Rejected(Rejection { line, raw_phone: "x".into(), reason: "bad".into() });
+        let usual = |i: usize| serde_json::json!({"name": format!("Ada \"{i}\""), "n": i, "clinic": null});
+        // A first batch with no job names no keys; the first job does.
+        import(&store, run, vec![refused(2)], T0).await;
+        import(&store, run, vec![with(3, 0, usual(0)), with(4, 1, serde_json::json!({"other": "x"}))], T0).await;
+        import(&store, run, vec![with(5, 2, usual(2)), with(6, 3, serde_json::json!({}))], T0).await;
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        // A job written before the run kept keys, its Parameters an object.
+        conn.execute(
+            "INSERT INTO jobs (run_id, phone, line, zone, parameters, due_at, created_at, updated_at) \
+             VALUES (?1, ?2, 7, 'UTC', '{\"name\":\"Old\"}', ?3, ?3, ?3)",
+            rusqlite::params![run, phone(4), T0],
+        )
+        .unwrap();
+        let keys: String =
+            conn.query_row("SELECT parameter_keys FROM runs WHERE id = ?1", [run], |r| r.get(0)).unwrap();
+        assert_eq!(keys, r#"["clinic","n","name"]"#);
+        let stored: Vec<String> = conn
+            .prepare("SELECT parameters FROM jobs WHERE run_id = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([run], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            stored,
+            [r#"[null,0,"Ada \"0\""]"#, r#"{"other":"x"}"#, r#"[null,2,"Ada \"2\""]"#, "{}", r#"{"name":"Old"}"#]
+        );
+        let claimed = store.claim_due(run, T0 + 1, 10, false, ContactLimits::default()).await.unwrap();
+        let sent: Vec<serde_json::Value> = claimed
+            .iter()
+            .map(|j| serde_json::from_str(&j.parameters.with_flowcast_key("c", run, j.id).unwrap()).unwrap())
+            .collect();
+        let expected = [
+            usual(0),
+            serde_json::json!({"other": "x"}),
+            usual(2),
+            serde_json::json!({}),
+            serde_json::json!({"name": "Old"}),
+        ];
+        assert_eq!(sent.len(), expected.len());
+        for ((sent, mut want), job) in sent.into_iter().zip(expected).zip(&claimed) {
+            want["flowcast"] = serde_json::json!({"campaign": "c", "run": run, "job": job.id});
+            assert_eq!(sent, want);
+        }
     }
 
     /// A new ledger with a run of `jobs` contacts imported, opened as the

@@ -56,6 +56,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0022_execution_key.sql")),
         M::up(include_str!("../../../migrations/0023_purge_indexes.sql")),
         M::up(include_str!("../../../migrations/0024_create_on_row.sql")),
+        M::up(include_str!("../../../migrations/0025_parameter_keys.sql")),
     ])
 }
 
