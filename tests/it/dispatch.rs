@@ -354,16 +354,27 @@ async fn end_policy_ends_each_active_execution_then_creates_its_own() {
 
 #[tokio::test]
 async fn wait_policy_creates_after_the_active_execution_ends() {
-    // Foreign Executions end by themselves after 300 ms.
-    let sim = Simulator::start(sim_config(Some(Duration::from_millis(300)))).await.unwrap();
+    // The foreign Execution stays active until its Flow is finished here,
+    // once the job has met it: an Execution ending by its lifetime could end
+    // before a slow machine's first create, which then met no conflict.
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
     let numbers = phones(3);
     let busy = sim.start_foreign_execution(FLOW, &numbers[0]);
     app.write("c.csv", contacts_csv(&numbers));
     app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"30s\""));
     let run = app.start_run("c.toml").await;
+    let finish_once_met = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while sim.conflicts() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sim.finish_execution(&busy);
+    };
 
-    app.dispatch(run, &sim.url()).await;
+    let url = sim.url();
+    let (end, ()) = tokio::join!(app.dispatch(run, &url), finish_once_met);
+    assert!(matches!(end, RunEnd::Finished(_)), "{end:?}");
 
     let rows = jobs(&app, run).await;
     assert!(rows.iter().all(|j| j.state == flowcast::domain::JobState::Sent), "{rows:?}");
