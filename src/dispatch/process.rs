@@ -136,9 +136,10 @@ impl<S: StudioApi> Dispatcher<S> {
                 Err(StudioError::Throttled { .. }) => self.limits.create_throttled(sent_at),
                 _ => *sent += 1,
             }
-            // The Parameters sent are the job's own (`jobs.parameters`) with
-            // the `flowcast` key naming campaign, run and job: the job row
-            // keeps them, and this record goes when the job does (a purge),
+            // The Parameters sent are the job's own (`jobs.parameters`, with
+            // its run's keys when the job stores values alone) with the
+            // `flowcast` key naming campaign, run and job: the ledger keeps
+            // them, and this record goes when the job does (a purge),
             // so a copy here only doubled each create's record. Nor does a
             // create that succeeded name its To and From: they are the job's
             // phone and the run's sender, which the ledger keeps as long as

@@ -34,7 +34,7 @@ enum Form {
 /// Parameters text that is not a JSON object, or values that do not match
 /// their run's keys (only a damaged ledger has either).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid parameters in the ledger: not a JSON object")]
+#[error("invalid parameters in the ledger: neither a JSON object nor values for its run's keys")]
 pub struct NotAnObject;
 
 impl Parameters {

@@ -76,7 +76,10 @@ async fn a_job_whose_stored_parameters_are_damaged_fails_as_invalid_and_is_not_s
     let rows = jobs(&app, run).await;
     assert_eq!(states(&rows), vec![JobState::Sent, JobState::Failed, JobState::Sent]);
     let reason = rows[1].reason.as_ref().unwrap().to_string();
-    assert!(reason.starts_with("invalid: ") && reason.contains("not a JSON object"), "{reason}");
+    assert!(
+        reason.starts_with("invalid: ") && reason.contains("neither a JSON object nor values for its run's keys"),
+        "{reason}"
+    );
     let to: HashSet<String> = sim.executions().iter().map(|e| e.to.clone()).collect();
     assert_eq!(to, HashSet::from([numbers[0].clone(), numbers[2].clone()]));
     for e in sim.executions() {
