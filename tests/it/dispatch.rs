@@ -502,6 +502,75 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
     assert_eq!(sim.executions().len(), 3, "exactly one Execution per contact");
 }
 
+/// A dispatch that stops on a ledger error (here a claim the ledger refuses)
+/// still writes the Studio call records it holds: the create that went out
+/// before the error is in its job's trail, for reconciliation to match.
+#[tokio::test]
+async fn a_dispatch_stopped_by_a_ledger_error_writes_the_creates_it_holds() {
+    let sim = Simulator::start(sim_config(None)).await.unwrap();
+    let app = TestApp::new();
+    let numbers = phones(3);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let run = app.start_run("c.toml").await;
+    // The ledger refuses to mark the third contact's job (CSV line 4) in flight.
+    if on_postgres() {
+        ledger_write(
+            &app,
+            "CREATE FUNCTION refuse_line_4() RETURNS trigger LANGUAGE plpgsql \
+             AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+        );
+        ledger_write(
+            &app,
+            "CREATE TRIGGER refuse_line_4 BEFORE UPDATE OF state ON jobs FOR EACH ROW \
+             WHEN (NEW.state = 'dispatching' AND NEW.line = 4) EXECUTE FUNCTION refuse_line_4()",
+        );
+    } else {
+        ledger_write(
+            &app,
+            "CREATE TRIGGER refuse_line_4 BEFORE UPDATE OF state ON jobs \
+             WHEN NEW.state = 'dispatching' AND NEW.line = 4 BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+        );
+    }
+    // The second create never returns: the first one's outcome settles while
+    // a request is still out, so the next claim (the third job's) comes
+    // before that outcome's batch, and the record waits in memory.
+    let studio = FailingCreates {
+        hold: Some((1, Arc::new(tokio::sync::Semaphore::new(0)))),
+        ..FailingCreates::new(
+            http_studio(&sim.url()),
+            0,
+            StudioError::Transient { message: "unused".into(), status: None, ambiguous: false },
+        )
+    };
+    let settings = DispatchSettings { concurrency: 2, ..fast_settings() };
+    let dispatcher = Dispatcher::new(
+        app.store().await,
+        Arc::new(studio),
+        Arc::new(SystemClock),
+        settings,
+        Arc::new(RateLimits::new(1000)),
+    );
+    let end = tokio::time::timeout(Duration::from_secs(60), dispatcher.run_to_end(run)).await.expect("it stops");
+    let error = end.expect_err("the refused claim stops the dispatch").to_string();
+    assert!(error.contains("injected fault"), "{error}");
+
+    let executions = sim.executions();
+    assert_eq!(executions.len(), 1, "one create answered, one held, one never claimed");
+    let store = app.store().await;
+    for job in jobs(&app, run).await {
+        let trail = store.calls_for_job(job.id).await.unwrap();
+        let calls: Vec<(&str, Option<&str>)> =
+            trail.iter().map(|c| (c.operation.as_str(), c.execution_sid.as_deref())).collect();
+        if job.phone.as_str() == executions[0].to {
+            assert!(matches!(job.state, JobState::Dispatching | JobState::Sent), "{job:?}");
+            assert_eq!(calls, vec![("create", Some(executions[0].sid.as_str()))], "its create is kept");
+        } else {
+            assert_eq!(calls, vec![], "{job:?}");
+        }
+    }
+}
+
 /// Wraps a Studio: fails the first `remaining` creates with `error`, and
 /// with `hold`, keeps the create numbered `hold.0` (from 0) waiting until
 /// `hold.1` gives it a permit.
