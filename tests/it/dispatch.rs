@@ -24,6 +24,15 @@ fn sim_config(lifetime: Option<Duration>) -> SimConfig {
     SimConfig { lifetime, ..SimConfig::default() }
 }
 
+/// A run of campaign `c` (with `extra` lines) over `n` contacts, started;
+/// the contacts' phones and the run.
+async fn started_run(app: &TestApp, n: usize, extra: &str) -> (Vec<String>, i64) {
+    let numbers = phones(n);
+    app.write("c.csv", contacts_csv(&numbers));
+    app.write("c.toml", campaign_toml("c.csv", extra));
+    (numbers, app.start_run("c.toml").await)
+}
+
 #[tokio::test]
 async fn a_thousand_contacts_get_exactly_one_execution_each() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
@@ -64,10 +73,7 @@ async fn a_thousand_contacts_get_exactly_one_execution_each() {
 async fn a_job_whose_stored_parameters_are_damaged_fails_as_invalid_and_is_not_sent() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    let numbers = phones(3);
-    app.write("c.csv", contacts_csv(&numbers));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (numbers, run) = started_run(&app, 3, "").await;
     let ids: Vec<i64> = jobs(&app, run).await.iter().map(|j| j.id).collect();
     ledger_write(&app, &format!("UPDATE jobs SET parameters = '[1]' WHERE id = {}", ids[1]));
 
@@ -362,11 +368,8 @@ async fn wait_policy_creates_after_the_active_execution_ends() {
     // before a slow machine's first create, which then met no conflict.
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    let numbers = phones(3);
+    let (numbers, run) = started_run(&app, 3, "on_conflict = \"wait\"\nmax_wait = \"30s\"").await;
     let busy = sim.start_foreign_execution(FLOW, &numbers[0]);
-    app.write("c.csv", contacts_csv(&numbers));
-    app.write("c.toml", campaign_toml("c.csv", "on_conflict = \"wait\"\nmax_wait = \"30s\""));
-    let run = app.start_run("c.toml").await;
     let finish_once_met = async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while sim.conflicts() == 0 && tokio::time::Instant::now() < deadline {
@@ -509,10 +512,7 @@ async fn a_job_left_dispatching_by_a_crash_is_reconciled_before_any_resend() {
 async fn a_dispatch_stopped_by_a_ledger_error_writes_the_creates_it_holds() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    let numbers = phones(3);
-    app.write("c.csv", contacts_csv(&numbers));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 3, "").await;
     // The ledger refuses to mark the third contact's job (CSV line 4) in flight.
     if on_postgres() {
         ledger_write(
