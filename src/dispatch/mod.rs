@@ -22,11 +22,11 @@ use crate::schedule::Clock;
 use crate::store::{RunCounts, RunRow, SettledJob, Store, StoreError};
 use crate::studio::{StudioApi, TwilioError};
 
-/// Settled outcomes are committed together once this many are waiting, or this
-/// long after the last commit (and always before the loop reads the run's
-/// state or waits for a due time with a request slot free).
+/// Settled outcomes are committed together once this many are waiting, or
+/// [`DispatchSettings::flush_every`] after the last commit (and always before
+/// the loop reads the run's state or waits for a due time with a request
+/// slot free).
 const FLUSH_AT: usize = 256;
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 /// How often jobs whose `expires` passed unclaimed are settled in bulk (and
 /// always before a run is declared finished). They are never claimed, so they
@@ -68,6 +68,9 @@ pub struct DispatchSettings {
     pub outcome_after: Duration,
     /// Per-contact caps across campaigns, applied when a job is claimed.
     pub contact_limits: ContactLimits,
+    /// How long settled outcomes wait at most for their batch's commit
+    /// while every request slot is busy or a send token is awaited.
+    pub flush_every: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -86,6 +89,7 @@ impl Default for DispatchSettings {
             breaker_streak: 20,
             outcome_after: Duration::from_secs(300),
             contact_limits: ContactLimits::default(),
+            flush_every: Duration::from_millis(200),
         }
     }
 }
@@ -342,7 +346,7 @@ impl<S: StudioApi> Dispatcher<S> {
             while let Some(done) = tasks.try_join_next() {
                 self.settle(done, &mut stop, &mut breaker, &mut settled, &held);
             }
-            if settled.len() >= FLUSH_AT || (!settled.is_empty() && last_flush.elapsed() >= FLUSH_EVERY) {
+            if settled.len() >= FLUSH_AT || (!settled.is_empty() && last_flush.elapsed() >= self.settings.flush_every) {
                 self.flush(run_id, &mut settled, Some(&held)).await?;
                 last_flush = std::time::Instant::now();
             }
@@ -365,7 +369,7 @@ impl<S: StudioApi> Dispatcher<S> {
                 let ready = self.limits.until_ready(&ctx.campaign, ctx.campaign_rate);
                 tokio::pin!(ready);
                 let cancelled = loop {
-                    let flush_in = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
+                    let flush_in = self.settings.flush_every.saturating_sub(last_flush.elapsed());
                     tokio::select! {
                         _ = &mut ready => break false,
                         _ = self.shutdown.cancelled() => break true,
@@ -412,7 +416,7 @@ impl<S: StudioApi> Dispatcher<S> {
             // Before reading the run's state or waiting for a due time, record
             // what has settled. While every request slot is busy
             // the loop only waits for one to free up: outcomes then wait for
-            // their batch (`FLUSH_AT`, `FLUSH_EVERY`), rather than a commit
+            // their batch (`FLUSH_AT`, `flush_every`), rather than a commit
             // of one or two outcomes sitting between each finished request
             // and the next claim.
             let busy = free == 0 && !tasks.is_empty();
@@ -487,7 +491,7 @@ impl<S: StudioApi> Dispatcher<S> {
             } else {
                 let wait = match busy {
                     true if settled.is_empty() => self.settings.idle_poll,
-                    true => FLUSH_EVERY.saturating_sub(last_flush.elapsed()),
+                    true => self.settings.flush_every.saturating_sub(last_flush.elapsed()),
                     false => match self.store.next_due_at(run_id, self.now_ms()).await? {
                         Some(due) if free > 0 => Duration::from_millis((due - self.now_ms()).max(1) as u64),
                         _ => self.settings.idle_poll,
