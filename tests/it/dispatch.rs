@@ -206,9 +206,7 @@ async fn a_create_whose_job_does_not_record_it_keeps_its_own_row() {
     use flowcast::domain::JobOutcome;
     use flowcast::store::{SettledJob, StudioCall};
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(3)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 3, "").await;
     let store = app.store().await;
     let now = chrono::Utc::now().timestamp_millis();
     let claimed = store.claim_due(run, now, 10, false, Default::default()).await.unwrap();
@@ -267,9 +265,7 @@ async fn a_jobs_trail_is_in_write_order_with_its_kept_create_where_its_send_was(
     use flowcast::domain::JobOutcome;
     use flowcast::store::{SettledJob, StudioCall};
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(1)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 1, "").await;
     let store = app.store().await;
     let now = chrono::Utc::now().timestamp_millis();
     let job = store.claim_due(run, now, 10, false, Default::default()).await.unwrap().remove(0).id;
@@ -626,9 +622,7 @@ impl StudioApi for FailingCreates {
 async fn transient_failures_are_retried_with_backoff_until_they_succeed() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(1)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 1, "").await;
     let studio = FailingCreates::new(
         http_studio(&sim.url()),
         2,
@@ -648,9 +642,7 @@ async fn transient_failures_are_retried_with_backoff_until_they_succeed() {
 async fn transient_failures_past_the_bound_fail_the_job_with_the_last_error() {
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(1)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 1, "").await;
     let studio = FailingCreates::new(
         http_studio(&sim.url()),
         100,
@@ -674,9 +666,7 @@ async fn an_outcome_is_recorded_while_every_request_slot_is_still_busy() {
     // free up (nor its idle poll, a minute here) before recording it.
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(2)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 2, "").await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let studio = FailingCreates {
         hold: Some((1, Arc::clone(&gate))),
@@ -761,9 +751,7 @@ async fn an_outcome_is_recorded_while_a_429_holds_every_create() {
     // pending, due after the hold) must not wait with it.
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(2)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 2, "").await;
     let throttled = too_many_requests(Duration::from_secs(60));
     let studio = FailingCreates::new(http_studio(&sim.url()), 1, throttled);
     let settings = DispatchSettings { concurrency: 1, ..fast_settings() };
@@ -787,9 +775,7 @@ async fn a_429_for_a_create_widens_the_accounts_margin_below_the_rate() {
     // more than the 1 % margin leaves room for, so the pace widens it.
     let sim = Simulator::start(sim_config(None)).await.unwrap();
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(3)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 3, "").await;
     let throttled = too_many_requests(Duration::from_millis(20));
     let studio = FailingCreates::new(http_studio(&sim.url()), 1, throttled);
     let (dispatcher, running) = spawn_dispatch(&app, run, studio, fast_settings()).await;
@@ -806,9 +792,7 @@ async fn a_429_for_a_create_widens_the_accounts_margin_below_the_rate() {
 async fn throttling_backs_off_and_never_counts_as_an_attempt() {
     let sim = Simulator::start(SimConfig { lifetime: None, rate_cap: Some(5), ..SimConfig::default() }).await.unwrap();
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(12)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 12, "").await;
 
     // The account rate is far above what the simulator accepts.
     let end = app.dispatch_with(run, http_studio(&sim.url()), 1000).await;
@@ -830,9 +814,7 @@ async fn refused_credentials_stop_the_run_and_leave_untouched_jobs_pending() {
     .await
     .unwrap();
     let app = TestApp::new();
-    app.write("c.csv", contacts_csv(&phones(20)));
-    app.write("c.toml", campaign_toml("c.csv", ""));
-    let run = app.start_run("c.toml").await;
+    let (_, run) = started_run(&app, 20, "").await;
 
     let end = app.dispatch(run, &sim.url()).await;
 
