@@ -204,6 +204,73 @@ impl ImportRow {
             ImportRow::Rejected(r) => r.line,
         }
     }
+
+    /// The phone text the row is known by: a job's number, or what a refused
+    /// row held in its phone column (for a row refused after its number was
+    /// read, that number: the same text as had it become a job).
+    pub fn phone_text(&self) -> &str {
+        match self {
+            ImportRow::Job(spec) => spec.phone.as_str(),
+            ImportRow::Rejected(r) => &r.raw_phone,
+        }
+    }
+
+    /// Which of the `parts` parts of an import the row is written with (see
+    /// [`part_of`]).
+    pub fn part(&self, parts: usize) -> usize {
+        part_of(self.phone_text(), parts)
+    }
+}
+
+/// Which of the `parts` parts of an import a row with phone text `phone` is
+/// written with, when parts are written side by side (each by its own
+/// transaction, each part's rows in file order). Every row with one number
+/// falls in one part, so the first row of a phone is still the one kept;
+/// and the same file read again splits its rows the same way, in any
+/// process and any version (FNV-1a, not std's per-process seeded hash), so
+/// an interrupted import resumes each part after its own last line.
+pub fn part_of(phone: &str, parts: usize) -> usize {
+    if parts <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in phone.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % parts as u64) as usize
+}
+
+/// Where an interrupted import resumes: the last CSV line each part of it
+/// committed (one part unless its rows were written side by side; see
+/// [`part_of`]). A row is read again only if its part has not got it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    lines: Vec<u64>,
+}
+
+impl ResumePoint {
+    /// An import written as one part, committed through `line`.
+    pub fn whole(line: u64) -> Self {
+        ResumePoint { lines: vec![line] }
+    }
+
+    /// An import written in parts, part `i` committed through `lines[i]`.
+    pub fn parts(lines: Vec<u64>) -> Self {
+        assert!(!lines.is_empty(), "an import has at least one part");
+        ResumePoint { lines }
+    }
+
+    /// The line after which every part may still need rows.
+    pub fn first(&self) -> u64 {
+        self.lines.iter().copied().min().unwrap_or(0)
+    }
+
+    /// Whether the row at `line` with phone text `phone` is already in the
+    /// ledger (its part committed that line).
+    pub fn has(&self, line: u64, phone: &str) -> bool {
+        line <= self.lines[part_of(phone, self.lines.len())]
+    }
 }
 
 #[cfg(test)]
@@ -272,5 +339,42 @@ mod tests {
             assert_eq!(parameters.with_flowcast_key("c", 1, 1), Err(NotAnObject), "{parameters:?}");
         }
         assert_eq!(Parameters::from_ledger("[1,2]".into(), Some(&keys)).to_object().unwrap(), "{\"a\":1,\"b\":2}");
+    }
+
+    #[test]
+    fn a_rows_part_follows_its_phone_text_alone_and_is_the_same_in_every_process() {
+        // Fixed values: a part that changed between versions (or processes)
+        // would make a resumed import read the wrong rows again.
+        let parts: Vec<usize> = ["+14155550101", "+14155550102", "+14155550103", "+442071838750", "not a number", ""]
+            .iter()
+            .map(|p| part_of(p, 2))
+            .collect();
+        assert_eq!(parts, [0, 1, 0, 1, 0, 1]);
+        assert!((0..100).all(|i| part_of(&format!("+1201555{i:04}"), 1) == 0));
+        let ones = (0..1000).filter(|i| part_of(&format!("+1201555{i:04}"), 2) == 1).count();
+        assert!((400..=600).contains(&ones), "{ones} of 1,000 in part 1");
+        // A row refused after its number was read is in its number's part.
+        let job = ImportRow::Job(JobSpec {
+            line: 7,
+            phone: Phone::from_e164("+14155550102".into()),
+            zone: chrono_tz::UTC,
+            parameters: Parameters::from_map(&Map::new()),
+            due_at: None,
+            expires_at: None,
+            dedupe_key: None,
+        });
+        let refused = ImportRow::Rejected(Rejection { line: 7, raw_phone: "+14155550102".into(), reason: "x".into() });
+        assert_eq!((job.part(2), refused.part(2)), (1, 1));
+    }
+
+    #[test]
+    fn a_resumed_import_reads_again_only_the_rows_their_part_has_not_committed() {
+        let resume = ResumePoint::parts(vec![10, 20]);
+        assert_eq!(resume.first(), 10);
+        // +14155550101 is in part 0, +14155550102 in part 1.
+        assert!(resume.has(10, "+14155550101") && !resume.has(11, "+14155550101"));
+        assert!(resume.has(20, "+14155550102") && !resume.has(21, "+14155550102"));
+        let whole = ResumePoint::whole(5);
+        assert!(whole.has(5, "+14155550102") && !whole.has(6, "+14155550101"));
     }
 }

@@ -23,7 +23,7 @@ mod text;
 mod window;
 
 pub use caps::{ContactLimits, Dedupe};
-pub use contact::{ImportRow, JobSpec, NotAnObject, Parameters, Rejection, RowOutcome};
+pub use contact::{ImportRow, JobSpec, NotAnObject, Parameters, Rejection, ResumePoint, RowOutcome, part_of};
 pub use digest::{Sha256Hex, hex, sha256_hex};
 pub use duration::{format_duration, parse_duration, parse_duration_at_most, parse_retention};
 pub use fields::{

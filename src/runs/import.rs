@@ -81,7 +81,8 @@ pub async fn import_run(
     };
     let mut reader = ContactReader::open(contacts, campaign.read_options())?;
     let now = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
-    let resume_after = store.import_line(run_id).await?;
+    let resume = store.import_resume(run_id).await?;
+    let resume_after = resume.first();
     // Reading the CSV, normalising phones and rendering each row run on a
     // blocking thread; the ledger writes each batch on the blocking pool
     // meanwhile, and is the slower of the two. A bounded channel (half a
@@ -98,11 +99,11 @@ pub async fn import_run(
             while chunk.len() < READ_CHUNK {
                 match reader.next_row() {
                     Ok(Some(row)) => {
-                        let line = match &row {
-                            Row::Contact(c) => c.line,
-                            Row::Rejected(r) => r.line,
+                        let (line, phone) = match &row {
+                            Row::Contact(c) => (c.line, c.phone.as_str()),
+                            Row::Rejected(r) => (r.line, r.raw_phone.as_str()),
                         };
-                        if line > resume_after {
+                        if !resume.has(line, phone) {
                             chunk.push(to_item(&owned, row, now));
                         }
                     }

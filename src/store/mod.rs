@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::domain::{
-    CampaignKind, Channel, CollectedOutcome, ContactLimits, ImportRow, JobState, OutcomeState, Phone, RunState, Scope,
+    CampaignKind, Channel, CollectedOutcome, ContactLimits, ImportRow, JobState, OutcomeState, Phone, ResumePoint,
+    RunState, Scope,
 };
 
 pub use purge::PurgeSummary;
@@ -507,7 +508,16 @@ impl Store {
         }
     }
 
-    /// Where an interrupted import resumes: the last CSV line it committed.
+    /// Where an interrupted import of run `id` resumes: through which line
+    /// each part of it is in (see `Store::import_batch`).
+    pub async fn import_resume(&self, id: i64) -> Result<ResumePoint> {
+        match &self.db {
+            Db::Sqlite(db) => Ok(ResumePoint::whole(read(db, move |c| sqlite::runs::import_line(c, id)).await?)),
+            Db::Postgres(pg) => postgres::runs::import_resume(pg, id).await,
+        }
+    }
+
+    /// The last CSV line every part of run `id`'s import has committed.
     pub async fn import_line(&self, id: i64) -> Result<u64> {
         match &self.db {
             Db::Sqlite(db) => read(db, move |c| sqlite::runs::import_line(c, id)).await,
@@ -556,7 +566,10 @@ impl Store {
     /// Writes a batch of imported rows with the run's counts and the last CSV
     /// line the batch covers: in one transaction, except that a SQLite ledger
     /// commits part of it early to let a waiting write go first (see
-    /// [`sqlite::jobs::import_batch`]).
+    /// [`sqlite::jobs::import_batch`]), and a PostgreSQL ledger writes it in
+    /// parts side by side, each part its own transaction on its own
+    /// connection with its own last line (see
+    /// [`postgres::jobs::import_batch`] and [`crate::domain::part_of`]).
     pub async fn import_batch(
         &self,
         run_id: i64,

@@ -34,6 +34,82 @@ async fn an_interrupted_import_resumes_after_the_last_committed_line_without_rep
     assert_eq!(rows[0].line, 5002, "the duplicate is reported at its own line");
 }
 
+/// A batch that failed half-way (on PostgreSQL, one of the parts a batch
+/// is written in side by side, while the other part committed) is read
+/// again on resume for the rows the ledger does not have, and only those:
+/// every row is counted once, none as a duplicate of itself.
+#[tokio::test]
+async fn an_import_that_failed_in_one_part_of_a_batch_resumes_each_part_where_it_stopped() {
+    use flowcast::domain::part_of;
+
+    let app = TestApp::new();
+    let mut rows: Vec<(String, String)> =
+        phones(5000).into_iter().enumerate().map(|(i, p)| (p, format!("Name{i}"))).collect();
+    // The row the ledger refuses the first time: in the second batch of
+    // 2,000 rows. A duplicate of an earlier number and a refused number
+    // go in the same batch, in the other part.
+    let failing = rows[2998].0.clone();
+    let other = |p: &str| part_of(p, 2) != part_of(&failing, 2);
+    let duplicated = rows[..2000].iter().map(|r| r.0.clone()).find(|p| other(p)).unwrap();
+    let bogus = (0..).map(|i| format!("bogus{i}")).find(|p| other(p)).unwrap();
+    rows.insert(2500, (duplicated, "Again".into()));
+    rows.insert(2600, (bogus, "Nobody".into()));
+    let failing_line = rows.iter().position(|r| r.0 == failing).unwrap() + 2;
+    let mut csv = String::from("phone,first_name\n");
+    for (phone, name) in &rows {
+        csv.push_str(&format!("{phone},{name}\n"));
+    }
+    app.write("c.csv", csv);
+    app.write("c.toml", campaign_toml("c.csv", ""));
+    let campaign = app.campaign("c.toml");
+    let store = app.store().await;
+    if on_postgres() {
+        ledger_write(
+            &app,
+            "CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql \
+             AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+        );
+        ledger_write(
+            &app,
+            &format!(
+                "CREATE TRIGGER refuse_row BEFORE INSERT ON jobs FOR EACH ROW \
+                 WHEN (NEW.line = {failing_line}) EXECUTE FUNCTION refuse_row()"
+            ),
+        );
+    } else {
+        ledger_write(
+            &app,
+            &format!(
+                "CREATE TRIGGER refuse_row BEFORE INSERT ON jobs WHEN NEW.line = {failing_line} \
+                 BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            ),
+        );
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let flow = flowcast::domain::FlowSid::parse(FLOW).unwrap();
+    let run =
+        store.create_run(new_run(&campaign, &flow, Trigger::Manual, "k".into(), now), now).await.unwrap().unwrap();
+    let failed = import_run(&store, &campaign, run, now, async |_| {}).await;
+    assert!(failed.is_err(), "{failed:?}");
+    // The first batch (2,000 rows or a little more) is in whole.
+    let line = store.import_line(run).await.unwrap() as i64;
+    assert!(line > 2000 && (line as usize) < failing_line, "every part through line {line}");
+    let held = store.run_counts(run).await.unwrap().total();
+    if on_postgres() {
+        // The other part of the second batch committed too.
+        assert!(held > line - 1 && held < 4500, "{held} jobs");
+    } else {
+        assert_eq!(held, line - 1);
+    }
+
+    ledger_write(&app, if on_postgres() { "DROP TRIGGER refuse_row ON jobs" } else { "DROP TRIGGER refuse_row" });
+    let counts = import_run(&store, &campaign, run, now, async |_| {}).await.unwrap();
+    assert_eq!((counts.rows, counts.imported, counts.rejected, counts.duplicates), (5002, 5000, 1, 1));
+    assert_eq!(store.run_counts(run).await.unwrap().total(), 5000);
+    let refused: Vec<i64> = store.refused_rows(run).await.unwrap().iter().map(|r| r.line).collect();
+    assert_eq!(refused, [2502, 2602], "the duplicate and the refused row, once each");
+}
+
 #[tokio::test]
 async fn a_run_dispatches_while_its_csv_is_still_being_imported() {
     use flowcast::studio::simulator::{SimConfig, Simulator};

@@ -13,7 +13,7 @@
 //!   none), and clears the lease;
 //! - [`recover_dispatching`] takes back only jobs whose lease ran out.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
@@ -106,11 +106,32 @@ fn claimed_from_row(r: &Row, base: usize) -> Result<ClaimedJob> {
     })
 }
 
-/// Writes a batch of imported rows in one transaction. A phone already in the
-/// run is a duplicate: the first row stays, this one is recorded as such.
+/// Parts an import batch is written in, side by side (see [`import_batch`]):
+/// one server backend per part, so two use both cores of a small server.
+pub(crate) const IMPORT_PARTS: usize = 2;
+
+/// Rows from which a batch is written in parts: a smaller one (a small CSV,
+/// the end of a large one) is one transaction, its jobs numbered in file
+/// order.
+const PARTS_FROM: usize = 1_000;
+
+/// Writes a batch of imported rows. A phone already in the run is a
+/// duplicate: the first row stays, this one is recorded as such.
 ///
-/// The run's counts and `import_line` (the last CSV line this batch covers)
-/// are updated in the same transaction, so a resumed import starts after it.
+/// The rows are split into [`IMPORT_PARTS`] parts by phone text
+/// ([`crate::domain::part_of`]), and the parts are written side by side,
+/// each in one transaction on a connection of its own: the server's work
+/// for a row (the jobs' index entries, the `ON CONFLICT` probe) is what
+/// bounds an import, and one backend does it on one core. A number's rows are all in one
+/// part, in file order, so the first row of a phone is still the one kept.
+/// Each part's transaction updates the run's counts with its own rows and
+/// records the last CSV line it covers for that part, so a resumed import
+/// reads again only what its part had not committed (a part may commit
+/// while the other fails). Each part's jobs are numbered in file order; the
+/// two parts' numbers interleave as their rows go in. (Numbers taken in
+/// file order beforehand and given to the parts were tried: the two parts
+/// then wrote between each other's entries on the same index pages, and
+/// the server spent more than the second backend won back.)
 pub(crate) async fn import_batch(
     pg: &Pg,
     run_id: i64,
@@ -119,23 +140,53 @@ pub(crate) async fn import_batch(
     default_due: i64,
     now: i64,
 ) -> Result<BatchCounts> {
-    let mut client = pg.client().await?;
-    let tx = client.transaction().await?;
-    let counts = insert_batch(&tx, run_id, items, last_line, default_due, now).await?;
-    tx.commit().await?;
+    if items.len() < PARTS_FROM {
+        let mut client = pg.client().await?;
+        let tx = client.transaction().await?;
+        let counts = insert_batch(&tx, run_id, items, None, last_line, default_due, now).await?;
+        tx.commit().await?;
+        return Ok(counts);
+    }
+    let mut parts: Vec<Vec<&ImportRow>> = vec![Vec::new(); IMPORT_PARTS];
+    for item in items {
+        parts[item.part(IMPORT_PARTS)].push(item);
+    }
+    // Every part is written, an empty one too: it covers the batch's lines.
+    let writes = parts.iter().enumerate().map(|(index, rows)| async move {
+        let mut client = pg.client().await?;
+        let tx = client.transaction().await?;
+        let part = Some(Part { index, of: IMPORT_PARTS });
+        let counts = insert_batch(&tx, run_id, rows, part, last_line, default_due, now).await?;
+        tx.commit().await?;
+        Ok::<_, StoreError>(counts)
+    });
+    // Each part runs to its end, even when another fails: what it wrote
+    // commits, and is not read again on resume.
+    let mut counts = BatchCounts::default();
+    for part in futures_util::future::join_all(writes).await {
+        counts += part?;
+    }
     Ok(counts)
 }
 
+/// Which part of an import batch a transaction writes (see [`import_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part {
+    pub index: usize,
+    pub of: usize,
+}
+
 /// [`import_batch`]'s writes, inside the caller's transaction (a run created
-/// with its rows, a pushed contact).
+/// with its rows, a pushed contact: `part` None, the whole of the rows).
 ///
 /// The jobs go in with one multi-row `INSERT … SELECT FROM UNNEST`, the
 /// refused and duplicate rows with another. Within the batch the first row
 /// with a phone is kept, as SQLite's row-by-row inserts keep it.
-pub(crate) async fn insert_batch(
+pub(crate) async fn insert_batch<R: Borrow<ImportRow>>(
     tx: &Transaction<'_>,
     run_id: i64,
-    items: &[ImportRow],
+    items: &[R],
+    part: Option<Part>,
     last_line: u64,
     default_due: i64,
     now: i64,
@@ -160,7 +211,7 @@ pub(crate) async fn insert_batch(
     let mut keys: Vec<Option<&str>> = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
     for item in items {
-        if let ImportRow::Job(spec) = item
+        if let ImportRow::Job(spec) = item.borrow()
             && seen.insert(spec.phone.as_str())
         {
             phones.push(spec.phone.as_str());
@@ -209,7 +260,7 @@ pub(crate) async fn insert_batch(
     let mut outcomes: Vec<&str> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
     for item in items {
-        match item {
+        match item.borrow() {
             ImportRow::Job(spec) => {
                 // Each inserted phone counts once: for the first row with it.
                 if inserted.remove(spec.phone.as_str()) {
@@ -243,25 +294,45 @@ pub(crate) async fn insert_batch(
             .await?;
         tx.execute(&insert_rows, &[&run_id, &row_lines, &raw_phones, &outcomes, &reasons]).await?;
     }
-    let update_run = tx
-        .prepare_cached(
-            "UPDATE runs SET rows_total = rows_total + $2, imported = imported + $3, rejected = rejected + $4, \
-             duplicates = duplicates + $5, import_line = GREATEST(import_line, $6), jobs_version = jobs_version + 1 \
-             WHERE id = $1",
-        )
-        .await?;
-    tx.execute(
-        &update_run,
-        &[
-            &run_id,
-            &(counts.imported + counts.rejected + counts.duplicates),
-            &counts.imported,
-            &counts.rejected,
-            &counts.duplicates,
-            &(last_line as i64),
-        ],
-    )
-    .await?;
+    let rows = counts.imported + counts.rejected + counts.duplicates;
+    let last_line = last_line as i64;
+    match part {
+        None => {
+            let update_run = tx
+                .prepare_cached(
+                    "UPDATE runs SET rows_total = rows_total + $2, imported = imported + $3, rejected = rejected + $4, \
+                     duplicates = duplicates + $5, import_line = GREATEST(import_line, $6), \
+                     jobs_version = jobs_version + 1 \
+                     WHERE id = $1",
+                )
+                .await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                [&run_id, &rows, &counts.imported, &counts.rejected, &counts.duplicates, &last_line];
+            tx.execute(&update_run, &params).await?;
+        }
+        Some(Part { index, of }) => {
+            // The part's own line, and `import_line` moved to the least line
+            // of all parts (a part not written since the migration is
+            // through `import_line`). Two parts' updates of the row take
+            // turns, and the second computes from the first's committed row.
+            let update_run = tx
+                .prepare_cached(
+                    "UPDATE runs SET rows_total = rows_total + $2, imported = imported + $3, rejected = rejected + $4, \
+                     duplicates = duplicates + $5, \
+                     import_part_lines[$7] = GREATEST(COALESCE(import_part_lines[$7], import_line), $6), \
+                     import_line = GREATEST(import_line, \
+                         (SELECT MIN(CASE WHEN i = $7 THEN $6 ELSE COALESCE(import_part_lines[i], import_line) END) \
+                          FROM generate_series(1, $8::int) i)), \
+                     jobs_version = jobs_version + 1 \
+                     WHERE id = $1",
+                )
+                .await?;
+            let (element, of) = (index as i32 + 1, of as i32);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
+                [&run_id, &rows, &counts.imported, &counts.rejected, &counts.duplicates, &last_line, &element, &of];
+            tx.execute(&update_run, &params).await?;
+        }
+    }
     // Jobs added to a run whose summary was kept (a push or a late batch
     // landing in a run already over) make the kept one wrong: it goes, and
     // the version bump above (which waits for a keep holding the run's row)
@@ -296,8 +367,8 @@ fn insert_jobs_sql(dedupe: bool) -> String {
         "WITH s AS (SELECT DISTINCT ON (phone) phone, scope, reason FROM suppressions \
                     WHERE phone = ANY($3::text[]) AND scope IN ('all', $10::text, $11::text, $12::text) \
                     ORDER BY phone, seq) \
-         INSERT INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, updated_at, \
-                           dedupe_key, state, reason, finished_at) \
+         INSERT INTO jobs (run_id, phone, line, zone, parameters, due_at, expires_at, created_at, \
+                           updated_at, dedupe_key, state, reason, finished_at) \
          SELECT $1::bigint, u.phone, u.line, u.zone, u.parameters, u.due_at, u.expires_at, $2::bigint, \
                 $2::bigint, u.dedupe_key, \
                 CASE WHEN s.phone IS NULL AND d.id IS NULL THEN 'pending' ELSE 'skipped' END, \
@@ -1109,7 +1180,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::domain::{JobSpec, ReasonKind, Rejection};
+    use crate::domain::{JobSpec, ReasonKind, Rejection, ResumePoint};
     use crate::store::claim_checks::IN_FLIGHT_RECHECK_MS;
     use crate::store::{Db, Ledger, Store};
 
@@ -1198,6 +1269,63 @@ mod tests {
         // The run that is there takes the same rows.
         let counts = import_batch(pg(&store), run, &rows, 3, NOW, NOW).await.unwrap();
         assert_eq!((counts.imported, counts.rejected), (1, 1));
+    }
+
+    /// A batch is written in parts side by side (one transaction each): a
+    /// number's rows are all in one part, so its first row is the one kept,
+    /// and each part's jobs are numbered in file order.
+    #[tokio::test]
+    async fn a_batch_written_in_parts_keeps_each_phones_first_row_and_says_where_each_part_is() {
+        let Some((_url, store, client)) = ledger("pg jobs parts").await else { return };
+        let run = new_run(&client, "c", false, None).await;
+        // 1,500 rows: 1,000 phones, the first 500 of them again later on.
+        let rows: Vec<ImportRow> = (0..1500).map(|i| job(i as u64 + 2, &phone(i % 1000), None)).collect();
+        let in_part_1 = rows.iter().filter(|r| r.part(IMPORT_PARTS) == 1).count();
+        assert!((500..1000).contains(&in_part_1), "both parts get rows: {in_part_1}");
+        let counts = import_batch(pg(&store), run, &rows, 1501, NOW, NOW).await.unwrap();
+        assert_eq!((counts.imported, counts.duplicates, counts.rejected), (1000, 500, 0));
+        let kept: Vec<(String, i64)> = client
+            .query("SELECT phone, line FROM jobs WHERE run_id = $1 ORDER BY id", &[&run])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(kept.len(), 1000);
+        for part in 0..IMPORT_PARTS {
+            let lines: Vec<i64> =
+                kept.iter().filter(|(p, _)| crate::domain::part_of(p, IMPORT_PARTS) == part).map(|k| k.1).collect();
+            assert!(lines.iter().all(|&line| line <= 1001), "each phone's first row kept");
+            assert!(lines.is_sorted(), "part {part} numbered in file order");
+        }
+        let duplicates: Vec<i64> = client
+            .query("SELECT line FROM import_rows WHERE run_id = $1 ORDER BY line", &[&run])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(duplicates, (1002..1502).collect::<Vec<i64>>());
+        assert_eq!(store.import_line(run).await.unwrap(), 1501);
+        assert_eq!(store.import_resume(run).await.unwrap(), ResumePoint::parts(vec![1501; IMPORT_PARTS]));
+        let totals: (i64, i64, i64) = client
+            .query_one("SELECT rows_total, imported, duplicates FROM runs WHERE id = $1", &[&run])
+            .await
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .unwrap();
+        assert_eq!(totals, (1500, 1000, 500));
+
+        // A part that committed a later batch while the other did not: the
+        // line every part holds stays where the slower one is.
+        let part_0: Vec<ImportRow> =
+            (0..10).map(|i| job(i as u64 + 1502, &phone(2000 + i), None)).filter(|r| r.part(2) == 0).collect();
+        let mut writer = pg(&store).client().await.unwrap();
+        let tx = writer.transaction().await.unwrap();
+        let part = Some(Part { index: 0, of: IMPORT_PARTS });
+        insert_batch(&tx, run, &part_0, part, 1511, NOW, NOW).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.import_line(run).await.unwrap(), 1501);
+        assert_eq!(store.import_resume(run).await.unwrap(), ResumePoint::parts(vec![1511, 1501]));
     }
 
     #[tokio::test]

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0008_no_run_foreign_keys.sql"),
     include_str!("../../../migrations/postgres/0009_purge_indexes.sql"),
     include_str!("../../../migrations/postgres/0010_create_on_row.sql"),
+    include_str!("../../../migrations/postgres/0011_import_parts.sql"),
 ];
 
 /// How long a claim, an import or the leader role holds without renewal:

@@ -49,7 +49,7 @@ pub(crate) async fn push(pg: &Pg, open: &NewRun, rows: &[PushRow], now: i64) -> 
             ImportRow::Job(spec) => ImportRow::Job(crate::domain::JobSpec { line, ..spec.clone() }),
             ImportRow::Rejected(r) => ImportRow::Rejected(crate::domain::Rejection { line, ..r.clone() }),
         };
-        let counts = insert_batch(&tx, run_id, std::slice::from_ref(&item), line, now, now).await?;
+        let counts = insert_batch(&tx, run_id, std::slice::from_ref(&item), None, line, now, now).await?;
         let spec = match &item {
             ImportRow::Job(spec) => spec,
             ImportRow::Rejected(r) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_postgres::{GenericClient, Row};
 
 use super::{Pg, parsed};
-use crate::domain::{ConflictPolicy, FlowSid, ImportRow, JobState, NotifyRule, RunState, SendWindow};
+use crate::domain::{ConflictPolicy, FlowSid, ImportRow, JobState, NotifyRule, ResumePoint, RunState, SendWindow};
 use crate::store::{BatchCounts, NewRun, Result, RunCounts, RunRow, StoreError};
 
 const RUN_COLUMNS: &str = "id, campaign, kind, trigger, scheduled_at, flow_sid, from_addr, on_conflict, \
@@ -147,7 +147,7 @@ pub(crate) async fn create_run_with_rows(
         return Ok(Err(existing));
     };
     let last_line = rows.iter().map(ImportRow::line).max().unwrap_or(1);
-    let counts = super::jobs::insert_batch(&tx, id, rows, last_line, now, now).await?;
+    let counts = super::jobs::insert_batch(&tx, id, rows, None, last_line, now, now).await?;
     tx.execute(
         "UPDATE runs SET expanded_at = $2, state = 'active' WHERE id = $1 AND state = 'expanding'",
         &[&id, &now],
@@ -225,7 +225,26 @@ pub(crate) async fn finish_expansion(pg: &Pg, id: i64, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Where an interrupted import resumes: the last CSV line it committed.
+/// Where an interrupted import resumes: for each of its parts (see
+/// `jobs::import_batch`), the last CSV line that part committed.
+pub(crate) async fn import_resume(pg: &Pg, id: i64) -> Result<ResumePoint> {
+    let client = pg.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT import_line, ARRAY(SELECT COALESCE(import_part_lines[i], import_line) \
+                                       FROM generate_series(1, $2::int) i ORDER BY i) \
+             FROM runs WHERE id = $1",
+            &[&id, &(super::jobs::IMPORT_PARTS as i32)],
+        )
+        .await?
+        .ok_or(StoreError::RunNotFound(id))?;
+    let whole: i64 = row.try_get(0)?;
+    let parts: Vec<i64> = row.try_get(1)?;
+    // A part's line is never behind the line every part holds.
+    Ok(ResumePoint::parts(parts.into_iter().map(|line| line.max(whole).max(1) as u64).collect()))
+}
+
+/// The last CSV line every part of an import has committed.
 pub(crate) async fn import_line(pg: &Pg, id: i64) -> Result<u64> {
     let client = pg.client().await?;
     let row = client
