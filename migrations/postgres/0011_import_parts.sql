@@ -6,10 +6,11 @@
 -- part is decided by its phone text, so the first row of a number is still
 -- the one kept (see `part_of` in the code).
 --
--- A part that commits before the other records the last CSV line it holds
--- here, element i + 1 for part i (NULL: through `import_line`). An
--- interrupted import resumes each part after its own line. `import_line`
--- keeps its meaning: every part holds every row through it, so an instance
+-- Each part records the last CSV line it holds here, element i + 1 for
+-- part i (NULL: through `import_line`). An interrupted import resumes after
+-- `import_line`, skipping the lines after it that a part ahead holds (read
+-- from `jobs` and `import_rows`). `import_line` keeps its meaning: every
+-- part holds every row through it, so an instance
 -- of the version before this one resuming the import reads its rows again
 -- from there (the rows a part already holds are then counted again, as
 -- duplicates or refused rows: nothing is lost and no job is written twice,

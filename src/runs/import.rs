@@ -99,11 +99,11 @@ pub async fn import_run(
             while chunk.len() < READ_CHUNK {
                 match reader.next_row() {
                     Ok(Some(row)) => {
-                        let (line, phone) = match &row {
-                            Row::Contact(c) => (c.line, c.phone.as_str()),
-                            Row::Rejected(r) => (r.line, r.raw_phone.as_str()),
+                        let line = match &row {
+                            Row::Contact(c) => c.line,
+                            Row::Rejected(r) => r.line,
                         };
-                        if !resume.has(line, phone) {
+                        if !resume.has(line) {
                             chunk.push(to_item(&owned, row, now));
                         }
                     }

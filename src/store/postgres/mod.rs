@@ -163,6 +163,14 @@ impl Pg {
         Ok(self.pool.get().await?)
     }
 
+    /// A connection only if one is free, or the pool may open one, without
+    /// waiting for another request to give one back.
+    pub(crate) async fn spare_client(&self) -> Option<deadpool_postgres::Object> {
+        let mut timeouts = self.pool.timeouts();
+        timeouts.wait = Some(std::time::Duration::ZERO);
+        self.pool.timeout_get(&timeouts).await.ok()
+    }
+
     pub(crate) fn url(&self) -> &str {
         &self.url
     }

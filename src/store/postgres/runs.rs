@@ -225,23 +225,37 @@ pub(crate) async fn finish_expansion(pg: &Pg, id: i64, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Where an interrupted import resumes: for each of its parts (see
-/// `jobs::import_batch`), the last CSV line that part committed.
+/// Where an interrupted import resumes: after `import_line`, the line every
+/// part of it holds (see `jobs::import_batch`), except for the lines a part
+/// ahead of the others committed after it, read back from the jobs and
+/// refused rows that hold them (at most one batch: the parts of a batch run
+/// together, and the import stops when one fails). The run's rows are read
+/// through their indexes by run; this happens once, when a part failed.
 pub(crate) async fn import_resume(pg: &Pg, id: i64) -> Result<ResumePoint> {
     let client = pg.client().await?;
     let row = client
         .query_opt(
-            "SELECT import_line, ARRAY(SELECT COALESCE(import_part_lines[i], import_line) \
-                                       FROM generate_series(1, $2::int) i ORDER BY i) \
-             FROM runs WHERE id = $1",
-            &[&id, &(super::jobs::IMPORT_PARTS as i32)],
+            "SELECT import_line, (SELECT MAX(line) FROM unnest(import_part_lines) line) FROM runs WHERE id = $1",
+            &[&id],
         )
         .await?
         .ok_or(StoreError::RunNotFound(id))?;
-    let whole: i64 = row.try_get(0)?;
-    let parts: Vec<i64> = row.try_get(1)?;
-    // A part's line is never behind the line every part holds.
-    Ok(ResumePoint::parts(parts.into_iter().map(|line| line.max(whole).max(1) as u64).collect()))
+    let through = row.try_get::<_, i64>(0)?.max(1);
+    let ahead: Option<i64> = row.try_get(1)?;
+    let Some(ahead) = ahead.filter(|&line| line > through) else {
+        return Ok(ResumePoint::whole(through as u64));
+    };
+    let held = client
+        .query(
+            "SELECT line FROM jobs WHERE run_id = $1 AND line > $2 AND line <= $3 \
+             UNION ALL SELECT line FROM import_rows WHERE run_id = $1 AND line > $2 AND line <= $3",
+            &[&id, &through, &ahead],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get::<_, i64>(0).map(|line| line as u64))
+        .collect::<std::result::Result<Vec<u64>, _>>()?;
+    Ok(ResumePoint::with_held(through as u64, held))
 }
 
 /// The last CSV line every part of an import has committed.
