@@ -510,24 +510,7 @@ async fn a_dispatch_stopped_by_a_ledger_error_writes_the_creates_it_holds() {
     let app = TestApp::new();
     let (_, run) = started_run(&app, 3, "").await;
     // The ledger refuses to mark the third contact's job (CSV line 4) in flight.
-    if on_postgres() {
-        ledger_write(
-            &app,
-            "CREATE FUNCTION refuse_line_4() RETURNS trigger LANGUAGE plpgsql \
-             AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
-        );
-        ledger_write(
-            &app,
-            "CREATE TRIGGER refuse_line_4 BEFORE UPDATE OF state ON jobs FOR EACH ROW \
-             WHEN (NEW.state = 'dispatching' AND NEW.line = 4) EXECUTE FUNCTION refuse_line_4()",
-        );
-    } else {
-        ledger_write(
-            &app,
-            "CREATE TRIGGER refuse_line_4 BEFORE UPDATE OF state ON jobs \
-             WHEN NEW.state = 'dispatching' AND NEW.line = 4 BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
-        );
-    }
+    inject_job_fault(&app, "refuse_line_4", "UPDATE OF state", "NEW.state = 'dispatching' AND NEW.line = 4");
     // The second create never returns: the first one's outcome settles while
     // a request is still out, and with no batch due for a minute the next
     // claim (the third job's) comes before that outcome's batch: the record

@@ -385,6 +385,43 @@ pub fn ledger_write(app: &TestApp, sql: &str) {
     ledger_rows(app, sql);
 }
 
+/// Makes the ledger refuse, with an error, every write to `jobs` that
+/// `event` names (`INSERT`, `UPDATE OF state`) and `when` matches (a
+/// condition on `NEW`), on either backend, as trigger `name`.
+pub fn inject_job_fault(app: &TestApp, name: &str, event: &str, when: &str) {
+    if on_postgres() {
+        ledger_write(
+            app,
+            &format!(
+                "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql \
+                 AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$"
+            ),
+        );
+        ledger_write(
+            app,
+            &format!(
+                "CREATE TRIGGER {name} BEFORE {event} ON jobs FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {name}()"
+            ),
+        );
+    } else {
+        ledger_write(
+            app,
+            &format!(
+                "CREATE TRIGGER {name} BEFORE {event} ON jobs WHEN {when} \
+                 BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            ),
+        );
+    }
+}
+
+/// Removes the fault [`inject_job_fault`] installed as `name`.
+pub fn drop_job_fault(app: &TestApp, name: &str) {
+    ledger_write(
+        app,
+        &if on_postgres() { format!("DROP TRIGGER {name} ON jobs") } else { format!("DROP TRIGGER {name}") },
+    );
+}
+
 /// A job's Parameters as the ledger keeps them, made an object again: on
 /// SQLite a job whose keys are its run's stores its values alone, the keys
 /// kept once on the run (`runs.parameter_keys`).

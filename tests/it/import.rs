@@ -70,28 +70,7 @@ async fn an_import_that_failed_in_one_part_of_a_batch_resumes_each_part_where_it
     app.write("c.toml", campaign_toml("c.csv", ""));
     let campaign = app.campaign("c.toml");
     let store = app.store().await;
-    if on_postgres() {
-        ledger_write(
-            &app,
-            "CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql \
-             AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
-        );
-        ledger_write(
-            &app,
-            &format!(
-                "CREATE TRIGGER refuse_row BEFORE INSERT ON jobs FOR EACH ROW \
-                 WHEN (NEW.line = {failing_line}) EXECUTE FUNCTION refuse_row()"
-            ),
-        );
-    } else {
-        ledger_write(
-            &app,
-            &format!(
-                "CREATE TRIGGER refuse_row BEFORE INSERT ON jobs WHEN NEW.line = {failing_line} \
-                 BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
-            ),
-        );
-    }
+    inject_job_fault(&app, "refuse_row", "INSERT", &format!("NEW.line = {failing_line}"));
     let now = chrono::Utc::now().timestamp_millis();
     let flow = flowcast::domain::FlowSid::parse(FLOW).unwrap();
     let run =
@@ -109,7 +88,7 @@ async fn an_import_that_failed_in_one_part_of_a_batch_resumes_each_part_where_it
         assert_eq!(held, line - 1);
     }
 
-    ledger_write(&app, if on_postgres() { "DROP TRIGGER refuse_row ON jobs" } else { "DROP TRIGGER refuse_row" });
+    drop_job_fault(&app, "refuse_row");
     app.write("c.toml", campaign_toml("c.csv", "default_region = \"US\""));
     let campaign = app.campaign("c.toml");
     let counts = import_run(&store, &campaign, run, now, async |_| {}).await.unwrap();

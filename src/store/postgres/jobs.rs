@@ -1305,13 +1305,7 @@ mod tests {
             assert!(lines.iter().all(|&line| line <= 1001), "each phone's first row kept");
             assert!(lines.is_sorted(), "part {part} numbered in file order");
         }
-        let duplicates: Vec<i64> = client
-            .query("SELECT line FROM import_rows WHERE run_id = $1 ORDER BY line", &[&run])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let duplicates = crate::store::postgres::runs::tests::refused_lines(&client, run).await;
         assert_eq!(duplicates, (1002..1502).collect::<Vec<i64>>());
         assert_eq!(store.import_line(run).await.unwrap(), 1501);
         assert_eq!(store.import_resume(run).await.unwrap(), ResumePoint::whole(1501));

@@ -86,7 +86,7 @@ async fn with_state<C: GenericClient + Sync>(c: &C, job: i64, outcome: PushOutco
 #[cfg(test)]
 mod tests {
     use crate::domain::{ImportRow, JobState, Phone, RunState, Scope, Trigger};
-    use crate::store::postgres::runs::tests::{T0, job, ledger, new_run, rejected};
+    use crate::store::postgres::runs::tests::{T0, job, job_lines, ledger, new_run, refused_lines, rejected};
     use crate::store::{NewRun, PushOutcome, PushRow};
 
     fn open_run(day: &str) -> NewRun {
@@ -130,21 +130,9 @@ mod tests {
         assert_eq!(results[1].outcome, PushOutcome::Duplicate);
         let b = client.query_opt("SELECT job_id FROM push_keys WHERE key = 'b'", &[]).await.unwrap();
         assert!(b.is_none(), "a duplicate records no key");
-        let lines: Vec<i64> = client
-            .query("SELECT line FROM jobs WHERE run_id = $1 ORDER BY id", &[&run])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let lines = job_lines(&client, run).await;
         assert_eq!(lines, [2, 3, 5]);
-        let refused: Vec<i64> = client
-            .query("SELECT line FROM import_rows WHERE run_id = $1 ORDER BY line", &[&run])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let refused = refused_lines(&client, run).await;
         assert_eq!(refused, [4, 7], "numbered on, as one growing CSV");
         let counts = store.get_run(run).await.unwrap();
         assert_eq!((counts.rows_total, counts.imported, counts.rejected, counts.duplicates), (5, 3, 1, 1));

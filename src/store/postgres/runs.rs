@@ -402,6 +402,28 @@ pub(crate) mod tests {
         ImportRow::Rejected(Rejection { line, raw_phone: raw.into(), reason: format!("{raw:?} is not a phone number") })
     }
 
+    /// The CSV lines of a run's jobs, in job order.
+    pub(crate) async fn job_lines(client: &tokio_postgres::Client, run: i64) -> Vec<i64> {
+        client
+            .query("SELECT line FROM jobs WHERE run_id = $1 ORDER BY id", &[&run])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// The CSV lines of a run's refused and duplicate rows, in line order.
+    pub(crate) async fn refused_lines(client: &tokio_postgres::Client, run: i64) -> Vec<i64> {
+        client
+            .query("SELECT line FROM import_rows WHERE run_id = $1 ORDER BY line", &[&run])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     pub(crate) async fn job_states(client: &tokio_postgres::Client, run: i64) -> Vec<(String, String, Option<String>)> {
         client
             .query("SELECT phone, state, reason FROM jobs WHERE run_id = $1 ORDER BY id", &[&run])
@@ -517,21 +539,9 @@ pub(crate) mod tests {
             store.create_run_with_rows(new_run("reminders", "k", None), rows, T0).await.unwrap().unwrap();
         eprintln!("1,500 rows in {:?}", started.elapsed());
         assert_eq!((counts.imported, counts.duplicates), (1000, 500));
-        let lines: Vec<i64> = client
-            .query("SELECT line FROM jobs WHERE run_id = $1 ORDER BY id", &[&id])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let lines = job_lines(&client, id).await;
         assert_eq!(lines, (2..1002).collect::<Vec<i64>>(), "ids in file order, each phone's first row kept");
-        let duplicates: Vec<i64> = client
-            .query("SELECT line FROM import_rows WHERE run_id = $1 ORDER BY line", &[&id])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let duplicates = refused_lines(&client, id).await;
         assert_eq!(duplicates, (1002..1502).collect::<Vec<i64>>());
         assert_eq!(store.import_line(id).await.unwrap(), 1501);
     }
