@@ -540,9 +540,10 @@ pub(super) fn claim_sql(only_ambiguous: bool) -> &'static str {
 }
 
 /// Jobs marked `dispatching` per UPDATE, a power of two (see
-/// [`JOBS_PER_STATEMENT`]): each UPDATE of `jobs` copies every page it changes
-/// to a statement journal first, so one statement for the batch copies each
-/// page once rather than once per job.
+/// [`JOBS_PER_STATEMENT`]): one statement for the batch finds and changes
+/// its rows in one pass, and a statement that needs a statement journal
+/// (the send's, see [`mark_sent`]) copies each page to it once rather than
+/// once per job.
 const CLAIMS_PER_STATEMENT: usize = 64;
 
 /// Marks `jobs` (pending, read in this transaction) `dispatching` from `now`;
@@ -552,17 +553,18 @@ const CLAIMS_PER_STATEMENT: usize = 64;
 /// row for one (under callgrind, 3,100 of the 36,000 instructions a job took
 /// in the `sqlite3` shell), and the count of rows changed says the same when
 /// it is the whole chunk, as it is for jobs read pending in this transaction.
+///
+/// Nothing in it may abort half-way, so SQLite keeps no statement journal
+/// for it (a copy of every page it changes, 9,600 instructions a job under
+/// callgrind): `OR FAIL` for its NOT NULL columns (any error rolls the whole
+/// claim back anyway), and it names no column a trigger watches (the event
+/// triggers fire on `reason` and `execution_status`, migration 0026), as
+/// `a_claim_and_a_send_keep_no_statement_journal…` below checks.
 fn mark_dispatching(tx: &Connection, jobs: &[ClaimedJob], now: i64) -> Result<HashSet<i64>> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let mut marked = HashSet::with_capacity(jobs.len());
     for chunk in power_of_two_chunks(jobs, CLAIMS_PER_STATEMENT) {
-        let sql = sized_sql(&SQL, CLAIMS_PER_STATEMENT, chunk.len(), |k| {
-            format!(
-                "UPDATE jobs SET state = 'dispatching', attempt_started_at = ?1, updated_at = ?1 \
-                 WHERE id IN ({}) AND state = 'pending'",
-                (2..k + 2).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
-            )
-        });
+        let sql = sized_sql(&SQL, CLAIMS_PER_STATEMENT, chunk.len(), claim_update);
         let mut stmt = tx.prepare_cached(sql)?;
         stmt.raw_bind_parameter(1, now)?;
         for (i, job) in chunk.iter().enumerate() {
@@ -586,6 +588,15 @@ fn mark_dispatching(tx: &Connection, jobs: &[ClaimedJob], now: i64) -> Result<Ha
         }
     }
     Ok(marked)
+}
+
+/// The UPDATE that marks `k` jobs `dispatching` (`?1` the time, then their ids).
+fn claim_update(k: usize) -> String {
+    format!(
+        "UPDATE OR FAIL jobs SET state = 'dispatching', attempt_started_at = ?1, updated_at = ?1 \
+         WHERE id IN ({}) AND state = 'pending'",
+        (2..k + 2).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// The earliest job of `campaign` other than `job_id` whose key is `key` and
@@ -730,28 +741,17 @@ const OUTCOMES_PER_STATEMENT: usize = 64;
 /// create was out) the jobs taken as recorded are those now sent with this
 /// SID at this time (jobs of a chunk have one outcome each in the batch, so
 /// none was sent so by another).
+///
+/// `OR FAIL` and no trigger, as in [`mark_dispatching`]; `reason` is not
+/// named (a claimed job has none: only a job that ended has one). The
+/// statement still keeps a statement journal: computing the key of
+/// `jobs_execution` (an expression, `substr`) is a function call, which
+/// SQLite takes as a statement that may abort.
 fn mark_sent(tx: &Connection, sent: &[SentRow], outcome_after_ms: i64) -> Result<HashSet<i64>> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let mut marked = HashSet::with_capacity(sent.len());
     for chunk in power_of_two_chunks(sent, OUTCOMES_PER_STATEMENT) {
-        let sql = sized_sql(&SQL, OUTCOMES_PER_STATEMENT, chunk.len(), |k| {
-            format!(
-                "WITH sent (id, sid, attempts, at, on_row) AS (VALUES {}) \
-                 UPDATE jobs SET state = 'sent', reason = NULL, execution_sid = sent.sid, \
-                     attempts = jobs.attempts + sent.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
-                     sent_at = sent.at, finished_at = sent.at, updated_at = sent.at, \
-                     outcome_state = 'open', outcome_due_at = sent.at + ?1, create_on_row = sent.on_row, \
-                     zone = '' \
-                 FROM sent WHERE jobs.id = sent.id AND jobs.state = 'dispatching'",
-                (0..k)
-                    .map(|i| {
-                        let at = 2 + i * 5;
-                        format!("(?{}, ?{}, ?{}, ?{}, ?{})", at, at + 1, at + 2, at + 3, at + 4)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        });
+        let sql = sized_sql(&SQL, OUTCOMES_PER_STATEMENT, chunk.len(), sent_update);
         let mut stmt = tx.prepare_cached(sql)?;
         stmt.raw_bind_parameter(1, outcome_after_ms)?;
         for (i, &(job_id, sid, attempts_sent, sent_at, on_row)) in chunk.iter().enumerate() {
@@ -780,6 +780,27 @@ fn mark_sent(tx: &Connection, sent: &[SentRow], outcome_after_ms: i64) -> Result
         }
     }
     Ok(marked)
+}
+
+/// The UPDATE that records `k` jobs sent (`?1` the wait before their
+/// outcome is read, then five values a job: see [`SentRow`]).
+fn sent_update(k: usize) -> String {
+    format!(
+        "WITH sent (id, sid, attempts, at, on_row) AS (VALUES {}) \
+             UPDATE OR FAIL jobs SET state = 'sent', execution_sid = sent.sid, \
+                 attempts = jobs.attempts + sent.attempts, ambiguous_since = NULL, conflict_sid = NULL, \
+                 sent_at = sent.at, finished_at = sent.at, updated_at = sent.at, \
+                 outcome_state = 'open', outcome_due_at = sent.at + ?1, create_on_row = sent.on_row, \
+                 zone = '' \
+             FROM sent WHERE jobs.id = sent.id AND jobs.state = 'dispatching'",
+        (0..k)
+            .map(|i| {
+                let at = 2 + i * 5;
+                format!("(?{}, ?{}, ?{}, ?{}, ?{})", at, at + 1, at + 2, at + 3, at + 4)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Records one outcome of a job still `dispatching`; whether it did. A job
@@ -1393,6 +1414,95 @@ mod tests {
         let run = new_run(&store, "c", "k", None).await;
         import(&store, run, (0..jobs).map(|i| job(i as u64 + 2, i, None)).collect(), T0).await;
         (tmp, super::super::Sqlite::open(&path).unwrap(), run)
+    }
+
+    /// What SQLite compiled `sql` into: each opcode's name and its P2.
+    fn opcodes(conn: &rusqlite::Connection, sql: &str) -> Vec<(String, i64)> {
+        // Its parameters left unbound (NULL): EXPLAIN does not run it.
+        let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+        let mut rows = stmt.raw_query();
+        let mut ops = Vec::new();
+        while let Some(r) = rows.next().unwrap() {
+            ops.push((r.get::<_, String>(1).unwrap(), r.get::<_, i64>(3).unwrap()));
+        }
+        ops
+    }
+
+    /// Whether SQLite takes a statement compiled into `ops` as one that may
+    /// abort half-way (it then copies every page the statement changes to a
+    /// statement journal first): a trigger program, a function call, or a
+    /// constraint check that aborts (`OE_Abort`, 2).
+    fn may_abort(ops: &[(String, i64)]) -> Vec<&(String, i64)> {
+        ops.iter()
+            .filter(|(op, p2)| {
+                matches!(op.as_str(), "Program" | "Function" | "PureFunc")
+                    || (matches!(op.as_str(), "Halt" | "HaltIfNull") && *p2 == 2)
+            })
+            .collect()
+    }
+
+    /// The claim names no column an event trigger watches and nothing in it
+    /// may abort, so SQLite keeps no statement journal for it; the send
+    /// carries no trigger either (its one function call is the SID index's
+    /// key). Events still follow the transitions they name: a job ending
+    /// `failed` (which sets its reason) writes `job.failed`, a settled outcome
+    /// (which sets `execution_status`) writes `outcome`.
+    #[tokio::test]
+    async fn a_claim_and_a_send_keep_no_statement_journal_and_events_still_follow_their_transitions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let store = Store::open_path(&path).await.unwrap();
+        let ledger = super::super::Sqlite::open(&path).unwrap();
+        for k in [1, 64] {
+            let conn = ledger.writer();
+            let claim = opcodes(&conn, &super::claim_update(k));
+            assert!(claim.iter().any(|(op, _)| op == "HaltIfNull"), "the NOT NULL checks are there: {claim:?}");
+            assert_eq!(may_abort(&claim), Vec::<&(String, i64)>::new(), "claim of {k}");
+            let send = opcodes(&conn, &super::sent_update(k));
+            let aborts = may_abort(&send);
+            assert!(aborts.iter().all(|(op, _)| op == "Function" || op == "PureFunc"), "send of {k}: {aborts:?}");
+        }
+        let run = new_run(&store, "c", "k", None).await;
+        import(&store, run, (0..3).map(|i| job(i as u64 + 2, i, None)).collect(), T0).await;
+        ledger
+            .writer()
+            .execute(
+                "UPDATE runs SET notify_url = 'http://127.0.0.1:9/hook', \
+                     notify_events = ',job.failed,job.skipped,outcome,' WHERE id = ?1",
+                [run],
+            )
+            .unwrap();
+        let events = || -> Vec<(String, i64)> {
+            ledger
+                .reader()
+                .prepare("SELECT event_type, job_id FROM outbox ORDER BY id")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        let claimed = store.claim_due(run, T0 + 1, 10, false, ContactLimits::default()).await.unwrap();
+        let [sent, failed, skipped] = [claimed[0].id, claimed[1].id, claimed[2].id];
+        assert_eq!(events(), [], "a claim writes no event");
+        let reason = || JobReason::new(ReasonKind::Transient);
+        let settled = [
+            (sent, JobOutcome::Sent { sid: format!("FN{:032}", 1) }),
+            (failed, JobOutcome::Failed { reason: reason(), last_error: None }),
+            (skipped, JobOutcome::Skipped { reason: reason(), sid: None }),
+        ]
+        .map(|(job_id, outcome)| SettledJob { job_id, outcome, attempts_sent: 1, at: T0 + 2 });
+        store.record_outcomes(settled.to_vec(), Vec::new(), Duration::ZERO).await.unwrap();
+        let ended = [("job.failed".to_string(), failed), ("job.skipped".to_string(), skipped)];
+        assert_eq!(events(), ended, "a send writes no event; a job that ends failed or skipped does");
+        let collected = crate::domain::CollectedOutcome {
+            status: "ended".into(),
+            ended_in: None,
+            values: Default::default(),
+            notes: Default::default(),
+        };
+        assert!(store.record_collected(sent, crate::domain::OutcomeState::Known, collected, T0 + 3).await.unwrap());
+        assert_eq!(events()[2..], [("outcome".to_string(), sent)], "and a settled outcome does");
     }
 
     /// Rows of the batch [`importing`] writes.

@@ -57,6 +57,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0023_purge_indexes.sql")),
         M::up(include_str!("../../../migrations/0024_create_on_row.sql")),
         M::up(include_str!("../../../migrations/0025_parameter_keys.sql")),
+        M::up(include_str!("../../../migrations/0026_event_triggers_off_hot_columns.sql")),
     ])
 }
 
@@ -520,7 +521,7 @@ mod tests {
         assert_eq!(conn.execute(insert, params![1, "+14155550101"]).unwrap(), 0, "once per run");
         assert_eq!(conn.execute(insert, params![2, "+14155550101"]).unwrap(), 1, "and once in another run");
         // A job of run 1 that fails writes its event (the trigger was made again).
-        conn.execute("UPDATE jobs SET state = 'failed' WHERE id = 11", []).unwrap();
+        conn.execute("UPDATE jobs SET state = 'failed', reason = 'x' WHERE id = 11", []).unwrap();
         let events: i64 = conn.query_row("SELECT COUNT(*) FROM outbox WHERE job_id = 11", [], |r| r.get(0)).unwrap();
         assert_eq!(events, 1);
         conn.execute("UPDATE runs SET state = 'finished' WHERE id = 1", []).unwrap();
