@@ -540,10 +540,8 @@ pub(super) fn claim_sql(only_ambiguous: bool) -> &'static str {
 }
 
 /// Jobs marked `dispatching` per UPDATE, a power of two (see
-/// [`JOBS_PER_STATEMENT`]): one statement for the batch finds and changes
-/// its rows in one pass, and a statement that needs a statement journal
-/// (the send's, see [`mark_sent`]) copies each page to it once rather than
-/// once per job.
+/// [`JOBS_PER_STATEMENT`]): one statement for the batch opens its cursors
+/// on the table and each index it changes once, not once a job.
 const CLAIMS_PER_STATEMENT: usize = 64;
 
 /// Marks `jobs` (pending, read in this transaction) `dispatching` from `now`;
