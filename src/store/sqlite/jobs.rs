@@ -558,8 +558,8 @@ const CLAIMS_PER_STATEMENT: usize = 64;
 /// no column a trigger watches (the event triggers fire on `reason` and
 /// `execution_status`, migration 0026), as
 /// `a_claim_and_a_send_keep_no_statement_journal…` below checks. With the
-/// journal and the trigger programs compiled in, it cost 9,600 more
-/// instructions a job under callgrind.
+/// journal and the trigger programs compiled in, this UPDATE cost 9,600
+/// more instructions a job under callgrind (the dispatch scenario).
 fn mark_dispatching(tx: &Connection, jobs: &[ClaimedJob], now: i64) -> Result<HashSet<i64>> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let mut marked = HashSet::with_capacity(jobs.len());
@@ -634,7 +634,8 @@ fn contacts_of(conn: &Connection, phone: &str, job_id: i64, since: i64) -> Resul
     Ok(contacts)
 }
 
-/// Ends a pending job `skipped` at claim time.
+/// Ends a pending job `skipped` at claim time. Naming `reason` is what
+/// writes its `job.skipped` event (the trigger fires on it: migration 0026).
 fn skip(conn: &Connection, id: i64, reason: &JobReason, now: i64) -> Result<()> {
     conn.prepare_cached(
         "UPDATE jobs SET state = 'skipped', reason = ?2, finished_at = ?3, updated_at = ?3 \
@@ -753,6 +754,8 @@ fn mark_sent(tx: &Connection, sent: &[SentRow], outcome_after_ms: i64) -> Result
     Ok(marked)
 }
 
+/// The send of one job (see [`mark_sent`]). It must not name `reason` or
+/// `execution_status`: the event triggers fire on those.
 const SENT_UPDATE: &str = "UPDATE OR FAIL jobs SET state = 'sent', execution_sid = ?2, \
          attempts = attempts + ?3, ambiguous_since = NULL, conflict_sid = NULL, \
          sent_at = ?4, finished_at = ?4, updated_at = ?4, \
@@ -767,6 +770,8 @@ fn apply_outcome(conn: &Connection, settled: &SettledJob, outcome_after_ms: i64,
         JobOutcome::Sent { sid } => {
             mark_sent(conn, &[(job_id, sid.as_str(), attempts_sent, now, create_on_row)], outcome_after_ms)?.len()
         }
+        // Ending failed or skipped names `reason`, which writes the job's
+        // event (the trigger fires on it: migration 0026).
         JobOutcome::Skipped { reason, sid } => super::exec(
             conn,
             "UPDATE jobs SET state = 'skipped', reason = ?2, execution_sid = ?3, attempts = attempts + ?4, \
@@ -983,7 +988,9 @@ pub fn next_outcome_due(conn: &Connection, run: Option<i64>) -> Result<Option<i6
 }
 
 /// Records what was read back from a job's Execution, ending its outcome as
-/// `state` (known, or unknown when given up on).
+/// `state` (known, or unknown when given up on). Naming `execution_status`
+/// is what writes the `outcome` event (the trigger fires on it: migration
+/// 0026).
 pub fn record_collected(
     conn: &Connection,
     job_id: i64,
@@ -1399,10 +1406,11 @@ mod tests {
 
     /// The claim names no column an event trigger watches and nothing in it
     /// may abort, so SQLite keeps no statement journal for it; the send
-    /// carries no trigger either (its one function call is the SID index's
-    /// key). Events still follow the transitions they name: a job ending
-    /// `failed` (which sets its reason) writes `job.failed`, a settled outcome
-    /// (which sets `execution_status`) writes `outcome`.
+    /// carries no trigger either and changes one row in one pass. Events
+    /// still follow the transitions they name, through each statement that
+    /// makes one (each names `reason`, or `execution_status`): a job ending
+    /// `failed` or `skipped` after its create, one skipped by the claim, an
+    /// outcome settled.
     #[tokio::test]
     async fn a_claim_and_a_send_keep_no_statement_journal_and_events_still_follow_their_transitions() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1416,18 +1424,30 @@ mod tests {
             assert_eq!(may_abort(&claim), Vec::<&(String, i64)>::new(), "claim of {k}");
         }
         // The send writes one row in one pass (no statement journal whatever
-        // may abort); its one function call is the SID index's key.
+        // may abort); its one function call is the SID index's key. Many
+        // jobs through one UPDATE … FROM, the form it replaced, go through a
+        // temporary table first: a multi-row write.
         let send = opcodes(&ledger.writer(), super::SENT_UPDATE);
         let aborts = may_abort(&send);
         assert!(aborts.iter().all(|(op, _)| op == "Function" || op == "PureFunc"), "{aborts:?}");
-        let run = new_run(&store, "c", "k", None).await;
-        import(&store, run, (0..3).map(|i| job(i as u64 + 2, i, None)).collect(), T0).await;
+        let through_a_table = |ops: &[(String, i64)]| ops.iter().any(|(op, _)| op == "OpenEphemeral");
+        assert!(!through_a_table(&send), "{send:?}");
+        let many = "UPDATE OR FAIL jobs SET state = 'sent', execution_sid = v.column2 \
+                    FROM (VALUES (?1, ?2), (?3, ?4)) AS v WHERE jobs.id = v.column1 AND jobs.state = 'dispatching'";
+        assert!(through_a_table(&opcodes(&ledger.writer(), many)));
+        // Three jobs of one run; a later run of the campaign has a job whose
+        // dedupe key the first job takes.
+        let run = new_run(&store, "c", "k", Some(1)).await;
+        let keys = ["A1", "B1", "C1"];
+        import(&store, run, (0..3).map(|i| job(i as u64 + 2, i, Some(keys[i]))).collect(), T0).await;
+        let later = new_run(&store, "c", "k2", Some(1)).await;
+        import(&store, later, vec![job(2, 3, Some("A1"))], T0).await;
         ledger
             .writer()
             .execute(
                 "UPDATE runs SET notify_url = 'http://127.0.0.1:9/hook', \
-                     notify_events = ',job.failed,job.skipped,outcome,' WHERE id = ?1",
-                [run],
+                     notify_events = ',job.failed,job.skipped,outcome,'",
+                [],
             )
             .unwrap();
         let events = || -> Vec<(String, i64)> {
@@ -1453,6 +1473,10 @@ mod tests {
         store.record_outcomes(settled.to_vec(), Vec::new(), Duration::ZERO).await.unwrap();
         let ended = [("job.failed".to_string(), failed), ("job.skipped".to_string(), skipped)];
         assert_eq!(events(), ended, "a send writes no event; a job that ends failed or skipped does");
+        // A job the claim skips (its key already sent) writes its event too.
+        assert!(store.claim_due(later, T0 + 3, 10, false, ContactLimits::default()).await.unwrap().is_empty());
+        let duplicate = store.jobs_page(later, None, 0, 10).await.unwrap()[0].id;
+        assert_eq!(events()[2..], [("job.skipped".to_string(), duplicate)]);
         let collected = crate::domain::CollectedOutcome {
             status: "ended".into(),
             ended_in: None,
@@ -1460,7 +1484,7 @@ mod tests {
             notes: Default::default(),
         };
         assert!(store.record_collected(sent, crate::domain::OutcomeState::Known, collected, T0 + 3).await.unwrap());
-        assert_eq!(events()[2..], [("outcome".to_string(), sent)], "and a settled outcome does");
+        assert_eq!(events()[3..], [("outcome".to_string(), sent)], "and a settled outcome does");
     }
 
     /// Rows of the batch [`importing`] writes.

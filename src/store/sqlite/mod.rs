@@ -306,9 +306,10 @@ fn union_over_job_states(per_state: impl Fn(&str) -> String) -> String {
 const STATEMENT_CACHE: usize = 256;
 
 /// Runs one statement through the connection's statement cache. Compiling an
-/// UPDATE of `jobs` also compiles the outbox triggers on that table, which
-/// costs more than running it: compiled afresh for each outcome, it took a
-/// fifth of the dispatcher's CPU in a profile.
+/// UPDATE of `jobs` that names `reason` or `execution_status` also compiles
+/// the outbox triggers on that table, which costs more than running it:
+/// compiled afresh for each outcome, it took a fifth of the dispatcher's CPU
+/// in a profile.
 pub(super) fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
 }
