@@ -25,7 +25,7 @@ use super::{FLOW, Folders, ServeProcess, SimProcess, Store, load_average, proc_p
 /// Bump when the rows the builder writes or the schema's indexes change, so
 /// a cached ledger of the old layout is not reused (a migrated one keeps the
 /// pages its dropped indexes freed, and its size would not tell).
-const LAYOUT: u32 = 8;
+const LAYOUT: u32 = 9;
 
 #[derive(Clone, Copy, Debug)]
 struct Sizes {
@@ -221,6 +221,9 @@ fn build(db: &Path, s: Sizes) -> Value {
                     .execute(params![id, kind, run_id, job_id, body, at, attempts, next, delivered, gave_up, error])
                     .unwrap();
             };
+            // A sent job's SID key, as the dispatcher writes it with the send.
+            let mut key =
+                tx.prepare_cached("INSERT INTO execution_keys (key, job_id) VALUES (substr(?2, 3, 8), ?1)").unwrap();
             let mut refused = tx
                 .prepare_cached(
                     "INSERT INTO import_rows (run_id, line, raw_phone, outcome, reason) \
@@ -347,6 +350,7 @@ fn build(db: &Path, s: Sizes) -> Value {
                             1,
                         ])
                         .unwrap();
+                        key.execute(params![job_id, sid]).unwrap();
                         // As the dispatcher records a create that succeeded:
                         // on the job row alone (`create_on_row`; its SID,
                         // To, From and Parameters are the job's and its

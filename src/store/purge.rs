@@ -329,8 +329,12 @@ pub(crate) mod tests {
             .read(|c| {
                 let mut out = BTreeMap::new();
                 for table in tables(c)? {
-                    // Table names come from sqlite_master, not from input.
-                    let mut stmt = c.prepare(&format!("SELECT * FROM \"{table}\" ORDER BY rowid"))?;
+                    // Table names come from sqlite_master, not from input. A
+                    // table without rowid is read in its key's order.
+                    let without_rowid: bool =
+                        c.query_row("SELECT wr FROM pragma_table_list WHERE name = ?1", [&table], |r| r.get(0))?;
+                    let order = if without_rowid { "1, 2" } else { "rowid" };
+                    let mut stmt = c.prepare(&format!("SELECT * FROM \"{table}\" ORDER BY {order}"))?;
                     let width = stmt.column_count();
                     let rows = stmt
                         .query_map([], |r| {

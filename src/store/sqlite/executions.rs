@@ -11,9 +11,15 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::domain::Phone;
 use crate::store::{ExecutionJob, Result};
 
-/// The jobs that carry Execution SID `?1`, found through `jobs_execution`
-/// (by eight characters of the SID; the whole SID is compared on the row).
-pub(super) const BY_EXECUTION: &str = "substr(execution_sid, 3, 8) = substr(?1, 3, 8) AND execution_sid = ?1";
+/// The sent jobs that carry Execution SID `?1`, found through
+/// `execution_keys` (by eight characters of the SID; the whole SID is
+/// compared on the row). Only a sent job has a key (see [`KEY_OF_SENT`]).
+pub(super) const BY_EXECUTION: &str =
+    "id IN (SELECT job_id FROM execution_keys WHERE key = substr(?1, 3, 8)) AND execution_sid = ?1";
+
+/// Writes the key of job `?1`, sent with Execution `?2`, that
+/// [`BY_EXECUTION`] finds it by.
+pub(super) const KEY_OF_SENT: &str = "INSERT OR IGNORE INTO execution_keys (key, job_id) VALUES (substr(?2, 3, 8), ?1)";
 
 /// The sent jobs that created Executions `sids`, by SID; a SID no job
 /// created is left out. (A skipped job may carry someone else's active SID;

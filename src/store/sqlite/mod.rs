@@ -58,6 +58,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/0024_create_on_row.sql")),
         M::up(include_str!("../../../migrations/0025_parameter_keys.sql")),
         M::up(include_str!("../../../migrations/0026_event_triggers_off_hot_columns.sql")),
+        M::up(include_str!("../../../migrations/0027_execution_keys.sql")),
     ])
 }
 
@@ -486,15 +487,7 @@ mod tests {
             .map(|r| r.unwrap())
             .collect();
         assert!(!indexes.iter().any(|i| i == "jobs_phone" || i.starts_with("sqlite_autoindex")), "{indexes:?}");
-        for kept in [
-            "jobs_phone_run",
-            "jobs_claim",
-            "jobs_page",
-            "jobs_execution",
-            "jobs_outcome_open",
-            "jobs_dedupe",
-            "jobs_finished",
-        ] {
+        for kept in ["jobs_phone_run", "jobs_claim", "jobs_page", "jobs_outcome_open", "jobs_dedupe", "jobs_finished"] {
             assert!(indexes.iter().any(|i| i == kept), "{kept} in {indexes:?}");
         }
         // Nothing in a multi-row INSERT into jobs may abort it half-way, so
@@ -626,9 +619,9 @@ mod tests {
         assert_eq!(old, 0);
     }
 
-    /// A SID Studio names finds its job through `jobs_execution`, which holds
-    /// eight of the SID's characters (47 bytes a job with the whole SID); two
-    /// SIDs that share them each find their own job.
+    /// A SID Studio names finds its job through `execution_keys`, which
+    /// holds eight of the SID's characters (47 bytes a job with the whole
+    /// SID); two SIDs that share them each find their own job.
     #[test]
     fn a_sid_finds_its_job_through_eight_of_its_characters() {
         let dir = tempfile::tempdir().unwrap();
@@ -636,10 +629,8 @@ mod tests {
         let conn = ledger.writer();
         let by_sid = format!("SELECT id FROM jobs WHERE {} AND state = 'sent'", executions::BY_EXECUTION);
         let plan = plan_of(&conn, &by_sid);
-        assert!(plan.contains("INDEX jobs_execution (<expr>=?)"), "{plan}");
-        let sql: String =
-            conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'jobs_execution'", [], |r| r.get(0)).unwrap();
-        assert!(sql.contains("substr(execution_sid, 3, 8)"), "{sql}");
+        assert!(plan.contains("SEARCH execution_keys USING PRIMARY KEY (key=?)"), "{plan}");
+        assert!(plan.contains("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"), "{plan}");
         conn.execute_batch(
             "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
                                on_conflict, state, created_at) \
@@ -650,6 +641,18 @@ mod tests {
                     (2, 1, '+12015550002', 3, 'UTC', '{}', 'sent', 0, 0, 0, 'FN0123456789bbbb');",
         )
         .unwrap();
+        let mut key = conn.prepare(executions::KEY_OF_SENT).unwrap();
+        for (job, sid) in [(1, "FN0123456789aaaa"), (2, "FN0123456789bbbb")] {
+            key.execute(rusqlite::params![job, sid]).unwrap();
+        }
+        let keys: Vec<(String, i64)> = conn
+            .prepare("SELECT key, job_id FROM execution_keys")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(keys, [("01234567".to_string(), 1), ("01234567".to_string(), 2)]);
         for (sid, job) in [("FN0123456789aaaa", 1), ("FN0123456789bbbb", 2)] {
             let found: Vec<i64> = conn
                 .prepare(&by_sid)
@@ -660,6 +663,55 @@ mod tests {
                 .unwrap();
             assert_eq!(found, [job], "{sid}");
         }
+    }
+
+    /// A ledger written before the SID keys had a table of their own gets a
+    /// key for each sent job and no other, and loses the index on the
+    /// expression; each SID still finds its job.
+    #[test]
+    fn a_ledger_upgraded_to_execution_keys_finds_each_sent_job_by_its_sid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowcast.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&mut conn).unwrap();
+        // Through migration 0026, the last before the keys' table.
+        migrations().to_version(&mut conn, 25).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
+                               on_conflict, state, created_at) \
+             VALUES (1, 'c', 'reminder', 'manual', 'k', 0, 'c.csv', 'FW0', '+15550000000', 'skip', 'active', 0); \
+             INSERT INTO jobs (id, run_id, phone, line, zone, parameters, state, due_at, created_at, updated_at, \
+                               execution_sid) \
+             VALUES (1, 1, '+12015550001', 2, 'UTC', '{}', 'sent', 0, 0, 0, 'FN0123456789aaaa'), \
+                    (2, 1, '+12015550002', 3, 'UTC', '{}', 'skipped', 0, 0, 0, 'FN0123456789aaaa'), \
+                    (3, 1, '+12015550003', 4, 'UTC', '{}', 'sent', 0, 0, 0, 'FNfedcba9876bbbb'), \
+                    (4, 1, '+12015550004', 5, 'UTC', '{}', 'pending', 0, 0, 0, NULL);",
+        )
+        .unwrap();
+        drop(conn);
+
+        let ledger = Sqlite::open(&path).unwrap();
+        let conn = ledger.writer();
+        let keys: Vec<(String, i64)> = conn
+            .prepare("SELECT key, job_id FROM execution_keys ORDER BY job_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(keys, [("01234567".to_string(), 1), ("fedcba98".to_string(), 3)]);
+        let index: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'jobs_execution'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(index, 0);
+        let found = executions::jobs_for_executions(
+            &conn,
+            &["FN0123456789aaaa".to_string(), "FNfedcba9876bbbb".to_string(), "FN0123456789cccc".to_string()],
+        )
+        .unwrap();
+        let mut found: Vec<(&str, i64)> = found.iter().map(|(sid, job)| (sid.as_str(), job.job_id)).collect();
+        found.sort();
+        assert_eq!(found, [("FN0123456789aaaa", 1), ("FNfedcba9876bbbb", 3)]);
     }
 
     /// A page of a run's jobs reads the run's entries of its state from
