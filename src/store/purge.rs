@@ -157,7 +157,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::domain::{
-        CampaignKind, CollectedOutcome, ConflictPolicy, FlowSid, ImportRow, JobOutcome, JobReason, JobSpec,
+        CampaignKind, CollectedOutcome, ConflictPolicy, FlowSid, ImportRow, JobOutcome, JobReason, JobSpec, JobState,
         OutcomeField, OutcomeState, OutcomeType, Parameters, Phone, ReasonKind, Rejection, RunState, Scope, Trigger,
     };
     use crate::store::{NewRun, SettledJob, StudioCall};
@@ -490,6 +490,18 @@ pub(crate) mod tests {
         assert!(views[1]["phone"].as_str().unwrap().starts_with("hash:"), "{}", views[1]);
         assert_eq!(views[1]["reason"], json!("suppressed: scope all, asked by phone"));
         assert_eq!(views[2]["state"], json!("sent"));
+        // A sent job is still found by its Execution's SID (an end Studio
+        // reports late, an operator's look at the run's Executions).
+        let sent: Vec<(String, i64)> = purged
+            .iter()
+            .filter(|j| j.state == JobState::Sent)
+            .map(|j| (j.execution_sid.clone().unwrap(), j.id))
+            .collect();
+        assert!(!sent.is_empty());
+        let found = store.jobs_for_executions(sent.iter().map(|(sid, _)| sid.clone()).collect()).await.unwrap();
+        for (sid, id) in &sent {
+            assert_eq!(found.get(sid).map(|j| j.job_id), Some(*id), "{sid}");
+        }
     }
 
     #[tokio::test]

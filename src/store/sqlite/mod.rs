@@ -631,6 +631,11 @@ mod tests {
         let plan = plan_of(&conn, &by_sid);
         assert!(plan.contains("SEARCH execution_keys USING PRIMARY KEY (key=?)"), "{plan}");
         assert!(plan.contains("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"), "{plan}");
+        // So does the UPDATE that records an Execution's end.
+        let end = format!("UPDATE jobs SET updated_at = 1 WHERE {} AND state = 'sent'", executions::BY_EXECUTION);
+        let plan = plan_of(&conn, &end);
+        assert!(plan.contains("SEARCH execution_keys USING PRIMARY KEY (key=?)"), "{plan}");
+        assert!(plan.contains("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"), "{plan}");
         conn.execute_batch(
             "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
                                on_conflict, state, created_at) \
