@@ -346,6 +346,21 @@ mod tests {
     use super::*;
     use rusqlite::params;
 
+    /// A closed ledger in a new folder, upgraded through migration file
+    /// `through` (the number in its name) and holding what `seed` writes,
+    /// for `Sqlite::open` to upgrade the rest of the way.
+    fn ledger_through(through: usize, seed: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowcast.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&mut conn).unwrap();
+        // The library counts migrations, and there is no file 0010.
+        let version = if through >= 11 { through - 1 } else { through };
+        migrations().to_version(&mut conn, version).unwrap();
+        conn.execute_batch(seed).unwrap();
+        (dir, path)
+    }
+
     #[test]
     fn migrations_are_valid() {
         migrations().validate().expect("migrations apply to an empty database");
@@ -356,13 +371,8 @@ mod tests {
     /// delivered, and every event of a run not purged, stay.
     #[test]
     fn an_upgrade_deletes_the_events_purges_left_behind_once_delivered() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("flowcast.db");
-        let mut conn = Connection::open(&path).unwrap();
-        configure(&mut conn).unwrap();
-        // Every migration before 0023 (there is no 0010).
-        migrations().to_version(&mut conn, 21).unwrap();
-        conn.execute_batch(
+        let (_dir, path) = ledger_through(
+            22,
             "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
                                on_conflict, state, created_at, purged_at) \
              VALUES (1, 'a', 'sms', 'manual', 'k1', 0, 'a.csv', 'FW1', '+15550000000', 'skip', 'finished', 0, 9), \
@@ -373,9 +383,7 @@ mod tests {
                     ('purged_gave_up', 'run.finished', 1, NULL, 'u', '{}', 0, 0, NULL, 5), \
                     ('purged_pending', 'job.sent', 1, 11, 'u', '{}', 0, 0, NULL, NULL), \
                     ('kept_delivered', 'job.sent', 2, 12, 'u', '{}', 0, 0, 5, NULL);",
-        )
-        .unwrap();
-        drop(conn);
+        );
 
         let ledger = Sqlite::open(&path).unwrap();
         let conn = ledger.writer();
@@ -397,13 +405,8 @@ mod tests {
     /// job sent after the upgrade keeps its own on its row.
     #[test]
     fn an_upgraded_ledger_shows_each_create_once_whichever_way_it_was_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("flowcast.db");
-        let mut conn = Connection::open(&path).unwrap();
-        configure(&mut conn).unwrap();
-        // Every migration before 0024 (there is no 0010).
-        migrations().to_version(&mut conn, 22).unwrap();
-        conn.execute_batch(
+        let (_dir, path) = ledger_through(
+            23,
             "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
                                on_conflict, state, created_at) \
              VALUES (1, 'a', 'sms', 'manual', 'k1', 0, 'a.csv', 'FW1', '+15550000000', 'skip', 'active', 0); \
@@ -413,9 +416,7 @@ mod tests {
                     (2, 1, '+14155550101', 3, 'UTC', '{}', 'sent', 0, 0, 0, 6, 'FN02'); \
              INSERT INTO studio_calls (run_id, job_id, at, operation, request, outcome, execution_sid) \
              VALUES (1, 1, 5, 'create', '', 'ok', 'FN01');",
-        )
-        .unwrap();
-        drop(conn);
+        );
 
         let ledger = Sqlite::open(&path).unwrap();
         let mut conn = ledger.writer();
@@ -443,12 +444,8 @@ mod tests {
     /// triggers that write their events; the phone is still once per run.
     #[test]
     fn a_ledger_upgraded_to_one_phone_index_keeps_its_jobs_references_and_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("flowcast.db");
-        let mut conn = Connection::open(&path).unwrap();
-        configure(&mut conn).unwrap();
-        migrations().to_version(&mut conn, 19).unwrap();
-        conn.execute_batch(
+        let (_dir, path) = ledger_through(
+            20,
             "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
                                on_conflict, state, created_at, notify_url, notify_events) \
              VALUES (1, 'a', 'sms', 'manual', 'k1', 0, 'a.csv', 'FW1', '+15550000000', 'skip', 'running', 0, \
@@ -461,8 +458,7 @@ mod tests {
                     (12, 2, '+14155550100', 2, 'Europe/Paris', '{}', 6, 1, 1, 'pending', NULL, NULL, NULL, NULL); \
              INSERT INTO studio_calls (run_id, job_id, at, operation, request, outcome) VALUES (1, 10, 7, 'create', '{}', 'created'); \
              INSERT INTO push_keys (campaign, key, job_id, created_at) VALUES ('b', 'p1', 12, 1);",
-        )
-        .unwrap();
+        );
         let dump = |c: &Connection| -> Vec<String> {
             c.prepare("SELECT * FROM jobs ORDER BY id")
                 .unwrap()
@@ -473,8 +469,7 @@ mod tests {
                 .map(|r| r.unwrap())
                 .collect()
         };
-        let before = dump(&conn);
-        drop(conn);
+        let before = dump(&Connection::open(&path).unwrap());
 
         let ledger = Sqlite::open(&path).unwrap();
         let conn = ledger.writer();
@@ -675,13 +670,8 @@ mod tests {
     /// expression; each SID still finds its job.
     #[test]
     fn a_ledger_upgraded_to_execution_keys_finds_each_sent_job_by_its_sid() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("flowcast.db");
-        let mut conn = Connection::open(&path).unwrap();
-        configure(&mut conn).unwrap();
-        // Through migration 0026, the last before the keys' table.
-        migrations().to_version(&mut conn, 25).unwrap();
-        conn.execute_batch(
+        let (_dir, path) = ledger_through(
+            26,
             "INSERT INTO runs (id, campaign, kind, trigger, run_key, scheduled_at, source, flow_sid, from_addr, \
                                on_conflict, state, created_at) \
              VALUES (1, 'c', 'reminder', 'manual', 'k', 0, 'c.csv', 'FW0', '+15550000000', 'skip', 'active', 0); \
@@ -691,9 +681,7 @@ mod tests {
                     (2, 1, '+12015550002', 3, 'UTC', '{}', 'skipped', 0, 0, 0, 'FN0123456789aaaa'), \
                     (3, 1, '+12015550003', 4, 'UTC', '{}', 'sent', 0, 0, 0, 'FNfedcba9876bbbb'), \
                     (4, 1, '+12015550004', 5, 'UTC', '{}', 'pending', 0, 0, 0, NULL);",
-        )
-        .unwrap();
-        drop(conn);
+        );
 
         let ledger = Sqlite::open(&path).unwrap();
         let conn = ledger.writer();
