@@ -6,7 +6,8 @@
 //! - The n-th create of a busy stream is due at `start + n × period`, with the
 //!   period 1 % longer than `1 s / rate`: ten milliseconds of room per second
 //!   for the jitter between this process and Studio's clock of arrivals (the
-//!   account's margin widens after a 429: see `SendLog`).
+//!   account's margin widens with the spread of Studio's answer times, and
+//!   after a 429: see `SendLog`).
 //! - A caller that comes late takes its slot at once and the grid does not
 //!   move, so every slot already due can be taken in one pass. At high rates
 //!   the run loop and the timer are late by more than a period on most passes;
@@ -202,6 +203,8 @@ impl Pacer {
 struct SendLog {
     cap: usize,
     state: Mutex<SendLogState>,
+    /// Bucket 0 of the answer times starts here.
+    origin: Instant,
 }
 
 #[derive(Debug)]
@@ -217,6 +220,40 @@ struct SendLogState {
     /// The last 429 that counted, or the last change: a margin widened this
     /// long ago with no 429 since narrows a step.
     quiet_since: Instant,
+    /// How long creates took from admission here to Studio's answer, over
+    /// the last [`SPREAD_HORIZON`]: their spread widens the margin.
+    answers: AnswerTimes,
+    /// The margin the spread of answer times asks for (0 when it is within
+    /// the base margin).
+    spread_margin: f64,
+}
+
+/// The fastest and slowest answer of each [`SPREAD_BUCKET`] of the last
+/// [`SPREAD_HORIZON`], oldest first.
+#[derive(Debug, Default)]
+struct AnswerTimes {
+    buckets: VecDeque<(u64, Duration, Duration)>,
+}
+
+impl AnswerTimes {
+    /// Adds one answer time, seen in bucket `bucket`; returns the spread
+    /// (slowest less fastest) over the horizon.
+    fn add(&mut self, bucket: u64, took: Duration) -> Duration {
+        let horizon = SPREAD_HORIZON.as_millis() as u64 / SPREAD_BUCKET.as_millis() as u64;
+        while self.buckets.front().is_some_and(|&(b, _, _)| b + horizon <= bucket) {
+            self.buckets.pop_front();
+        }
+        match self.buckets.back_mut() {
+            Some((b, fastest, slowest)) if *b == bucket => {
+                *fastest = (*fastest).min(took);
+                *slowest = (*slowest).max(took);
+            }
+            _ => self.buckets.push_back((bucket, took, took)),
+        }
+        let fastest = self.buckets.iter().map(|&(_, f, _)| f).min().unwrap_or_default();
+        let slowest = self.buckets.iter().map(|&(_, _, s)| s).max().unwrap_or_default();
+        slowest - fastest
+    }
 }
 
 /// How much a 429 widens the account's margin below the rate, and at most how
@@ -232,6 +269,21 @@ const MARGIN_STEPS: u32 = 2;
 /// A margin widened by 429s narrows a step after this long without one.
 const MARGIN_RELAX: Duration = Duration::from_secs(300);
 
+/// How far back the answer times that set the margin reach, and the
+/// buckets they are kept in.
+///
+/// Studio counts a create when it arrives. Creates admitted here a window
+/// apart arrive less than a window apart when the earlier one's way there
+/// was quicker than the later one's; how much quicker is bounded, as far as
+/// this process can see, by the spread of the answer times (admission to
+/// answer). A margin of that spread over a second keeps the arrivals within
+/// the cap, so the margin widens *before* a 429 (each of which holds every
+/// create for Studio's `Retry-After`, a second: 3 % of a 30-second run)
+/// rather than after one (see [`MARGIN_STEP`] for how far apart answers
+/// came on a loaded machine).
+const SPREAD_HORIZON: Duration = Duration::from_secs(10);
+const SPREAD_BUCKET: Duration = Duration::from_millis(500);
+
 impl SendLog {
     fn new(pacer: &Pacer) -> Self {
         SendLog {
@@ -242,7 +294,10 @@ impl SendLog {
                 steps: 0,
                 changed: None,
                 quiet_since: Instant::now(),
+                answers: AnswerTimes::default(),
+                spread_margin: 0.0,
             }),
+            origin: Instant::now(),
         }
     }
 
@@ -312,9 +367,44 @@ impl SendLog {
     fn set_steps(&self, state: &mut SendLogState, steps: u32, now: Instant, account: &Pacer) -> u32 {
         state.steps = steps;
         state.changed = Some(now);
-        state.window = spacing(self.cap, margin_after(steps)).1;
-        account.set_margin(margin_after(steps));
+        Self::apply(state, self.cap, account);
         steps
+    }
+
+    /// Studio answered a create admitted at `sent_at` (a 429 too: it
+    /// arrived); the margin follows the spread of answer times, never
+    /// below the 429 steps' and never over their widest. `Some(margin)`
+    /// when it moved by a tenth of a percent or more.
+    fn answered(&self, sent_at: Instant, now: Instant, account: &Pacer) -> Option<f64> {
+        let mut state = self.lock();
+        let bucket = (now.saturating_duration_since(self.origin).as_millis() / SPREAD_BUCKET.as_millis()) as u64;
+        let spread = state.answers.add(bucket, now.saturating_duration_since(sent_at));
+        let wanted = (spread.as_secs_f64() / Duration::from_secs(1).as_secs_f64()).min(margin_after(MARGIN_STEPS));
+        if (wanted - state.spread_margin).abs() < 0.001 {
+            return None;
+        }
+        let before = state.margin();
+        state.spread_margin = wanted;
+        if (state.margin() - before).abs() < 1e-12 {
+            return None;
+        }
+        Self::apply(&mut state, self.cap, account);
+        Some(state.margin())
+    }
+
+    /// Puts the margin in force here and on `account`.
+    fn apply(state: &mut SendLogState, cap: usize, account: &Pacer) {
+        let margin = state.margin();
+        state.window = spacing(cap, margin).1;
+        account.set_margin(margin);
+    }
+}
+
+impl SendLogState {
+    /// The margin in force: the 429 steps', or the answer times' spread if
+    /// wider.
+    fn margin(&self) -> f64 {
+        margin_after(self.steps).max(self.spread_margin)
     }
 }
 
@@ -596,9 +686,9 @@ impl RateLimits {
                 // Made late by the check: the next slot.
                 Some(_) => {}
                 None => {
-                    if let Some(steps) = self.sends.relaxed(now, &self.account) {
+                    if self.sends.relaxed(now, &self.account).is_some() {
                         tracing::info!(
-                            margin = margin_after(steps),
+                            margin = self.margin(),
                             "no 429 for five minutes: the send rate's margin narrows"
                         );
                     }
@@ -620,8 +710,8 @@ impl RateLimits {
         if self.shared.is_some() {
             return;
         }
-        if let Some(steps) = self.sends.throttled(sent_at, Instant::now(), &self.account) {
-            tracing::warn!(margin = margin_after(steps), "Studio answered 429: the send rate's margin widens");
+        if self.sends.throttled(sent_at, Instant::now(), &self.account).is_some() {
+            tracing::warn!(margin = self.margin(), "Studio answered 429: the send rate's margin widens");
         }
     }
 
@@ -632,7 +722,20 @@ impl RateLimits {
         if self.shared.is_some() {
             return SHARED_MARGIN;
         }
-        margin_after(self.sends.lock().steps)
+        self.sends.lock().margin()
+    }
+
+    /// Studio answered a create sent at `sent_at` (from
+    /// [`turn_to_send`](Self::turn_to_send)), 429 or not: in one process
+    /// the spread of answer times sets the account's margin (see
+    /// [`SPREAD_HORIZON`]).
+    pub fn create_answered(&self, sent_at: Instant) {
+        if self.shared.is_some() {
+            return;
+        }
+        if let Some(margin) = self.sends.answered(sent_at, Instant::now(), &self.account) {
+            tracing::debug!(margin, "answer times spread: the send rate's margin follows");
+        }
     }
 
     /// Account-wide send slots handed out so far (each is a create that was
@@ -1016,5 +1119,39 @@ mod tests {
             assert!((limits.margin() - margin).abs() < 1e-9, "{}", limits.margin());
         }
         about(window_now(&limits, 10).await, 1010.1);
+    }
+
+    /// The margin follows the spread of answer times over the last ten
+    /// seconds, up to the 429 steps' widest, and never below what 429s set.
+    #[tokio::test(start_paused = true)]
+    async fn the_margin_widens_with_the_spread_of_answer_times_and_narrows_when_it_passes() {
+        let limits = RateLimits::new(10);
+        let answered = |took: u64| limits.create_answered(Instant::now() - Duration::from_micros(took));
+        let close = |want: f64| assert!((limits.margin() - want).abs() < 1e-9, "{} not {want}", limits.margin());
+        answered(300);
+        close(0.01);
+        // 0.3 to 15.3 ms: 1.5 %, on the pace and the send log's window alike.
+        answered(15_300);
+        close(0.015);
+        assert!((limits.account.period().as_secs_f64() - 1.0 / (10.0 * 0.985)).abs() < 1e-9);
+        let window = window_now(&limits, 10).await.as_secs_f64() * 1000.0;
+        assert!((1015.2..1016.3).contains(&window), "a window of {window} ms");
+        // A second's spread asks for more than the widest margin.
+        answered(1_000_300);
+        close(0.025);
+        // Ten seconds of even answers and the spread is gone.
+        tokio::time::advance(SPREAD_HORIZON).await;
+        answered(500);
+        answered(700);
+        close(0.01);
+        // A 429's step is kept under a narrower spread, and a wider one wins.
+        let sent = limits.turn_to_send(|| std::future::ready(None::<()>)).await.unwrap();
+        limits.create_throttled(sent);
+        close(0.0175);
+        answered(20_500);
+        close(0.02);
+        tokio::time::advance(SPREAD_HORIZON).await;
+        answered(500);
+        close(0.0175);
     }
 }

@@ -132,6 +132,10 @@ impl<S: StudioApi> Dispatcher<S> {
                 Err(outcome) => return (outcome, None),
             };
             let result = self.studio.create_execution(&ctx.flow, &request).await;
+            // Only a request Studio answered says how long the way there took.
+            if result.as_ref().map_or_else(|e| e.http_status().is_some(), |_| true) {
+                self.limits.create_answered(sent_at);
+            }
             match &result {
                 Err(StudioError::Throttled { .. }) => self.limits.create_throttled(sent_at),
                 _ => *sent += 1,
