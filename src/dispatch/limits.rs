@@ -223,8 +223,8 @@ struct SendLogState {
     /// How long creates took from admission here to Studio's answer, over
     /// the last [`SPREAD_HORIZON`]: their spread widens the margin.
     answers: AnswerTimes,
-    /// The margin the spread of answer times asks for (0 when it is within
-    /// the base margin).
+    /// The margin the spread of answer times asks for (no effect while it is
+    /// under the 429 steps' margin).
     spread_margin: f64,
 }
 
@@ -240,6 +240,9 @@ impl AnswerTimes {
     /// (slowest less fastest) over the horizon.
     fn add(&mut self, bucket: u64, took: Duration) -> Duration {
         let horizon = SPREAD_HORIZON.as_millis() as u64 / SPREAD_BUCKET.as_millis() as u64;
+        // Two answers read the clock before taking the log's lock in either
+        // order: the later bucket stands for both, so the list stays in order.
+        let bucket = bucket.max(self.buckets.back().map_or(0, |&(b, _, _)| b));
         while self.buckets.front().is_some_and(|&(b, _, _)| b + horizon <= bucket) {
             self.buckets.pop_front();
         }
@@ -252,7 +255,7 @@ impl AnswerTimes {
         }
         let fastest = self.buckets.iter().map(|&(_, f, _)| f).min().unwrap_or_default();
         let slowest = self.buckets.iter().map(|&(_, _, s)| s).max().unwrap_or_default();
-        slowest - fastest
+        slowest.saturating_sub(fastest)
     }
 }
 
@@ -273,11 +276,12 @@ const MARGIN_RELAX: Duration = Duration::from_secs(300);
 /// buckets they are kept in.
 ///
 /// Studio counts a create when it arrives. Creates admitted here a window
-/// apart arrive less than a window apart when the earlier one's way there
-/// was quicker than the later one's; how much quicker is bounded, as far as
-/// this process can see, by the spread of the answer times (admission to
-/// answer). A margin of that spread over a second keeps the arrivals within
-/// the cap, so the margin widens *before* a 429 (each of which holds every
+/// apart arrive less than a second apart when the earlier one's way there
+/// was slower than the later one's; by how much, this process can only
+/// estimate, from the spread of the answer times (admission to answer: the
+/// way there, Studio's work and the way back). A margin of that spread over
+/// a second keeps the arrivals within the cap while the estimate holds, so
+/// the margin widens *before* a 429 (each of which holds every
 /// create for Studio's `Retry-After`, a second: 3 % of a 30-second run)
 /// rather than after one (see [`MARGIN_STEP`] for how far apart answers
 /// came on a loaded machine).
@@ -374,7 +378,8 @@ impl SendLog {
     /// Studio answered a create admitted at `sent_at` (a 429 too: it
     /// arrived); the margin follows the spread of answer times, never
     /// below the 429 steps' and never over their widest. `Some(margin)`
-    /// when it moved by a tenth of a percent or more.
+    /// when the margin in force changed (the spread's own figure moves by a
+    /// tenth of a percent or more before it is taken up).
     fn answered(&self, sent_at: Instant, now: Instant, account: &Pacer) -> Option<f64> {
         let mut state = self.lock();
         let bucket = (now.saturating_duration_since(self.origin).as_millis() / SPREAD_BUCKET.as_millis()) as u64;
@@ -689,7 +694,7 @@ impl RateLimits {
                     if self.sends.relaxed(now, &self.account).is_some() {
                         tracing::info!(
                             margin = self.margin(),
-                            "no 429 for five minutes: the send rate's margin narrows"
+                            "no 429 for five minutes: the 429 steps' margin narrows one step"
                         );
                     }
                     // Another create may have taken the room during the check.
@@ -710,12 +715,15 @@ impl RateLimits {
         if self.shared.is_some() {
             return;
         }
-        if self.sends.throttled(sent_at, Instant::now(), &self.account).is_some() {
+        let before = self.margin();
+        // A step the spread's wider margin already covers changes nothing.
+        if self.sends.throttled(sent_at, Instant::now(), &self.account).is_some() && self.margin() > before {
             tracing::warn!(margin = self.margin(), "Studio answered 429: the send rate's margin widens");
         }
     }
 
-    /// The account's margin below its rate now: 1 %, widened by 429s (see
+    /// The account's margin below its rate now: 1 %, widened by the spread
+    /// of answer times (see [`create_answered`](Self::create_answered)) or by 429s (see
     /// [`create_throttled`](Self::create_throttled)); the shared grid's fixed
     /// margin with several instances.
     pub fn margin(&self) -> f64 {
