@@ -515,14 +515,7 @@ async fn a_dispatch_stopped_by_a_ledger_error_writes_the_creates_it_holds() {
     // a request is still out, and with no batch due for a minute the next
     // claim (the third job's) comes before that outcome's batch: the record
     // and the outcome wait in memory when the claim is refused.
-    let studio = FailingCreates {
-        hold: Some((1, Arc::new(tokio::sync::Semaphore::new(0)))),
-        ..FailingCreates::new(
-            http_studio(&sim.url()),
-            0,
-            StudioError::Transient { message: "unused".into(), status: None, ambiguous: false },
-        )
-    };
+    let studio = FailingCreates::held_at_second(http_studio(&sim.url()), Arc::new(tokio::sync::Semaphore::new(0)));
     let settings = DispatchSettings { concurrency: 2, flush_every: Duration::from_secs(60), ..fast_settings() };
     let dispatcher = Dispatcher::new(
         app.store().await,
@@ -565,6 +558,12 @@ struct FailingCreates {
 impl FailingCreates {
     fn new(inner: HttpStudio, failures: u32, error: StudioError) -> Self {
         FailingCreates { inner, remaining: AtomicU32::new(failures), error, hold: None, creates: AtomicU32::new(0) }
+    }
+
+    /// Fails nothing; the second create waits for a permit of `gate`.
+    fn held_at_second(inner: HttpStudio, gate: Arc<tokio::sync::Semaphore>) -> Self {
+        let unused = StudioError::Transient { message: "unused".into(), status: None, ambiguous: false };
+        FailingCreates { hold: Some((1, gate)), ..FailingCreates::new(inner, 0, unused) }
     }
 }
 
@@ -651,14 +650,7 @@ async fn an_outcome_is_recorded_while_every_request_slot_is_still_busy() {
     let app = TestApp::new();
     let (_, run) = started_run(&app, 2, "").await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let studio = FailingCreates {
-        hold: Some((1, Arc::clone(&gate))),
-        ..FailingCreates::new(
-            http_studio(&sim.url()),
-            0,
-            StudioError::Transient { message: "unused".into(), status: None, ambiguous: false },
-        )
-    };
+    let studio = FailingCreates::held_at_second(http_studio(&sim.url()), Arc::clone(&gate));
     let settings = DispatchSettings { concurrency: 1, idle_poll: Duration::from_secs(60), ..fast_settings() };
     let (_dispatcher, running) = spawn_dispatch(&app, run, studio, settings).await;
 
@@ -783,14 +775,7 @@ async fn a_slow_answer_widens_the_accounts_margin_before_any_429() {
     let app = TestApp::new();
     let (_, run) = started_run(&app, 3, "").await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let studio = FailingCreates {
-        hold: Some((1, Arc::clone(&gate))),
-        ..FailingCreates::new(
-            http_studio(&sim.url()),
-            0,
-            StudioError::Transient { message: "unused".into(), status: None, ambiguous: false },
-        )
-    };
+    let studio = FailingCreates::held_at_second(http_studio(&sim.url()), Arc::clone(&gate));
     let (dispatcher, running) = spawn_dispatch(&app, run, studio, fast_settings()).await;
     assert!((dispatcher.limits().margin() - 0.01).abs() < 1e-9, "{}", dispatcher.limits().margin());
 
