@@ -402,11 +402,14 @@ impl<S: StudioApi> Dispatcher<S> {
                         let permit = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                         let this = self.clone();
                         let ctx = Arc::clone(&ctx);
-                        tasks.spawn(async move {
+                        // Boxed here, once: the job's future holds a whole
+                        // request's state, and spawning it unboxed copied it
+                        // four times on its way into the task.
+                        tasks.spawn(Box::pin(async move {
                             let processed = this.process(&ctx, job).await;
                             drop(permit);
                             processed
-                        });
+                        }));
                     }
                     continue;
                 }

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::client::ListMeta;
+use super::client::{ListMeta, with_form};
 use super::{CreateRequest, Execution, HttpStudio, ListFilter, Step, StudioApi, StudioResult};
 use crate::domain::FlowSid;
 
@@ -49,7 +49,7 @@ impl StudioApi for HttpStudio {
             Some(url) => self.client.post(url),
             None => self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions"))),
         };
-        self.send("create", request.form(&form), true).await
+        self.send("create", with_form(request, &form), true).await
     }
 
     async fn fetch_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
@@ -58,8 +58,12 @@ impl StudioApi for HttpStudio {
 
     async fn end_execution(&self, flow: &FlowSid, sid: &str) -> StudioResult<Execution> {
         let form = [("Status", "ended")];
-        self.send("end", self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))).form(&form), false)
-            .await
+        self.send(
+            "end",
+            with_form(self.client.post(self.url(&format!("/v2/Flows/{flow}/Executions/{sid}"))), &form),
+            false,
+        )
+        .await
     }
 
     async fn list_executions(&self, flow: &FlowSid, filter: &ListFilter) -> StudioResult<Vec<Execution>> {

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::client::ListMeta;
+use super::client::{ListMeta, with_form};
 use super::{HttpStudio, StudioError, StudioResult};
 
 /// A Flow as Studio describes it (the fields flowcast uses).
@@ -48,8 +48,9 @@ impl HttpStudio {
             valid: Option<bool>,
         }
         let form = [("FriendlyName", name), ("Status", status), ("Definition", definition)];
-        let answer: Valid =
-            self.send("flow_validate", self.client.post(self.url("/v2/Flows/Validate")).form(&form), false).await?;
+        let answer: Valid = self
+            .send("flow_validate", with_form(self.client.post(self.url("/v2/Flows/Validate")), &form), false)
+            .await?;
         match answer.valid {
             Some(false) => Err(StudioError::Invalid(super::TwilioError::from_body(
                 200,
@@ -68,7 +69,7 @@ impl HttpStudio {
         message: &str,
     ) -> StudioResult<FlowInfo> {
         let form = [("FriendlyName", name), ("Status", status), ("Definition", definition), ("CommitMessage", message)];
-        self.send("flow_create", self.client.post(self.url("/v2/Flows")).form(&form), false).await
+        self.send("flow_create", with_form(self.client.post(self.url("/v2/Flows")), &form), false).await
     }
 
     /// `POST /v2/Flows/{FW}`: a new revision of an existing Flow.
@@ -80,7 +81,7 @@ impl HttpStudio {
         message: &str,
     ) -> StudioResult<FlowInfo> {
         let form = [("Status", status), ("Definition", definition), ("CommitMessage", message)];
-        self.send("flow_update", self.client.post(self.url(&format!("/v2/Flows/{sid}"))).form(&form), false).await
+        self.send("flow_update", with_form(self.client.post(self.url(&format!("/v2/Flows/{sid}"))), &form), false).await
     }
 
     /// `GET /v2/Flows/{FW}`.
@@ -156,7 +157,7 @@ impl HttpStudio {
         let users: Users = self
             .send(
                 "flow_test_users",
-                self.client.post(self.url(&format!("/v2/Flows/{sid}/TestUsers"))).form(&form),
+                with_form(self.client.post(self.url(&format!("/v2/Flows/{sid}/TestUsers"))), &form),
                 false,
             )
             .await?;

@@ -6,7 +6,7 @@ use std::ops::Deref;
 
 use rusqlite::Connection;
 
-use super::suppressions::{self, RunFacts};
+use super::suppressions::{self, Covering, RunFacts};
 use crate::store::checks::{Answer, Draining};
 
 /// Answers every waiting check with the connection `reader` gives, then
@@ -15,16 +15,25 @@ pub(super) fn drain<C: Deref<Target = Connection>>(mut draining: Draining, reade
     while let Some(batch) = draining.next_batch() {
         let conn = reader();
         let mut runs: Vec<(i64, RunFacts)> = Vec::new();
+        let mut covering = None;
         for check in batch {
-            let answer = answer(&conn, &mut runs, check.run_id, &check.phone);
+            let answer = answer(&conn, &mut covering, &mut runs, check.run_id, &check.phone);
             // A caller that gave up waiting has dropped its receiver.
             let _ = check.reply.send(answer);
         }
     }
 }
 
-/// One check's answer, its run's facts read once per batch.
-fn answer(conn: &Connection, runs: &mut Vec<(i64, RunFacts)>, run_id: i64, phone: &str) -> Answer {
+/// One check's answer, its run's facts read and the lookup's statement
+/// taken once per batch (a failure to take it fails this check; the next
+/// tries again).
+fn answer<'c>(
+    conn: &'c Connection,
+    covering: &mut Option<Covering<'c>>,
+    runs: &mut Vec<(i64, RunFacts)>,
+    run_id: i64,
+    phone: &str,
+) -> Answer {
     let at = match runs.iter().position(|(id, _)| *id == run_id) {
         Some(at) => at,
         None => {
@@ -33,5 +42,9 @@ fn answer(conn: &Connection, runs: &mut Vec<(i64, RunFacts)>, run_id: i64, phone
         }
     };
     let run = &runs[at].1;
-    Ok((run.state, suppressions::covering(conn, phone, &run.campaign, run.kind, run.channel)?))
+    let covering = match covering {
+        Some(covering) => covering,
+        None => covering.insert(Covering::new(conn)?),
+    };
+    Ok((run.state, covering.find(phone, &run.scopes)?))
 }
