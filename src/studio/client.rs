@@ -88,6 +88,12 @@ impl HttpStudio {
             .connect_timeout(config.connect_timeout)
             .user_agent(concat!("flowcast/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(64)
+            // The client never sends a request twice: what is sent again, and
+            // when, is the dispatcher's to decide (a create sent twice is a
+            // contact reached twice). Over HTTP/1, all this client speaks,
+            // reqwest's default policy had nothing to retry, yet it copied
+            // every request for a retry that could not come.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .build()?;
         Ok(HttpStudio {
             client,
