@@ -299,3 +299,65 @@ async fn steps_are_listed_across_pages_and_a_steps_context_is_read() {
     gone.assert_async().await;
     assert_eq!(err.class(), "not_found");
 }
+
+/// Reads one HTTP/1 request (head and `Content-Length` body) from `socket`;
+/// `false` when the client closed the connection first.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if data.len() >= end + 4 + length {
+                return true;
+            }
+        }
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_create_whose_connection_closes_unanswered_is_sent_once_and_left_ambiguous() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    // A server that answers the first create and closes the connection on
+    // every later one after reading it whole (as a server that crashed while
+    // acting on it would).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let body = execution_body(SID, "+12015550123", "active");
+    tokio::spawn({
+        let requests = Arc::clone(&requests);
+        async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                while read_request(&mut socket).await {
+                    if requests.fetch_add(1, Ordering::SeqCst) > 0 {
+                        break;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    socket.write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        }
+    });
+    let studio = http_studio(&url);
+    assert_eq!(studio.create_execution(&flow(), &request()).await.unwrap().sid, SID);
+    // The second goes on the connection the first left open, and is read.
+    let e = studio.create_execution(&flow(), &request()).await.unwrap_err();
+    assert!(matches!(e, StudioError::Transient { ambiguous: true, .. }), "{e:?}");
+    // The client did not send it again on a new connection: what happens
+    // next is the dispatcher's reconciliation.
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}
