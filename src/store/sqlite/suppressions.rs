@@ -69,9 +69,9 @@ pub fn covering(
 }
 
 /// [`covering`]'s lookup, its statement taken from the cache once for many
-/// phones (the pre-send checks of a batch): taking it and handing it back
-/// for each phone cost a create's check 1,600 of its 8,100 instructions
-/// under callgrind.
+/// phones (the pre-send checks of a batch), the run's scopes bound once:
+/// taking it, handing it back and binding all five values for each phone,
+/// a create's check cost 9,400 instructions under callgrind, 6,200 this way.
 pub(super) struct Covering<'c> {
     stmt: rusqlite::CachedStatement<'c>,
     /// The scopes bound now: most checks of a batch are of one run, and the
