@@ -26,6 +26,7 @@
 //! paths against the library.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::{LazyLock, OnceLock};
 
@@ -151,14 +152,26 @@ fn decide(t: &Tables, raw: &str, default: Option<usize>) -> Result<Verdict, Stop
     if value >= 1 << 56 {
         return Err(Stop::Unparseable);
     }
-    let national = format!("{}{value}", "0".repeat(zeros));
+    // The national part is digits alone, so its value printed after its
+    // leading zeros is the text itself (a `format!` of the two cost about
+    // 700 instructions a number under callgrind).
+    let national = number.national;
+    debug_assert_eq!(national, format!("{}{value}", "0".repeat(zeros)));
 
     let valid = match source_for(t, code, &national)? {
         Some((_, Some(known))) => known,
         Some((region, None)) => t.entries[region].compiled().is_valid(&national),
         None => false,
     };
-    Ok(if valid { Verdict::Valid(format!("+{code}{national}")) } else { Verdict::Invalid })
+    if !valid {
+        return Ok(Verdict::Invalid);
+    }
+    let mut e164 = String::with_capacity(national.len() + 6);
+    e164.push('+');
+    // Writing into a `String` cannot fail.
+    let _ = write!(e164, "{code}");
+    e164.push_str(&national);
+    Ok(Verdict::Valid(e164))
 }
 
 const MIN_LENGTH_FOR_NSN: usize = 2;
@@ -204,7 +217,10 @@ fn is_viable(national: &str) -> bool {
 
 /// Digits only: what the library's normalising leaves of plain text.
 fn digits_of(text: &str) -> String {
-    text.chars().filter(char::is_ascii_digit).collect()
+    // Sized once: collected a char at a time, the string grew as it went.
+    let mut digits = String::with_capacity(text.len());
+    digits.extend(text.bytes().filter(u8::is_ascii_digit).map(char::from));
+    digits
 }
 
 /// The library's `country_code` with its `international_prefix` step.
