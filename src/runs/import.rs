@@ -22,8 +22,8 @@ pub const BATCH_ROWS: usize = 2_000;
 /// dirtied to the log; a large run's phones land on random pages of the
 /// unique (phone, run) index, so 2,000 rows wrote about a page each, and a
 /// million-row import took 10.3-10.8 s where batches growing to 65,536 rows
-/// took 6.4-6.5 s (peak RSS 104 -> 127 MB: the batch and half of one more
-/// buffered; the reader may now be a whole batch ahead, see `import_run`).
+/// took 6.4-6.5 s (peak RSS 104 -> 127 MB, the batch and half of one more
+/// in memory; how far ahead the reader may be is set in `import_run`).
 pub const LONE_BATCH_ROWS: usize = 65_536;
 
 /// Rows the reader hands over at a time.
@@ -85,12 +85,12 @@ pub async fn import_run(
     let resume_after = resume.first();
     // Reading the CSV, normalising phones and rendering each row run on a
     // blocking thread; the ledger writes each batch on the blocking pool
-    // meanwhile. A bounded channel keeps memory flat: a whole large batch,
-    // so that the next one is read while one is written (with half a batch
-    // the writer waited for the other half after each: a million-row import
-    // 84,500-87,300 rows/s, 92,800-100,900 with a whole one, peak RSS 114 ->
-    // 124 MB). Dropping the receiver (a cancel) stops the reader at its next
-    // chunk.
+    // meanwhile. A bounded channel keeps memory flat. It holds a whole
+    // large batch, so the reader need not stop half a batch ahead while one
+    // is written: a million-row import took 78,700-87,300 rows/s with half
+    // a batch and 92,800-100,900 with a whole one, alternately, peak RSS
+    // 114 -> 124 MB. Dropping the receiver (a cancel) stops the reader at
+    // its next chunk.
     let (chunks, mut received) =
         tokio::sync::mpsc::channel::<Result<Vec<ImportRow>, ContactsError>>(LONE_BATCH_ROWS / READ_CHUNK);
     let owned = campaign.clone();
