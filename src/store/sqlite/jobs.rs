@@ -1228,6 +1228,22 @@ mod tests {
         (line, p.clone(), RowOutcome::Duplicate, format!("duplicate phone {p}; the first row with it is kept"))
     }
 
+    /// A new run of campaign "c" whose `job.skipped` events are notified.
+    async fn run_notifying_skips(store: &Store) -> i64 {
+        let notified = NewRun {
+            policy: ConflictPolicy::from_parts("skip", None).unwrap(),
+            rate: None,
+            limits_exempt: false,
+            ..crate::store::postgres::runs::tests::new_run("c", "k1", Some(&["job.skipped"]))
+        };
+        store.create_run(notified, T0).await.unwrap().expect("a new run")
+    }
+
+    /// A run's refused rows as `duplicate` writes them: line, phone, outcome, reason.
+    async fn refused_rows(store: &Store, run: i64) -> Vec<(i64, String, RowOutcome, String)> {
+        store.refused_rows(run).await.unwrap().into_iter().map(|r| (r.line, r.raw_phone, r.outcome, r.reason)).collect()
+    }
+
     async fn suppress(store: &Store, phone_no: usize, scope: Scope, reason: Option<&str>) {
         assert!(store.suppress(&Phone::from_e164(phone(phone_no)), &scope, reason, "cli", T0).await.unwrap());
     }
@@ -1242,13 +1258,7 @@ mod tests {
         let store = Store::open_path(&tmp.path().join("ledger.db")).await.unwrap();
         suppress(&store, 1, Scope::All, Some("STOP")).await;
         suppress(&store, 70, Scope::All, None).await;
-        let notified = NewRun {
-            policy: ConflictPolicy::from_parts("skip", None).unwrap(),
-            rate: None,
-            limits_exempt: false,
-            ..crate::store::postgres::runs::tests::new_run("c", "k1", Some(&["job.skipped"]))
-        };
-        let run = store.create_run(notified, T0).await.unwrap().expect("a new run");
+        let run = run_notifying_skips(&store).await;
         let rows = || (0..100).map(|i| job(i as u64 + 2, i, None)).chain([job(102, 1, None)]).collect::<Vec<_>>();
         assert_eq!(import(&store, run, rows(), T0).await, counts(100, 0, 1));
         let quiet = new_run(&store, "c", "k2", None).await;
@@ -1284,13 +1294,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open_path(&tmp.path().join("ledger.db")).await.unwrap();
         suppress(&store, 1, Scope::All, None).await;
-        let notified = NewRun {
-            policy: ConflictPolicy::from_parts("skip", None).unwrap(),
-            rate: None,
-            limits_exempt: false,
-            ..crate::store::postgres::runs::tests::new_run("c", "k1", Some(&["job.skipped"]))
-        };
-        let run = store.create_run(notified, T0).await.unwrap().expect("a new run");
+        let run = run_notifying_skips(&store).await;
         assert_eq!(import(&store, run, vec![job(2, 0, None)], T0).await, counts(1, 0, 0));
         // Four rows, one INSERT: phone 1 twice (the first skipped), phone 0
         // from the first batch, and a new phone.
@@ -1298,13 +1302,7 @@ mod tests {
         assert_eq!(import(&store, run, rows, T0).await, counts(2, 0, 2));
 
         assert_eq!(jobs(&store, run).await, [pending(0), skipped(1, "suppressed: scope all", T0), pending(2)]);
-        let refused: Vec<(i64, String, RowOutcome, String)> = store
-            .refused_rows(run)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.line, r.raw_phone, r.outcome, r.reason))
-            .collect();
+        let refused = refused_rows(&store, run).await;
         assert_eq!(refused, [duplicate(4, 1), duplicate(5, 0)]);
         let page = store.jobs_page(run, None, 0, 10).await.unwrap();
         let events = store.outbox_page(None, 0, 10).await.unwrap();
@@ -1899,13 +1897,7 @@ mod tests {
                 skipped(9, &already_sent, t2),
             ]
         );
-        let refused: Vec<(i64, String, RowOutcome, String)> = store
-            .refused_rows(b)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.line, r.raw_phone, r.outcome, r.reason))
-            .collect();
+        let refused = refused_rows(&store, b).await;
         assert_eq!(refused, [duplicate(9, 2), duplicate(11, 7)]);
         let run = store.get_run(b).await.unwrap();
         assert_eq!((run.rows_total, run.imported, run.rejected, run.duplicates), (11, 9, 0, 2));
@@ -2007,13 +1999,7 @@ mod tests {
         assert_eq!(jobs(&store, run).await, expected);
         let page = store.jobs_page(run, None, 0, 500).await.unwrap();
         assert!(page.windows(2).all(|w| w[0].line < w[1].line), "ids follow the file's lines");
-        let recorded: Vec<(i64, String, RowOutcome, String)> = store
-            .refused_rows(run)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.line, r.raw_phone, r.outcome, r.reason))
-            .collect();
+        let recorded = refused_rows(&store, run).await;
         assert_eq!(recorded, refused);
     }
 }
