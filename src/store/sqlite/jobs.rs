@@ -59,6 +59,13 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 /// for the ledger.
 const SLICE_ROWS: usize = 64;
 
+/// An import transaction of more rows than this was written with the ledger
+/// to itself: batches written beside other writes are 2,000 rows at most
+/// (`runs::import::BATCH_ROWS`), and any write that waited would have cut
+/// the transaction short. Its commit leaves the log to the checkpointer's
+/// thread (see `checkpointer::LONE_IMPORT_PAGES`).
+const LONE_COMMIT_ROWS: usize = 4_096;
+
 /// Writes a batch of imported rows, in one transaction unless another write
 /// waits for the ledger. A phone already in the run is a duplicate: the
 /// first row stays, this one is recorded as such.
@@ -95,7 +102,9 @@ pub fn import_batch(
         if super::runs::run_state(&tx, run_id)? == RunState::Cancelled {
             return Ok(counts);
         }
+        let mut rows = 0;
         while let Some(slice) = slices.next() {
+            rows += slice.len();
             let covers = match slices.peek() {
                 Some(_) => slice.last().map_or(last_line, ImportRow::line),
                 None => last_line,
@@ -105,7 +114,16 @@ pub fn import_batch(
                 break;
             }
         }
-        tx.commit()?;
+        let lone = rows > LONE_COMMIT_ROWS;
+        if lone {
+            db.checkpointer.large_commit();
+            super::checkpointer::leave_log_to_thread(&tx)?;
+        }
+        let committed = tx.commit();
+        if lone {
+            super::checkpointer::checkpoint_long_log(&conn)?;
+        }
+        committed?;
         if slices.peek().is_none() {
             return Ok(counts);
         }
@@ -1640,6 +1658,49 @@ mod tests {
         assert!(at > 0, "the batch handed the writer over");
         assert!(i.ledger.shared_at(at + super::super::SHARED_FOR_MS - 1));
         assert!(!i.ledger.shared_at(at + super::super::SHARED_FOR_MS), "a second later, alone again");
+    }
+
+    /// The log's pages and how many of them are copied into the file, once
+    /// the ledger's writer has written about `pages` pages of filler to it
+    /// in one transaction (below its own checkpoint) and `rows` new jobs in
+    /// one import batch, with the checkpointer's thread held all along.
+    async fn log_after_import(pages: usize, rows: usize) -> (i64, i64) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        // The store, and its own checkpointer, closed before the ledger is
+        // opened again alone.
+        let run = new_run(&Store::open_path(&path).await.unwrap(), "c", "k", None).await;
+        let ledger = super::super::Sqlite::open(&path).unwrap();
+        let _thread = ledger.checkpointer.hold();
+        ledger.writer().execute_batch("CREATE TABLE filler (b BLOB)").unwrap();
+        {
+            let mut conn = ledger.writer();
+            let tx = super::super::write_transaction(&mut conn).unwrap();
+            for _ in 0..pages {
+                tx.execute("INSERT INTO filler (b) VALUES (zeroblob(4000))", []).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let before = super::super::checkpointer::log_state(&ledger.reader(), "NOOP").unwrap();
+        assert!(before.copied == 0 && before.pages < super::super::checkpointer::WRITER_PAGES, "{before:?}");
+        let items: Vec<ImportRow> = (0..rows).map(|i| job(i as u64 + 2, i, None)).collect();
+        super::import_batch(&ledger, run, &items, rows as u64 + 1, T0, T0).unwrap();
+        let auto: i64 = ledger.writer().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+        assert_eq!(auto, super::super::checkpointer::WRITER_PAGES, "the writer's own checkpoint is back");
+        let after = super::super::checkpointer::log_state(&ledger.reader(), "NOOP").unwrap();
+        (after.pages, after.copied)
+    }
+
+    /// The commit of a large import batch written alone takes the log past
+    /// the writer's own checkpoint and leaves the copy to the checkpointer's
+    /// thread; a batch of the size written beside other writes does not.
+    #[tokio::test]
+    async fn a_large_import_batch_leaves_the_logs_copy_to_the_checkpointer() {
+        let limit = super::super::checkpointer::WRITER_PAGES;
+        let (pages, copied) = log_after_import(limit as usize - 40, super::LONE_COMMIT_ROWS + 1).await;
+        assert!(pages > limit && copied == 0, "the writer copied the log: {pages} pages, {copied} copied");
+        let (pages, copied) = log_after_import(limit as usize - 40, 2_000).await;
+        assert!(pages > limit && copied == pages, "the writer left the log: {pages} pages, {copied} copied");
     }
 
     /// A batch for a run cancelled before it (while the import read the
