@@ -59,11 +59,11 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 /// for the ledger.
 const SLICE_ROWS: usize = 64;
 
-/// An import transaction of more rows than this was written with the ledger
-/// to itself: batches written beside other writes are 2,000 rows at most
-/// (`runs::import::BATCH_ROWS`), and any write that waited would have cut
-/// the transaction short. Its commit leaves the log to the checkpointer's
-/// thread (see `checkpointer::LONE_IMPORT_PAGES`).
+/// An import transaction of more rows than this that ends its batch was
+/// written with the ledger to itself: batches written beside other writes
+/// are 2,000 rows at most (`runs::import::BATCH_ROWS`), and a write that
+/// waited cuts the transaction short. Its commit leaves the log to the
+/// checkpointer's thread (see `checkpointer::LONE_IMPORT_PAGES`).
 const LONE_COMMIT_ROWS: usize = 4_096;
 
 /// Writes a batch of imported rows, in one transaction unless another write
@@ -114,14 +114,18 @@ pub fn import_batch(
                 break;
             }
         }
-        let lone = rows > LONE_COMMIT_ROWS;
+        // A transaction cut short by a waiting write is not one: that write
+        // commits next, and must not find the log left long.
+        let lone = rows > LONE_COMMIT_ROWS && slices.peek().is_none();
         if lone {
             db.checkpointer.large_commit();
             super::checkpointer::leave_log_to_thread(&tx)?;
         }
         let committed = tx.commit();
-        if lone {
-            super::checkpointer::checkpoint_long_log(&conn)?;
+        if lone && let Err(e) = super::checkpointer::checkpoint_long_log(&conn) {
+            // Setting a number on the connection: not seen to fail. The
+            // batch's outcome is the commit's either way.
+            tracing::warn!(error = %e, "the ledger writer's checkpoint limit could not be put back");
         }
         committed?;
         if slices.peek().is_none() {
@@ -1688,6 +1692,8 @@ mod tests {
         let auto: i64 = ledger.writer().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
         assert_eq!(auto, super::super::checkpointer::WRITER_PAGES, "the writer's own checkpoint is back");
         let after = super::super::checkpointer::log_state(&ledger.reader(), "NOOP").unwrap();
+        let large = ledger.checkpointer.large_commits();
+        assert_eq!(large, u64::from(rows > super::LONE_COMMIT_ROWS), "large commits told to the thread");
         (after.pages, after.copied)
     }
 
