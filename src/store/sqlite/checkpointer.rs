@@ -297,6 +297,20 @@ mod tests {
         tx.commit().unwrap();
     }
 
+    /// A new ledger in a folder of its own, and its log file's path.
+    fn ledger_and_log() -> (tempfile::TempDir, Sqlite, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowcast.db");
+        let ledger = Sqlite::open(&path).unwrap();
+        let wal = wal_path(&path.canonicalize().unwrap());
+        (dir, ledger, wal)
+    }
+
+    /// The log file's length, 0 when there is none.
+    fn log_file_len(wal: &Path) -> u64 {
+        std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
     fn log(ledger: &Sqlite) -> LogState {
         log_state(&ledger.reader(), "NOOP").unwrap()
     }
@@ -383,10 +397,8 @@ mod tests {
     /// once nothing is in it, on a ledger with no import.
     #[test]
     fn a_long_log_file_is_emptied_once_copied() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
-        let wal = wal_path(&dir.path().join("flowcast.db"));
-        let len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let (_dir, ledger, wal) = ledger_and_log();
+        let len = || log_file_len(&wal);
         let thread = ledger.checkpointer.hold();
         let looks = ledger.checkpointer.looks();
         fill(&ledger, TRIM_PAGES as usize + 500);
@@ -409,10 +421,8 @@ mod tests {
     /// after the last, it is emptied.
     #[test]
     fn a_long_log_file_is_kept_while_an_import_commits_large_transactions() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
-        let wal = wal_path(&dir.path().join("flowcast.db"));
-        let len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let (_dir, ledger, wal) = ledger_and_log();
+        let len = || log_file_len(&wal);
         ledger.checkpointer.large_commit();
         fill(&ledger, TRIM_PAGES as usize + 500);
         let start = Instant::now();
@@ -443,12 +453,10 @@ mod tests {
     /// as the ledger is: only a long one is emptied.
     #[test]
     fn a_log_file_of_the_usual_length_is_not_emptied() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Sqlite::open(&dir.path().join("flowcast.db")).unwrap();
-        let wal = wal_path(&dir.path().join("flowcast.db"));
+        let (_dir, ledger, wal) = ledger_and_log();
         fill(&ledger, 1_200);
         wait_for(&ledger, 0, |log| log.pages >= 1_200 && log.copied == log.pages);
-        assert!(std::fs::metadata(&wal).unwrap().len() > 1_200 * 4_096);
+        assert!(log_file_len(&wal) > 1_200 * 4_096);
     }
 
     /// A write of a few pages leaves them in the log: the thread looks and
