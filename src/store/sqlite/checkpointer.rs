@@ -39,8 +39,8 @@ const BACKGROUND_PAGES: i64 = 1_000;
 /// page comes in meanwhile, so unless a reader is still in the log (or the
 /// thread is copying at that moment: the writer's attempt then does nothing
 /// and the next commit tries again) the log is all copied and the next write
-/// starts it afresh. The `-wal` file therefore keeps about this size, but
-/// for a large import (see [`LONE_IMPORT_PAGES`]).
+/// starts it afresh. The `-wal` file therefore keeps about this size, except
+/// during a large import (see [`LONE_IMPORT_PAGES`]).
 ///
 /// Measured beside a million-row import with sends at 1,000/s: at 10,000
 /// pages the sends came 50-155 ms late 62 times in 30 s (14 times with the
@@ -50,8 +50,8 @@ const BACKGROUND_PAGES: i64 = 1_000;
 pub(super) const WRITER_PAGES: i64 = 4_000;
 
 /// The writer's automatic checkpoint for the commit of an import transaction
-/// written with the ledger to itself (one of up to 65,536 rows): 128 MB of
-/// log at 4 KiB pages. Such a commit takes the log past [`WRITER_PAGES`]
+/// written with the ledger to itself (one of up to 65,536 rows): 128 MiB of
+/// pages (a 135 MB file with the frames' headers). Such a commit takes the log past [`WRITER_PAGES`]
 /// every batch or two, and the writer then copied the batch's pages into the
 /// file and synced it itself while the import's reader, a batch ahead, waited
 /// for it: for a million rows, under `strace`, the writer copied 27,600 pages
